@@ -1,0 +1,201 @@
+"""`laion-ingest`: the typer app. Commands are thin: parse flags into Settings, call a stage, map errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ingest import demo as demo_mod
+from ingest.cli_support import (
+    CaFileOpt,
+    DatabaseOpt,
+    InsecureOpt,
+    PasswordFileOpt,
+    TableOpt,
+    TargetOpt,
+    cli_errors,
+    install_stop_signals,
+    run_async,
+    set_debug,
+    setup_logging,
+)
+from ingest.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
+from ingest.plan import parse_shard_spec, worker_slice
+from ingest.runner import run_ingest, summary_line
+from ingest.settings import LAION_ROOT, Settings, read_credentials, resolve_table
+from ingest.synth import SynthSpec, write_shard
+from ingest.target import DEFAULT_TARGET, parse_target
+
+app = typer.Typer(
+    name="laion-ingest",
+    help="Stream LAION-layout CLIP embeddings into ClickHouse — fast, exact, resumable — and search them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors")] = False,
+) -> None:
+    set_debug(debug)
+
+
+def worker_index_default() -> int | None:
+    raw = os.environ.get("JOB_COMPLETION_INDEX")
+    return int(raw) if raw and raw.isdigit() else None
+
+
+@app.command()
+@cli_errors
+def run(
+    source: Annotated[str, typer.Option("--source", "-s", help="Local dir or http(s) mirror root in LAION's layout")] = LAION_ROOT,
+    shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2,5,7-9")] = "0-409",
+    target: TargetOpt = DEFAULT_TARGET,
+    table: TableOpt = "laion",
+    database: DatabaseOpt = None,
+    batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")] = 8192,
+    queue_depth: Annotated[int, typer.Option("--queue-depth", min=1, help="Batches buffered between stages")] = 4,
+    download_concurrency: Annotated[int, typer.Option("--download-concurrency", min=1)] = 2,
+    insert_concurrency: Annotated[int, typer.Option("--insert-concurrency", min=1)] = 2,
+    dim: Annotated[int, typer.Option("--dim", min=1, help="Embedding dimension")] = 512,
+    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Where HTTP downloads go")] = Path("./laion-cache"),
+    keep_downloads: Annotated[bool, typer.Option("--keep-downloads/--no-keep-downloads")] = False,
+    insert_format: Annotated[Literal["native", "rowbinary"], typer.Option("--format", help="HTTP insert body format")] = "native",
+    user: Annotated[str | None, typer.Option("--user", help="ClickHouse user (env CLICKHOUSE_USER)")] = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    state: Annotated[Path | None, typer.Option("--state", help="Ledger file (default: next to the target)")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report of quarantined shards")] = None,
+    on_nan: Annotated[Literal["fail-shard", "skip-row"], typer.Option("--on-nan")] = "fail-shard",
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0)] = 8,
+    retry_max_seconds: Annotated[float, typer.Option("--retry-max-seconds", min=0.0)] = 30.0,
+    drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0)] = 25.0,
+    worker_index: Annotated[int | None, typer.Option("--worker-index", help="This worker's index (env JOB_COMPLETION_INDEX)")] = None,
+    worker_count: Annotated[int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")] = 1,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")] = None,
+    insert_mode: Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")] = "distributed",
+    finalize: Annotated[bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
+    log_format: Annotated[Literal["text", "json"], typer.Option("--log-format")] = "text",
+) -> None:
+    """Load shards from SOURCE into TARGET (creates the table; resumes where a previous run stopped)."""
+    setup_logging(log_format)
+    spec = parse_target(target)
+    index = worker_index if worker_index is not None else worker_index_default()
+    shard_list = parse_shard_spec(shards)
+    if worker_count > 1 or index is not None:
+        shard_list = worker_slice(shard_list, index or 0, worker_count)
+    settings = Settings(
+        source=source, shards=tuple(shard_list), target=spec, table=resolve_table(spec, database, table),
+        dim=dim, batch_rows=batch_rows, queue_depth=queue_depth, download_concurrency=download_concurrency,
+        insert_concurrency=insert_concurrency, cache_dir=cache_dir, keep_downloads=keep_downloads,
+        insert_format=insert_format, credentials=read_credentials(user, password_file), ca_file=ca_file,
+        insecure=insecure, state_path=state, report_path=report, on_nan=on_nan, max_retries=max_retries,
+        retry_max_seconds=retry_max_seconds, drain_seconds=drain_seconds, progress=progress, cluster=cluster,
+        insert_mode=insert_mode, finalize=finalize,
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        result = await run_ingest(settings, stop)
+        typer.echo(summary_line(result))
+        if settings.finalize and not result.interrupted:
+            from ingest.finalize import finalize_after_load
+
+            await finalize_after_load(settings)
+        return EXIT_BAD_SHARDS if result.shards_bad else EXIT_OK
+
+    code = run_async(main())
+    raise typer.Exit(code)
+
+
+@app.command()
+@cli_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write LAION-layout shards into")],
+    shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2")] = "0-2",
+    rows: Annotated[int, typer.Option("--rows", min=0, help="Rows per shard")] = 5000,
+    dim: Annotated[int, typer.Option("--dim", min=1)] = 512,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    dtype: Annotated[Literal["float16", "float32"], typer.Option("--dtype")] = "float16",
+) -> None:
+    """Write synthetic shards in LAION's exact layout (clustered unit vectors, all 15 metadata columns)."""
+    shard_list = parse_shard_spec(shards)
+    spec = SynthSpec(rows=rows, dim=dim, seed=seed, dtype=dtype)
+    for shard in shard_list:
+        write_shard(out, shard, spec)
+    typer.echo(f"wrote {len(shard_list)} shard(s) × {rows} rows to {out}")
+
+
+@app.command()
+@cli_errors
+def demo(
+    target: TargetOpt = DEFAULT_TARGET,
+    table: TableOpt = "laion_demo",
+    shards: Annotated[int, typer.Option("--shards", min=1)] = 3,
+    rows: Annotated[int, typer.Option("--rows", min=1)] = 5000,
+) -> None:
+    """Offline tour: synthesise shards, ingest them into TARGET, run a brute-force similarity search."""
+    setup_logging()
+    with tempfile.TemporaryDirectory(prefix="laion-demo-") as tmp:
+        code = run_async(demo_mod.run_demo(Path(tmp), target, table, shards, rows))
+    raise typer.Exit(code)
+
+
+def _register_later_commands() -> None:
+    from ingest.daemon import daemon_command
+    from ingest.finalize import index_command
+    from ingest.search import eval_command, search_command
+
+    app.command("index")(cli_errors(index_command))
+    app.command("search")(cli_errors(search_command))
+    app.command("eval")(cli_errors(eval_command))
+    app.command("daemon")(cli_errors(daemon_command))
+
+
+_register_later_commands()
+
+
+@app.command("encode-text")
+@cli_errors
+def encode_text(
+    weights: Annotated[str | None, typer.Option("--weights", help="CLIP ViT-B/32 weights file, or 'random'")] = None,
+) -> None:
+    """ClickHouse executable UDF: one text per stdin line → one Array(Float32) literal per line."""
+    from ingest.udf.program import run_encode_text
+
+    raise typer.Exit(run_encode_text(_weights(weights)))
+
+
+@app.command("encode-image")
+@cli_errors
+def encode_image(
+    weights: Annotated[str | None, typer.Option("--weights", help="CLIP ViT-B/32 weights file, or 'random'")] = None,
+) -> None:
+    """ClickHouse executable UDF: one image path per stdin line → one Array(Float32) literal per line."""
+    from ingest.udf.program import run_encode_image
+
+    raise typer.Exit(run_encode_image(_weights(weights)))
+
+
+def _weights(flag: str | None) -> str:
+    value = flag or os.environ.get("LAION_INGEST_CLIP_WEIGHTS")
+    if not value:
+        raise UsageError("no weights: pass --weights PATH (CLIP ViT-B/32) or --weights random")
+    return value
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main", "tempfile"]

@@ -1,0 +1,87 @@
+"""The Sink protocol every target implements, and what a target can do."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from ingest.sql import TableRef
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the target is and which features it has; decided once from `SELECT version()`."""
+
+    version: str
+    dedup_token: bool
+    vector_index: bool
+    cosine_distance: bool
+    query_parameters: bool
+
+    @property
+    def missing(self) -> list[str]:
+        """Human names of the features this server lacks."""
+        absent = []
+        if not self.cosine_distance:
+            absent.append("cosineDistance")
+        if not self.vector_index:
+            absent.append("vector_similarity index")
+        if not self.dedup_token:
+            absent.append("insert_deduplication_token")
+        return absent
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:4])
+
+
+def server_info(version: str) -> ServerInfo:
+    """Feature flags from a version string (26.9.2.1, 18.16.1 ...)."""
+    v = parse_version(version)
+    return ServerInfo(
+        version=version,
+        dedup_token=v >= (22, 2),
+        vector_index=v >= (25, 8),
+        cosine_distance=v >= (21, 11),
+        query_parameters=v >= (19, 11),
+    )
+
+
+class Sink(Protocol):
+    """A ClickHouse target. Methods are coroutines; blocking engines run in an executor behind them."""
+
+    info: ServerInfo
+
+    async def connect(self) -> ServerInfo:
+        """Reach the target, learn its version and features."""
+        ...
+
+    async def ensure_table(self, ref: TableRef) -> None:
+        """Create database and table if missing; refuse a table whose schema differs."""
+        ...
+
+    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
+        """Insert one batch atomically (one block). `token` dedups a retried block where supported."""
+        ...
+
+    async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
+        """Rows with `first_id <= id <= last_id`."""
+        ...
+
+    async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
+        """Delete rows in an id range and wait until the delete is applied."""
+        ...
+
+    async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+        """Run a small query; rows as dicts (JSON types)."""
+        ...
+
+    async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
+        """Run a statement with no result (DDL, ALTER)."""
+        ...
+
+    async def close(self) -> None:
+        ...

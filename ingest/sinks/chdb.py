@@ -1,0 +1,140 @@
+"""The embedded target: ClickHouse in-process through chdb.
+
+chdb blocks the calling thread, so every call runs on one dedicated worker thread: the event loop keeps reading
+and decoding shards while an insert runs, and the engine sees one caller at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ingest.errors import ConfigError, SchemaMismatchError, TargetError, classify_clickhouse_error
+from ingest.settings import Settings
+from ingest.sinks.base import ServerInfo, server_info
+from ingest.sql import (
+    TableRef,
+    columns_sql,
+    count_range_sql,
+    create_database_sql,
+    create_table_sql,
+    delete_range_sql,
+    quote_string,
+    schema_mismatch,
+)
+
+DEDUP_WINDOW = 100_000
+_CODE = re.compile(r"Code:\s*(\d+)")
+
+
+def map_chdb_error(exc: Exception) -> TargetError:
+    """chdb raises one exception type with the server text: recover the code and the first line."""
+    text = str(exc)
+    m = _CODE.search(text)
+    code = int(m.group(1)) if m else None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    first = re.sub(r"\s*Stack trace.*$", "", first)
+    return classify_clickhouse_error(code, f"chdb: {first}")
+
+
+def settings_clause(settings: dict[str, str | int] | None) -> str:
+    if not settings:
+        return ""
+    parts = []
+    for key, value in settings.items():
+        if not re.match(r"^[a-z_][a-z0-9_]*$", key):
+            raise ValueError(f"bad setting name {key!r}")
+        parts.append(f"{key} = {value}" if isinstance(value, int) else f"{key} = {quote_string(value)}")
+    return " SETTINGS " + ", ".join(parts)
+
+
+class ChdbSink:
+    """Sink over a chdb data directory (`chdb:PATH`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._path = Path(settings.target.path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        self._session: Any = None
+        self.info = server_info("0")
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> str:
+        from chdb import session
+
+        try:
+            self._path.mkdir(parents=True, exist_ok=True)
+            self._session = session.Session(str(self._path))
+        except OSError as exc:
+            raise ConfigError(f"cannot use chdb data directory {self._path}: {exc.strerror}") from exc
+        except Exception as exc:
+            raise map_chdb_error(exc) from exc
+        return str(self._raw("SELECT version() AS v", "CSV")).strip().strip('"')
+
+    def _raw(self, sql: str, fmt: str = "CSV") -> Any:
+        try:
+            return self._session.query(sql, fmt)
+        except Exception as exc:
+            raise map_chdb_error(exc) from exc
+
+    def _rows(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+        merged: dict[str, str | int] = {"output_format_json_quote_64bit_integers": 0, **(settings or {})}
+        res = self._raw(sql + settings_clause(merged), "JSONEachRow")
+        data = res.bytes() if hasattr(res, "bytes") else bytes(res)
+        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+    async def connect(self) -> ServerInfo:
+        version = await self._call(self._open)
+        self.info = server_info(version)
+        return self.info
+
+    async def ensure_table(self, ref: TableRef) -> None:
+        def work() -> None:
+            self._raw(create_database_sql(ref.database))
+            self._raw(create_table_sql(ref, DEDUP_WINDOW))
+            actual = [(r["name"], r["type"]) for r in self._rows(columns_sql(ref))]
+            problem = schema_mismatch(actual)
+            if problem:
+                raise SchemaMismatchError(f"table {ref.key} {problem}")
+
+        await self._call(work)
+
+    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
+        clause = settings_clause({"insert_deduplication_token": token} if token else None)
+
+        def work() -> None:
+            tbl = pa.Table.from_batches([batch])  # noqa: F841 - read by name by chdb's Python() table function
+            self._raw(f"INSERT INTO {ref.sql} SELECT * FROM Python(tbl){clause}")
+
+        await self._call(work)
+
+    async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
+        rows = await self._call(self._rows, count_range_sql(ref, first_id, last_id))
+        return int(rows[0]["n"])
+
+    async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
+        sql = delete_range_sql(ref, first_id, last_id) + settings_clause({"mutations_sync": 2})
+        await self._call(self._raw, sql)
+
+    async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+        return list(await self._call(self._rows, sql, settings))
+
+    async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
+        await self._call(self._raw, sql + settings_clause(settings))
+
+    async def close(self) -> None:
+        def work() -> None:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+        await self._call(work)
+        self._executor.shutdown(wait=True)

@@ -37,6 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -55,19 +56,25 @@ def worker_index_default() -> int | None:
 @app.command()
 @cli_errors
 def run(
-    source: Annotated[str, typer.Option("--source", "-s", help="Local dir or http(s) mirror root in LAION's layout")] = LAION_ROOT,
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="Local dir or http(s) mirror root in LAION's layout")
+    ] = LAION_ROOT,
     shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2,5,7-9")] = "0-409",
     target: TargetOpt = DEFAULT_TARGET,
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
-    batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")] = 8192,
+    batch_rows: Annotated[
+        int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")
+    ] = 8192,
     queue_depth: Annotated[int, typer.Option("--queue-depth", min=1, help="Batches buffered between stages")] = 4,
     download_concurrency: Annotated[int, typer.Option("--download-concurrency", min=1)] = 2,
     insert_concurrency: Annotated[int, typer.Option("--insert-concurrency", min=1)] = 2,
     dim: Annotated[int, typer.Option("--dim", min=1, help="Embedding dimension")] = 512,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Where HTTP downloads go")] = Path("./laion-cache"),
     keep_downloads: Annotated[bool, typer.Option("--keep-downloads/--no-keep-downloads")] = False,
-    insert_format: Annotated[Literal["native", "rowbinary"], typer.Option("--format", help="HTTP insert body format")] = "native",
+    insert_format: Annotated[
+        Literal["native", "rowbinary"], typer.Option("--format", help="HTTP insert body format")
+    ] = "native",
     user: Annotated[str | None, typer.Option("--user", help="ClickHouse user (env CLICKHOUSE_USER)")] = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
@@ -78,11 +85,19 @@ def run(
     max_retries: Annotated[int, typer.Option("--max-retries", min=0)] = 8,
     retry_max_seconds: Annotated[float, typer.Option("--retry-max-seconds", min=0.0)] = 30.0,
     drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0)] = 25.0,
-    worker_index: Annotated[int | None, typer.Option("--worker-index", help="This worker's index (env JOB_COMPLETION_INDEX)")] = None,
-    worker_count: Annotated[int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")] = 1,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")] = None,
+    worker_index: Annotated[
+        int | None, typer.Option("--worker-index", help="This worker's index (env JOB_COMPLETION_INDEX)")
+    ] = None,
+    worker_count: Annotated[
+        int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")
+    ] = 1,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")
+    ] = None,
     insert_mode: Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")] = "distributed",
-    finalize: Annotated[bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")] = False,
+    finalize: Annotated[
+        bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
     log_format: Annotated[Literal["text", "json"], typer.Option("--log-format")] = "text",
 ) -> None:
@@ -94,13 +109,31 @@ def run(
     if worker_count > 1 or index is not None:
         shard_list = worker_slice(shard_list, index or 0, worker_count)
     settings = Settings(
-        source=source, shards=tuple(shard_list), target=spec, table=resolve_table(spec, database, table),
-        dim=dim, batch_rows=batch_rows, queue_depth=queue_depth, download_concurrency=download_concurrency,
-        insert_concurrency=insert_concurrency, cache_dir=cache_dir, keep_downloads=keep_downloads,
-        insert_format=insert_format, credentials=read_credentials(user, password_file), ca_file=ca_file,
-        insecure=insecure, state_path=state, report_path=report, on_nan=on_nan, max_retries=max_retries,
-        retry_max_seconds=retry_max_seconds, drain_seconds=drain_seconds, progress=progress, cluster=cluster,
-        insert_mode=insert_mode, finalize=finalize,
+        source=source,
+        shards=tuple(shard_list),
+        target=spec,
+        table=resolve_table(spec, database, table),
+        dim=dim,
+        batch_rows=batch_rows,
+        queue_depth=queue_depth,
+        download_concurrency=download_concurrency,
+        insert_concurrency=insert_concurrency,
+        cache_dir=cache_dir,
+        keep_downloads=keep_downloads,
+        insert_format=insert_format,
+        credentials=read_credentials(user, password_file),
+        ca_file=ca_file,
+        insecure=insecure,
+        state_path=state,
+        report_path=report,
+        on_nan=on_nan,
+        max_retries=max_retries,
+        retry_max_seconds=retry_max_seconds,
+        drain_seconds=drain_seconds,
+        progress=progress,
+        cluster=cluster,
+        insert_mode=insert_mode,
+        finalize=finalize,
     )
 
     async def main() -> int:

@@ -76,6 +76,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside a (nested) exception group, in order."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
 def fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -96,10 +104,23 @@ def cli_errors(fn: Callable[P, T]) -> Callable[P, T]:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except ExceptionGroup as group:  # a TaskGroup's failure: report the error that caused it
+            leaves = _leaves(group)
+            cause = next((e for e in leaves if isinstance(e, IngestError)), None)
+            if _debug:
+                raise
+            if cause is not None:
+                raise fail(str(cause), cause.exit_code) from None
+            first = leaves[0] if leaves else group
+            raise fail(
+                f"internal error: {type(first).__name__}: {first} (rerun with --debug for details)", EXIT_FATAL
+            ) from None
         except Exception as exc:
             if _debug:
                 raise
-            raise fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_FATAL) from None
+            raise fail(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_FATAL
+            ) from None
 
     return wrapper
 
@@ -125,8 +146,13 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 
 def query_settings(
-    target: str, table: str, database: str | None, user: str | None, password_file: Path | None,
-    ca_file: Path | None = None, insecure: bool = False,
+    target: str,
+    table: str,
+    database: str | None,
+    user: str | None,
+    password_file: Path | None,
+    ca_file: Path | None = None,
+    insecure: bool = False,
 ) -> Settings:
     """Settings for commands that only query (index, search, eval)."""
     spec = parse_target(target)

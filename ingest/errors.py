@@ -109,7 +109,7 @@ BAD_DATA_CLICKHOUSE_CODES = frozenset({6, 26, 27, 33, 38, 53, 69, 72, 117, 130, 
 
 def classify_clickhouse_error(code: int | None, message: str, http_status: int | None = None) -> TargetError:
     """Map a ClickHouse error code (and HTTP status) to our tree."""
-    if code in AUTH_CLICKHOUSE_CODES or http_status in (401, 403) and code is None:
+    if code in AUTH_CLICKHOUSE_CODES or (http_status in (401, 403) and code is None):
         return AuthError("authentication failed: the server refused the user or password", code)
     if code in RETRIABLE_CLICKHOUSE_CODES:
         return TransientTargetError(message, code)

@@ -97,13 +97,17 @@ class Pipeline:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._fetch_all(todo, ready))
                 tg.create_task(self._read_all(ready, batches))
-                workers = [tg.create_task(self._insert_worker(batches)) for _ in range(max(1, self.s.insert_concurrency))]
+                workers = [
+                    tg.create_task(self._insert_worker(batches)) for _ in range(max(1, self.s.insert_concurrency))
+                ]
                 watchdog = tg.create_task(self._watchdog())
                 await asyncio.gather(*workers)
                 watchdog.cancel()
         except* _DrainTimeout:
-            log.warning("drain timed out after %.0fs: abandoned in-flight batches (the next run reconciles them)",
-                        self.s.drain_seconds)
+            log.warning(
+                "drain timed out after %.0fs: abandoned in-flight batches (the next run reconciles them)",
+                self.s.drain_seconds,
+            )
         finally:
             self._read_pool.shutdown(wait=False, cancel_futures=True)
             self.ledger.flush()
@@ -153,9 +157,7 @@ class Pipeline:
             if self.stop.is_set():
                 continue
             try:
-                valid = await loop.run_in_executor(
-                    self._read_pool, validate_shard, files, self.s.dim, self.s.on_nan
-                )
+                valid = await loop.run_in_executor(self._read_pool, validate_shard, files, self.s.dim, self.s.on_nan)
             except BadShardError as exc:
                 self._quarantine(files.shard, exc)
                 continue
@@ -203,9 +205,7 @@ class Pipeline:
         self._quarantine(shard, BadShardError(shard, reason.split(": ", 1)[-1]))
 
     # -- stage 3: insert ------------------------------------------------------------------------------------
-    async def _insert_worker(
-        self, batches: asyncio.Queue[tuple[_ShardJob, BatchPlan, pa.RecordBatch] | None]
-    ) -> None:
+    async def _insert_worker(self, batches: asyncio.Queue[tuple[_ShardJob, BatchPlan, pa.RecordBatch] | None]) -> None:
         while (item := await batches.get()) is not _DONE:
             job, plan, batch = item
             metrics.QUEUE_DEPTH.set(batches.qsize())
@@ -242,8 +242,13 @@ class Pipeline:
                 if have == expected:
                     return 0
                 if have:
-                    log.warning("shard %d batch %d: %d of %d rows present; replacing the range",
-                                plan.shard, plan.index, have, expected)
+                    log.warning(
+                        "shard %d batch %d: %d of %d rows present; replacing the range",
+                        plan.shard,
+                        plan.index,
+                        have,
+                        expected,
+                    )
                     await self.sink.delete_range(ref, plan.first_id, plan.last_id)
                     token = f"{token}:r{time.time_ns()}" if token else None  # the old token would dedup the re-insert
                 await self.sink.insert(ref, batch, token)
@@ -251,8 +256,10 @@ class Pipeline:
                     # a block with this token was inserted and deleted before: dedup dropped ours; send it fresh
                     verifies += 1
                     if verifies > 2:
-                        raise TargetError(f"shard {plan.shard} batch {plan.index}: id range does not hold "
-                                          f"{expected} rows after insert")
+                        raise TargetError(
+                            f"shard {plan.shard} batch {plan.index}: id range does not hold "
+                            f"{expected} rows after insert"
+                        )
                     token = f"{token}:r{time.time_ns()}"
                     continue
                 return expected
@@ -262,8 +269,15 @@ class Pipeline:
                 attempt += 1
                 metrics.RETRIES.inc()
                 delay = backoff_seconds(attempt, self.s.retry_max_seconds)
-                log.warning("shard %d batch %d: %s; retry %d/%d in %.1fs",
-                            plan.shard, plan.index, exc, attempt, self.s.max_retries, delay)
+                log.warning(
+                    "shard %d batch %d: %s; retry %d/%d in %.1fs",
+                    plan.shard,
+                    plan.index,
+                    exc,
+                    attempt,
+                    self.s.max_retries,
+                    delay,
+                )
                 await asyncio.sleep(delay)
 
     async def _complete(self, job: _ShardJob) -> None:

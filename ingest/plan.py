@@ -73,6 +73,5 @@ def plan_batches(shard: int, rows: int, batch_rows: int) -> list[BatchPlan]:
     if rows >= ID_STRIDE:
         raise UsageError(f"shard {shard}: {rows} rows do not fit the id stride {ID_STRIDE}")
     return [
-        BatchPlan(shard, i, start, min(start + batch_rows, rows))
-        for i, start in enumerate(range(0, rows, batch_rows))
+        BatchPlan(shard, i, start, min(start + batch_rows, rows)) for i, start in enumerate(range(0, rows, batch_rows))
     ]

@@ -6,7 +6,7 @@ Validation runs completely before the first batch is produced, so a broken shard
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +90,7 @@ def _check_parquet(files: ShardFiles, pf: pq.ParquetFile) -> int:
     if not (pa.types.is_floating(sim_type) or pa.types.is_integer(sim_type) or pa.types.is_null(sim_type)):
         raise BadShardError(files.shard, f"metadata {files.meta.name}: column similarity has type {sim_type}")
     try:
-        decoded = sum(b.num_rows for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=list(META_COLUMNS)))
+        decoded: int = sum(b.num_rows for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=list(META_COLUMNS)))
     except (pa.ArrowException, OSError) as exc:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: corrupt parquet ({exc})") from exc
     return decoded
@@ -164,7 +164,9 @@ class _MetaCursor:
             self._buf.pop(0)
 
 
-def read_batches(shard: ValidShard, plans: list[BatchPlan], batch_rows: int) -> Iterator[tuple[BatchPlan, pa.RecordBatch]]:
+def read_batches(
+    shard: ValidShard, plans: list[BatchPlan], batch_rows: int
+) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
     """Yield `(plan, batch)` for each plan (sorted by start); rows outside `plans` are read past, not built."""
     cursor = _MetaCursor(shard.files.meta, batch_rows)
     fd_img = os.open(shard.img.path, os.O_RDONLY)

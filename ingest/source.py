@@ -25,8 +25,7 @@ class Source(Protocol):
         """Shards whose three files are complete at the source now (for the daemon)."""
         ...
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...
 
 
 class LocalSource:
@@ -66,5 +65,6 @@ def open_source(settings: Settings) -> Source:
     if settings.source_is_http:
         from ingest.download import HttpSource
 
-        return HttpSource(settings)
+        source: Source = HttpSource(settings)
+        return source
     return LocalSource(Path(settings.source))

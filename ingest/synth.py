@@ -18,10 +18,30 @@ import pyarrow.parquet as pq
 from ingest.shard import ShardFiles
 
 WORDS = (
-    "a dog", "two cats", "the ocean", "a red car", "mountains", "a bowl of ramen", "Paris at night",
-    "a vintage camera", "children's toys", "sunflowers", "a \"quoted\" title", "l'été à Paris",
-    "東京タワー", "a café", "ünïcödé text", "a robot 🤖", "snow\tstorm", "rock 'n' roll", "C:\\path\\pic",
-    "50% off", "naïve art", "Ελληνικά", "كلمات", "a;b,c|d",
+    "a dog",
+    "two cats",
+    "the ocean",
+    "a red car",
+    "mountains",
+    "a bowl of ramen",
+    "Paris at night",
+    "a vintage camera",
+    "children's toys",
+    "sunflowers",
+    'a "quoted" title',
+    "l'été à Paris",
+    "東京タワー",
+    "a café",
+    "ünïcödé text",
+    "a robot 🤖",
+    "snow\tstorm",
+    "rock 'n' roll",
+    "C:\\path\\pic",
+    "50% off",
+    "naïve art",
+    "Ελληνικά",
+    "كلمات",
+    "a;b,c|d",
 )
 NSFW_VALUES = ("UNLIKELY", "UNSURE", "NSFW")
 LICENSES = ("?", "creative commons", "cc-by-sa")
@@ -40,7 +60,8 @@ class SynthSpec:
 def unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     n[n == 0] = 1.0
-    return x / n
+    out: np.ndarray = x / n
+    return out
 
 
 def vectors(spec: SynthSpec, rng: np.random.Generator, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

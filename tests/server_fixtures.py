@@ -1,1 +1,269 @@
-"""Fixtures that start a real loopback clickhouse-server (filled in by the HTTP target work)."""
+"""Fixtures that start a real loopback clickhouse-server (Debian's 18.16), as DESIGN.md §2 describes.
+
+`ch_server` (session) is one server for the whole test run; `ch_db` (function) is a fresh database in it.
+`start_clickhouse(dir, extra_config)` starts another one (e.g. a node of a 2-node cluster test).
+Fault tests may `stop()` / `kill()` / `start()` the server; `ch_db` restarts it if a test left it down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SERVER_BIN = Path("/usr/sbin/clickhouse-server")
+CONFIG_DIR = Path("/etc/clickhouse-server")
+INGEST_USER = "ingest"
+START_TIMEOUT = 60.0
+
+
+def server_available() -> str | None:
+    """None when a server can be started here, else the reason to skip."""
+    if not SERVER_BIN.exists():
+        return f"{SERVER_BIN} is not installed (apt-get install clickhouse-server)"
+    for name in ("config.xml", "users.xml"):
+        if not (CONFIG_DIR / name).exists():
+            return f"{CONFIG_DIR / name} is missing"
+    return None
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports that were free a moment ago (all held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _set(root: ET.Element, path: str, value: str) -> None:
+    node = root.find(path)
+    if node is None:
+        parent_path, _, tag = path.rpartition("/")
+        parent = root.find(parent_path) if parent_path else root
+        assert parent is not None, path
+        node = ET.SubElement(parent, tag)
+    node.text = value
+
+
+def write_config(root_dir: Path, password: str, extra_config: str = "") -> Path:
+    """Copy the packaged config.xml/users.xml into `root_dir`, pointed at private dirs; returns config.xml."""
+    conf_dir = root_dir / "etc"
+    data = root_dir / "data"
+    logs = root_dir / "log"
+    for d in (conf_dir, data, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    tree = ET.parse(CONFIG_DIR / "config.xml")
+    cfg = tree.getroot()
+    _set(cfg, "path", f"{data}/")
+    _set(cfg, "tmp_path", f"{data}/tmp/")
+    _set(cfg, "user_files_path", f"{data}/user_files/")
+    _set(cfg, "format_schema_path", f"{data}/format_schemas/")
+    _set(cfg, "logger/log", str(logs / "clickhouse-server.log"))
+    _set(cfg, "logger/errorlog", str(logs / "clickhouse-server.err.log"))
+    _set(cfg, "logger/level", "information")
+    _set(cfg, "users_config", str(conf_dir / "users.xml"))
+    for node in cfg.findall("listen_host"):
+        cfg.remove(node)  # the command line sets 127.0.0.1; `::` would reach beyond loopback
+    if extra_config.strip():
+        extra = ET.fromstring(f"<extra>{extra_config}</extra>")
+        for child in list(extra):
+            for old in cfg.findall(child.tag):
+                cfg.remove(old)
+            cfg.append(child)
+    tree.write(conf_dir / "config.xml", encoding="utf-8", xml_declaration=True)
+
+    users_tree = ET.parse(CONFIG_DIR / "users.xml")
+    users = users_tree.getroot().find("users")
+    assert users is not None
+    default = users.find("default")
+    assert default is not None
+    ingest = ET.SubElement(users, INGEST_USER)
+    ET.SubElement(ingest, "password").text = password  # ElementTree escapes XML specials
+    networks = ET.SubElement(ingest, "networks")
+    ET.SubElement(networks, "ip").text = "127.0.0.1"
+    ET.SubElement(networks, "ip").text = "::1"
+    ET.SubElement(ingest, "profile").text = "default"
+    ET.SubElement(ingest, "quota").text = "default"
+    users_tree.write(conf_dir / "users.xml", encoding="utf-8", xml_declaration=True)
+    return conf_dir / "config.xml"
+
+
+@dataclass
+class ServerHandle:
+    """One clickhouse-server process on 127.0.0.1 and everything a test needs to reach or disturb it."""
+
+    root: Path
+    http_port: int
+    tcp_port: int
+    interserver_port: int
+    password: str = field(repr=False)
+    user: str = INGEST_USER
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "etc" / "config.xml"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start (or restart, same data dir and ports) and wait until GET /ping answers."""
+        if self.running:
+            return
+        out = (self.root / "log" / "stdout.log").open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    str(SERVER_BIN),
+                    f"--config-file={self.config}",
+                    "--",
+                    f"--http_port={self.http_port}",
+                    f"--tcp_port={self.tcp_port}",
+                    "--listen_host=127.0.0.1",
+                    f"--interserver_http_port={self.interserver_port}",
+                ],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C to pytest must not reach the server before we stop it
+            )
+        finally:
+            out.close()
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"clickhouse-server exited with status {self.proc.returncode} while starting\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.http_url}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.1)
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"clickhouse-server did not answer /ping within {timeout:.0f}s\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Stop by pid (SIGTERM: clean; SIGKILL: a crash) and wait for the process to go."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server's error log and stdout, for failure messages."""
+        parts = []
+        for name in ("clickhouse-server.err.log", "stdout.log"):
+            path = self.root / "log" / name
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(parts) or "(no server log written)"
+
+    def query(
+        self, sql: str, data: bytes | None = None, user: str = "default", password: str = "", timeout: float = 60
+    ) -> bytes:
+        """Run one statement over HTTP (stdlib only: test plumbing independent of the code under test)."""
+        params = {"query": sql} if data is not None else {}
+        url = f"{self.http_url}/?{urllib.parse.urlencode(params)}"
+        body = data if data is not None else sql.encode()
+        req = urllib.request.Request(url, data=body, method="POST")
+        req.add_header("X-ClickHouse-User", user)
+        if password:
+            req.add_header("X-ClickHouse-Key", password)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"ClickHouse HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
+
+
+def start_clickhouse(tmpdir: Path, extra_config: str = "", password: str | None = None) -> ServerHandle:
+    """Start a server in `tmpdir` on free ports; `extra_config` XML elements replace/extend config.xml's."""
+    reason = server_available()
+    if reason is not None:
+        pytest.skip(reason)
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    pw = password if password is not None else "pw-" + secrets.token_urlsafe(12)
+    write_config(tmpdir, pw, extra_config)
+    http_port, tcp_port, inter_port = free_ports(3)
+    handle = ServerHandle(tmpdir, http_port, tcp_port, inter_port, pw)
+    handle.start()
+    return handle
+
+
+@pytest.fixture(scope="session")
+def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """One clickhouse-server for the session; skipped (with the reason) where the binary is missing."""
+    reason = server_available()
+    if reason is not None:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("clickhouse")
+    handle = start_clickhouse(root)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        if os.environ.get("KEEP_CLICKHOUSE_DIR") is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ch_db(ch_server: ServerHandle) -> Iterator[str]:
+    """A fresh database name per test (created; dropped afterwards). Restarts the server if a test left it down."""
+    if not ch_server.running:
+        ch_server.start()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    ch_server.query(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        if not ch_server.running:
+            ch_server.start()
+        with contextlib.suppress(RuntimeError, OSError):
+            ch_server.query(f"DROP DATABASE IF EXISTS {name}")

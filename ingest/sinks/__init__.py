@@ -14,4 +14,5 @@ def open_sink(settings: Settings) -> Sink:
         return ChdbSink(settings)
     from ingest.sinks.http import HttpSink
 
-    return HttpSink(settings)
+    sink: Sink = HttpSink(settings)
+    return sink

@@ -72,7 +72,7 @@ class ChdbSink:
 
         try:
             self._path.mkdir(parents=True, exist_ok=True)
-            self._session = session.Session(str(self._path))
+            self._session = session.Session(str(self._path))  # type: ignore[no-untyped-call]
         except OSError as exc:
             raise ConfigError(f"cannot use chdb data directory {self._path}: {exc.strerror}") from exc
         except Exception as exc:

@@ -1,15 +1,17 @@
 """CLIP ViT-B/32 in plain torch, with OpenAI's parameter names so their checkpoints load with strict=True.
 
 Written after OpenAI CLIP's `clip/model.py` (ViT branch only, fp32 only). The architecture is fixed:
-LAION-400M's embeddings were made with exactly this model, so there is nothing to configure.
+LAION-400M's embeddings were made with exactly this model, so there is nothing to configure. The layers
+are our own minimal ones with uninitialised storage: torch's default init of 151M parameters would cost
+seconds that every UDF process start pays, and a checkpoint overwrites it anyway.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 EMBED_DIM = 512
@@ -26,34 +28,78 @@ TEXT_LAYERS = 12
 RANDOM_SEED = 0
 
 
-class QuickGELU(nn.Module):
-    """The sigmoid approximation of GELU that OpenAI's ViT-B/32 was trained with (exact GELU differs)."""
+def _param(*shape: int) -> nn.Parameter:
+    """Uninitialised storage: pages are only touched when weights are written into them."""
+    return nn.Parameter(torch.empty(*shape))
+
+
+class Linear(nn.Module):
+    """`weight` [out, in] and `bias` [out], as nn.Linear names them."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.weight = _param(outputs, inputs)
+        self.bias = _param(outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return F.linear(x, self.weight, self.bias)
 
 
-class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block; child names (attn, ln_1, mlp.c_fc, mlp.c_proj, ln_2) match OpenAI's."""
+class LayerNorm(nn.Module):
+    """fp32 LayerNorm with eps 1e-5, as in CLIP."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = _param(width)
+        self.bias = _param(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, 1e-5)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's packed q/k/v names (in_proj_*, out_proj)."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_1 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
-                ]
-            )
-        )
-        self.ln_2 = nn.LayerNorm(width)
+        self.heads = heads
+        self.in_proj_weight = _param(3 * width, width)
+        self.in_proj_bias = _param(3 * width)
+        self.out_proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        batch, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+
+
+class Mlp(nn.Module):
+    """c_fc → QuickGELU → c_proj. QuickGELU (x·σ(1.702x)) is what OpenAI's ViT-B/32 was trained with."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.c_fc = Linear(width, 4 * width)
+        self.c_proj = Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c_fc(x)
+        return self.c_proj(x * torch.sigmoid(1.702 * x))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = Mlp(width)
+        self.ln_2 = LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -78,17 +124,18 @@ class VisionTransformer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         grid = IMAGE_SIZE // PATCH_SIZE
-        scale = VISION_WIDTH**-0.5
-        self.conv1 = nn.Conv2d(3, VISION_WIDTH, kernel_size=PATCH_SIZE, stride=PATCH_SIZE, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(VISION_WIDTH))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, VISION_WIDTH))
-        self.ln_pre = nn.LayerNorm(VISION_WIDTH)
+        self.conv1 = nn.Module()  # a holder, so the patch kernel is named `visual.conv1.weight`
+        self.conv1.weight = _param(VISION_WIDTH, 3, PATCH_SIZE, PATCH_SIZE)
+        self.class_embedding = _param(VISION_WIDTH)
+        self.positional_embedding = _param(grid * grid + 1, VISION_WIDTH)
+        self.ln_pre = LayerNorm(VISION_WIDTH)
         self.transformer = Transformer(VISION_WIDTH, VISION_LAYERS, VISION_HEADS)
-        self.ln_post = nn.LayerNorm(VISION_WIDTH)
-        self.proj = nn.Parameter(scale * torch.randn(VISION_WIDTH, EMBED_DIM))
+        self.ln_post = LayerNorm(VISION_WIDTH)
+        self.proj = _param(VISION_WIDTH, EMBED_DIM)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(pixels).flatten(2).transpose(1, 2)  # [batch, 49, width]
+        patches = F.conv2d(pixels, self.conv1.weight, stride=PATCH_SIZE)
+        x = patches.flatten(2).transpose(1, 2)  # [batch, 49, width]
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         x = self.transformer(self.ln_pre(x))
@@ -96,17 +143,21 @@ class VisionTransformer(nn.Module):
 
 
 class ClipModel(nn.Module):
-    """Both CLIP towers; `encode_text` / `encode_image` return unnormalised 512-d features."""
+    """Both CLIP towers; `encode_text` / `encode_image` return unnormalised 512-d features.
+
+    Constructed uninitialised: `random_model` fills it, or `weights.load_into` assigns a checkpoint.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.visual = VisionTransformer()
         self.transformer = Transformer(TEXT_WIDTH, TEXT_LAYERS, TEXT_HEADS)
-        self.token_embedding = nn.Embedding(VOCAB_SIZE, TEXT_WIDTH)
-        self.positional_embedding = nn.Parameter(torch.empty(CONTEXT_LENGTH, TEXT_WIDTH))
-        self.ln_final = nn.LayerNorm(TEXT_WIDTH)
-        self.text_projection = nn.Parameter(torch.empty(TEXT_WIDTH, EMBED_DIM))
-        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.token_embedding = nn.Module()  # holder for `token_embedding.weight`, as nn.Embedding names it
+        self.token_embedding.weight = _param(VOCAB_SIZE, TEXT_WIDTH)
+        self.positional_embedding = _param(CONTEXT_LENGTH, TEXT_WIDTH)
+        self.ln_final = LayerNorm(TEXT_WIDTH)
+        self.text_projection = _param(TEXT_WIDTH, EMBED_DIM)
+        self.logit_scale = nn.Parameter(torch.empty([]))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Features at each row's end-of-text token (the largest id in the row).
@@ -116,7 +167,7 @@ class ClipModel(nn.Module):
         """
         eot = tokens.argmax(dim=-1)
         length = int(eot.max().item()) + 1
-        x = self.token_embedding(tokens[:, :length]) + self.positional_embedding[:length]
+        x = F.embedding(tokens[:, :length], self.token_embedding.weight) + self.positional_embedding[:length]
         x = self.ln_final(self.transformer(x, causal_mask(length, x.dtype)))
         return x[torch.arange(x.shape[0]), eot] @ self.text_projection
 
@@ -131,16 +182,14 @@ def causal_mask(length: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def initialize(model: ClipModel) -> None:
-    """Fill every tensor from the current torch seed: OpenAI's scheme for the weights, so a random model's
-    features are spread out rather than degenerate; zero biases and unit LayerNorm scales."""
+    """Fill every tensor from the current torch seed: OpenAI's scheme for the weights (so a random model's
+    features are spread out rather than degenerate), zero biases, unit LayerNorm scales."""
     for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, LayerNorm):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear | nn.MultiheadAttention):
-            for name, param in module.named_parameters(recurse=False):
-                if name.endswith("bias"):
-                    nn.init.zeros_(param)
+        for name, param in module.named_parameters(recurse=False):
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
     visual = model.visual
     nn.init.normal_(visual.conv1.weight, std=(3 * PATCH_SIZE * PATCH_SIZE) ** -0.5)
     for param in (visual.class_embedding, visual.positional_embedding, visual.proj):
@@ -164,18 +213,8 @@ def _initialize_blocks(tower: Transformer) -> None:
 
 
 def random_model(seed: int = RANDOM_SEED) -> ClipModel:
-    """The fixed random-weights model behind `--weights random`: same seed, same weights, same output.
-
-    Built on the meta device and filled once, which is several times faster than torch's default init
-    followed by ours.
-    """
+    """The fixed random-weights model behind `--weights random`: same seed, same weights, same output."""
     torch.manual_seed(seed)
-    model = empty_model().to_empty(device="cpu")
+    model = ClipModel()
     initialize(model)
     return model.eval()
-
-
-def empty_model() -> ClipModel:
-    """The architecture without storage (meta device): real weights are then assigned, never copied."""
-    with torch.device("meta"):
-        return ClipModel()

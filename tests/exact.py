@@ -1,0 +1,77 @@
+"""Independent expectations: what the table must hold, computed straight from the source files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STRIDE = 10_000_000
+
+
+def expected_rows(root: Path, shards: list[int]) -> dict[str, np.ndarray | list[str]]:
+    """Columns of the expected table, sorted by id, from np.load + pq.read_table (not our reader)."""
+    ids, urls, caps, nsfw, sims, imgs, txts = [], [], [], [], [], [], []
+    for s in shards:
+        img = np.load(root / "img_emb" / f"img_emb_{s}.npy")
+        txt = np.load(root / "text_emb" / f"text_emb_{s}.npy")
+        meta = pq.read_table(root / "metadata" / f"metadata_{s}.parquet")
+        n = meta.num_rows
+        ids.append(np.arange(n, dtype=np.int64) + s * STRIDE)
+        urls += [u or "" for u in meta.column("url").to_pylist()]
+        caps += [c or "" for c in meta.column("caption").to_pylist()]
+        nsfw += [x or "" for x in meta.column("NSFW").to_pylist()]
+        sims.append(np.asarray(meta.column("similarity").to_numpy(zero_copy_only=False), dtype=np.float32))
+        imgs.append(img.astype(np.float32))
+        txts.append(txt.astype(np.float32))
+    dim = imgs[0].shape[1] if imgs else 0
+    return {
+        "id": np.concatenate(ids) if ids else np.empty(0, np.int64),
+        "url": urls,
+        "caption": caps,
+        "NSFW": nsfw,
+        "similarity": np.concatenate(sims) if sims else np.empty(0, np.float32),
+        "image_embedding": np.concatenate(imgs) if imgs else np.empty((0, dim), np.float32),
+        "text_embedding": np.concatenate(txts) if txts else np.empty((0, dim), np.float32),
+    }
+
+
+def chdb_table(path: Path, table: str = "laion", database: str = "default") -> pa.Table:
+    """Read the whole table back (ordered by id) through chdb in this process."""
+    from chdb import session
+
+    s = session.Session(str(path))
+    try:
+        res = s.query(f"SELECT * FROM `{database}`.`{table}` ORDER BY id", "ArrowStream")
+        return pa.ipc.open_stream(res.bytes()).read_all()
+    finally:
+        s.close()
+
+
+def vectors(col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks()
+    if arr.type == pa.null() or len(arr) == 0:
+        return np.empty((0, 0), np.float32)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(len(arr), -1)
+
+
+def strings(col: pa.ChunkedArray) -> list[str]:
+    return [x.decode("utf-8") if isinstance(x, bytes) else x for x in col.to_pylist()]
+
+
+def assert_table_equals(got: pa.Table, want: dict[str, np.ndarray | list[str]]) -> None:
+    """Byte-exact strings, bit-exact floats, same ids in the same order, nothing more or less."""
+    ids = got.column("id").to_numpy()
+    assert len(ids) == len(want["id"]), f"row count {len(ids)} != {len(want['id'])}"
+    assert len(np.unique(ids)) == len(ids), "duplicate ids"
+    np.testing.assert_array_equal(ids, want["id"])
+    for name in ("url", "caption", "NSFW"):
+        assert strings(got.column(name)) == want[name], f"column {name} differs"
+    sim = got.column("similarity").to_numpy().astype(np.float32)
+    assert sim.tobytes() == np.asarray(want["similarity"]).tobytes(), "similarity differs"
+    for name in ("image_embedding", "text_embedding"):
+        vec = vectors(got.column(name))
+        assert vec.tobytes() == np.asarray(want[name]).tobytes(), f"{name} differs"

@@ -1,0 +1,125 @@
+"""Broken inputs seen in the wild: each bad shard is named with its cause, lands nothing, others still load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from cli_run import cli
+from exact import assert_table_equals, chdb_table, expected_rows
+
+from ingest.synth import write_npy
+
+
+def truncate(path: Path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - keep])
+
+
+def break_truncated(src: Path) -> None:
+    truncate(src / "img_emb" / "img_emb_1.npy", 1000)
+
+
+def break_count(src: Path) -> None:
+    txt = np.load(src / "text_emb" / "text_emb_1.npy")
+    write_npy(src / "text_emb" / "text_emb_1.npy", txt[:-5])
+
+
+def break_dim(src: Path) -> None:
+    img = np.load(src / "img_emb" / "img_emb_1.npy")
+    write_npy(src / "img_emb" / "img_emb_1.npy", img[:, :8])
+
+
+def break_magic(src: Path) -> None:
+    p = src / "img_emb" / "img_emb_1.npy"
+    p.write_bytes(b"GARBAGE!" + p.read_bytes()[8:])
+
+
+def break_dtype(src: Path) -> None:
+    img = np.load(src / "img_emb" / "img_emb_1.npy")
+    write_npy(src / "img_emb" / "img_emb_1.npy", img.astype(np.float64))
+
+
+def break_missing(src: Path) -> None:
+    (src / "metadata" / "metadata_1.parquet").unlink()
+
+
+def break_nan(src: Path) -> None:
+    txt = np.load(src / "text_emb" / "text_emb_1.npy")
+    txt[123, 5] = np.nan
+    write_npy(src / "text_emb" / "text_emb_1.npy", txt)
+
+
+def break_parquet(src: Path) -> None:
+    """Scribble over the caption column's pages of the second row group (footer intact)."""
+    p = src / "metadata" / "metadata_1.parquet"
+    md = pq.ParquetFile(p).metadata
+    col = md.row_group(1).column(md.schema.to_arrow_schema().get_field_index("caption"))
+    start = col.data_page_offset
+    data = bytearray(p.read_bytes())
+    data[start : start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
+    p.write_bytes(bytes(data))
+
+
+def break_parquet_tail(src: Path) -> None:
+    truncate(src / "metadata" / "metadata_1.parquet", 100)
+
+
+def break_column(src: Path) -> None:
+    p = src / "metadata" / "metadata_1.parquet"
+    pq.write_table(pq.read_table(p).drop_columns(["caption"]), p)
+
+
+CASES: list[tuple[Callable[[Path], None], str]] = [
+    (break_truncated, "shard 1: img_emb img_emb_1.npy: truncated"),
+    (break_count, "shard 1: text_emb row count 995 != metadata 1000"),
+    (break_dim, "shard 1: img_emb img_emb_1.npy: dimension 8 != expected 16"),
+    (break_magic, "shard 1: img_emb img_emb_1.npy: not an .npy file (bad magic)"),
+    (break_dtype, "shard 1: img_emb img_emb_1.npy: dtype <f8 not supported"),
+    (break_missing, "shard 1: metadata file missing"),
+    (break_nan, "shard 1: text_emb has NaN/Inf in 1 row(s), first at row 123"),
+    (break_parquet, "shard 1: metadata metadata_1.parquet:"),
+    (break_parquet_tail, "shard 1: metadata metadata_1.parquet: unreadable parquet"),
+    (break_column, "shard 1: metadata metadata_1.parquet: missing column(s) caption"),
+]
+
+
+@pytest.mark.parametrize(("breaker", "message"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_bad_shard_is_quarantined(
+    make_shards,
+    tmp_path: Path,
+    breaker: Callable[[Path], None],
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    src = make_shards([0, 1, 2], rows=1000, dim=16, row_group_rows=300)
+    breaker(src)
+    db, report = tmp_path / "db", tmp_path / "report.json"
+    res = cli(
+        "run",
+        "--source",
+        str(src),
+        "--shards",
+        "0-2",
+        "--target",
+        f"chdb:{db}",
+        "--dim",
+        "16",
+        "--batch-rows",
+        "256",
+        "--no-progress",
+        "--report",
+        str(report),
+    )
+    assert res.returncode == 3, res.stderr
+    assert message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "1 bad shard(s): 1" in res.stdout
+    doc = json.loads(report.read_text())
+    assert [q["shard"] for q in doc["quarantined"]] == [1]
+    assert message.split(": ", 1)[1] in doc["quarantined"][0]["reason"]
+    # nothing of shard 1, all of shards 0 and 2
+    assert_table_equals(chdb_table(db), expected_rows(src, [0, 2]))

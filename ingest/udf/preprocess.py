@@ -31,8 +31,8 @@ def resized_size(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[int, 
 
 def crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[int, int, int, int]:
     """torchvision's CenterCrop box: offsets rounded half to even, like its `int(round(...))`."""
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+    left = round((width - size) / 2.0)
+    top = round((height - size) / 2.0)
     return left, top, left + size, top + size
 
 

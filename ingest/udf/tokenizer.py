@@ -94,6 +94,7 @@ class ClipTokenizer:
         """One zero-padded row per text; a text too long keeps its first 75 tokens and still ends in EOT."""
         rows = np.zeros((len(texts), CONTEXT_LENGTH), dtype=np.int64)
         for row, text in zip(rows, texts, strict=True):
-            ids = [START_OF_TEXT, *self.encode(text)][: CONTEXT_LENGTH - 1] + [END_OF_TEXT]
+            ids = [START_OF_TEXT, *self.encode(text)][: CONTEXT_LENGTH - 1]
+            ids.append(END_OF_TEXT)
             row[: len(ids)] = ids
         return rows

@@ -8,12 +8,13 @@ tensor is checked by name and shape before anything is assigned, so a wrong file
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
 import zipfile
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -39,6 +40,9 @@ class WeightsError(IngestError):
     """A weights file that cannot be read or does not fit ViT-B/32: the program stops with exit code 1."""
 
     def __init__(self, path: str, reason: str) -> None:
+        reason = " ".join(reason.split())  # torch's messages span lines; ClickHouse logs one line per error
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
         super().__init__(f"weights {path}: {reason}")
 
 
@@ -68,7 +72,7 @@ def _read_container(path: str) -> Mapping[str, object]:
     if _is_safetensors(path):
         return read_safetensors(path)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
-        return dict(torch.jit.load(path, map_location="cpu").state_dict())
+        return dict(torch.jit.load(path, map_location="cpu").state_dict())  # type: ignore[no-untyped-call]
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(loaded, Mapping):
         raise WeightsError(path, f"holds a {type(loaded).__name__}, not a state dict")
@@ -100,7 +104,7 @@ def read_safetensors(path: str) -> StateDict:
     return tensors
 
 
-def _read_safetensor(file: BinaryIO, base: int, name: str, info: dict[str, Any]) -> torch.Tensor:
+def _read_safetensor(file: io.BufferedReader, base: int, name: str, info: dict[str, Any]) -> torch.Tensor:
     dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
     if dtype is None:
         raise ValueError(f"tensor {name} has unsupported dtype {info['dtype']}")

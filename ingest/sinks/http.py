@@ -1,0 +1,358 @@
+"""ClickHouse over HTTP: one aiohttp session, Native (or RowBinary) bodies streamed, errors mapped at this edge.
+
+Building a request (URL, parameters, headers) is pure and lives in `build_request`; `HttpSink` only sends.
+Credentials travel in `X-ClickHouse-User` / `X-ClickHouse-Key` headers, never in a URL, a log line or an error.
+Features are gated on the server's version (18.16 lacks dedup tokens and `mutations_sync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+import orjson
+import pyarrow as pa
+from yarl import URL
+
+from ingest.encode import FORMAT_NAMES, body_size, encode
+from ingest.errors import (
+    AuthError,
+    ConfigError,
+    SchemaMismatchError,
+    TargetError,
+    TransientTargetError,
+    UncertainInsertError,
+    classify_clickhouse_error,
+)
+from ingest.settings import Credentials, Settings
+from ingest.sinks.base import ServerInfo, parse_version, server_info
+from ingest.sql import (
+    TableRef,
+    count_range_sql,
+    create_database_sql,
+    create_table_sql,
+    delete_range_sql,
+    quote_string,
+    schema_mismatch,
+)
+
+log = logging.getLogger("ingest")
+
+DEDUP_WINDOW = 100_000
+CHUNK_BYTES = 1 << 20
+"""Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 900.0
+"""Seconds without a byte of reply; wait_end_of_query=1 means nothing arrives until a statement is done."""
+KEEPALIVE_SECONDS = 2.0
+"""Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
+MUTATION_TIMEOUT = 300.0
+MESSAGE_LIMIT = 300
+
+MUTATIONS_SYNC_SINCE = (20, 1)
+"""The `mutations_sync` setting (wait for ALTER DELETE) exists from 20.1; older servers are polled."""
+
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CODE = re.compile(r"Code:\s*(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """Everything needed to send one POST; `headers` holds the credentials, so it is kept out of repr."""
+
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes | None = None
+    """The SQL for queries; None for inserts, whose body is the streamed data."""
+
+
+def auth_headers(credentials: Credentials) -> dict[str, str]:
+    headers = {"X-ClickHouse-User": credentials.user}
+    if credentials.password:
+        headers["X-ClickHouse-Key"] = credentials.password
+    return headers
+
+
+def _params(database: str, settings: dict[str, str | int] | None) -> list[tuple[str, str]]:
+    params = [("database", database), ("wait_end_of_query", "1")]
+    for key, value in (settings or {}).items():
+        if not _SETTING.match(key):
+            raise ValueError(f"bad setting name {key!r}")
+        params.append((key, str(value)))
+    return params
+
+
+def build_request(
+    base_url: str,
+    credentials: Credentials,
+    database: str,
+    sql: str,
+    settings: dict[str, str | int] | None = None,
+    *,
+    insert: bool = False,
+) -> HttpRequest:
+    """A query (SQL in the body) or an insert (statement in `?query=`, data streamed as the body).
+
+    `wait_end_of_query=1` makes the server buffer its answer, so an error can never hide at the end of a 200.
+    """
+    params = _params(database, settings)
+    if insert:
+        params.insert(0, ("query", sql))
+    url = f"{base_url.rstrip('/')}/?{urlencode(params, quote_via=quote)}"
+    headers = auth_headers(credentials)
+    if insert:
+        headers["Content-Type"] = "application/octet-stream"
+        return HttpRequest(url, headers)
+    headers["Content-Type"] = "text/plain; charset=utf-8"
+    return HttpRequest(url, headers, sql.encode())
+
+
+def insert_sql(ref: TableRef, fmt: str) -> str:
+    return f"INSERT INTO {ref.sql} FORMAT {FORMAT_NAMES['rowbinary' if fmt == 'rowbinary' else 'native']}"
+
+
+def insert_settings(info: ServerInfo, token: str | None) -> dict[str, str | int]:
+    """Dedup token only where the server knows the setting (18.16 would refuse the whole insert)."""
+    return {"insert_deduplication_token": token} if token and info.dedup_token else {}
+
+
+def describe_sql(ref: TableRef) -> str:
+    """Columns in order on every server version (18.16's system.columns has no `position`)."""
+    return f"DESCRIBE TABLE {ref.sql}"
+
+
+def pending_mutations_sql(ref: TableRef) -> str:
+    return (
+        "SELECT count() AS n FROM system.mutations WHERE database = "
+        f"{quote_string(ref.database)} AND table = {quote_string(ref.table)} AND is_done = 0"
+    )
+
+
+def has_mutations_sync(info: ServerInfo) -> bool:
+    return parse_version(info.version) >= MUTATIONS_SYNC_SINCE
+
+
+def one_line(text: str) -> str:
+    """The first line of a server message without 18.16's `e.what()` tail or a stack trace, bounded."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = re.sub(r",\s*e\.what\(\)\s*=\s*\S+\s*$", "", line)
+    line = re.sub(r"\s*Stack trace.*$", "", line)
+    line = line.replace("e.displayText() = ", "")
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
+
+
+def server_error(status: int, code_header: str | None, body: str, user: str, where: str) -> TargetError:
+    """Map a failed response (status, exception code, text) into the error tree; no credential text."""
+    code: int | None = int(code_header) if code_header and code_header.strip().isdigit() else None
+    if code is None:
+        m = _CODE.search(body)
+        code = int(m.group(1)) if m else None
+    message = f"ClickHouse at {where}: {one_line(body) or f'HTTP {status}'}"
+    err = classify_clickhouse_error(code, message, status)
+    if isinstance(err, AuthError) or status in (401, 403):
+        return AuthError(f"authentication failed for user {user!r} at {where}", code)
+    return err
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """Verified TLS for https targets (private CA via --ca-file); verification is off only with --insecure."""
+    if not settings.target.base_url.startswith("https://"):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use --ca-file {settings.ca_file}: {exc}") from exc
+    if settings.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _stream(parts: list[memoryview]) -> AsyncIterator[memoryview]:
+    """The body in pieces of at most CHUNK_BYTES, views of the encoded buffers (no joining copy)."""
+    for part in parts:
+        for start in range(0, part.nbytes, CHUNK_BYTES):
+            yield part[start : start + CHUNK_BYTES]
+
+
+class HttpSink:
+    """Sink over ClickHouse's HTTP interface (`http(s)://HOST:PORT`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._base = settings.target.base_url
+        self._where = urlsplit(self._base).netloc
+        self._creds = settings.credentials
+        self._format = settings.insert_format
+        self._ssl = ssl_context(settings)
+        self._session: aiohttp.ClientSession | None = None
+        workers = max(1, settings.insert_concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
+        self._limit = workers + 2
+        self.info = server_info("0")
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit,
+                limit_per_host=self._limit,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+                ssl=self._ssl if self._ssl is not None else True,
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
+            )
+        return self._session
+
+    def _request(
+        self, sql: str, settings: dict[str, str | int] | None = None, database: str | None = None
+    ) -> HttpRequest:
+        db = database or self._settings.table.database
+        return build_request(self._base, self._creds, db, sql, settings)
+
+    async def _send(
+        self,
+        req: HttpRequest,
+        body: AsyncIterator[memoryview] | None = None,
+        size: int | None = None,
+    ) -> bytes:
+        """POST; every aiohttp/OS failure leaves here as an error of our tree.
+
+        Queries and DDL (no streamed body) are resent once when a pooled socket turns out dead; an insert whose
+        body may have reached the server is never resent here: it fails as uncertain and the pipeline counts.
+        """
+        insert = body is not None
+        attempts = 1 if insert else 2
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._send_once(req, body, size)
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent (includes TLS failures)
+                raise self._mapped(exc, insert) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == attempts:
+                    raise self._mapped(exc, insert) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise self._mapped(exc, insert) from None
+        raise AssertionError("unreachable")
+
+    async def _send_once(self, req: HttpRequest, body: AsyncIterator[memoryview] | None, size: int | None) -> bytes:
+        headers = dict(req.headers)
+        if size is not None:
+            headers["Content-Length"] = str(size)  # known length: no chunked framing, server sees truncation
+        data = body if body is not None else req.body
+        async with self._client().post(URL(req.url, encoded=True), data=data, headers=headers) as resp:
+            payload = await resp.read()
+            status = resp.status
+            code = resp.headers.get("X-ClickHouse-Exception-Code")
+        if status >= 300 or code is not None:
+            raise server_error(status, code, payload.decode(errors="replace"), self._creds.user, self._where)
+        return payload
+
+    def _mapped(self, exc: BaseException, insert: bool) -> TargetError:
+        """aiohttp/OS exceptions → our tree; the texts name the server, never the credentials."""
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return TargetError(
+                f"TLS with ClickHouse at {self._where} failed ({type(exc).__name__}); for a private CA pass --ca-file"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            return TransientTargetError(f"cannot connect to ClickHouse at {self._where}: {reason}")
+        what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({type(exc).__name__})"
+        if insert:
+            return UncertainInsertError(f"insert into ClickHouse at {self._where}: {what}")
+        return TransientTargetError(f"request to ClickHouse at {self._where}: {what}")
+
+    # -- Sink -------------------------------------------------------------------------------------------------
+    async def connect(self) -> ServerInfo:
+        raw = await self._send(self._request("SELECT version()", database="default"))
+        self.info = server_info(raw.decode().strip())
+        log.debug("connected to ClickHouse %s at %s as %s", self.info.version, self._where, self._creds.user)
+        return self.info
+
+    async def ensure_table(self, ref: TableRef) -> None:
+        await self._send(self._request(create_database_sql(ref.database), database="default"))
+        window = DEDUP_WINDOW if self.info.dedup_token else None
+        await self._send(self._request(create_table_sql(ref, window), database=ref.database))
+        rows = await self.query(describe_sql(ref))
+        problem = schema_mismatch([(str(r["name"]), str(r["type"])) for r in rows])
+        if problem:
+            raise SchemaMismatchError(f"table {ref.key} {problem}")
+
+    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
+        if batch.num_rows == 0:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
+        except (ValueError, pa.ArrowException) as exc:
+            raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
+        req = build_request(
+            self._base,
+            self._creds,
+            ref.database,
+            insert_sql(ref, self._format),
+            insert_settings(self.info, token),
+            insert=True,
+        )
+        await self._send(req, _stream(parts), body_size(parts))
+
+    async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
+        rows = await self.query(count_range_sql(ref, first_id, last_id))
+        return int(rows[0]["n"])
+
+    async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
+        sql = delete_range_sql(ref, first_id, last_id)
+        if has_mutations_sync(self.info):
+            await self.execute(sql, {"mutations_sync": 2})
+            return
+        await self.execute(sql)
+        await self._wait_mutations(ref)
+
+    async def _wait_mutations(self, ref: TableRef) -> None:
+        """18.16 applies ALTER DELETE in the background: poll system.mutations until the table has none left."""
+        deadline = time.monotonic() + MUTATION_TIMEOUT
+        delay = 0.05
+        while True:
+            rows = await self.query(pending_mutations_sql(ref))
+            if int(rows[0]["n"]) == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TransientTargetError(
+                    f"delete in {ref.key} not applied after {MUTATION_TIMEOUT:.0f}s (see system.mutations)"
+                )
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+        merged: dict[str, str | int] = {"output_format_json_quote_64bit_integers": 0, **(settings or {})}
+        text = sql.strip().rstrip(";") + "\nFORMAT JSONEachRow"
+        raw = await self._send(self._request(text, merged))
+        try:
+            return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+        except orjson.JSONDecodeError as exc:
+            raise TargetError(f"ClickHouse at {self._where} sent a reply that is not JSON: {exc}") from None
+
+    async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
+        await self._send(self._request(sql, settings))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._pool.shutdown(wait=True)
+
+
+__all__ = ["HttpRequest", "HttpSink", "build_request"]

@@ -1,0 +1,64 @@
+"""Faults against a real clickhouse-server: kill -9 of the ingester, and of the server itself mid-run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cli_run import cli
+from exact import assert_table_equals, expected_rows, server_table
+from server_fixtures import ServerHandle, start_clickhouse
+from test_resume import done_batches, kill_when, start_run
+
+
+def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str) -> list[str]:
+    return ["--source", str(src), "--shards", "0-2", "--target", handle.http_url, "--database", db,
+            "--dim", "128", "--batch-rows", "250", "--no-progress", "--state", str(ledger), *extra]
+
+
+def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_shards([0, 1, 2], rows=12_000, dim=128)
+    ledger = tmp_path / "ledger.json"
+    args = run_args(src, ch_server, ch_db, ledger)
+    seen = [kill_when(start_run(args), ledger, 0)]
+    for target in (10, 40, 80, 120):
+        seen.append(kill_when(start_run(args), ledger, target))
+    assert max(seen) > 0
+    res = cli("run", *args)
+    assert res.returncode == 0, res.stderr
+    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1, 2]))
+
+
+def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the server while batches are being inserted, bring it back 3 s later: exit 0, exact table."""
+    handle = start_clickhouse(tmp_path / "ch")
+    try:
+        handle.query("CREATE DATABASE faults")
+        src = make_shards([0, 1, 2], rows=12_000, dim=128)
+        ledger = tmp_path / "ledger.json"
+        args = run_args(src, handle, "faults", ledger, "--max-retries", "20", "--retry-max-seconds", "2")
+        proc = subprocess.Popen([sys.executable, "-m", "ingest", "run", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        outage = {"killed_at": -1}
+
+        def kill_and_restart() -> None:
+            while done_batches(ledger) < 30 and proc.poll() is None:
+                time.sleep(0.02)
+            outage["killed_at"] = done_batches(ledger)
+            handle.kill()
+            time.sleep(3)
+            handle.start()
+
+        t = threading.Thread(target=kill_and_restart)
+        t.start()
+        out, err = proc.communicate(timeout=240)
+        t.join()
+        assert outage["killed_at"] >= 30, "the run finished before the server was killed"
+        assert proc.returncode == 0, err
+        assert "retry" in err and "Traceback" not in err
+        assert_table_equals(server_table(handle, "faults"), expected_rows(src, [0, 1, 2]))
+    finally:
+        handle.stop()

@@ -1,0 +1,38 @@
+"""The NaN/Inf scanner against numpy's own isfinite, on both dtypes and odd widths."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.npy import nonfinite_rows
+
+SPECIALS = [np.nan, np.inf, -np.inf, 65504.0, -65504.0, 0.0, -0.0, 1e-7, 6.1e-5, 1.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    dim=st.sampled_from([1, 3, 4, 8, 12, 16, 512]),
+    dtype=st.sampled_from([np.float16, np.float32]),
+    seed=st.integers(0, 2**32 - 1),
+    specials=st.integers(0, 10),
+)
+def test_matches_isfinite(rows: int, dim: int, dtype: type, seed: int, specials: int) -> None:
+    rng = np.random.default_rng(seed)
+    block = rng.normal(0, 10, (rows, dim)).astype(dtype)
+    for _ in range(specials):
+        block[rng.integers(rows), rng.integers(dim)] = SPECIALS[rng.integers(len(SPECIALS))]
+    want = np.flatnonzero(~np.isfinite(block).all(axis=1))
+    np.testing.assert_array_equal(nonfinite_rows(block), want)
+
+
+def test_all_bit_patterns_float16() -> None:
+    """Every one of the 65536 float16 values, in every lane position of a 64-bit word."""
+    values = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    for lane in range(4):
+        block = np.zeros((65536, 4), dtype=np.float16)
+        block[:, lane] = values
+        want = np.flatnonzero(~np.isfinite(values))
+        np.testing.assert_array_equal(nonfinite_rows(block), want)

@@ -15,6 +15,7 @@ import html
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,7 @@ from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
 CHUNK = 1 << 20
+DROP_PAUSE = 0.3
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -122,7 +124,7 @@ class HttpMirror:
         self._add(_Fault(pattern, times, status=status))
 
     def drop_midway(self, pattern: str, times: int = 1, fraction: float = 0.5) -> None:
-        """The first `times` GETs send `fraction` of their body, then the connection is closed."""
+        """The first `times` GETs send `fraction` of their body, stall DROP_PAUSE s, then close the connection."""
         self._add(_Fault(pattern, times, cut_fraction=fraction))
 
     def short_body(self, pattern: str, missing: int, times: int | None = None) -> None:
@@ -225,6 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
             send = max(0, length - fault.short_bytes)
         self._send_file(target, start, send)
         if send < length:
+            if fault is not None and fault.cut_fraction:
+                time.sleep(DROP_PAUSE)  # a stalled link dies: the client has read what it got before the cut
             self._drop()
 
     def _send_file(self, path: Path, start: int, count: int) -> None:

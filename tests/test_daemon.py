@@ -210,19 +210,19 @@ def test_daemon_loads_new_shards_serves_health_and_stops_on_sigterm(
 def test_sigterm_during_long_ingest_then_run_completes_exactly(
     tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
 ) -> None:
-    src = make_shards([0], rows=40_000)
+    src = make_shards([0], rows=8_000)
     db = tmp_path / "db"
-    d = daemons(tmp_path, src, f"chdb:{db}", "--batch-rows", "200", drain=5.0)
+    d = daemons(tmp_path, src, f"chdb:{db}", "--batch-rows", "100", drain=5.0)
     d.wait_for("first rows", lambda m: m.get(ROWS, 0) > 0)
 
     assert d.terminate() == 0
     assert any(msg.startswith("SIGTERM") for msg in d.messages())
     landed = read_table(db).num_rows
-    assert 0 < landed < 40_000, "the stop must have landed mid-shard"
+    assert 0 < landed < 8_000, "the stop must have landed mid-shard"
 
     run = subprocess.run(
         [sys.executable, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--target", f"chdb:{db}",
-         "--batch-rows", "200", "--no-progress"],
+         "--batch-rows", "100", "--no-progress"],
         cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

@@ -108,3 +108,22 @@ def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # typ
     res = cli("run", *args)
     assert res.returncode == 0, res.stderr
     assert_table_equals(chdb_table(db), expected_rows(src, [0, 1, 2]))
+
+
+def test_second_process_on_same_chdb_dir_is_refused(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_shards([0, 1, 2], rows=12_000, dim=128)
+    db, ledger = tmp_path / "db", tmp_path / "ledger.json"
+    args = ["--source", str(src), "--shards", "0-2", "--target", f"chdb:{db}", "--dim", "128",
+            "--batch-rows", "250", "--no-progress", "--state", str(ledger)]
+    first = start_run(args)
+    try:
+        while done_batches(ledger) < 2 and first.poll() is None:
+            time.sleep(0.02)
+        res = cli("run", *args)
+        assert res.returncode == 2
+        assert f"chdb data directory {db} is in use by another process (pid {first.pid})" in res.stderr
+        assert "Traceback" not in res.stderr
+    finally:
+        first.wait(timeout=120)
+    assert first.returncode == 0
+    assert_table_equals(chdb_table(db), expected_rows(src, [0, 1, 2]))

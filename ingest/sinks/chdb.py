@@ -7,6 +7,8 @@ and decoding shards while an insert runs, and the engine sees one caller at a ti
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,17 +63,39 @@ class ChdbSink:
         self._path = Path(settings.target.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self._session: Any = None
+        self._lock_fd: int | None = None
         self.info = server_info("0")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
+    def _lock(self) -> None:
+        """One process per data directory: an flock the kernel drops when we exit, even on kill -9."""
+        lock_path = self._path / ".laion-ingest.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"chdb data directory {self._path} is in use by another process (pid {holder}); "
+                "chdb allows one process per directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
     def _open(self) -> str:
         from chdb import session
 
         try:
             self._path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use chdb data directory {self._path}: {exc.strerror}") from exc
+        self._lock()
+        try:
             self._session = session.Session(str(self._path))  # type: ignore[no-untyped-call]
         except OSError as exc:
             raise ConfigError(f"cannot use chdb data directory {self._path}: {exc.strerror}") from exc
@@ -135,6 +159,9 @@ class ChdbSink:
             if self._session is not None:
                 self._session.close()
                 self._session = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
         await self._call(work)
         self._executor.shutdown(wait=True)

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -134,7 +134,7 @@ def poll_wait(poll_seconds: float, failures: int, cap: float = BACKOFF_CAP_SECON
 def shards_to_load(
     available: Iterable[int],
     ledger: Ledger,
-    tried: dict[int, Signature | None],
+    tried: Mapping[int, Signature | None],
     signature: Callable[[int], Signature | None],
 ) -> list[int]:
     """Available shards not complete in the ledger; a quarantined one only if its files changed since we tried it.
@@ -278,7 +278,8 @@ class Daemon:
         ledger = self.ledger
         candidates = None
         if self.opts.candidates is not None:
-            candidates = [s for s in self.opts.candidates if not ledger.is_complete(s)]
+            # ask the source only about shards we would load (an HTTP mirror answers HEAD per file)
+            candidates = shards_to_load(self.opts.candidates, ledger, self.tried, self._signature)
             if not candidates:
                 SHARDS_PENDING.set(0)
                 return

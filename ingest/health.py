@@ -60,5 +60,6 @@ async def start_server(app: web.Application, host: str, port: int) -> web.AppRun
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {host}:{port} for /metrics: {exc.strerror or exc}") from exc
-    log.info("serving /healthz /readyz /metrics on http://%s:%d", host, port)
+    bound = runner.addresses[0][1] if runner.addresses else port  # the real port when asked for port 0
+    log.info("serving /healthz /readyz /metrics on http://%s:%d", host, bound)
     return runner

@@ -10,6 +10,7 @@ new shard, read no new batch, let the workers drain what is queued (up to drain_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -54,6 +55,13 @@ _DONE = None
 
 class _DrainTimeout(Exception):
     """Raised by the watchdog when in-flight batches did not finish within drain_seconds."""
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 def backoff_seconds(attempt: int, cap: float, base: float = 0.25) -> float:
@@ -103,7 +111,13 @@ class Pipeline:
                 watchdog = tg.create_task(self._watchdog())
                 await asyncio.gather(*workers)
                 watchdog.cancel()
-        except* _DrainTimeout:
+        except ExceptionGroup as group:
+            leaves = list(_leaves(group))
+            cause = next((e for e in leaves if isinstance(e, IngestError)), None)
+            if cause is not None:
+                raise cause from None  # callers see our error tree, not a TaskGroup wrapper
+            if not all(isinstance(e, _DrainTimeout) for e in leaves):
+                raise
             log.warning(
                 "drain timed out after %.0fs: abandoned in-flight batches (the next run reconciles them)",
                 self.s.drain_seconds,
@@ -193,7 +207,9 @@ class Pipeline:
         except (OSError, pa.ArrowException) as exc:
             await self._fail_midway(job, f"shard {valid.shard}: read failed after validation ({exc})")
         finally:
-            gen.close()
+            # close on the read thread: after a cancellation that thread may still be inside next(gen)
+            with contextlib.suppress(RuntimeError):
+                self._read_pool.submit(gen.close)
 
     async def _fail_midway(self, job: _ShardJob, reason: str) -> None:
         """A shard broke while streaming: wait for its in-flight batches, delete what landed, quarantine it."""

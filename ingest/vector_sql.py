@@ -202,11 +202,12 @@ def mutation_rows_done(
 def vector_literal(values: Sequence[float] | np.ndarray) -> str:
     """An array literal whose decimals are exactly the float32 values (repr of each float32 as a double):
     a row's own vector comes back at distance 0, not at the distance of a rounding error."""
-    arr = np.asarray(values, dtype=np.float32)
-    if arr.ndim != 1 or arr.size == 0:
+    wide = np.asarray(values, dtype=np.float64)
+    if wide.ndim != 1 or wide.size == 0:
         raise UsageError("a query vector must be a non-empty list of numbers")
-    if not np.isfinite(arr).all():
-        raise UsageError("a query vector must not hold NaN or infinity (or values beyond float32 range)")
+    if not (np.isfinite(wide).all() and (np.abs(wide) <= np.finfo(np.float32).max).all()):
+        raise UsageError("a query vector must hold finite numbers within float32 range")
+    arr = wide.astype(np.float32)
     return "[" + ",".join(repr(float(x)) for x in arr.tolist()) + "]"
 
 

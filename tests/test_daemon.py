@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -43,7 +47,7 @@ def free_port() -> int:
 class DaemonProc:
     """`python -m ingest daemon ...` with logs captured to a file (a full pipe would stall it)."""
 
-    def __init__(self, workdir: Path, source: Path, target: str, *extra: str, drain: float = 10.0) -> None:
+    def __init__(self, workdir: Path, source: Path | str, target: str, *extra: str, drain: float = 10.0) -> None:
         self.port = free_port()
         self.drain = drain
         self.log_path = workdir / f"daemon-{self.port}.log"
@@ -131,11 +135,16 @@ QUARANTINED = 'laion_ingest_shards_total{status="quarantined"}'
 LAST_POLL = "laion_ingest_last_poll_timestamp_seconds"
 
 
-def read_table(db: Path) -> pa.Table:
-    """The whole table in id order, from the chdb directory (after the daemon exited: one process per dir)."""
+def open_chdb(db: Path) -> Any:
+    """A chdb session on a data directory (only once the daemon is gone: one process per directory)."""
     from chdb import session
 
-    sess = session.Session(str(db))
+    return session.Session(str(db))  # type: ignore[no-untyped-call]
+
+
+def read_table(db: Path) -> pa.Table:
+    """The whole table in id order, from the chdb directory."""
+    sess = open_chdb(db)
     try:
         res = sess.query(
             "SELECT id, url, caption, NSFW, similarity, image_embedding, text_embedding FROM default.laion ORDER BY id",
@@ -252,11 +261,45 @@ def test_quarantined_shard_is_retried_only_when_its_files_change(
     assert_table_exact(db, src, [0, 1])
 
 
-def test_foreign_table_schema_ends_the_daemon_with_one_line(tmp_path: Path, make_shards: Callable[..., Path]) -> None:
-    from chdb import session
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over loopback HTTP (HEAD and GET), like a LAION mirror."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
 
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def test_http_mirror_shards_are_found_among_candidates(
+    tmp_path: Path, mirror: tuple[Path, str], daemons: Callable[..., DaemonProc]
+) -> None:
+    root, url = mirror
+    write_shard(root, 0, SynthSpec(rows=700))
     db = tmp_path / "db"
-    sess = session.Session(str(db))
+    d = daemons(tmp_path, url, f"chdb:{db}", "--shards", "0-3", "--cache-dir", str(tmp_path / "cache"))
+    d.wait_for("shard 0 loaded", lambda m: m.get(DONE) == 1)
+    write_shard(root, 2, SynthSpec(rows=300))
+    write_shard(root, 9, SynthSpec(rows=300))  # published, but not a candidate
+    m = d.wait_for("shard 2 loaded", lambda m: m.get(DONE) == 2)
+    assert m[ROWS] == 1000
+    assert m["laion_ingest_bytes_downloaded_total"] > 0
+    assert d.terminate() == 0
+    assert_table_exact(db, root, [0, 2])
+
+
+def test_foreign_table_schema_ends_the_daemon_with_one_line(tmp_path: Path, make_shards: Callable[..., Path]) -> None:
+    db = tmp_path / "db"
+    sess = open_chdb(db)
     sess.query("CREATE TABLE default.laion (id Int64, note String) ENGINE = MergeTree ORDER BY id")
     sess.close()
     src = make_shards([0], rows=100)

@@ -22,7 +22,7 @@ from server_fixtures import ServerHandle
 
 from ingest.batch import batch_schema
 from ingest.encode import FORMAT_NAMES, clickhouse_type, encode, encode_native, encode_rowbinary, varint
-from ingest.sql import COLUMNS, create_table_sql, TableRef
+from ingest.sql import COLUMNS, TableRef, create_table_sql
 
 STRUCTURE = ", ".join(f"{name} {typ}" for name, typ in COLUMNS)
 

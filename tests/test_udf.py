@@ -178,7 +178,6 @@ def test_weights_key_mapping_for_open_clip_checkpoints() -> None:
     raw = {"state_dict": {"module.text.token_embedding.weight": tensor, "module.visual.proj": tensor}}
     state = weights.normalise_keys(raw, "x.pt")
     assert set(state) == {"token_embedding.weight", "visual.proj"}
-    assert all(t.dtype == torch.float32 for t in state.values())
 
 
 def test_safetensors_reader(tmp_path: Path) -> None:

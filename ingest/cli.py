@@ -11,6 +11,23 @@ from typing import Annotated, Literal
 import typer
 
 from ingest import demo as demo_mod
+from ingest.cli_settings import (
+    BatchRowsOpt,
+    CacheDirOpt,
+    DimOpt,
+    DownloadConcurrencyOpt,
+    DrainSecondsOpt,
+    FormatOpt,
+    InsertConcurrencyOpt,
+    KeepDownloadsOpt,
+    LogFormatOpt,
+    MaxRetriesOpt,
+    OnNanOpt,
+    QueueDepthOpt,
+    RetryMaxSecondsOpt,
+    SourceOpt,
+    StateOpt,
+)
 from ingest.cli_support import (
     CaFileOpt,
     DatabaseOpt,
@@ -18,6 +35,7 @@ from ingest.cli_support import (
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
+    UserOpt,
     cli_errors,
     install_stop_signals,
     run_async,
@@ -56,35 +74,29 @@ def worker_index_default() -> int | None:
 @app.command()
 @cli_errors
 def run(
-    source: Annotated[
-        str, typer.Option("--source", "-s", help="Local dir or http(s) mirror root in LAION's layout")
-    ] = LAION_ROOT,
+    source: SourceOpt = LAION_ROOT,
     shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2,5,7-9")] = "0-409",
     target: TargetOpt = DEFAULT_TARGET,
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
-    batch_rows: Annotated[
-        int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")
-    ] = 8192,
-    queue_depth: Annotated[int, typer.Option("--queue-depth", min=1, help="Batches buffered between stages")] = 4,
-    download_concurrency: Annotated[int, typer.Option("--download-concurrency", min=1)] = 2,
-    insert_concurrency: Annotated[int, typer.Option("--insert-concurrency", min=1)] = 2,
-    dim: Annotated[int, typer.Option("--dim", min=1, help="Embedding dimension")] = 512,
-    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Where HTTP downloads go")] = Path("./laion-cache"),
-    keep_downloads: Annotated[bool, typer.Option("--keep-downloads/--no-keep-downloads")] = False,
-    insert_format: Annotated[
-        Literal["native", "rowbinary"], typer.Option("--format", help="HTTP insert body format")
-    ] = "native",
-    user: Annotated[str | None, typer.Option("--user", help="ClickHouse user (env CLICKHOUSE_USER)")] = None,
+    batch_rows: BatchRowsOpt = 8192,
+    queue_depth: QueueDepthOpt = 4,
+    download_concurrency: DownloadConcurrencyOpt = 2,
+    insert_concurrency: InsertConcurrencyOpt = 2,
+    dim: DimOpt = 512,
+    cache_dir: CacheDirOpt = Path("./laion-cache"),
+    keep_downloads: KeepDownloadsOpt = False,
+    insert_format: FormatOpt = "native",
+    user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
-    state: Annotated[Path | None, typer.Option("--state", help="Ledger file (default: next to the target)")] = None,
+    state: StateOpt = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report of quarantined shards")] = None,
-    on_nan: Annotated[Literal["fail-shard", "skip-row"], typer.Option("--on-nan")] = "fail-shard",
-    max_retries: Annotated[int, typer.Option("--max-retries", min=0)] = 8,
-    retry_max_seconds: Annotated[float, typer.Option("--retry-max-seconds", min=0.0)] = 30.0,
-    drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0)] = 25.0,
+    on_nan: OnNanOpt = "fail-shard",
+    max_retries: MaxRetriesOpt = 8,
+    retry_max_seconds: RetryMaxSecondsOpt = 30.0,
+    drain_seconds: DrainSecondsOpt = 25.0,
     worker_index: Annotated[
         int | None, typer.Option("--worker-index", help="This worker's index (env JOB_COMPLETION_INDEX)")
     ] = None,
@@ -99,7 +111,17 @@ def run(
         bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
-    log_format: Annotated[Literal["text", "json"], typer.Option("--log-format")] = "text",
+    log_format: LogFormatOpt = "text",
+    interrupt_exit_code: Annotated[
+        int,
+        typer.Option(
+            "--interrupt-exit-code",
+            min=0,
+            max=255,
+            help="Exit code after an ordered stop (SIGTERM/SIGINT) that left shards unfinished; a Kubernetes Job "
+            "sets 4 so an evicted worker is retried instead of counted as done",
+        ),
+    ] = 0,
 ) -> None:
     """Load shards from SOURCE into TARGET (creates the table; resumes where a previous run stopped)."""
     setup_logging(log_format)
@@ -145,6 +167,9 @@ def run(
             from ingest.finalize import finalize_after_load
 
             await finalize_after_load(settings)
+        unfinished = len(settings.shards) - len(result.shards_done) - len(result.shards_bad)
+        if result.interrupted and unfinished > 0:
+            return interrupt_exit_code
         return EXIT_BAD_SHARDS if result.shards_bad else EXIT_OK
 
     code = run_async(main())

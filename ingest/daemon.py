@@ -2,9 +2,10 @@
 
 Every poll asks the source which shards are complete there, drops those the ledger lists as done, and runs the
 same pipeline and ledger as `run` over the rest, on one sink connection kept across polls. A quarantined shard
-is tried again only when its files change (size or mtime; local sources only — an HTTP mirror's quarantined
-shard waits for an explicit `run --shards N`). A poll that fails is logged, its unfinished shards are counted
-as failed, and the next poll backs off; errors no retry can fix (auth, config, schema) end the process.
+is tried once per daemon start, then again only when its files change (size or mtime: local sources; an HTTP
+mirror's files are not re-checked until the next start). A poll that fails is logged, its unfinished shards
+are counted as failed, and the next poll backs off; errors no retry can fix (auth, config, schema) end the
+process.
 
 SIGTERM/SIGINT: take no new shard, let in-flight batches drain, flush the ledger, exit 0 within --drain-seconds.
 """
@@ -137,18 +138,17 @@ def shards_to_load(
     tried: Mapping[int, Signature | None],
     signature: Callable[[int], Signature | None],
 ) -> list[int]:
-    """Available shards not complete in the ledger; a quarantined one only if its files changed since we tried it.
-
-    `tried` maps shard → signature when the daemon last set out to load it. A quarantined shard the daemon has
-    not tried yet (found in the ledger at start) is tried once when its signature is known (local sources).
+    """Available shards not complete in the ledger; a quarantined one only if this daemon has not tried it yet,
+    or its files changed since (`tried` maps shard → signature when the daemon set out to load it; a None
+    signature, as for an HTTP mirror, never counts as changed).
     """
     todo = []
     for shard in sorted(set(available)):
         if ledger.is_complete(shard):
             continue
-        if shard in ledger.quarantined:
+        if shard in ledger.quarantined and shard in tried:
             sig = signature(shard)
-            if sig is None or (shard in tried and tried[shard] == sig):
+            if sig is None or tried[shard] == sig:
                 continue
         todo.append(shard)
     return todo

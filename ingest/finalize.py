@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, NoReturn, Protocol
 
 import typer
 from rich.console import Console
@@ -229,8 +229,9 @@ async def plan_index(sink: Sink, ref: TableRef, req: IndexRequest) -> tuple[Vect
 async def ensure_index(
     sink: Sink, ref: TableRef, index: VectorIndex, existed: bool, rows: int, progress: bool
 ) -> IndexOutcome:
-    """Add the index unless it exists, then materialize it on every part that lacks it (parts that have it
-    are skipped by the server, so an existing index costs only what was loaded since)."""
+    """Add the index unless it exists, then materialize it on every part that lacks it. The server skips
+    (wide) parts that already carry it, so re-running costs about what was loaded since; small compact parts
+    are rewritten whole, index included, which is cheap because they are small."""
     start = time.monotonic()
     if not existed:
         await sink.execute(add_index_sql(ref, index))
@@ -253,6 +254,13 @@ async def materialize(sink: Sink, ref: TableRef, name: str, progress: bool) -> N
     display = make_display(progress, name, total)
     try:
         await _watch(sink, ref, name, before, total, display)
+    except asyncio.CancelledError:
+        log.warning(
+            "%s: interrupted while building; the mutation stays queued (a server goes on with it, chdb resumes it "
+            "when the directory is next opened): rerun `laion-ingest index` to watch it finish",
+            name,
+        )
+        raise
     finally:
         display.close()
 
@@ -282,7 +290,7 @@ async def _watch(sink: Sink, ref: TableRef, name: str, before: set[str], total: 
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _give_up(sink: Sink, ref: TableRef, name: str, row: dict[str, Any]) -> None:
+async def _give_up(sink: Sink, ref: TableRef, name: str, row: dict[str, Any]) -> NoReturn:
     """A failing mutation is retried by the server forever: stop it and say why, in one line."""
     mutation_id = str(row["mutation_id"])
     with contextlib.suppress(TargetError):

@@ -358,9 +358,9 @@ def test_shards_to_load_skips_done_and_unchanged_quarantined(tmp_path: Path) -> 
     ledger.quarantine(2, "truncated")
     ledger.quarantine(4, "truncated")
     sigs = {1: ((1, 1),), 2: ((2, 2),), 4: None}
-    tried = {1: ((1, 1),), 2: ((9, 9),)}  # 1 unchanged since tried, 2 changed; 4 has no signature (HTTP)
+    tried = {1: ((1, 1),), 2: ((9, 9),), 4: None}  # 1 unchanged since tried, 2 changed, 4 unknowable (HTTP)
     assert shards_to_load([0, 1, 2, 3, 4], ledger, tried, sigs.__getitem__) == [2, 3]
-    assert shards_to_load([1], ledger, {}, sigs.__getitem__) == [1]  # found quarantined at start: one try
+    assert shards_to_load([1, 4], ledger, {}, sigs.__getitem__) == [1, 4]  # quarantined before this start: one try
 
 
 def test_local_signature_changes_with_the_files(make_shards: Callable[..., Path]) -> None:

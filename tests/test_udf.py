@@ -19,16 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("PIL")
 pytest.importorskip("instant_clip_tokenizer")
 
-from PIL import Image  # noqa: E402
+import torch
+from PIL import Image
 
-from ingest.udf import model as clip_model  # noqa: E402
-from ingest.udf import program, weights  # noqa: E402
-from ingest.udf.preprocess import crop_box, load_image, resized_size, transform  # noqa: E402
-from ingest.udf.tokenizer import END_OF_TEXT, START_OF_TEXT, ClipTokenizer  # noqa: E402
+from ingest.udf import model as clip_model
+from ingest.udf import program, weights
+from ingest.udf.preprocess import crop_box, load_image, resized_size, transform
+from ingest.udf.tokenizer import END_OF_TEXT, START_OF_TEXT, ClipTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -189,18 +190,22 @@ def test_safetensors_reader(tmp_path: Path) -> None:
 
 
 def test_torchscript_archive_is_read_and_checked(tmp_path: Path) -> None:
+    class Visual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 768, 16, 16, bias=False)  # ViT-B/16's patch, not B/32's
+
     class Holder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.visual = torch.nn.Module()
-            self.visual.conv1 = torch.nn.Conv2d(3, 768, 16, 16, bias=False)
+            self.visual = Visual()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out: torch.Tensor = self.visual.conv1(x)
             return out
 
     path = tmp_path / "jit.pt"
-    torch.jit.trace(Holder(), torch.zeros(1, 3, 32, 32)).save(str(path))
+    torch.jit.trace(Holder(), torch.zeros(1, 3, 32, 32)).save(str(path))  # type: ignore[no-untyped-call]
     with pytest.raises(weights.WeightsError, match=r"has shape \(768, 3, 16, 16\), expected \(768, 3, 32, 32\)"):
         weights.load_model(str(path))
 

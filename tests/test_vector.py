@@ -69,11 +69,11 @@ def chdb_rows(db: Path, sql: str) -> list[dict[str, Any]]:
     """An independent look into the data directory (open, query, close: never while a CLI run holds it)."""
     from chdb import session
 
-    s = session.Session(str(db))
+    s = session.Session(str(db))  # type: ignore[no-untyped-call]
     try:
-        data = s.query(sql, "JSONEachRow").bytes()
+        data = s.query(sql, "JSONEachRow").bytes()  # type: ignore[no-untyped-call]
     finally:
-        s.close()
+        s.close()  # type: ignore[no-untyped-call]
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
@@ -298,7 +298,7 @@ def test_eval_recall_on_clustered_data(loaded: Loaded) -> None:
 
 def test_run_index_builds_both_indexes_after_the_load(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    for s in (0, 1, 2):
+    for s in (0, 1):
         write_shard(src, s, SynthSpec(rows=1000, seed=3))
     db = tmp_path / "db"
     target = f"chdb:{db}"
@@ -313,11 +313,6 @@ def test_run_index_builds_both_indexes_after_the_load(tmp_path: Path) -> None:
     after = orjson.loads(ok(cli("search", "--target", target, "--like-id", "5", "--json", "--limit", "3")))
     assert after["index_used"] is True and after["hits"][0]["id"] == 5
 
-    # a later load, then `index` again: both exist, and the new rows' parts get the index too
-    ok(cli("run", "--source", str(src), "--shards", "2", "--target", target, "--no-progress"))
-    again = ok(cli("index", "--target", target, "--column", "all", "--no-progress"))
-    assert "image_index: already exists" in again and "text_index: already exists" in again
-    assert "3,000 rows covered" in again
     parts = chdb_rows(
         db, "SELECT secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
     )

@@ -27,10 +27,10 @@ TEXT_PROGRAM = "encode-text"
 IMAGE_PROGRAM = "encode-image"
 WEIGHTS_ENV = "LAION_INGEST_CLIP_WEIGHTS"
 DIM = 512
+IMAGE_BATCH = 16  # images per forward pass at most, taken only from lines already waiting
 ZERO_LINE = b"[" + b",".join([b"0"] * DIM) + b"]\n"
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 _ESCAPE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|.)", re.DOTALL)
 _ESCAPED = {b"b": b"\b", b"f": b"\f", b"r": b"\r", b"n": b"\n", b"t": b"\t", b"0": b"\0", b"a": b"\a", b"v": b"\v"}
@@ -247,7 +247,7 @@ def run_encode_text(weights: str, batch_lines: int = 1) -> int:
 
 
 def run_encode_image(weights: str) -> int:
-    """`encode-image`: stdin image paths → stdout vectors, one image per forward pass."""
+    """`encode-image`: stdin image paths → stdout vectors, up to IMAGE_BATCH images per forward pass."""
 
     def start() -> None:
         try:
@@ -255,7 +255,7 @@ def run_encode_image(weights: str) -> int:
         except ImportError:
             raise ProgramError("Pillow: not installed; pip install 'laion-ingest[clip]'") from None
         encoder = ImageEncoder(load_model(weights))
-        serve(IMAGE_PROGRAM, encoder.prepare, encoder.encode, 1, sys.stdin.buffer, sys.stdout.buffer)
+        serve(IMAGE_PROGRAM, encoder.prepare, encoder.encode, IMAGE_BATCH, sys.stdin.buffer, sys.stdout.buffer)
 
     return _run(IMAGE_PROGRAM, start)
 

@@ -105,6 +105,15 @@ def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # typ
     assert "interrupted:" in out or "done:" in out  # it may have been finishing anyway
     landed = done_batches(ledger)
     assert landed >= 10
+    # a Kubernetes Job asks for a retriable code when a stop leaves shards unfinished
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "run", *args, "--interrupt-exit-code", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    while done_batches(ledger) < landed + 5 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    if "interrupted:" in out:
+        assert proc.returncode == 4, err
     res = cli("run", *args)
     assert res.returncode == 0, res.stderr
     assert_table_equals(chdb_table(db), expected_rows(src, [0, 1, 2]))

@@ -227,11 +227,14 @@ _register_later_commands()
 @cli_errors
 def encode_text(
     weights: Annotated[str | None, typer.Option("--weights", help="CLIP ViT-B/32 weights file, or 'random'")] = None,
+    batch_lines: Annotated[
+        int, typer.Option("--batch-lines", min=1, help="Encode up to N already-waiting lines per forward pass")
+    ] = 1,
 ) -> None:
     """ClickHouse executable UDF: one text per stdin line → one Array(Float32) literal per line."""
     from ingest.udf.program import run_encode_text
 
-    raise typer.Exit(run_encode_text(_weights(weights)))
+    raise typer.Exit(run_encode_text(_weights(weights), batch_lines))
 
 
 @app.command("encode-image")

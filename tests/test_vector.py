@@ -318,6 +318,16 @@ def test_run_index_builds_both_indexes_after_the_load(tmp_path: Path) -> None:
     )
     assert parts and all(int(p["b"]) > 0 for p in parts)
 
+    # a later load into the indexed table does not pay for the index: its new part carries no index data
+    write_shard(src, 2, SynthSpec(rows=1000, seed=3))
+    ok(cli("run", "--source", str(src), "--shards", "2", "--target", target, "--no-progress"))
+    new_parts = chdb_rows(
+        db,
+        "SELECT secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion' "
+        "AND min_block_number = max_block_number ORDER BY min_block_number DESC LIMIT 1",
+    )
+    assert new_parts and int(new_parts[0]["b"]) == 0
+
 
 def test_failed_build_is_reported_killed_and_rolled_back(tmp_path: Path) -> None:
     """A build the server cannot finish (here: a dimension the data does not have) is not retried forever:

@@ -132,7 +132,11 @@ class ChdbSink:
         await self._call(work)
 
     async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
-        clause = settings_clause({"insert_deduplication_token": token} if token else None)
+        # the load never pays for vector indexes: parts get them from `laion-ingest index` (or later merges)
+        settings: dict[str, str | int] = {"materialize_skip_indexes_on_insert": 0}
+        if token:
+            settings["insert_deduplication_token"] = token
+        clause = settings_clause(settings)
 
         def work() -> None:
             tbl = pa.Table.from_batches([batch])  # noqa: F841 - read by name by chdb's Python() table function

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ingest.encode import body_size, encode
+from ingest.encode import Format, body_size, encode
 from ingest.plan import plan_batches
 from ingest.shard import read_batches, validate_shard
 from ingest.synth import SynthSpec, write_shard
@@ -52,7 +52,8 @@ def main() -> None:
     data = batches(args.rows, args.batch_rows, args.dim)
     first = data[0]
     print(f"{len(data)} batches × {first.num_rows} rows, dim {args.dim}")
-    for fmt in ("native", "rowbinary"):
+    formats: tuple[Format, ...] = ("native", "rowbinary")
+    for fmt in formats:
         size = body_size(encode(first, fmt))
         per = timed(lambda fmt=fmt: [encode(b, fmt) for b in data], args.repeat) / len(data)  # type: ignore[misc]
         print(
@@ -64,7 +65,7 @@ def main() -> None:
             prof.enable()
             for _ in range(args.repeat):
                 for b in data:
-                    encode(b, fmt)  # type: ignore[arg-type]
+                    encode(b, fmt)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(8)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from chdb import session
-
 from tutorial_load import DDL
 
 STRIDE = 10_000_000

@@ -41,8 +41,14 @@ def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, 
     hold large data itself (it only starts processes and reads files' sizes).
     """
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - t0
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -63,8 +69,11 @@ def best_of(n: int, label: str, make_cmd, setup=None) -> Measure:  # type: ignor
 
 
 def synth(root: Path, shard: int, rows: int) -> None:
-    subprocess.run([PY, "-m", "ingest", "synth", "--out", str(root), "--shards", str(shard), "--rows", str(rows)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "-m", "ingest", "synth", "--out", str(root), "--shards", str(shard), "--rows", str(rows)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def fresh(path: Path):  # type: ignore[no-untyped-def]
@@ -75,8 +84,22 @@ def fresh(path: Path):  # type: ignore[no-untyped-def]
 
 
 def ours_chdb(src: Path, db: Path, shard: int, *extra: str) -> list[str]:
-    return [PY, "-m", "ingest", "run", "--source", str(src), "--shards", str(shard), "--target", f"chdb:{db}",
-            "--no-progress", "--state", str(db) + ".ledger.json", *extra]
+    return [
+        PY,
+        "-m",
+        "ingest",
+        "run",
+        "--source",
+        str(src),
+        "--shards",
+        str(shard),
+        "--target",
+        f"chdb:{db}",
+        "--no-progress",
+        "--state",
+        str(db) + ".ledger.json",
+        *extra,
+    ]
 
 
 def print_table(title: str, rows: list[Measure], base: Measure) -> None:
@@ -99,13 +122,23 @@ def section_chdb(work: Path, rows: int, repeat: int) -> None:
     ours = best_of(repeat, f"ours → chdb ({rows:,} rows)", lambda: ours_chdb(src, db, 0), reset_all)
     rb = work / "rows.rowbinary"
     subprocess.run([PY, str(HERE / "expert_chdb.py"), "export", str(db), "laion", str(rb)], check=True)
-    paste = best_of(repeat, "ClickHouse file(npy) PASTE JOIN file(parquet), chdb",
-                    lambda: [PY, str(HERE / "expert_chdb.py"), "paste", str(db), str(src), "0"], reset)
-    ceil = best_of(repeat, "INSERT pre-encoded RowBinary file, chdb (ceiling)",
-                   lambda: [PY, str(HERE / "expert_chdb.py"), "ceiling", str(db), str(rb)], reset)
+    paste = best_of(
+        repeat,
+        "ClickHouse file(npy) PASTE JOIN file(parquet), chdb",
+        lambda: [PY, str(HERE / "expert_chdb.py"), "paste", str(db), str(src), "0"],
+        reset,
+    )
+    ceil = best_of(
+        repeat,
+        "INSERT pre-encoded RowBinary file, chdb (ceiling)",
+        lambda: [PY, str(HERE / "expert_chdb.py"), "ceiling", str(db), str(rb)],
+        reset,
+    )
     print_table(f"1. embedded chdb, one {rows:,}-row shard (best of {repeat})", [ours, paste, ceil], paste)
-    print(f"ours / PASTE JOIN = {ours.seconds / paste.seconds:.2f}  (target ≤ 0.8)   "
-          f"ours / ceiling = {ours.seconds / ceil.seconds:.2f}")
+    print(
+        f"ours / PASTE JOIN = {ours.seconds / paste.seconds:.2f}  (target ≤ 0.8)   "
+        f"ours / ceiling = {ours.seconds / ceil.seconds:.2f}"
+    )
 
 
 def section_tutorial(work: Path, rows: int, repeat: int) -> None:
@@ -119,13 +152,24 @@ def section_tutorial(work: Path, rows: int, repeat: int) -> None:
     db = work / "tdb"
     csv = work / "shard0.csv"
     reset = fresh(db)
-    process = best_of(repeat, "tutorial process.py: npy+parquet → CSV (pandas)", lambda: [
-        PY, str(HERE / "tutorial_process.py"), str(src / "img_emb/img_emb_0.npy"),
-        str(src / "text_emb/text_emb_0.npy"), str(src / "metadata/metadata_0.parquet"), str(csv)])
-    load = best_of(repeat, "tutorial: INSERT CSV (chdb)",
-                   lambda: [PY, str(HERE / "tutorial_load.py"), str(db), str(csv)], reset)
-    tutorial = Measure("tutorial total (process + load)", process.seconds + load.seconds,
-                       max(process.peak_rss_mb, load.peak_rss_mb))
+    process = best_of(
+        repeat,
+        "tutorial process.py: npy+parquet → CSV (pandas)",
+        lambda: [
+            PY,
+            str(HERE / "tutorial_process.py"),
+            str(src / "img_emb/img_emb_0.npy"),
+            str(src / "text_emb/text_emb_0.npy"),
+            str(src / "metadata/metadata_0.parquet"),
+            str(csv),
+        ],
+    )
+    load = best_of(
+        repeat, "tutorial: INSERT CSV (chdb)", lambda: [PY, str(HERE / "tutorial_load.py"), str(db), str(csv)], reset
+    )
+    tutorial = Measure(
+        "tutorial total (process + load)", process.seconds + load.seconds, max(process.peak_rss_mb, load.peak_rss_mb)
+    )
 
     def reset_all() -> None:
         reset()
@@ -133,8 +177,10 @@ def section_tutorial(work: Path, rows: int, repeat: int) -> None:
 
     ours = best_of(repeat, f"ours → chdb ({rows:,} rows)", lambda: ours_chdb(src, db, 0), reset_all)
     print_table(f"3. tutorial pandas → CSV → INSERT vs ours, {rows:,} rows", [process, load, tutorial, ours], ours)
-    print(f"tutorial / ours = {tutorial.seconds / ours.seconds:.1f}× (target ≥ 50×); "
-          f"CSV size {csv.stat().st_size / 1e6:.0f} MB for {rows:,} rows")
+    print(
+        f"tutorial / ours = {tutorial.seconds / ours.seconds:.1f}× (target ≥ 50×); "
+        f"CSV size {csv.stat().st_size / 1e6:.0f} MB for {rows:,} rows"
+    )
 
 
 def start_server(work: Path):  # type: ignore[no-untyped-def]
@@ -148,8 +194,24 @@ def start_server(work: Path):  # type: ignore[no-untyped-def]
 
 
 def ours_http(src: Path, handle, db: str, shards: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [PY, "-m", "ingest", "run", "--source", str(src), "--shards", shards, "--target", handle.http_url,
-            "--database", db, "--no-progress", "--state", str(state), *extra]
+    return [
+        PY,
+        "-m",
+        "ingest",
+        "run",
+        "--source",
+        str(src),
+        "--shards",
+        shards,
+        "--target",
+        handle.http_url,
+        "--database",
+        db,
+        "--no-progress",
+        "--state",
+        str(state),
+        *extra,
+    ]
 
 
 def reset_server_table(handle, db: str, state: Path):  # type: ignore[no-untyped-def]
@@ -177,21 +239,38 @@ def section_http(work: Path, rows: int, repeat: int) -> None:
         synth(src, 0, rows)
         state = work / "ledger.json"
         reset = reset_server_table(handle, "bench", state)
-        native = best_of(repeat, f"ours → HTTP server, Native ({rows:,} rows)",
-                         lambda: ours_http(src, handle, "bench", "0", state), reset)
-        rowbin = best_of(repeat, "ours → HTTP server, RowBinary",
-                         lambda: ours_http(src, handle, "bench", "0", state, "--format", "rowbinary"), reset)
+        native = best_of(
+            repeat,
+            f"ours → HTTP server, Native ({rows:,} rows)",
+            lambda: ours_http(src, handle, "bench", "0", state),
+            reset,
+        )
+        rowbin = best_of(
+            repeat,
+            "ours → HTTP server, RowBinary",
+            lambda: ours_http(src, handle, "bench", "0", state, "--format", "rowbinary"),
+            reset,
+        )
         rb = work / "rows.rowbinary"
         # curl writes the export straight to disk: this process must stay small, or its RSS high-water mark is
         # inherited by every child it forks (Linux keeps it in ru_maxrss across exec)
         export = "SELECT%20*%20FROM%20bench.laion%20ORDER%20BY%20id%20FORMAT%20RowBinary"
-        subprocess.run(["curl", "-sSf", "-o", str(rb), "--data-binary", "", f"{handle.http_url}/?query={export}"],
-                       check=True)
+        subprocess.run(
+            ["curl", "-sSf", "-o", str(rb), "--data-binary", "", f"{handle.http_url}/?query={export}"], check=True
+        )
         url = f"{handle.http_url}/?query=" + "INSERT%20INTO%20bench.laion%20FORMAT%20RowBinary"
-        curl = best_of(repeat, "curl --data-binary pre-encoded RowBinary (ceiling)",
-                       lambda: ["curl", "-sSf", "--data-binary", f"@{rb}", url], reset)
-        print_table(f"2. ClickHouse {handle.query('SELECT version()').decode().strip()} over HTTP, "
-                    f"one {rows:,}-row shard (best of {repeat})", [native, rowbin, curl], curl)
+        curl = best_of(
+            repeat,
+            "curl --data-binary pre-encoded RowBinary (ceiling)",
+            lambda: ["curl", "-sSf", "--data-binary", f"@{rb}", url],
+            reset,
+        )
+        print_table(
+            f"2. ClickHouse {handle.query('SELECT version()').decode().strip()} over HTTP, "
+            f"one {rows:,}-row shard (best of {repeat})",
+            [native, rowbin, curl],
+            curl,
+        )
         print(f"ours Native / curl RowBinary = {native.seconds / curl.seconds:.2f} (target ≤ 1.1)")
     finally:
         handle.stop()
@@ -211,8 +290,10 @@ def section_rss(work: Path, rows: int, repeat: int) -> None:
         small = best_of(1, "ours → HTTP, 50,000-row shard", lambda: ours_http(src, handle, "bench", "0", state), reset)
         big = best_of(1, "ours → HTTP, 400,000-row shard", lambda: ours_http(src, handle, "bench", "1", state), reset)
         print_table("4. peak RSS of ours (the server is another process)", [small, big], small)
-        print(f"peak RSS 400k / 50k = {big.peak_rss_mb / small.peak_rss_mb:.2f} (target ≤ 1.3; "
-              f"{big.peak_rss_mb:.0f} MB, target ≤ 400 MB)")
+        print(
+            f"peak RSS 400k / 50k = {big.peak_rss_mb / small.peak_rss_mb:.2f} (target ≤ 1.3; "
+            f"{big.peak_rss_mb:.0f} MB, target ≤ 400 MB)"
+        )
     finally:
         handle.stop()
 
@@ -229,7 +310,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-bench-"))
-    print(f"# laion-ingest bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    print(f"# laion-ingest bench — {stamp}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
     try:
         for name in args.sections.split(","):
             rows = args.tutorial_rows if name == "tutorial" else args.rows

@@ -15,8 +15,24 @@ from test_resume import done_batches, kill_when, start_run
 
 
 def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str) -> list[str]:
-    return ["--source", str(src), "--shards", "0-2", "--target", handle.http_url, "--database", db,
-            "--dim", "128", "--batch-rows", "250", "--no-progress", "--state", str(ledger), *extra]
+    return [
+        "--source",
+        str(src),
+        "--shards",
+        "0-2",
+        "--target",
+        handle.http_url,
+        "--database",
+        db,
+        "--dim",
+        "128",
+        "--batch-rows",
+        "250",
+        "--no-progress",
+        "--state",
+        str(ledger),
+        *extra,
+    ]
 
 
 def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -40,8 +56,13 @@ def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> Non
         src = make_shards([0, 1, 2], rows=12_000, dim=128)
         ledger = tmp_path / "ledger.json"
         args = run_args(src, handle, "faults", ledger, "--max-retries", "20", "--retry-max-seconds", "2")
-        proc = subprocess.Popen([sys.executable, "-m", "ingest", "run", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest", "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         outage = {"killed_at": -1}
 
         def kill_and_restart() -> None:
@@ -54,7 +75,7 @@ def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> Non
 
         t = threading.Thread(target=kill_and_restart)
         t.start()
-        out, err = proc.communicate(timeout=240)
+        _out, err = proc.communicate(timeout=240)
         t.join()
         assert outage["killed_at"] >= 30, "the run finished before the server was killed"
         assert proc.returncode == 0, err

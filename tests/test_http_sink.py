@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ from server_fixtures import ServerHandle, free_ports
 from ingest.batch import batch_schema
 from ingest.errors import (
     AuthError,
+    ConfigError,
     SchemaMismatchError,
     TargetError,
     TransientTargetError,
@@ -28,7 +31,15 @@ from ingest.errors import (
 )
 from ingest.settings import Credentials, Settings
 from ingest.sinks.base import server_info
-from ingest.sinks.http import HttpSink, build_request, insert_settings, insert_sql, one_line, server_error
+from ingest.sinks.http import (
+    HttpSink,
+    build_request,
+    insert_settings,
+    insert_sql,
+    one_line,
+    server_error,
+    ssl_context,
+)
 from ingest.sql import TableRef
 from ingest.target import parse_target
 
@@ -121,6 +132,16 @@ def test_server_errors_map_to_the_tree_as_one_line() -> None:
     assert len(one_line("x" * 5000)) <= 300
 
 
+def test_tls_verifies_by_default_and_skips_checks_only_when_asked(tmp_path: Path) -> None:
+    assert ssl_context(sink_settings("http://h:8123", "d")) is None
+    verified = ssl_context(sink_settings("https://h:8443", "d"))
+    assert verified is not None and verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname
+    insecure = ssl_context(replace(sink_settings("https://h:8443", "d"), insecure=True))
+    assert insecure is not None and insecure.verify_mode == ssl.CERT_NONE and not insecure.check_hostname
+    with pytest.raises(ConfigError, match="cannot use --ca-file"):
+        ssl_context(replace(sink_settings("https://h:8443", "d"), ca_file=tmp_path / "missing.pem"))
+
+
 # -- the sink against the real server -------------------------------------------------------------------------
 
 
@@ -159,8 +180,13 @@ def test_ensure_table_creates_is_idempotent_and_refuses_other_schemas(ch_server:
     run(go())
     described = ch_server.query(f"DESCRIBE TABLE {ch_db}.laion").decode().splitlines()
     assert [line.split("\t")[:2] for line in described] == [
-        ["id", "Int64"], ["url", "String"], ["caption", "String"], ["NSFW", "String"], ["similarity", "Float32"],
-        ["image_embedding", "Array(Float32)"], ["text_embedding", "Array(Float32)"],
+        ["id", "Int64"],
+        ["url", "String"],
+        ["caption", "String"],
+        ["NSFW", "String"],
+        ["similarity", "Float32"],
+        ["image_embedding", "Array(Float32)"],
+        ["text_embedding", "Array(Float32)"],
     ]
 
 
@@ -260,7 +286,7 @@ def test_a_connection_cut_mid_insert_is_uncertain_and_a_cut_query_transient() ->
         sink = HttpSink(sink_settings(f"http://127.0.0.1:{port}", "db"))
         sink.info = server_info("18.16.1")
         try:
-            with pytest.raises(UncertainInsertError, match="insert into ClickHouse at 127.0.0.1") as info:
+            with pytest.raises(UncertainInsertError, match=r"insert into ClickHouse at 127\.0\.0\.1") as info:
                 await sink.insert(TableRef("db", "laion"), small_batch(0, 2000), None)
             assert info.value.retriable
         finally:
@@ -286,8 +312,21 @@ def test_a_connection_cut_mid_insert_is_uncertain_and_a_cut_query_transient() ->
 
 def run_args(src: Path, server: ServerHandle, db: str, state: Path, *extra: str) -> list[str]:
     return [
-        "run", "--source", str(src), "--shards", "0-2", "--target", server.http_url, "--database", db,
-        "--table", "laion", "--no-progress", "--state", str(state), *extra,
+        "run",
+        "--source",
+        str(src),
+        "--shards",
+        "0-2",
+        "--target",
+        server.http_url,
+        "--database",
+        db,
+        "--table",
+        "laion",
+        "--no-progress",
+        "--state",
+        str(state),
+        *extra,
     ]
 
 
@@ -321,14 +360,17 @@ def test_cli_password_from_env_or_file_and_a_wrong_one_fails_cleanly(
 ) -> None:
     src = make_shards([0, 1, 2], rows=300)
     base = ["--user", "ingest"]
-    by_env = cli(*run_args(src, ch_server, ch_db, tmp_path / "l1.json", *base),
-                 env={"CLICKHOUSE_PASSWORD": ch_server.password})
+    by_env = cli(
+        *run_args(src, ch_server, ch_db, tmp_path / "l1.json", *base), env={"CLICKHOUSE_PASSWORD": ch_server.password}
+    )
     assert by_env.returncode == 0, by_env.stderr
 
     pw_file = tmp_path / "pw"
     pw_file.write_text(ch_server.password + "\n")
-    by_file = cli(*run_args(src, ch_server, f"{ch_db}", tmp_path / "l2.json", *base, "--password-file", str(pw_file)),
-                  env={"CLICKHOUSE_PASSWORD": ""})
+    by_file = cli(
+        *run_args(src, ch_server, f"{ch_db}", tmp_path / "l2.json", *base, "--password-file", str(pw_file)),
+        env={"CLICKHOUSE_PASSWORD": ""},
+    )
     assert by_file.returncode == 0, by_file.stderr
     assert "900 rows already present" in by_file.stdout
 
@@ -348,8 +390,22 @@ def test_cli_refuses_an_injected_table_name_before_sending_anything(
 ) -> None:
     ch_server.query(f"CREATE TABLE {ch_db}.y (id Int64) ENGINE = MergeTree ORDER BY id")
     src = make_shards([0], rows=10)
-    res = cli("run", "--source", str(src), "--shards", "0", "--target", ch_server.http_url, "--database", ch_db,
-              "--table", "x; DROP TABLE y", "--no-progress", "--state", str(tmp_path / "l.json"))
+    res = cli(
+        "run",
+        "--source",
+        str(src),
+        "--shards",
+        "0",
+        "--target",
+        ch_server.http_url,
+        "--database",
+        ch_db,
+        "--table",
+        "x; DROP TABLE y",
+        "--no-progress",
+        "--state",
+        str(tmp_path / "l.json"),
+    )
     assert res.returncode == 2
     assert "invalid table name 'x; DROP TABLE y'" in res.stderr and "Traceback" not in res.stderr
     with pytest.raises(UsageError):

@@ -54,8 +54,21 @@ def kill_when(proc: subprocess.Popen[bytes], ledger: Path, reached: int, timeout
 def test_kill_nine_repeatedly_then_resume_is_exact(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = ["--source", str(src), "--shards", "0-2", "--target", f"chdb:{db}", "--dim", "128",
-            "--batch-rows", "250", "--no-progress", "--state", str(ledger)]
+    args = [
+        "--source",
+        str(src),
+        "--shards",
+        "0-2",
+        "--target",
+        f"chdb:{db}",
+        "--dim",
+        "128",
+        "--batch-rows",
+        "250",
+        "--no-progress",
+        "--state",
+        str(ledger),
+    ]
     # 144 batches: kill during start-up, then at rising points of the ledger, i.e. while inserts are running
     seen = [kill_when(start_run(args), ledger, 0)]
     for target in (10, 40, 80, 120):
@@ -72,8 +85,21 @@ def test_resume_with_lost_ledger_and_partial_range(make_shards, tmp_path: Path) 
     """A range holding only some of a batch's rows (a torn insert) is deleted and re-inserted, not duplicated."""
     src = make_shards([0], rows=2000, dim=16)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = ["--source", str(src), "--shards", "0", "--target", f"chdb:{db}", "--dim", "16", "--batch-rows", "500",
-            "--no-progress", "--state", str(ledger)]
+    args = [
+        "--source",
+        str(src),
+        "--shards",
+        "0",
+        "--target",
+        f"chdb:{db}",
+        "--dim",
+        "16",
+        "--batch-rows",
+        "500",
+        "--no-progress",
+        "--state",
+        str(ledger),
+    ]
     assert cli("run", *args).returncode == 0
     from chdb import session
 
@@ -92,10 +118,28 @@ def test_resume_with_lost_ledger_and_partial_range(make_shards, tmp_path: Path) 
 def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = ["--source", str(src), "--shards", "0-2", "--target", f"chdb:{db}", "--dim", "128",
-            "--batch-rows", "250", "--no-progress", "--state", str(ledger)]
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    args = [
+        "--source",
+        str(src),
+        "--shards",
+        "0-2",
+        "--target",
+        f"chdb:{db}",
+        "--dim",
+        "128",
+        "--batch-rows",
+        "250",
+        "--no-progress",
+        "--state",
+        str(ledger),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     while done_batches(ledger) < 10 and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
@@ -106,8 +150,13 @@ def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # typ
     landed = done_batches(ledger)
     assert landed >= 10
     # a Kubernetes Job asks for a retriable code when a stop leaves shards unfinished
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "run", *args, "--interrupt-exit-code", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "run", *args, "--interrupt-exit-code", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     while done_batches(ledger) < landed + 5 and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
@@ -122,8 +171,21 @@ def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # typ
 def test_second_process_on_same_chdb_dir_is_refused(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = ["--source", str(src), "--shards", "0-2", "--target", f"chdb:{db}", "--dim", "128",
-            "--batch-rows", "250", "--no-progress", "--state", str(ledger)]
+    args = [
+        "--source",
+        str(src),
+        "--shards",
+        "0-2",
+        "--target",
+        f"chdb:{db}",
+        "--dim",
+        "128",
+        "--batch-rows",
+        "250",
+        "--no-progress",
+        "--state",
+        str(ledger),
+    ]
     first = start_run(args)
     try:
         while done_batches(ledger) < 2 and first.poll() is None:

@@ -12,21 +12,48 @@ from server_fixtures import ServerHandle
 
 
 def test_two_workers_in_parallel_load_everything_once(
-    make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path  # type: ignore[no-untyped-def]
+    make_shards,
+    ch_server: ServerHandle,
+    ch_db: str,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     src = make_shards(range(5), rows=3000, dim=64)
     procs = []
     for index in (0, 1):
-        args = ["run", "--source", str(src), "--shards", "0-4", "--target", ch_server.http_url, "--database", ch_db,
-                "--dim", "64", "--batch-rows", "700", "--no-progress", "--worker-count", "2",
-                "--state", str(tmp_path / f"ledger-{index}.json")]
+        args = [
+            "run",
+            "--source",
+            str(src),
+            "--shards",
+            "0-4",
+            "--target",
+            ch_server.http_url,
+            "--database",
+            ch_db,
+            "--dim",
+            "64",
+            "--batch-rows",
+            "700",
+            "--no-progress",
+            "--worker-count",
+            "2",
+            "--state",
+            str(tmp_path / f"ledger-{index}.json"),
+        ]
         env = {"JOB_COMPLETION_INDEX": str(index)} if index == 1 else {}
         if index == 0:
             args += ["--worker-index", "0"]
-        procs.append(subprocess.Popen([sys.executable, "-m", "ingest", *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env={**os.environ, **env}))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ingest", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+            )
+        )
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     # worker 0 takes shards 0, 2, 4; worker 1 (index from JOB_COMPLETION_INDEX) takes 1, 3
     assert "done: 3 shards, 9,000 rows inserted" in outs[0][0]

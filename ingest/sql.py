@@ -64,12 +64,9 @@ def create_table_sql(ref: TableRef, dedup_window: int | None) -> str:
     return f"CREATE TABLE IF NOT EXISTS {ref.sql} ({cols}) ENGINE = MergeTree ORDER BY id{settings}"
 
 
-def columns_sql(ref: TableRef) -> str:
-    """Columns of an existing table, in order (for the schema check)."""
-    return (
-        "SELECT name, type FROM system.columns WHERE database = "
-        f"{quote_string(ref.database)} AND table = {quote_string(ref.table)} ORDER BY position"
-    )
+def describe_sql(ref: TableRef) -> str:
+    """Columns of an existing table in order, on every server version (18.16's system.columns has no position)."""
+    return f"DESCRIBE TABLE {ref.sql}"
 
 
 def count_range_sql(ref: TableRef, first_id: int, last_id: int) -> str:

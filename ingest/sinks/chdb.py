@@ -22,11 +22,11 @@ from ingest.settings import Settings
 from ingest.sinks.base import ServerInfo, server_info
 from ingest.sql import (
     TableRef,
-    columns_sql,
     count_range_sql,
     create_database_sql,
     create_table_sql,
     delete_range_sql,
+    describe_sql,
     quote_string,
     schema_mismatch,
 )
@@ -124,7 +124,7 @@ class ChdbSink:
         def work() -> None:
             self._raw(create_database_sql(ref.database))
             self._raw(create_table_sql(ref, DEDUP_WINDOW))
-            actual = [(r["name"], r["type"]) for r in self._rows(columns_sql(ref))]
+            actual = [(r["name"], r["type"]) for r in self._rows(describe_sql(ref))]
             problem = schema_mismatch(actual)
             if problem:
                 raise SchemaMismatchError(f"table {ref.key} {problem}")

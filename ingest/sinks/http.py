@@ -41,6 +41,7 @@ from ingest.sql import (
     create_database_sql,
     create_table_sql,
     delete_range_sql,
+    describe_sql,
     quote_string,
     schema_mismatch,
 )
@@ -121,13 +122,16 @@ def insert_sql(ref: TableRef, fmt: str) -> str:
 
 
 def insert_settings(info: ServerInfo, token: str | None) -> dict[str, str | int]:
-    """Dedup token only where the server knows the setting (18.16 would refuse the whole insert)."""
-    return {"insert_deduplication_token": token} if token and info.dedup_token else {}
+    """Only settings the server knows (18.16 would refuse the whole insert for an unknown one).
 
-
-def describe_sql(ref: TableRef) -> str:
-    """Columns in order on every server version (18.16's system.columns has no `position`)."""
-    return f"DESCRIBE TABLE {ref.sql}"
+    Servers with vector indexes also skip building them on insert: the load never pays for the index.
+    """
+    settings: dict[str, str | int] = {}
+    if token and info.dedup_token:
+        settings["insert_deduplication_token"] = token
+    if info.vector_index:
+        settings["materialize_skip_indexes_on_insert"] = 0
+    return settings
 
 
 def pending_mutations_sql(ref: TableRef) -> str:

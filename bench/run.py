@@ -83,23 +83,14 @@ def fresh(path: Path):  # type: ignore[no-untyped-def]
     return reset
 
 
+def ours(src: Path, shards: str, state: Path, *args: str) -> list[str]:
+    """Our whole program, as a user runs it."""
+    run = ["-m", "ingest", "run", "--source", str(src), "--shards", shards, "--no-progress", "--state", str(state)]
+    return [PY, *run, *args]
+
+
 def ours_chdb(src: Path, db: Path, shard: int, *extra: str) -> list[str]:
-    return [
-        PY,
-        "-m",
-        "ingest",
-        "run",
-        "--source",
-        str(src),
-        "--shards",
-        str(shard),
-        "--target",
-        f"chdb:{db}",
-        "--no-progress",
-        "--state",
-        str(db) + ".ledger.json",
-        *extra,
-    ]
+    return ours(src, str(shard), Path(str(db) + ".ledger.json"), "--target", f"chdb:{db}", *extra)
 
 
 def print_table(title: str, rows: list[Measure], base: Measure) -> None:
@@ -194,24 +185,7 @@ def start_server(work: Path):  # type: ignore[no-untyped-def]
 
 
 def ours_http(src: Path, handle, db: str, shards: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        PY,
-        "-m",
-        "ingest",
-        "run",
-        "--source",
-        str(src),
-        "--shards",
-        shards,
-        "--target",
-        handle.http_url,
-        "--database",
-        db,
-        "--no-progress",
-        "--state",
-        str(state),
-        *extra,
-    ]
+    return ours(src, shards, state, "--target", handle.http_url, "--database", db, *extra)
 
 
 def reset_server_table(handle, db: str, state: Path):  # type: ignore[no-untyped-def]

@@ -120,10 +120,12 @@ class ServerHandle:
     password: str = field(repr=False)
     user: str = INGEST_USER
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    """Listen address: another loopback address (127.0.0.2) lets two nodes share one HTTP port."""
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def pid(self) -> int | None:
@@ -150,7 +152,7 @@ class ServerHandle:
                     "--",
                     f"--http_port={self.http_port}",
                     f"--tcp_port={self.tcp_port}",
-                    "--listen_host=127.0.0.1",
+                    f"--listen_host={self.host}",
                     f"--interserver_http_port={self.interserver_port}",
                 ],
                 cwd=self.root,
@@ -222,16 +224,25 @@ class ServerHandle:
             raise RuntimeError(f"ClickHouse HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
 
 
-def start_clickhouse(tmpdir: Path, extra_config: str = "", password: str | None = None) -> ServerHandle:
-    """Start a server in `tmpdir` on free ports; `extra_config` XML elements replace/extend config.xml's."""
+def start_clickhouse(
+    tmpdir: Path,
+    extra_config: str = "",
+    password: str | None = None,
+    host: str = "127.0.0.1",
+    ports: tuple[int, int, int] | None = None,
+) -> ServerHandle:
+    """Start a server in `tmpdir` on free ports; `extra_config` XML elements replace/extend config.xml's.
+
+    `host` is the listen address (a loopback one); `ports` fixes (http, tcp, interserver) instead of free ones.
+    """
     reason = server_available()
     if reason is not None:
         pytest.skip(reason)
     tmpdir.mkdir(parents=True, exist_ok=True)
     pw = password if password is not None else "pw-" + secrets.token_urlsafe(12)
     write_config(tmpdir, pw, extra_config)
-    http_port, tcp_port, inter_port = free_ports(3)
-    handle = ServerHandle(tmpdir, http_port, tcp_port, inter_port, pw)
+    http_port, tcp_port, inter_port = ports if ports is not None else free_ports(3)
+    handle = ServerHandle(tmpdir, http_port, tcp_port, inter_port, pw, host=host)
     handle.start()
     return handle
 

@@ -51,24 +51,16 @@ def kill_when(proc: subprocess.Popen[bytes], ledger: Path, reached: int, timeout
     return done_batches(ledger)
 
 
+def run_args(src: Path, db: Path, ledger: Path) -> list[str]:
+    """3 shards of 12,000 rows in 250-row batches: 144 batches, so kills land while inserts run."""
+    return ["--source", str(src), "--shards", "0-2", "--target", f"chdb:{db}", "--dim", "128", "--batch-rows", "250",
+            "--no-progress", "--state", str(ledger)]  # fmt: skip
+
+
 def test_kill_nine_repeatedly_then_resume_is_exact(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = [
-        "--source",
-        str(src),
-        "--shards",
-        "0-2",
-        "--target",
-        f"chdb:{db}",
-        "--dim",
-        "128",
-        "--batch-rows",
-        "250",
-        "--no-progress",
-        "--state",
-        str(ledger),
-    ]
+    args = run_args(src, db, ledger)
     # 144 batches: kill during start-up, then at rising points of the ledger, i.e. while inserts are running
     seen = [kill_when(start_run(args), ledger, 0)]
     for target in (10, 40, 80, 120):
@@ -118,21 +110,7 @@ def test_resume_with_lost_ledger_and_partial_range(make_shards, tmp_path: Path) 
 def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = [
-        "--source",
-        str(src),
-        "--shards",
-        "0-2",
-        "--target",
-        f"chdb:{db}",
-        "--dim",
-        "128",
-        "--batch-rows",
-        "250",
-        "--no-progress",
-        "--state",
-        str(ledger),
-    ]
+    args = run_args(src, db, ledger)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest", "run", *args],
         stdout=subprocess.PIPE,
@@ -171,21 +149,7 @@ def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # typ
 def test_second_process_on_same_chdb_dir_is_refused(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = [
-        "--source",
-        str(src),
-        "--shards",
-        "0-2",
-        "--target",
-        f"chdb:{db}",
-        "--dim",
-        "128",
-        "--batch-rows",
-        "250",
-        "--no-progress",
-        "--state",
-        str(ledger),
-    ]
+    args = run_args(src, db, ledger)
     first = start_run(args)
     try:
         while done_batches(ledger) < 2 and first.poll() is None:

@@ -203,6 +203,8 @@ class HttpSink:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
         self._limit = workers + 2
         self.info = server_info("0")
+        self.insert_extra: dict[str, str | int] = {}
+        """Settings added to every insert (the cluster sink's synchronous Distributed insert); empty by default."""
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -308,7 +310,7 @@ class HttpSink:
             self._creds,
             ref.database,
             insert_sql(ref, self._format),
-            insert_settings(self.info, token),
+            {**insert_settings(self.info, token), **self.insert_extra},
             insert=True,
         )
         await self._send(req, _stream(parts), body_size(parts))
@@ -340,17 +342,22 @@ class HttpSink:
             await asyncio.sleep(delay)
             delay = min(1.0, delay * 2)
 
-    async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+    async def query(
+        self, sql: str, settings: dict[str, str | int] | None = None, database: str | None = None
+    ) -> list[dict[str, Any]]:
+        """`database` overrides the session database (e.g. `default` before the target database exists)."""
         merged: dict[str, str | int] = {"output_format_json_quote_64bit_integers": 0, **(settings or {})}
         text = sql.strip().rstrip(";") + "\nFORMAT JSONEachRow"
-        raw = await self._send(self._request(text, merged))
+        raw = await self._send(self._request(text, merged, database))
         try:
             return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
         except orjson.JSONDecodeError as exc:
             raise TargetError(f"ClickHouse at {self._where} sent a reply that is not JSON: {exc}") from None
 
-    async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
-        await self._send(self._request(sql, settings))
+    async def execute(
+        self, sql: str, settings: dict[str, str | int] | None = None, database: str | None = None
+    ) -> None:
+        await self._send(self._request(sql, settings, database))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -89,6 +89,8 @@ def check_topology(cluster: str, nodes: list[ClusterNode], insert_mode: str) -> 
                 f"--insert-mode local needs one replica per shard; cluster {cluster!r} shard {multi[0]} has more "
                 "(use --insert-mode distributed)"
             )
+        if sum(n.weight for n in nodes) <= 0:
+            raise ConfigError(f"cluster {cluster!r} gives every shard weight 0: no shard takes inserts")
 
 
 def batch_position(first_id: int, batch_rows: int) -> tuple[int, int]:
@@ -99,7 +101,8 @@ def batch_position(first_id: int, batch_rows: int) -> tuple[int, int]:
 
 def placement(shard: int, index: int, weights: Sequence[int]) -> int:
     """Which shard (position in `weights`) takes a batch in local mode: crc32("shard:index") modulo the total
-    weight, walked over the cumulative weights, as Distributed itself weighs shards. Pure and stable across runs.
+    weight, walked over the cumulative weights, as Distributed itself weighs shards (weight 0 takes nothing).
+    Pure and stable across runs.
     """
     total = sum(weights)
     slot = zlib.crc32(f"{shard}:{index}".encode()) % total
@@ -165,7 +168,7 @@ class ClusterSink:
                 infos.append(await self._reach(node, sink))
             if node.replica == 1:
                 self._shards.append(self._nodes[url])
-                self._weights.append(max(1, node.weight))
+                self._weights.append(node.weight)
         self.info = combined_info(infos)
         if self._mode == "distributed":
             known = [str(r["name"]) for r in await self._entry.query(csql.sync_setting_sql(), database="default")]

@@ -54,7 +54,7 @@ def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, 
     out = proc.stdout.read().decode() if proc.stdout else ""
     err = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed ({os.waitstatus_to_exitcode(status)}):\n{out}\n{err}")
+        raise SystemExit(f"{label} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{err[-2000:]}")
     return Measure(label, seconds, usage.ru_maxrss / 1024)
 
 

@@ -13,6 +13,10 @@ import numpy as np
 import pandas as pd
 
 
+# The tutorial predates numpy 2, whose scalar repr is "np.float16(0.1)": print lists the way numpy 1 did.
+np.set_printoptions(legacy="1.25")
+
+
 def process(img_path: str, txt_path: str, meta_path: str, out_csv: str) -> None:
     im_emb = np.load(img_path)
     text_emb = np.load(txt_path)

@@ -43,6 +43,7 @@ from ingest.cli_support import (
     setup_logging,
 )
 from ingest.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
+from ingest.memory import return_large_buffers_to_the_os
 from ingest.plan import parse_shard_spec, worker_slice
 from ingest.runner import run_ingest, summary_line
 from ingest.settings import LAION_ROOT, Settings, read_credentials, resolve_table
@@ -80,7 +81,7 @@ def run(
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
     batch_rows: BatchRowsOpt = 8192,
-    queue_depth: QueueDepthOpt = 4,
+    queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
     dim: DimOpt = 512,
@@ -256,6 +257,7 @@ def _weights(flag: str | None) -> str:
 
 
 def main() -> None:
+    return_large_buffers_to_the_os()
     app()
 
 

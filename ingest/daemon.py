@@ -364,7 +364,7 @@ def daemon_command(
     http_host: Annotated[str, typer.Option("--http-host", help="Address for /healthz /readyz /metrics")] = "0.0.0.0",
     http_port: Annotated[int, typer.Option("--http-port", min=0, max=65535, help="Port for /metrics")] = 9108,
     batch_rows: BatchRowsOpt = 8192,
-    queue_depth: QueueDepthOpt = 4,
+    queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
     dim: DimOpt = 512,

@@ -36,7 +36,7 @@ class Settings:
     table: TableRef
     dim: int = 512
     batch_rows: int = 8192
-    queue_depth: int = 4
+    queue_depth: int = 2
     download_concurrency: int = 2
     insert_concurrency: int = 2
     cache_dir: Path = Path("./laion-cache")

@@ -20,7 +20,7 @@ from ingest.npy import NpyInfo, nonfinite_rows, read_npy_header, read_rows
 from ingest.plan import BatchPlan
 from ingest.settings import NanPolicy
 
-SCAN_ROWS = 65_536
+SCAN_ROWS = 16_384
 
 
 @dataclass(frozen=True, slots=True)

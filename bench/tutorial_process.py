@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pandas as pd
 
-
 # The tutorial predates numpy 2, whose scalar repr is "np.float16(0.1)": print lists the way numpy 1 did.
 np.set_printoptions(legacy="1.25")
 

@@ -17,7 +17,7 @@ import orjson
 import typer
 import uvloop
 
-from ingest.errors import EXIT_FATAL, IngestError
+from ingest.errors import EXIT_FATAL, IngestError, exception_leaves, first_error
 from ingest.settings import Settings, read_credentials, resolve_table
 from ingest.target import DEFAULT_TARGET, parse_target
 
@@ -76,14 +76,6 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside a (nested) exception group, in order."""
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
-
-
 def fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -105,8 +97,8 @@ def cli_errors(fn: Callable[P, T]) -> Callable[P, T]:
         except (typer.Exit, typer.Abort):
             raise
         except ExceptionGroup as group:  # a TaskGroup's failure: report the error that caused it
-            leaves = _leaves(group)
-            cause = next((e for e in leaves if isinstance(e, IngestError)), None)
+            leaves = exception_leaves(group)
+            cause = first_error(group, IngestError)
             if _debug:
                 raise
             if cause is not None:

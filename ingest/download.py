@@ -21,8 +21,15 @@ import aiofiles
 import aiohttp
 
 from ingest import metrics
-from ingest.errors import ConfigError, IngestError, MissingSourceFile, SourceError, TransientSourceError
-from ingest.pipeline import backoff_seconds
+from ingest.errors import (
+    ConfigError,
+    IngestError,
+    MissingSourceFile,
+    SourceError,
+    TransientSourceError,
+    first_error,
+)
+from ingest.retry import backoff_seconds
 from ingest.settings import Settings
 from ingest.shard import ShardFiles
 
@@ -224,7 +231,7 @@ class HttpSource:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._download(shard, rel)) for rel in shard_relpaths(shard)]
         except BaseExceptionGroup as group:
-            error = _first_ingest_error(group)
+            error = first_error(group, MissingSourceFile, IngestError) or group
             if isinstance(error, IngestError) and not error.retriable:
                 await self.release(shard)  # the shard is refused: its other files are of no use in the cache
             raise error from None
@@ -459,22 +466,3 @@ async def _write(f: aiofiles.threadpool.binary.AsyncBufferedIOBase, chunk: bytes
         await f.write(chunk)
     except OSError as exc:
         raise _cache_error(path, exc) from exc
-
-
-def _first_ingest_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a shard's parallel downloads: a missing file first (it decides quarantine)."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup[BaseException]) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                leaves.append(e)
-
-    walk(group)
-    for kind in (MissingSourceFile, IngestError):
-        for e in leaves:
-            if isinstance(e, kind):
-                return e
-    return group

@@ -7,7 +7,9 @@ class, and so is the process exit code it maps to.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -99,6 +101,24 @@ class UnsupportedFeatureError(TargetError):
 
 class LedgerError(IngestError):
     """The resume ledger cannot be read or written."""
+
+
+def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside a (nested) TaskGroup failure, in order: where our error tree is found again."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(exception_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+def first_error(group: BaseExceptionGroup[BaseException], *kinds: type[E]) -> E | None:
+    """The first leaf of the first kind that has one (kinds in order of preference)."""
+    leaves = exception_leaves(group)
+    for kind in kinds:
+        for e in leaves:
+            if isinstance(e, kind):
+                return e
+    return None
 
 
 # ClickHouse server error codes, classified once. Anything not listed is fatal unless its HTTP status is 5xx.

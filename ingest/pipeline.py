@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,10 +19,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ingest import metrics
-from ingest.errors import BadShardError, IngestError, SourceError, TargetError
+from ingest.errors import BadShardError, IngestError, SourceError, TargetError, exception_leaves, first_error
 from ingest.ledger import Ledger
 from ingest.plan import ID_STRIDE, BatchPlan, plan_batches
 from ingest.progress import Reporter
+from ingest.retry import backoff_seconds
 from ingest.settings import Settings
 from ingest.shard import ShardFiles, ValidShard, read_batches, validate_shard
 from ingest.sinks.base import Sink
@@ -55,18 +55,6 @@ _DONE = None
 
 class _DrainTimeout(Exception):
     """Raised by the watchdog when in-flight batches did not finish within drain_seconds."""
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
-
-
-def backoff_seconds(attempt: int, cap: float, base: float = 0.25) -> float:
-    """Capped exponential backoff with full jitter (attempt starts at 1)."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
 class Pipeline:
@@ -112,8 +100,8 @@ class Pipeline:
                 await asyncio.gather(*workers)
                 watchdog.cancel()
         except ExceptionGroup as group:
-            leaves = list(_leaves(group))
-            cause = next((e for e in leaves if isinstance(e, IngestError)), None)
+            leaves = exception_leaves(group)
+            cause = first_error(group, IngestError)
             if cause is not None:
                 raise cause from None  # callers see our error tree, not a TaskGroup wrapper
             if not all(isinstance(e, _DrainTimeout) for e in leaves):
@@ -185,9 +173,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         plans = plan_batches(valid.shard, valid.rows, self.s.batch_rows)
         done = self.ledger.done_batches(valid.shard, valid.rows, self.s.batch_rows)
-        self.ledger.start_shard(valid.shard, valid.rows, self.s.batch_rows)
-        for i in done:
-            self.ledger.mark_batch(valid.shard, i)
+        self.ledger.start_shard(valid.shard, valid.rows, self.s.batch_rows)  # keeps `done` when the cut matches
         todo = [p for p in plans if p.index not in done]
         already = sum(valid.expected_rows(p) for p in plans if p.index in done)
         self.reporter.shard_started(valid.shard, valid.rows - len(valid.drop_rows), already)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ingest.encode import Format, body_size, encode
-from ingest.plan import plan_batches
-from ingest.shard import read_batches, validate_shard
-from ingest.synth import SynthSpec, write_shard
+from ingest.clickhouse.wire import Format, body_size, encode
+from ingest.core.plan import plan_batches
+from ingest.stages.shard import read_batches, validate_shard
+from ingest.stages.synth import SynthSpec, write_shard
 
 
 def batches(rows: int, batch_rows: int, dim: int) -> list[pa.RecordBatch]:

@@ -1,5 +1,5 @@
 """`python -m ingest` is the same program as `laion-ingest`."""
 
-from ingest.cli import main
+from ingest.cli.app import main
 
 main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.synth import SynthSpec, write_shard
+from ingest.stages.synth import SynthSpec, write_shard
 
 pytest_plugins = ["server_fixtures"]
 

@@ -12,7 +12,7 @@ import pytest
 from cli_run import cli
 from exact import assert_table_equals, chdb_table, expected_rows
 
-from ingest.synth import write_npy
+from ingest.stages.synth import write_npy
 
 
 def truncate(path: Path, keep: int) -> None:

@@ -25,11 +25,11 @@ from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, free_ports, start_clickhouse
 
-from ingest import cluster_sql as csql
-from ingest.errors import UsageError
-from ingest.plan import plan_batches
+from ingest.clickhouse import cluster_sql as csql
+from ingest.core.errors import UsageError
+from ingest.core.ids import TableRef
+from ingest.core.plan import plan_batches
 from ingest.sinks.cluster import batch_position, node_base_url, placement
-from ingest.sql import TableRef
 
 ROWS = 1500
 SHARDS = [0, 1, 2, 3]

@@ -26,12 +26,12 @@ import typer.main
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.cli import app
-from ingest.daemon import local_signature, poll_wait, shards_to_load
-from ingest.errors import EXIT_FATAL, EXIT_USAGE
-from ingest.ledger import Ledger
-from ingest.shard import ShardFiles
-from ingest.synth import SynthSpec, write_shard
+from ingest.cli.app import app
+from ingest.core.errors import EXIT_FATAL, EXIT_USAGE
+from ingest.daemon.service import local_signature, poll_wait, shards_to_load
+from ingest.load.ledger import Ledger
+from ingest.stages.shard import ShardFiles
+from ingest.stages.synth import SynthSpec, write_shard
 
 WAIT_LIMIT = 120.0
 """Guard against a hung daemon only (never an assertion about speed)."""

@@ -14,8 +14,8 @@ import pytest
 import typer.main
 import yaml
 
-from ingest import errors
-from ingest.cli import app
+from ingest.cli.app import app
+from ingest.core import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "config" / "k8s"

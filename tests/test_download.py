@@ -14,7 +14,11 @@ from cli_run import cli
 from exact import assert_table_equals, chdb_table, expected_rows
 from http_mirror import HttpMirror
 
-from ingest.download import (
+from ingest.core.config import SourceConfig
+from ingest.core.errors import ConfigError, MissingSourceFile, SourceError, TransientSourceError
+from ingest.core.metrics import REGISTRY
+from ingest.core.retry import RetryPolicy
+from ingest.stages.download import (
     BodyPlan,
     ContentRange,
     HttpSource,
@@ -29,11 +33,6 @@ from ingest.download import (
     shard_relpaths,
     status_error,
 )
-from ingest.errors import ConfigError, MissingSourceFile, SourceError, TransientSourceError
-from ingest.metrics import REGISTRY
-from ingest.settings import Settings
-from ingest.sql import TableRef
-from ingest.target import parse_target
 
 T = TypeVar("T")
 IMG0 = "img_emb/img_emb_0.npy"
@@ -131,19 +130,11 @@ def test_client_errors_are_mapped_without_leaking_tokens() -> None:
 
 
 # -- HttpSource in-process ---------------------------------------------------------------------------------
-def settings(source: str, cache: Path, **kw: Any) -> Settings:
-    base: dict[str, Any] = {"max_retries": 4, "retry_max_seconds": 0.05}
-    return Settings(
-        source=source,
-        shards=(),
-        target=parse_target(f"chdb:{cache.parent / 'unused-db'}"),
-        table=TableRef("default", "laion"),
-        cache_dir=cache,
-        **{**base, **kw},
-    )
+def settings(source: str, cache: Path, max_retries: int = 4, **kw: Any) -> SourceConfig:
+    return SourceConfig(root=source, cache_dir=cache, retry=RetryPolicy(max_retries, max_seconds=0.05), **kw)
 
 
-def with_source(s: Settings, body: Callable[[HttpSource], Coroutine[Any, Any, T]]) -> T:
+def with_source(s: SourceConfig, body: Callable[[HttpSource], Coroutine[Any, Any, T]]) -> T:
     async def main() -> T:
         src = HttpSource(s)
         try:
@@ -154,7 +145,7 @@ def with_source(s: Settings, body: Callable[[HttpSource], Coroutine[Any, Any, T]
     return asyncio.run(main())
 
 
-def fetch(s: Settings, shard: int = 0) -> None:
+def fetch(s: SourceConfig, shard: int = 0) -> None:
     async def body(src: HttpSource) -> None:
         files = await src.fetch(shard)
         assert files.img == s.cache_dir / f"img_emb/img_emb_{shard}.npy"
@@ -175,7 +166,7 @@ def assert_same_files(src: Path, cache: Path, shard: int = 0) -> None:
 @pytest.fixture(scope="module")
 def src_one(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 3000-row shard served read-only by the in-process tests."""
-    from ingest.synth import SynthSpec, write_shard
+    from ingest.stages.synth import SynthSpec, write_shard
 
     root = tmp_path_factory.mktemp("one")
     write_shard(root, 0, SynthSpec(rows=3000))
@@ -335,7 +326,7 @@ def cached_files(tmp: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def src_three(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ingest.synth import SynthSpec, write_shard
+    from ingest.stages.synth import SynthSpec, write_shard
 
     root = tmp_path_factory.mktemp("three")
     for s in (0, 1, 2):

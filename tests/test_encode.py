@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_fixtures import ServerHandle
 
-from ingest.batch import batch_schema
-from ingest.encode import FORMAT_NAMES, clickhouse_type, encode, encode_native, encode_rowbinary, varint
-from ingest.sql import COLUMNS, TableRef, create_table_sql
+from ingest.clickhouse.sql import COLUMNS, create_table_sql
+from ingest.clickhouse.wire import FORMAT_NAMES, clickhouse_type, encode, encode_native, encode_rowbinary, varint
+from ingest.core.ids import TableRef
+from ingest.stages.batch import batch_schema
 
 STRUCTURE = ", ".join(f"{name} {typ}" for name, typ in COLUMNS)
 

@@ -19,8 +19,8 @@ from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, free_ports
 
-from ingest.batch import batch_schema
-from ingest.errors import (
+from ingest.core.config import Credentials, TargetConfig
+from ingest.core.errors import (
     AuthError,
     ConfigError,
     SchemaMismatchError,
@@ -29,7 +29,8 @@ from ingest.errors import (
     UncertainInsertError,
     UsageError,
 )
-from ingest.settings import Credentials, Settings
+from ingest.core.ids import TableRef
+from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
 from ingest.sinks.http import (
     HttpSink,
@@ -40,8 +41,7 @@ from ingest.sinks.http import (
     server_error,
     ssl_context,
 )
-from ingest.sql import TableRef
-from ingest.target import parse_target
+from ingest.stages.batch import batch_schema
 
 T = TypeVar("T")
 STRIDE = 10_000_000
@@ -51,12 +51,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def sink_settings(url: str, db: str, *, user: str = "default", password: str = "", fmt: str = "native") -> Settings:
-    return Settings(
-        source="",
-        shards=(),
-        target=parse_target(url),
-        table=TableRef(db, "laion"),
+def sink_settings(url: str, db: str, *, user: str = "default", password: str = "", fmt: str = "native") -> TargetConfig:
+    return TargetConfig(
+        spec=parse_target(url),
+        database=db,
         credentials=Credentials(user, password),
         insert_format=fmt,  # type: ignore[arg-type]
     )

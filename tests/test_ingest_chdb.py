@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from cli_run import cli
 from exact import assert_table_equals, chdb_table, expected_rows
 
-from ingest.synth import write_npy
+from ingest.stages.synth import write_npy
 
 
 def run(src: Path, db: Path, *extra: str, shards: str = "0-2") -> str:

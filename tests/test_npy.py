@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.npy import nonfinite_rows
+from ingest.stages.npy import nonfinite_rows
 
 SPECIALS = [np.nan, np.inf, -np.inf, 65504.0, -65504.0, 0.0, -0.0, 1e-7, 6.1e-5, 1.0]
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.errors import ConfigError, UsageError
-from ingest.plan import ID_STRIDE, parse_shard_spec, plan_batches, worker_slice
-from ingest.sql import TableRef, quote_ident
-from ingest.target import parse_target
+from ingest.core.errors import ConfigError, UsageError
+from ingest.core.ids import TableRef, quote_ident
+from ingest.core.plan import ID_STRIDE, parse_shard_spec, plan_batches, worker_slice
+from ingest.core.target import parse_target
 
 
 @pytest.mark.parametrize(

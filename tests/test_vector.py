@@ -21,15 +21,7 @@ import orjson
 import pytest
 from cli_run import cli
 
-from ingest.errors import TargetError, UsageError
-from ingest.finalize import ensure_index, requests_for
-from ingest.settings import Settings
-from ingest.sinks.chdb import ChdbSink
-from ingest.sql import TableRef
-from ingest.synth import SynthSpec, write_shard
-from ingest.target import parse_target
-from ingest.udf.program import unescape_tsv
-from ingest.vector_sql import (
+from ingest.clickhouse.vector_sql import (
     ExistingIndex,
     VectorIndex,
     add_index_sql,
@@ -43,6 +35,14 @@ from ingest.vector_sql import (
     tsv_escape,
     vector_literal,
 )
+from ingest.core.config import TargetConfig
+from ingest.core.errors import TargetError, UsageError
+from ingest.core.ids import TableRef
+from ingest.core.target import parse_target
+from ingest.sinks.chdb import ChdbSink
+from ingest.stages.synth import SynthSpec, write_shard
+from ingest.udf.program import unescape_tsv
+from ingest.vector.index import ensure_index, requests_for
 
 ROWS = 10_000
 SHARDS = (0, 1)
@@ -334,7 +334,7 @@ def test_failed_build_is_reported_killed_and_rolled_back(tmp_path: Path) -> None
     one error line with the server's reason, the mutation killed, the half-made index dropped."""
     ref = TableRef("default", "laion")
     spec = parse_target(f"chdb:{tmp_path / 'db'}")
-    settings = Settings(source="", shards=(), target=spec, table=ref)
+    settings = TargetConfig(spec, ref.database)
 
     async def scenario() -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
         sink = ChdbSink(settings)
@@ -347,7 +347,7 @@ def test_failed_build_is_reported_killed_and_rolled_back(tmp_path: Path) -> None
             )
             wrong = VectorIndex("image_index", "image_embedding", dim=9, m=16, ef_construction=64)
             with pytest.raises(TargetError) as err:
-                await ensure_index(sink, ref, wrong, existed=False, rows=200, progress=False)
+                await ensure_index(sink, ref, wrong, existed=False, rows=200)
             left = await sink.query("SELECT name FROM system.data_skipping_indices WHERE table = 'laion'")
             muts = await sink.query("SELECT is_done, is_killed FROM system.mutations WHERE table = 'laion'")
             return str(err.value), left, muts

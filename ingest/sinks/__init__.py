@@ -1,28 +1,34 @@
-"""Targets behind one Protocol: the embedded chdb and ClickHouse over HTTP."""
+"""Targets behind one `Sink` protocol: the embedded chdb, a ClickHouse server over HTTP, and a cluster of them
+(Distributed over node-local tables). Each maps its library's exceptions into the error tree at this edge. Imports
+`ingest.core` and `ingest.clickhouse`, never stages, load or the edge.
+"""
 
 from __future__ import annotations
 
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from ingest.core.config import TargetConfig
+from ingest.core.errors import ConfigError
 from ingest.sinks.base import Sink
 
 
-def open_sink(settings: Settings) -> Sink:
-    """Build the sink a target string names (connect() is still the caller's to await)."""
-    if settings.cluster is not None:
-        if settings.target.kind != "http":
+def open_sink(target: TargetConfig, batch_rows: int = 0) -> Sink:
+    """Build the sink a target names (connect() is still the caller's to await).
+
+    `batch_rows` is the landing unit: the cluster sink's local mode places a unit on a shard by its position.
+    """
+    if target.cluster is not None:
+        if target.spec.kind != "http":
             raise ConfigError("--cluster needs an http(s):// ClickHouse target (chdb is a single embedded node)")
         from ingest.sinks.cluster import ClusterSink
 
-        cluster: Sink = ClusterSink(settings)
+        cluster: Sink = ClusterSink(target, batch_rows)
         return cluster
-    if settings.insert_mode == "local":
+    if target.insert_mode == "local":
         raise ConfigError("--insert-mode local needs --cluster NAME (it writes to the cluster's local tables)")
-    if settings.target.kind == "chdb":
+    if target.spec.kind == "chdb":
         from ingest.sinks.chdb import ChdbSink
 
-        return ChdbSink(settings)
+        return ChdbSink(target)
     from ingest.sinks.http import HttpSink
 
-    sink: Sink = HttpSink(settings)
+    sink: Sink = HttpSink(target)
     return sink

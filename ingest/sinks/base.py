@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from ingest.sql import TableRef
+from ingest.core.ids import TableRef
 
 
 @dataclass(frozen=True, slots=True)

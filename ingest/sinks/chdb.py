@@ -17,11 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from ingest.errors import ConfigError, SchemaMismatchError, TargetError, classify_clickhouse_error
-from ingest.settings import Settings
-from ingest.sinks.base import ServerInfo, server_info
-from ingest.sql import (
-    TableRef,
+from ingest.clickhouse.sql import (
     count_range_sql,
     create_database_sql,
     create_table_sql,
@@ -30,6 +26,10 @@ from ingest.sql import (
     quote_string,
     schema_mismatch,
 )
+from ingest.core.config import TargetConfig
+from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError, classify_clickhouse_error
+from ingest.core.ids import TableRef
+from ingest.sinks.base import ServerInfo, server_info
 
 DEDUP_WINDOW = 100_000
 _CODE = re.compile(r"Code:\s*(\d+)")
@@ -59,8 +59,8 @@ def settings_clause(settings: dict[str, str | int] | None) -> str:
 class ChdbSink:
     """Sink over a chdb data directory (`chdb:PATH`)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._path = Path(settings.target.path)
+    def __init__(self, target: TargetConfig) -> None:
+        self._path = Path(target.spec.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self._session: Any = None
         self._lock_fd: int | None = None

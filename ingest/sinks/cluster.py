@@ -27,13 +27,14 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from ingest import cluster_sql as csql
-from ingest.errors import ConfigError, IngestError, SchemaMismatchError, TargetError
-from ingest.plan import ID_STRIDE
-from ingest.settings import Settings
+from ingest.clickhouse import cluster_sql as csql
+from ingest.clickhouse.sql import create_database_sql, describe_sql, schema_mismatch
+from ingest.core.config import TargetConfig
+from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError
+from ingest.core.ids import TableRef
+from ingest.core.plan import ID_STRIDE
 from ingest.sinks.base import ServerInfo
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
-from ingest.sql import TableRef, create_database_sql, describe_sql, schema_mismatch
 
 log = logging.getLogger("ingest")
 
@@ -140,13 +141,14 @@ async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
 class ClusterSink:
     """Sink over a ClickHouse cluster (`--cluster NAME` with an http(s) target)."""
 
-    def __init__(self, settings: Settings) -> None:
-        if settings.cluster is None:
+    def __init__(self, target: TargetConfig, batch_rows: int) -> None:
+        if target.cluster is None:
             raise ConfigError("ClusterSink needs --cluster")
-        self._cluster = csql.validate_cluster(settings.cluster)
-        self._settings = settings
-        self._mode = settings.insert_mode
-        self._entry = HttpSink(settings)
+        self._cluster = csql.validate_cluster(target.cluster)
+        self._target = target
+        self._batch_rows = batch_rows
+        self._mode = target.insert_mode
+        self._entry = HttpSink(target)
         self._nodes: dict[str, HttpSink] = {}
         """Node sinks by base URL (a host listed for several shards is one server)."""
         self._shards: list[HttpSink] = []
@@ -161,7 +163,7 @@ class ClusterSink:
         nodes = await self._discover()
         infos = [entry_info]
         for node in nodes:
-            url = node_base_url(self._settings.target.base_url, node.host)
+            url = node_base_url(self._target.spec.base_url, node.host)
             if url not in self._nodes:
                 sink = self._node_sink(url)
                 self._nodes[url] = sink
@@ -188,7 +190,7 @@ class ClusterSink:
         if not rows:
             names = [str(r["cluster"]) for r in await self._entry.query(csql.cluster_names_sql(), database="default")]
             raise ConfigError(
-                f"cluster {self._cluster!r} is not defined on ClickHouse at {self._settings.target.display()} "
+                f"cluster {self._cluster!r} is not defined on ClickHouse at {self._target.display()} "
                 f"(its <remote_servers> has: {', '.join(names) or 'none'})"
             )
         nodes = parse_nodes(rows)
@@ -196,8 +198,8 @@ class ClusterSink:
         return nodes
 
     def _node_sink(self, url: str) -> HttpSink:
-        target = dataclasses.replace(self._settings.target, base_url=url)
-        return HttpSink(dataclasses.replace(self._settings, target=target))
+        spec = dataclasses.replace(self._target.spec, base_url=url)
+        return HttpSink(dataclasses.replace(self._target, spec=spec))
 
     async def _reach(self, node: ClusterNode, sink: HttpSink) -> ServerInfo:
         try:
@@ -223,7 +225,7 @@ class ClusterSink:
         window = DEDUP_WINDOW if self.info.dedup_token else None
         if not (self._on_cluster and await self._create_on_cluster(ref, window)):
             await all_of([self._create_on_node(s, ref, window) for s in self._nodes.values()])
-        entry_url = self._settings.target.base_url
+        entry_url = self._target.spec.base_url
         if entry_url not in self._nodes:  # an entry outside the cluster still needs the Distributed table
             await self._entry.execute(create_database_sql(ref.database), database="default")
             await self._entry.execute(csql.distributed_table_sql(ref, self._cluster), database="default")
@@ -274,7 +276,7 @@ class ClusterSink:
             await self._entry.insert(ref, batch, token)
             return
         first_id = int(batch.column(batch.schema.get_field_index("id"))[0].as_py())
-        shard, index = batch_position(first_id, self._settings.batch_rows)
+        shard, index = batch_position(first_id, self._batch_rows)
         sink = self._shards[placement(shard, index, self._weights)]
         await sink.insert(csql.local_ref(ref), batch, token)
 

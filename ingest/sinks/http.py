@@ -23,20 +23,7 @@ import orjson
 import pyarrow as pa
 from yarl import URL
 
-from ingest.encode import FORMAT_NAMES, body_size, encode
-from ingest.errors import (
-    AuthError,
-    ConfigError,
-    SchemaMismatchError,
-    TargetError,
-    TransientTargetError,
-    UncertainInsertError,
-    classify_clickhouse_error,
-)
-from ingest.settings import Credentials, Settings
-from ingest.sinks.base import ServerInfo, parse_version, server_info
-from ingest.sql import (
-    TableRef,
+from ingest.clickhouse.sql import (
     count_range_sql,
     create_database_sql,
     create_table_sql,
@@ -45,6 +32,19 @@ from ingest.sql import (
     quote_string,
     schema_mismatch,
 )
+from ingest.clickhouse.wire import FORMAT_NAMES, body_size, encode
+from ingest.core.config import Credentials, TargetConfig
+from ingest.core.errors import (
+    AuthError,
+    ConfigError,
+    SchemaMismatchError,
+    TargetError,
+    TransientTargetError,
+    UncertainInsertError,
+    classify_clickhouse_error,
+)
+from ingest.core.ids import TableRef
+from ingest.sinks.base import ServerInfo, parse_version, server_info
 
 log = logging.getLogger("ingest")
 
@@ -167,15 +167,15 @@ def server_error(status: int, code_header: str | None, body: str, user: str, whe
     return err
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
     """Verified TLS for https targets (private CA via --ca-file); verification is off only with --insecure."""
-    if not settings.target.base_url.startswith("https://"):
+    if not target.spec.base_url.startswith("https://"):
         return None
     try:
-        ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+        ctx = ssl.create_default_context(cafile=str(target.ca_file) if target.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use --ca-file {settings.ca_file}: {exc}") from exc
-    if settings.insecure:
+        raise ConfigError(f"cannot use --ca-file {target.ca_file}: {exc}") from exc
+    if target.insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
@@ -191,15 +191,15 @@ async def _stream(parts: list[memoryview]) -> AsyncIterator[memoryview]:
 class HttpSink:
     """Sink over ClickHouse's HTTP interface (`http(s)://HOST:PORT`)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._base = settings.target.base_url
+    def __init__(self, target: TargetConfig) -> None:
+        self._target = target
+        self._base = target.spec.base_url
         self._where = urlsplit(self._base).netloc
-        self._creds = settings.credentials
-        self._format = settings.insert_format
-        self._ssl = ssl_context(settings)
+        self._creds = target.credentials
+        self._format = target.insert_format
+        self._ssl = ssl_context(target)
         self._session: aiohttp.ClientSession | None = None
-        workers = max(1, settings.insert_concurrency)
+        workers = max(1, target.connections)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
         self._limit = workers + 2
         self.info = server_info("0")
@@ -226,7 +226,7 @@ class HttpSink:
     def _request(
         self, sql: str, settings: dict[str, str | int] | None = None, database: str | None = None
     ) -> HttpRequest:
-        db = database or self._settings.table.database
+        db = database or self._target.database
         return build_request(self._base, self._creds, db, sql, settings)
 
     async def _send(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ingest.errors import IngestError
+from ingest.core.errors import IngestError
 from ingest.udf import model as clip_model
 
 RANDOM = "random"

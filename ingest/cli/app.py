@@ -1,0 +1,268 @@
+"""`laion-ingest`: the typer app. Commands are thin: parse flags into config objects, call a stage, map errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ingest.cli import demo as demo_mod
+from ingest.cli.options import (
+    BatchRowsOpt,
+    CacheDirOpt,
+    DimOpt,
+    DownloadConcurrencyOpt,
+    DrainSecondsOpt,
+    FormatOpt,
+    InsertConcurrencyOpt,
+    KeepDownloadsOpt,
+    LogFormatOpt,
+    MaxRetriesOpt,
+    OnNanOpt,
+    QueueDepthOpt,
+    RetryMaxSecondsOpt,
+    SourceOpt,
+    StateOpt,
+    run_config,
+)
+from ingest.cli.progress import make_reporter
+from ingest.cli.support import (
+    CaFileOpt,
+    DatabaseOpt,
+    InsecureOpt,
+    PasswordFileOpt,
+    TableOpt,
+    TargetOpt,
+    UserOpt,
+    cli_errors,
+    install_stop_signals,
+    run_async,
+    set_debug,
+    setup_logging,
+)
+from ingest.core.config import LAION_ROOT
+from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
+from ingest.core.memory import return_large_buffers_to_the_os
+from ingest.core.plan import parse_shard_spec, worker_slice
+from ingest.core.target import DEFAULT_TARGET
+from ingest.load.runner import run_ingest, summary_line
+from ingest.stages.synth import SynthSpec, write_shard
+
+app = typer.Typer(
+    name="laion-ingest",
+    help="Stream LAION-layout CLIP embeddings into ClickHouse — fast, exact, resumable — and search them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors")] = False,
+) -> None:
+    set_debug(debug)
+
+
+def worker_index_default() -> int | None:
+    raw = os.environ.get("JOB_COMPLETION_INDEX")
+    return int(raw) if raw and raw.isdigit() else None
+
+
+@app.command()
+@cli_errors
+def run(
+    source: SourceOpt = LAION_ROOT,
+    shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2,5,7-9")] = "0-409",
+    target: TargetOpt = DEFAULT_TARGET,
+    table: TableOpt = "laion",
+    database: DatabaseOpt = None,
+    batch_rows: BatchRowsOpt = 8192,
+    queue_depth: QueueDepthOpt = 2,
+    download_concurrency: DownloadConcurrencyOpt = 2,
+    insert_concurrency: InsertConcurrencyOpt = 2,
+    dim: DimOpt = 512,
+    cache_dir: CacheDirOpt = Path("./laion-cache"),
+    keep_downloads: KeepDownloadsOpt = False,
+    insert_format: FormatOpt = "native",
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    state: StateOpt = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report of quarantined shards")] = None,
+    on_nan: OnNanOpt = "fail-shard",
+    max_retries: MaxRetriesOpt = 8,
+    retry_max_seconds: RetryMaxSecondsOpt = 30.0,
+    drain_seconds: DrainSecondsOpt = 25.0,
+    worker_index: Annotated[
+        int | None, typer.Option("--worker-index", help="This worker's index (env JOB_COMPLETION_INDEX)")
+    ] = None,
+    worker_count: Annotated[
+        int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")
+    ] = 1,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")
+    ] = None,
+    insert_mode: Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")] = "distributed",
+    finalize: Annotated[
+        bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
+    log_format: LogFormatOpt = "text",
+    interrupt_exit_code: Annotated[
+        int,
+        typer.Option(
+            "--interrupt-exit-code",
+            min=0,
+            max=255,
+            help="Exit code after an ordered stop (SIGTERM/SIGINT) that left shards unfinished; a Kubernetes Job "
+            "sets 4 so an evicted worker is retried instead of counted as done",
+        ),
+    ] = 0,
+) -> None:
+    """Load shards from SOURCE into TARGET (creates the table; resumes where a previous run stopped)."""
+    setup_logging(log_format)
+    index = worker_index if worker_index is not None else worker_index_default()
+    shard_list = parse_shard_spec(shards)
+    if worker_count > 1 or index is not None:
+        shard_list = worker_slice(shard_list, index or 0, worker_count)
+    settings = run_config(
+        source=source,
+        shards=tuple(shard_list),
+        target=target,
+        table=table,
+        database=database,
+        dim=dim,
+        batch_rows=batch_rows,
+        queue_depth=queue_depth,
+        download_concurrency=download_concurrency,
+        insert_concurrency=insert_concurrency,
+        cache_dir=cache_dir,
+        keep_downloads=keep_downloads,
+        insert_format=insert_format,
+        user=user,
+        password_file=password_file,
+        ca_file=ca_file,
+        insecure=insecure,
+        state=state,
+        report=report,
+        on_nan=on_nan,
+        max_retries=max_retries,
+        retry_max_seconds=retry_max_seconds,
+        drain_seconds=drain_seconds,
+        progress=progress,
+        cluster=cluster,
+        insert_mode=insert_mode,
+        finalize=finalize,
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        result = await run_ingest(settings, stop, make_reporter(settings.progress, len(settings.shards)))
+        typer.echo(summary_line(result))
+        if settings.finalize and not result.interrupted:
+            from ingest.cli.index_command import display_factory
+            from ingest.vector.index import finalize_after_load
+
+            await finalize_after_load(settings.query, display_factory(settings.progress), typer.echo)
+        unfinished = len(settings.shards) - len(result.shards_done) - len(result.shards_bad)
+        if result.interrupted and unfinished > 0:
+            return interrupt_exit_code
+        return EXIT_BAD_SHARDS if result.shards_bad else EXIT_OK
+
+    code = run_async(main())
+    raise typer.Exit(code)
+
+
+@app.command()
+@cli_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write LAION-layout shards into")],
+    shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2")] = "0-2",
+    rows: Annotated[int, typer.Option("--rows", min=0, help="Rows per shard")] = 5000,
+    dim: Annotated[int, typer.Option("--dim", min=1)] = 512,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    dtype: Annotated[Literal["float16", "float32"], typer.Option("--dtype")] = "float16",
+) -> None:
+    """Write synthetic shards in LAION's exact layout (clustered unit vectors, all 15 metadata columns)."""
+    shard_list = parse_shard_spec(shards)
+    spec = SynthSpec(rows=rows, dim=dim, seed=seed, dtype=dtype)
+    for shard in shard_list:
+        write_shard(out, shard, spec)
+    typer.echo(f"wrote {len(shard_list)} shard(s) × {rows} rows to {out}")
+
+
+@app.command()
+@cli_errors
+def demo(
+    target: TargetOpt = DEFAULT_TARGET,
+    table: TableOpt = "laion_demo",
+    shards: Annotated[int, typer.Option("--shards", min=1)] = 3,
+    rows: Annotated[int, typer.Option("--rows", min=1)] = 5000,
+) -> None:
+    """Offline tour: synthesise shards, ingest them into TARGET, run a brute-force similarity search."""
+    setup_logging()
+    with tempfile.TemporaryDirectory(prefix="laion-demo-") as tmp:
+        code = run_async(demo_mod.run_demo(Path(tmp), target, table, shards, rows))
+    raise typer.Exit(code)
+
+
+def _register_later_commands() -> None:
+    from ingest.cli.daemon_command import daemon_command
+    from ingest.cli.index_command import index_command
+    from ingest.cli.search_command import eval_command, search_command
+
+    app.command("index")(cli_errors(index_command))
+    app.command("search")(cli_errors(search_command))
+    app.command("eval")(cli_errors(eval_command))
+    app.command("daemon")(cli_errors(daemon_command))
+
+
+_register_later_commands()
+
+
+@app.command("encode-text")
+@cli_errors
+def encode_text(
+    weights: Annotated[str | None, typer.Option("--weights", help="CLIP ViT-B/32 weights file, or 'random'")] = None,
+    batch_lines: Annotated[
+        int, typer.Option("--batch-lines", min=1, help="Encode up to N already-waiting lines per forward pass")
+    ] = 1,
+) -> None:
+    """ClickHouse executable UDF: one text per stdin line → one Array(Float32) literal per line."""
+    from ingest.udf.program import run_encode_text
+
+    raise typer.Exit(run_encode_text(_weights(weights), batch_lines))
+
+
+@app.command("encode-image")
+@cli_errors
+def encode_image(
+    weights: Annotated[str | None, typer.Option("--weights", help="CLIP ViT-B/32 weights file, or 'random'")] = None,
+) -> None:
+    """ClickHouse executable UDF: one image path per stdin line → one Array(Float32) literal per line."""
+    from ingest.udf.program import run_encode_image
+
+    raise typer.Exit(run_encode_image(_weights(weights)))
+
+
+def _weights(flag: str | None) -> str:
+    value = flag or os.environ.get("LAION_INGEST_CLIP_WEIGHTS")
+    if not value:
+        raise UsageError("no weights: pass --weights PATH (CLIP ViT-B/32) or --weights random")
+    return value
+
+
+def main() -> None:
+    return_large_buffers_to_the_os()
+    app()
+
+
+__all__ = ["app", "main", "tempfile"]

@@ -1,0 +1,112 @@
+"""Option types for the loading knobs that `run` and `daemon` share, so both spell and check them alike.
+
+Flag names, bounds and help match `laion-ingest run` exactly (tests/test_daemon.py compares the two commands).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ingest.core.config import (
+    InsertFormat,
+    InsertMode,
+    LoadConfig,
+    NanPolicy,
+    RunConfig,
+    SourceConfig,
+    TargetConfig,
+    read_credentials,
+    resolve_table,
+)
+from ingest.core.retry import RetryPolicy
+from ingest.core.target import parse_target
+
+SourceOpt = Annotated[str, typer.Option("--source", "-s", help="Local dir or http(s) mirror root in LAION's layout")]
+BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")]
+QueueDepthOpt = Annotated[int, typer.Option("--queue-depth", min=1, help="Batches buffered between stages")]
+DownloadConcurrencyOpt = Annotated[int, typer.Option("--download-concurrency", min=1)]
+InsertConcurrencyOpt = Annotated[int, typer.Option("--insert-concurrency", min=1)]
+DimOpt = Annotated[int, typer.Option("--dim", min=1, help="Embedding dimension")]
+CacheDirOpt = Annotated[Path, typer.Option("--cache-dir", help="Where HTTP downloads go")]
+KeepDownloadsOpt = Annotated[bool, typer.Option("--keep-downloads/--no-keep-downloads")]
+FormatOpt = Annotated[Literal["native", "rowbinary"], typer.Option("--format", help="HTTP insert body format")]
+StateOpt = Annotated[Path | None, typer.Option("--state", help="Ledger file (default: next to the target)")]
+OnNanOpt = Annotated[Literal["fail-shard", "skip-row"], typer.Option("--on-nan")]
+MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0)]
+RetryMaxSecondsOpt = Annotated[float, typer.Option("--retry-max-seconds", min=0.0)]
+DrainSecondsOpt = Annotated[float, typer.Option("--drain-seconds", min=0.0)]
+LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]
+
+
+def run_config(
+    *,
+    source: str,
+    shards: tuple[int, ...],
+    target: str,
+    table: str,
+    database: str | None,
+    batch_rows: int,
+    queue_depth: int,
+    download_concurrency: int,
+    insert_concurrency: int,
+    dim: int,
+    cache_dir: Path,
+    keep_downloads: bool,
+    insert_format: InsertFormat,
+    user: str | None,
+    password_file: Path | None,
+    ca_file: Path | None,
+    insecure: bool,
+    state: Path | None,
+    on_nan: NanPolicy,
+    max_retries: int,
+    retry_max_seconds: float,
+    drain_seconds: float,
+    progress: bool,
+    report: Path | None = None,
+    cluster: str | None = None,
+    insert_mode: InsertMode = "distributed",
+    finalize: bool = False,
+) -> RunConfig:
+    """The one place flags become config objects, shared by `run` and `daemon`."""
+    spec = parse_target(target)
+    ref = resolve_table(spec, database, table)
+    retry = RetryPolicy(max_retries=max_retries, max_seconds=retry_max_seconds)
+    return RunConfig(
+        shards=shards,
+        table=ref,
+        target=TargetConfig(
+            spec=spec,
+            database=ref.database,
+            credentials=read_credentials(user, password_file),
+            ca_file=ca_file,
+            insecure=insecure,
+            insert_format=insert_format,
+            cluster=cluster,
+            insert_mode=insert_mode,
+            connections=insert_concurrency,
+        ),
+        source=SourceConfig(
+            root=source,
+            cache_dir=cache_dir,
+            keep_downloads=keep_downloads,
+            download_concurrency=download_concurrency,
+            retry=retry,
+        ),
+        load=LoadConfig(
+            dim=dim,
+            batch_rows=batch_rows,
+            queue_depth=queue_depth,
+            insert_concurrency=insert_concurrency,
+            on_nan=on_nan,
+            retry=retry,
+            drain_seconds=drain_seconds,
+        ),
+        state_path=state,
+        report_path=report,
+        progress=progress,
+        finalize=finalize,
+    )

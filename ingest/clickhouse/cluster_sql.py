@@ -1,0 +1,133 @@
+"""Pure SQL for a cluster target: a MergeTree `{table}_local` on every node, a `Distributed` `{table}` over them.
+
+Names pass the same validation and quoting as ingest/sql.py; the table schema itself comes from there
+(`create_table_sql`), so single-node and cluster tables cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ingest.clickhouse.sql import COLUMNS, create_database_sql, create_table_sql, quote_string
+from ingest.core.errors import UsageError
+from ingest.core.ids import TableRef, quote_ident
+
+LOCAL_SUFFIX = "_local"
+SHARDING_KEY = "cityHash64(id)"
+"""Spreads ids evenly over shards; the same id always lands on the same shard."""
+
+SYNC_SETTINGS = ("distributed_foreground_insert", "insert_distributed_sync")
+"""The synchronous-Distributed-insert setting, new name first (the old name is all 18.16 knows)."""
+
+_CLUSTER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_ENGINE_ARGS = re.compile(r"^\s*Distributed\s*\(\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*([^,)]+?)\s*[,)]")
+
+
+def validate_cluster(name: str) -> str:
+    """Cluster names come from a flag; refuse anything a <remote_servers> tag would not be."""
+    if not _CLUSTER.match(name):
+        raise UsageError(f"invalid cluster name {name!r}: use letters, digits, _, - and .")
+    return name
+
+
+def local_ref(ref: TableRef) -> TableRef:
+    """The per-node MergeTree table behind the Distributed table `ref`."""
+    return TableRef(ref.database, ref.table + LOCAL_SUFFIX)
+
+
+def _on_cluster(cluster: str | None) -> str:
+    return f" ON CLUSTER {quote_ident(validate_cluster(cluster))}" if cluster else ""
+
+
+def create_database_on_cluster_sql(database: str, cluster: str) -> str:
+    """One statement through the distributed DDL queue reaches every node."""
+    return f"{create_database_sql(database)}{_on_cluster(cluster)}"
+
+
+def local_table_sql(ref: TableRef, dedup_window: int | None, cluster: str | None = None) -> str:
+    """The single-node DDL (same columns, MergeTree ORDER BY id), with ON CLUSTER after the name if asked."""
+    sql = create_table_sql(ref, dedup_window)
+    head = f"CREATE TABLE IF NOT EXISTS {ref.sql}"
+    assert sql.startswith(head), sql
+    return head + _on_cluster(cluster) + sql[len(head) :]
+
+
+def distributed_table_sql(ref: TableRef, cluster: str, on_cluster: bool = False) -> str:
+    """`ref` as a Distributed table over `{ref.table}_local` on every node of `cluster`.
+
+    Columns are spelled out rather than `AS local`: an entry node outside the cluster has no local table.
+    """
+    cols = ", ".join(f"{quote_ident(name)} {typ}" for name, typ in COLUMNS)
+    local = local_ref(ref)
+    engine = (
+        f"Distributed({quote_string(validate_cluster(cluster))}, {quote_string(local.database)}, "
+        f"{quote_string(local.table)}, {SHARDING_KEY})"
+    )
+    where = _on_cluster(cluster) if on_cluster else ""
+    return f"CREATE TABLE IF NOT EXISTS {ref.sql}{where} ({cols}) ENGINE = {engine}"
+
+
+def cluster_nodes_sql(cluster: str) -> str:
+    """Every replica of every shard, as the server's <remote_servers> defines them."""
+    return (
+        "SELECT shard_num, shard_weight, replica_num, host_name, port FROM system.clusters "
+        f"WHERE cluster = {quote_string(validate_cluster(cluster))} ORDER BY shard_num, replica_num"
+    )
+
+
+def cluster_names_sql() -> str:
+    return "SELECT DISTINCT cluster FROM system.clusters ORDER BY cluster"
+
+
+def ddl_queue_probe_sql() -> str:
+    """Fails where no ZooKeeper/Keeper is configured (no distributed DDL queue: 18.16 out of the box)."""
+    return "SELECT count() AS n FROM system.zookeeper WHERE path = '/'"
+
+
+def sync_setting_sql() -> str:
+    names = ", ".join(quote_string(n) for n in SYNC_SETTINGS)
+    return f"SELECT name FROM system.settings WHERE name IN ({names})"
+
+
+def pick_sync_setting(known: list[str]) -> str:
+    """The newest name the server knows; 18.16 only has `insert_distributed_sync`."""
+    return next((n for n in SYNC_SETTINGS if n in known), SYNC_SETTINGS[-1])
+
+
+def engines_sql(ref: TableRef) -> str:
+    """Engines of the Distributed table and its local table on one node."""
+    local = local_ref(ref)
+    return (
+        "SELECT name, engine, engine_full FROM system.tables WHERE database = "
+        f"{quote_string(ref.database)} AND name IN ({quote_string(ref.table)}, {quote_string(local.table)})"
+    )
+
+
+def distributed_target(engine_full: str) -> tuple[str, str, str] | None:
+    """(cluster, database, table) a Distributed engine points at, quotes stripped; None if not Distributed."""
+    m = _ENGINE_ARGS.match(engine_full)
+    if m is None:
+        return None
+    a, b, c = (x.strip("'\"` ") for x in m.groups())
+    return a, b, c
+
+
+def engine_problem(ref: TableRef, cluster: str, engines: dict[str, tuple[str, str]], node: bool) -> str | None:
+    """Why the tables on one node are not ours (None when they are): a wrong engine would take our rows
+    somewhere our counts never look. `engines` maps table name → (engine, engine_full); `node` = in the cluster.
+    """
+    local = local_ref(ref)
+    engine, full = engines.get(ref.table, ("", ""))
+    if engine != "Distributed":
+        what = f"engine {engine}" if engine else "no such table"
+        return f"table {ref.key} has {what}; --cluster needs it Distributed over {local.key}"
+    want = (cluster, local.database, local.table)
+    got = distributed_target(full)
+    if got != want:
+        return f"table {ref.key} is {full}; expected Distributed over cluster {cluster!r}, table {local.key}"
+    if node:
+        engine = engines.get(local.table, ("", ""))[0]
+        if not engine.endswith("MergeTree"):
+            what = f"engine {engine}" if engine else "no such table"
+            return f"table {local.key} has {what}; expected a MergeTree table"
+    return None

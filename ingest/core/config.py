@@ -1,0 +1,127 @@
+"""Configuration objects, one per concern, each frozen and built once from flags and environment.
+
+A component receives only the object of its concern: a sink gets a `TargetConfig`, a source a `SourceConfig`,
+the pipeline a `LoadConfig`. `RunConfig` is what one `run` (or one daemon cycle) needs: the three together.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ingest.core.errors import ConfigError
+from ingest.core.ids import TableRef
+from ingest.core.retry import RetryPolicy
+from ingest.core.target import TargetSpec
+
+LAION_ROOT = "https://deploy.laion.ai/8f83b608504d46bb81708ec86e912220/embeddings/"
+
+InsertFormat = Literal["native", "rowbinary"]
+InsertMode = Literal["distributed", "local"]
+NanPolicy = Literal["fail-shard", "skip-row"]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """User and password for an HTTP target. The password never appears in repr, logs or errors."""
+
+    user: str = "default"
+    password: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r}, password={'***' if self.password else ''!r})"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where rows go and how to reach it: what a sink needs, nothing more."""
+
+    spec: TargetSpec
+    database: str = "default"
+    """Database requests run in unless they name another (the table's)."""
+    credentials: Credentials = field(default_factory=Credentials)
+    ca_file: Path | None = None
+    insecure: bool = False
+    insert_format: InsertFormat = "native"
+    cluster: str | None = None
+    insert_mode: InsertMode = "distributed"
+    connections: int = 2
+    """Requests in flight at once (the insert concurrency): sizes the connection and encoder pools."""
+
+    def display(self) -> str:
+        return self.spec.display()
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where shards come from and how downloads behave."""
+
+    root: str = LAION_ROOT
+    cache_dir: Path = Path("./laion-cache")
+    keep_downloads: bool = False
+    download_concurrency: int = 2
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def is_http(self) -> bool:
+        return self.root.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How shards are cut, buffered and landed."""
+
+    dim: int = 512
+    batch_rows: int = 8192
+    queue_depth: int = 2
+    insert_concurrency: int = 2
+    on_nan: NanPolicy = "fail-shard"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    drain_seconds: float = 25.0
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """A table on a target: all that index, search and eval need."""
+
+    target: TargetConfig
+    table: TableRef
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One load: which shards, from where, into which table, and where its state and report go."""
+
+    shards: tuple[int, ...]
+    table: TableRef
+    target: TargetConfig
+    source: SourceConfig = field(default_factory=SourceConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    state_path: Path | None = None
+    report_path: Path | None = None
+    progress: bool = True
+    finalize: bool = False
+
+    @property
+    def query(self) -> QueryConfig:
+        return QueryConfig(self.target, self.table)
+
+
+def resolve_table(target: TargetSpec, database: str | None, table: str) -> TableRef:
+    """`--database` wins, then the database in the target URL, then `default`."""
+    return TableRef(database or target.database or "default", table)
+
+
+def read_credentials(user: str | None, password_file: Path | None) -> Credentials:
+    """User from flag/env; password only from env or a file, never from argv (it would show in `ps`)."""
+    name = user or os.environ.get("CLICKHOUSE_USER") or "default"
+    if password_file is not None:
+        try:
+            password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --password-file {password_file}: {exc.strerror}") from exc
+    else:
+        password = os.environ.get("CLICKHOUSE_PASSWORD", "")
+    return Credentials(user=name, password=password)

@@ -1,0 +1,318 @@
+"""The daemon: watch a source, load each shard that appears, serve /healthz /readyz /metrics.
+
+Every poll asks the source which shards are complete there, drops those the ledger lists as done, and runs the
+same pipeline and ledger as `run` over the rest, on one sink connection kept across polls. A quarantined shard
+is tried once per daemon start, then again only when its files change (size or mtime: local sources; an HTTP
+mirror's files are not re-checked until the next start). A poll that fails is logged, its unfinished shards
+are counted as failed, and the next poll backs off; errors no retry can fix (auth, config, schema) end the
+process.
+
+SIGTERM/SIGINT: take no new shard, let in-flight batches drain, flush the ledger, exit 0 within --drain-seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from ingest.core.config import RunConfig
+from ingest.core.errors import (
+    EXIT_INTERRUPTED,
+    AuthError,
+    ConfigError,
+    IngestError,
+    LedgerError,
+    SchemaMismatchError,
+    UnsupportedFeatureError,
+    UsageError,
+)
+from ingest.core.metrics import REGISTRY, SHARDS
+from ingest.load.ledger import Ledger
+from ingest.load.pipeline import Pipeline
+from ingest.load.progress import LogReporter
+from ingest.load.runner import ledger_for, prepare_sink
+from ingest.sinks.base import Sink
+from ingest.stages.shard import ShardFiles
+from ingest.stages.source import Source, open_source
+
+log = logging.getLogger("ingest")
+T = TypeVar("T")
+
+LAION_SHARDS = "0-409"
+"""Candidates for an HTTP mirror when --shards is not given (a directory is simply listed)."""
+BACKOFF_CAP_SECONDS = 300.0
+READY_TIMEOUT_SECONDS = 3.0
+
+LAST_POLL = Gauge(
+    "laion_ingest_last_poll_timestamp_seconds", "Unix time the daemon last finished a poll", registry=REGISTRY
+)
+POLL_ERRORS = Counter(
+    "laion_ingest_poll_errors", "Polls that ended in an error (the daemon backs off, then retries)", registry=REGISTRY
+)
+SHARDS_PENDING = Gauge(
+    "laion_ingest_shards_pending",
+    "Shards available at the source that the last poll set out to load",
+    registry=REGISTRY,
+)
+
+Signature = tuple[tuple[int, int], ...]
+"""(size, mtime_ns) of a shard's three files: a changed signature is a reason to retry a quarantined shard."""
+
+FATAL_ERRORS: tuple[type[IngestError], ...] = (
+    UsageError,
+    ConfigError,
+    AuthError,
+    SchemaMismatchError,
+    UnsupportedFeatureError,
+    LedgerError,
+)
+"""Errors that no amount of polling fixes: the daemon exits with their code instead of backing off."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """Knobs of the daemon itself (the loading knobs live in RunConfig)."""
+
+    candidates: tuple[int, ...] | None
+    """Shards to look for; None lists whatever a local directory holds."""
+    poll_seconds: float = 30.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 9108
+    drain_seconds: float = 25.0
+    """The whole shutdown budget; the pipeline gets most of it (LoadConfig.drain_seconds), closing the rest."""
+
+
+# -- pure decisions -------------------------------------------------------------------------------------------
+def poll_wait(poll_seconds: float, failures: int, cap: float = BACKOFF_CAP_SECONDS) -> float:
+    """Seconds until the next poll: the interval, doubled per consecutive failed poll, capped."""
+    if failures <= 0:
+        return poll_seconds
+    return min(max(cap, poll_seconds), poll_seconds * (1 << min(failures, 30)))
+
+
+def shards_to_load(
+    available: Iterable[int],
+    ledger: Ledger,
+    tried: Mapping[int, Signature | None],
+    signature: Callable[[int], Signature | None],
+) -> list[int]:
+    """Available shards not complete in the ledger; a quarantined one only if this daemon has not tried it yet,
+    or its files changed since (`tried` maps shard → signature when the daemon set out to load it; a None
+    signature, as for an HTTP mirror, never counts as changed).
+    """
+    todo = []
+    for shard in sorted(set(available)):
+        if ledger.is_complete(shard):
+            continue
+        if shard in ledger.quarantined and shard in tried:
+            sig = signature(shard)
+            if sig is None or tried[shard] == sig:
+                continue
+        todo.append(shard)
+    return todo
+
+
+def local_signature(root: Path, shard: int) -> Signature | None:
+    """Sizes and mtimes of a local shard's three files; None when one is missing."""
+    try:
+        stats = [p.stat() for p in ShardFiles.in_dir(root, shard).all()]
+    except OSError:
+        return None
+    return tuple((st.st_size, st.st_mtime_ns) for st in stats)
+
+
+def ingest_error_in(exc: BaseException) -> IngestError | None:
+    """The first IngestError in an exception or (nested) exception group from the pipeline's task groups."""
+    if isinstance(exc, IngestError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = ingest_error_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
+# -- the daemon -----------------------------------------------------------------------------------------------
+class Daemon:
+    """Poll, load, serve health; shutdown is ordered: pipeline drain, ledger flush, source, sink, web server."""
+
+    def __init__(self, settings: RunConfig, opts: DaemonOptions, stop: asyncio.Event) -> None:
+        self.s = settings
+        self.opts = opts
+        self.stop = stop
+        self.sink: Sink | None = None
+        self.source: Source | None = None
+        self.ledger: Ledger | None = None
+        self.tried: dict[int, Signature | None] = {}
+        self.failures = 0
+        self.last_error = ""
+
+    async def run(self) -> int:
+        from ingest.daemon.health import make_app, start_server
+
+        self.ledger = ledger_for(self.s)
+        runner = await start_server(
+            make_app(self.readiness, READY_TIMEOUT_SECONDS), self.opts.http_host, self.opts.http_port
+        )
+        deadline = asyncio.create_task(self._arm_hard_deadline())
+        try:
+            self.sink = await self._connect()
+            if self.sink is not None:
+                self.source = open_source(self.s.source)
+                log.info(
+                    "daemon: watching %s every %g s, loading into %s table %s",
+                    self.s.source.root,
+                    self.opts.poll_seconds,
+                    self.s.target.display(),
+                    self.s.table.key,
+                )
+                while not self.stop.is_set():
+                    await self._poll_guarded()
+                    await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
+        finally:
+            deadline.cancel()
+            self.ledger.flush()
+            if self.source is not None:
+                await self.source.close()
+            if self.sink is not None:
+                await self.sink.close()
+            await runner.cleanup()
+        log.info("daemon: stopped cleanly (ledger flushed)")
+        return EXIT_INTERRUPTED
+
+    async def readiness(self) -> str | None:
+        """Ready = connected and the target answers `SELECT 1` now; not ready while shutting down."""
+        if self.stop.is_set():
+            return "shutting down"
+        if self.sink is None:
+            return f"not connected to the target yet{': ' + self.last_error if self.last_error else ''}"
+        await self.sink.query("SELECT 1 AS ok")
+        return None
+
+    async def _connect(self) -> Sink | None:
+        """Reach the target, retrying what may pass (it may start after us); None if stopped meanwhile."""
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                return await self._unless_stopped(prepare_sink(self.s))
+            except _Stopped:
+                return None
+            except IngestError as exc:
+                if not exc.retriable:
+                    raise
+                attempt += 1
+                self.last_error = str(exc)
+                wait = poll_wait(self.opts.poll_seconds, attempt, cap=max(self.s.load.retry.max_seconds, 1.0))
+                log.warning(
+                    "daemon: target %s unreachable (%s); retrying in %.0f s", self.s.target.display(), exc, wait
+                )
+                await self._sleep(wait)
+        return None
+
+    async def _poll_guarded(self) -> None:
+        """One poll; a failure that a later poll may fix is logged and backed off, a fatal one propagates."""
+        try:
+            await self.poll()
+            self.failures = 0
+        except Exception as exc:
+            err = ingest_error_in(exc)
+            if err is None:
+                raise
+            if isinstance(err, FATAL_ERRORS):
+                raise err from None
+            self.failures += 1
+            self.last_error = str(err)
+            POLL_ERRORS.inc()
+            log.error(
+                "daemon: poll failed: %s; next poll in %.0f s", err, poll_wait(self.opts.poll_seconds, self.failures)
+            )
+        finally:
+            LAST_POLL.set(time.time())
+
+    async def poll(self) -> None:
+        """Find new shards and load them through one Pipeline (fatal errors propagate after counting them)."""
+        assert self.sink is not None and self.source is not None and self.ledger is not None
+        ledger = self.ledger
+        candidates = None
+        if self.opts.candidates is not None:
+            # ask the source only about shards we would load (an HTTP mirror answers HEAD per file)
+            candidates = shards_to_load(self.opts.candidates, ledger, self.tried, self._signature)
+            if not candidates:
+                SHARDS_PENDING.set(0)
+                return
+        available = await self.source.available(candidates)
+        todo = shards_to_load(available, ledger, self.tried, self._signature)
+        SHARDS_PENDING.set(len(todo))
+        if not todo or self.stop.is_set():
+            return
+        log.info("daemon: %d new shard(s): %s", len(todo), ", ".join(map(str, todo)))
+        for shard in todo:
+            self.tried[shard] = self._signature(shard)
+        pipeline = Pipeline(
+            replace(self.s, shards=tuple(todo)), self.sink, self.source, ledger, LogReporter(), self.stop
+        )
+        try:
+            await pipeline.run(todo)
+        finally:
+            finished = set(pipeline.result.shards_done) | set(pipeline.result.shards_bad)
+            unfinished = [s for s in todo if s not in finished]
+            if unfinished and not self.stop.is_set():
+                SHARDS.labels(status="failed").inc(len(unfinished))
+        SHARDS_PENDING.set(0)
+
+    def _signature(self, shard: int) -> Signature | None:
+        if self.s.source.is_http:
+            return None
+        return local_signature(Path(self.s.source.root), shard)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on SIGTERM."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def _unless_stopped(self, coro: Awaitable[T]) -> T:
+        """Await `coro`, cancelling it if a stop arrives first (connecting must not delay shutdown)."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise _Stopped
+        return task.result()
+
+    async def _arm_hard_deadline(self) -> None:
+        """Last resort: if an ordered stop overruns --drain-seconds, exit anyway (the ledger reconciles)."""
+        await self.stop.wait()
+        timer = threading.Timer(self.opts.drain_seconds, _hard_exit, (self.opts.drain_seconds,))
+        timer.daemon = True
+        timer.start()
+
+
+class _Stopped(Exception):
+    """A stop arrived while connecting."""
+
+
+def _hard_exit(drain_seconds: float) -> None:
+    log.warning("daemon: shutdown overran --drain-seconds %g; exiting now (the next start reconciles)", drain_seconds)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def pipeline_drain_seconds(drain_seconds: float) -> float:
+    """The pipeline's share of the drain budget: the rest is for closing sink, source and web server."""
+    return max(0.0, drain_seconds - min(5.0, drain_seconds * 0.2))

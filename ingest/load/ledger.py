@@ -1,0 +1,162 @@
+"""What landed, per shard and batch, in a small JSON file written atomically (temp, fsync, rename).
+
+The ledger is a fast path, not the source of truth: a batch it does not list as done is counted in the target
+before it is inserted, so a lost or stale ledger can cost a few queries but never a duplicate or a missing row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ingest.core.errors import LedgerError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ShardState:
+    rows: int = 0
+    batch_rows: int = 0
+    done: set[int] = field(default_factory=set)
+    complete: bool = False
+
+
+def _ranges(values: set[int]) -> list[list[int]]:
+    """{0,1,2,5} → [[0,2],[5,5]]: compact for long shards."""
+    out: list[list[int]] = []
+    for v in sorted(values):
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return out
+
+
+def _unranges(ranges: list[list[int]]) -> set[int]:
+    return {v for lo, hi in ranges for v in range(lo, hi + 1)}
+
+
+class Ledger:
+    """Per-table resume state. Not thread-safe: used from the event loop only."""
+
+    def __init__(self, path: Path, table_key: str, flush_interval: float = 0.5) -> None:
+        self.path = path
+        self.table_key = table_key
+        self.shards: dict[int, ShardState] = {}
+        self.quarantined: dict[int, str] = {}
+        self._dirty = False
+        self._last_flush = 0.0
+        self._interval = flush_interval
+
+    @classmethod
+    def load(cls, path: Path, table_key: str) -> Ledger:
+        ledger = cls(path, table_key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return ledger
+        except OSError as exc:
+            raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from exc
+        try:
+            doc: dict[str, Any] = orjson.loads(raw)
+            if doc.get("table") != table_key:
+                raise LedgerError(f"ledger {path} belongs to table {doc.get('table')}, not {table_key}")
+            for key, st in doc.get("shards", {}).items():
+                ledger.shards[int(key)] = ShardState(
+                    rows=int(st["rows"]),
+                    batch_rows=int(st["batch_rows"]),
+                    done=_unranges(st["done"]),
+                    complete=bool(st["complete"]),
+                )
+            ledger.quarantined = {int(k): str(v) for k, v in doc.get("quarantined", {}).items()}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise LedgerError(f"ledger {path} is unreadable ({exc}); move it away to rebuild from the target") from exc
+        return ledger
+
+    def is_complete(self, shard: int) -> bool:
+        st = self.shards.get(shard)
+        return st is not None and st.complete
+
+    def done_batches(self, shard: int, rows: int, batch_rows: int) -> set[int]:
+        """Batches known landed; empty when the shard was cut differently before (then everything is counted)."""
+        st = self.shards.get(shard)
+        if st is None or st.rows != rows or st.batch_rows != batch_rows:
+            return set()
+        return set(st.done)
+
+    def start_shard(self, shard: int, rows: int, batch_rows: int) -> None:
+        st = self.shards.get(shard)
+        if st is None or st.rows != rows or st.batch_rows != batch_rows:
+            self.shards[shard] = ShardState(rows=rows, batch_rows=batch_rows)
+        self.quarantined.pop(shard, None)
+        self._touch()
+
+    def mark_batch(self, shard: int, index: int) -> None:
+        self.shards[shard].done.add(index)
+        self._touch()
+
+    def complete_shard(self, shard: int) -> None:
+        st = self.shards[shard]
+        st.complete = True
+        st.done = set()
+        self._touch()
+        self.flush()
+
+    def quarantine(self, shard: int, reason: str) -> None:
+        self.quarantined[shard] = reason
+        self.shards.pop(shard, None)
+        self._touch()
+        self.flush()
+
+    def _touch(self) -> None:
+        self._dirty = True
+        if time.monotonic() - self._last_flush >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write temp file, fsync, rename, fsync the directory: a crash leaves the old or the new ledger."""
+        if not self._dirty:
+            return
+        doc = {
+            "version": FORMAT_VERSION,
+            "table": self.table_key,
+            "shards": {
+                str(k): {"rows": v.rows, "batch_rows": v.batch_rows, "done": _ranges(v.done), "complete": v.complete}
+                for k, v in sorted(self.shards.items())
+            },
+            "quarantined": {str(k): v for k, v in sorted(self.quarantined.items())},
+        }
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+            with contextlib.suppress(OSError):
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise LedgerError(f"cannot write ledger {self.path}: {exc.strerror}") from exc
+        self._dirty = False
+        self._last_flush = time.monotonic()
+
+
+def default_ledger_path(target_kind: str, target_path: str, base_url: str, table_key: str) -> Path:
+    """Next to the target: inside the chdb directory, or under ./laion-state for a server."""
+    if target_kind == "chdb":
+        return Path(target_path) / "laion-ingest-state" / f"{table_key}.ledger.json"
+    safe = base_url.replace("://", "_").replace(":", "_").replace("/", "_").strip("_")
+    return Path("laion-state") / safe / f"{table_key}.ledger.json"

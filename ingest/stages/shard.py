@@ -1,0 +1,186 @@
+"""Open one shard: check its three files agree, then read it as fixed-size batches.
+
+Validation runs completely before the first batch is produced, so a broken shard lands nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ingest.core.config import NanPolicy
+from ingest.core.errors import BadShardError
+from ingest.core.plan import BatchPlan
+from ingest.stages.batch import META_COLUMNS, STRING_COLUMNS, build_batch
+from ingest.stages.npy import NpyInfo, nonfinite_rows, read_npy_header, read_rows
+
+SCAN_ROWS = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFiles:
+    """The three files of shard `i` in LAION's layout."""
+
+    shard: int
+    img: Path
+    text: Path
+    meta: Path
+
+    @classmethod
+    def in_dir(cls, root: Path, shard: int) -> ShardFiles:
+        return cls(
+            shard=shard,
+            img=root / "img_emb" / f"img_emb_{shard}.npy",
+            text=root / "text_emb" / f"text_emb_{shard}.npy",
+            meta=root / "metadata" / f"metadata_{shard}.parquet",
+        )
+
+    def all(self) -> tuple[Path, Path, Path]:
+        return (self.img, self.text, self.meta)
+
+
+@dataclass(frozen=True)
+class ValidShard:
+    """A shard whose files passed every check; `drop_rows` are NaN/Inf rows skipped under `--on-nan skip-row`."""
+
+    files: ShardFiles
+    rows: int
+    img: NpyInfo
+    text: NpyInfo
+    drop_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    @property
+    def shard(self) -> int:
+        return self.files.shard
+
+    def expected_rows(self, plan: BatchPlan) -> int:
+        """Rows of `plan` that will land (all of them unless some were dropped for NaN)."""
+        if not len(self.drop_rows):
+            return plan.rows
+        lo, hi = np.searchsorted(self.drop_rows, [plan.start, plan.stop])
+        return plan.rows - int(hi - lo)
+
+
+def _open_parquet(files: ShardFiles) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(files.meta)
+    except FileNotFoundError as exc:
+        raise BadShardError(files.shard, f"metadata file missing: {files.meta}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise BadShardError(files.shard, f"metadata {files.meta.name}: unreadable parquet ({exc})") from exc
+
+
+def _check_parquet(files: ShardFiles, pf: pq.ParquetFile) -> int:
+    """Needed columns present with usable types, and every page of them decodes."""
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in META_COLUMNS if c not in names]
+    if missing:
+        raise BadShardError(files.shard, f"metadata {files.meta.name}: missing column(s) {', '.join(missing)}")
+    for col in STRING_COLUMNS:
+        t = pf.schema_arrow.field(col).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            raise BadShardError(files.shard, f"metadata {files.meta.name}: column {col} has type {t}, not string")
+    sim_type = pf.schema_arrow.field("similarity").type
+    if not (pa.types.is_floating(sim_type) or pa.types.is_integer(sim_type) or pa.types.is_null(sim_type)):
+        raise BadShardError(files.shard, f"metadata {files.meta.name}: column similarity has type {sim_type}")
+    try:
+        decoded: int = sum(b.num_rows for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=list(META_COLUMNS)))
+    except (pa.ArrowException, OSError) as exc:
+        raise BadShardError(files.shard, f"metadata {files.meta.name}: corrupt parquet ({exc})") from exc
+    return decoded
+
+
+def _scan_nonfinite(info: NpyInfo) -> np.ndarray:
+    found = []
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+        for start in range(0, info.rows, SCAN_ROWS):
+            stop = min(start + SCAN_ROWS, info.rows)
+            bad = nonfinite_rows(read_rows(info, start, stop, fd))
+            if len(bad):
+                found.append(bad + start)
+    finally:
+        os.close(fd)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def validate_shard(files: ShardFiles, dim: int, on_nan: NanPolicy) -> ValidShard:
+    """Every check a shard must pass before any of its rows is sent; raises BadShardError naming the cause."""
+    for label, path in (("img_emb", files.img), ("text_emb", files.text), ("metadata", files.meta)):
+        if not path.exists():
+            raise BadShardError(files.shard, f"{label} file missing: {path}")
+    img = read_npy_header(files.img, files.shard, "img_emb", dim)
+    txt = read_npy_header(files.text, files.shard, "text_emb", dim)
+    pf = _open_parquet(files)
+    meta_rows = pf.metadata.num_rows
+    if img.rows != meta_rows:
+        raise BadShardError(files.shard, f"img_emb row count {img.rows} != metadata {meta_rows}")
+    if txt.rows != meta_rows:
+        raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
+    decoded = _check_parquet(files, pf)
+    if decoded != meta_rows:
+        raise BadShardError(files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {meta_rows}")
+    bad_img, bad_txt = _scan_nonfinite(img), _scan_nonfinite(txt)
+    drop = np.union1d(bad_img, bad_txt).astype(np.int64)
+    if len(drop) and on_nan == "fail-shard":
+        which = "img_emb" if len(bad_img) else "text_emb"
+        first = int(bad_img[0] if len(bad_img) else bad_txt[0])
+        raise BadShardError(
+            files.shard, f"{which} has NaN/Inf in {len(drop)} row(s), first at row {first} (--on-nan fail-shard)"
+        )
+    return ValidShard(files=files, rows=meta_rows, img=img, text=txt, drop_rows=drop)
+
+
+class _MetaCursor:
+    """Sequential reader of the metadata columns that hands out exact row ranges across row groups."""
+
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        self._it = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(META_COLUMNS))
+        self._buf: list[pa.RecordBatch] = []
+        self._buf_start = 0
+        self._buf_rows = 0
+
+    def take(self, start: int, stop: int) -> pa.Table:
+        while self._buf_start + self._buf_rows < stop:
+            rb = next(self._it)
+            self._buf.append(rb)
+            self._buf_rows += rb.num_rows
+            self._trim(start)
+        table = pa.Table.from_batches(self._buf).slice(start - self._buf_start, stop - start)
+        self._trim(stop)
+        return table
+
+    def _trim(self, upto: int) -> None:
+        """Forget buffered batches that end at or before row `upto` (memory stays one batch or two)."""
+        while self._buf and self._buf_start + self._buf[0].num_rows <= upto:
+            self._buf_start += self._buf[0].num_rows
+            self._buf_rows -= self._buf[0].num_rows
+            self._buf.pop(0)
+
+
+def read_batches(
+    shard: ValidShard, plans: list[BatchPlan], batch_rows: int
+) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
+    """Yield `(plan, batch)` for each plan (sorted by start); rows outside `plans` are read past, not built."""
+    cursor = _MetaCursor(shard.files.meta, batch_rows)
+    fd_img = os.open(shard.img.path, os.O_RDONLY)
+    fd_txt = os.open(shard.text.path, os.O_RDONLY)
+    try:
+        for plan in sorted(plans, key=lambda p: p.start):
+            meta = cursor.take(plan.start, plan.stop)
+            img = read_rows(shard.img, plan.start, plan.stop, fd_img)
+            txt = read_rows(shard.text, plan.start, plan.stop, fd_txt)
+            drop = None
+            if len(shard.drop_rows):
+                lo, hi = np.searchsorted(shard.drop_rows, [plan.start, plan.stop])
+                drop = shard.drop_rows[lo:hi] - plan.start
+            yield plan, build_batch(plan, img, txt, meta, drop)
+    finally:
+        os.close(fd_img)
+        os.close(fd_txt)

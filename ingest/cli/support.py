@@ -24,7 +24,7 @@ from ingest.core.target import DEFAULT_TARGET, parse_target
 P = ParamSpec("P")
 T = TypeVar("T")
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 TargetOpt = Annotated[
     str, typer.Option("--target", "-t", help="chdb:PATH (embedded) or http(s)://HOST:PORT[/DATABASE]")

@@ -103,17 +103,20 @@ class LedgerError(IngestError):
     """The resume ledger cannot be read or written."""
 
 
-def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside a (nested) TaskGroup failure, in order: where our error tree is found again."""
+def exception_leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside a (nested) TaskGroup failure, in order, or `[exc]` for a plain exception."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
     out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(exception_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    for e in exc.exceptions:
+        out.extend(exception_leaves(e))
     return out
 
 
-def first_error(group: BaseExceptionGroup[BaseException], *kinds: type[E]) -> E | None:
-    """The first leaf of the first kind that has one (kinds in order of preference)."""
-    leaves = exception_leaves(group)
+def first_error(exc: BaseException, *kinds: type[E]) -> E | None:
+    """The first leaf of the first kind that has one (kinds in order of preference): where our error tree is found
+    again inside an ExceptionGroup. The one unwrapper: every TaskGroup edge uses it."""
+    leaves = exception_leaves(exc)
     for kind in kinds:
         for e in leaves:
             if isinstance(e, kind):

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ingest.core.errors import ConfigError, IngestError
 from ingest.core.metrics import REGISTRY
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[str | None]]
 """Returns None when ready, else a short reason (shown in the 503 body; never carries secrets)."""

@@ -35,6 +35,7 @@ from ingest.core.errors import (
     SchemaMismatchError,
     UnsupportedFeatureError,
     UsageError,
+    first_error,
 )
 from ingest.core.metrics import REGISTRY, SHARDS
 from ingest.load.ledger import Ledger
@@ -45,7 +46,7 @@ from ingest.sinks.base import Sink
 from ingest.stages.shard import ShardFiles
 from ingest.stages.source import Source, open_source
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAION_SHARDS = "0-409"
@@ -131,18 +132,6 @@ def local_signature(root: Path, shard: int) -> Signature | None:
     return tuple((st.st_size, st.st_mtime_ns) for st in stats)
 
 
-def ingest_error_in(exc: BaseException) -> IngestError | None:
-    """The first IngestError in an exception or (nested) exception group from the pipeline's task groups."""
-    if isinstance(exc, IngestError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = ingest_error_in(inner)
-            if found is not None:
-                return found
-    return None
-
-
 # -- the daemon -----------------------------------------------------------------------------------------------
 class Daemon:
     """Poll, load, serve health; shutdown is ordered: pipeline drain, ledger flush, source, sink, web server."""
@@ -226,7 +215,7 @@ class Daemon:
             await self.poll()
             self.failures = 0
         except Exception as exc:
-            err = ingest_error_in(exc)
+            err = first_error(exc, IngestError)
             if err is None:
                 raise
             if isinstance(err, FATAL_ERRORS):

@@ -15,7 +15,7 @@ from ingest.sinks import open_sink
 from ingest.sinks.base import Sink
 from ingest.stages.source import open_source
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 
 def ledger_for(settings: RunConfig) -> Ledger:

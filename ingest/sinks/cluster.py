@@ -30,13 +30,13 @@ import pyarrow as pa
 from ingest.clickhouse import cluster_sql as csql
 from ingest.clickhouse.sql import create_database_sql, describe_sql, schema_mismatch
 from ingest.core.config import TargetConfig
-from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError
+from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError, first_error
 from ingest.core.ids import TableRef
 from ingest.core.plan import ID_STRIDE
 from ingest.sinks.base import ServerInfo
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(c) for c in calls]
     except ExceptionGroup as group:
-        first = next((e for e in group.exceptions if isinstance(e, IngestError)), None)
+        first = first_error(group, IngestError)
         if first is not None:
             raise first from None
         raise

@@ -46,7 +46,7 @@ from ingest.core.errors import (
 from ingest.core.ids import TableRef
 from ingest.sinks.base import ServerInfo, parse_version, server_info
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 DEDUP_WINDOW = 100_000
 CHUNK_BYTES = 1 << 20

@@ -33,7 +33,7 @@ from ingest.core.errors import (
 from ingest.core.retry import retrying
 from ingest.stages.shard import ShardFiles
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 HEAD_CONCURRENCY = 16

@@ -45,7 +45,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks import open_sink
 from ingest.sinks.base import Sink
 
-log = logging.getLogger("ingest")
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 LOG_EVERY_SECONDS = 5.0

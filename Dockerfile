@@ -6,6 +6,11 @@
 #
 # Two stages: the builder has compilers (for any dependency without a wheel on this platform) and builds a
 # virtualenv; the runtime stage copies only that venv onto a clean slim image and runs as an unprivileged user.
+#
+# PYTHON_IMAGE is any Debian-family image whose `python` is CPython >= 3.11 with venv, e.g. the local base that
+# deploy/container/build-local.sh makes where no registry is reachable. Behind a private index or a TLS-inspecting
+# proxy, pass pip's settings as build secrets (never stored in a layer; both optional):
+#   --secret id=pipconf,src=pip.conf   (read as PIP_CONFIG_FILE)   --secret id=pipca,src=ca.crt (for `cert =`)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -14,17 +19,20 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CONFIG_FILE=/run/secrets/pipconf
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, from the metadata alone: this layer is reused while only our code changes.
 COPY pyproject.toml README.md ./
-RUN mkdir ingest && touch ingest/__init__.py \
+RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
+    mkdir ingest && touch ingest/__init__.py \
  && pip install . \
  && pip uninstall -y laion-ingest
 COPY ingest ./ingest
-RUN pip install --no-deps . \
+RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
+    pip install --no-deps . \
  && laion-ingest --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -42,6 +42,11 @@ def count_range_sql(ref: TableRef, first_id: int, last_id: int) -> str:
     return f"SELECT count() AS n FROM {ref.sql} WHERE id BETWEEN {int(first_id)} AND {int(last_id)}"
 
 
+def vector_dim_sql(ref: TableRef) -> str:
+    """The dimension of the vectors a table already holds (no row: an empty table fits any)."""
+    return f"SELECT length(image_embedding) AS d FROM {ref.sql} LIMIT 1"
+
+
 def count_sql(ref: TableRef) -> str:
     return f"SELECT count() AS n FROM {ref.sql}"
 

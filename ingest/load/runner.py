@@ -10,13 +10,19 @@ import orjson
 
 from ingest.clickhouse.sql import vector_dim_sql
 from ingest.core.config import RunConfig
-from ingest.core.errors import BadShardError, SchemaMismatchError, SourceError, UsageError
+from ingest.core.errors import (
+    BadShardError,
+    SchemaMismatchError,
+    SourceError,
+    UnsupportedFeatureError,
+    UsageError,
+)
 from ingest.core.schema import DEFAULT_DIM
 from ingest.load.ledger import Ledger, default_ledger_path
 from ingest.load.pipeline import Pipeline, RunResult
 from ingest.load.progress import LogReporter, Reporter
 from ingest.sinks import open_sink
-from ingest.sinks.base import Sink
+from ingest.sinks.base import Sink, parse_version
 from ingest.stages.probe import infer_schema, needs_probe, schema_from_flags
 from ingest.stages.source import Source, open_source
 
@@ -42,6 +48,8 @@ async def prepare_sink(settings: RunConfig) -> Sink:
                 ", ".join(info.missing),
                 "search/index need a newer server or the embedded chdb target",
             )
+        if settings.target.schema.vector_codec and parse_version(info.version) < (19, 1):
+            raise UnsupportedFeatureError(f"ClickHouse {info.version} has no column codecs: drop --vector-codec")
         await sink.ensure_table(settings.table)
         await check_table_dim(sink, settings)
     except BaseException:

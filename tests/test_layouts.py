@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_run import cli
-from exact import assert_table_equals, chdb_table, expected_rows
+from exact import assert_table_equals, chdb_table, expected_rows, server_table
 from http_mirror import HttpMirror
 
 from ingest.clickhouse.sql import create_table_sql, table_problem
@@ -288,3 +290,51 @@ def test_missing_source_root_is_one_usage_error(tmp_path: Path) -> None:
         )
     assert res.returncode == 2, res.stderr
     assert "not found" in res.stderr and "shard" not in res.stderr, res.stderr
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("fmt", ["native", "rowbinary"])
+def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, tmp_path: Path, fmt: str) -> None:
+    """The wire encoders carry the extra columns; the 18.16 table is created with them and checked on reuse."""
+    src = tmp_path / "src"
+    metas = []
+    for s in (0, 1):
+        write_shard(src, s, SynthSpec(rows=1000, dim=768), parse_layout("laion5b"))
+        metas.append(_with_nulls(src / laion5b_paths(s)[2]))
+    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": ch_server.password}
+    args = [
+        "run",
+        "--no-progress",
+        "--source",
+        str(src),
+        "--layout",
+        "laion5b",
+        "--shards",
+        "0-1",
+        "--target",
+        ch_server.http_url,
+        "--database",
+        ch_db,
+        "--format",
+        fmt,
+        "--state",
+        str(tmp_path / "state.json"),
+        "--extra-columns",
+        "key,width,watermark,aesthetic,exif",
+    ]
+    res = cli(*args, env=env)
+    assert res.returncode == 0, res.stderr
+    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1], laion5b_paths))
+    raw = ch_server.query(
+        f"SELECT key, width, watermark, aesthetic, exif FROM {ch_db}.laion ORDER BY id FORMAT JSONEachRow"
+    )
+    rows = [orjson.loads(line) for line in raw.splitlines()]
+    want = pa.concat_tables(metas)
+    assert [r["key"] for r in rows] == want.column("key").to_pylist()
+    assert [int(r["width"]) for r in rows] == [v or 0 for v in want.column("width").to_pylist()]
+    assert [r["watermark"] for r in rows] == [
+        int(v) if v is not None else 0 for v in want.column("watermark").to_pylist()
+    ]
+    assert [r["exif"] for r in rows] == want.column("exif").to_pylist()
+    res = cli(*args[:-2], env=env)  # the same table without the extra columns is refused
+    assert res.returncode == 1 and "expected" in res.stderr

@@ -116,7 +116,6 @@ def test_laion5b_layout_768d_byte_exact(tmp_path: Path) -> None:
     assert (src / "laion2B-en-metadata" / "metadata_0001.parquet").is_file()
     out = run_ok("--source", str(src), "--layout", "laion5b", "--shards", "0-1", "--target", f"chdb:{db}")
     assert "done: 2 shards, 3,000 rows inserted" in out
-    assert "768-d" in out
     got = chdb_table(db)
     assert_table_equals(got, expected_rows(src, [0, 1], laion5b_paths))
     assert len(got.column("image_embedding")[0].as_py()) == 768

@@ -77,13 +77,13 @@ async def resolve_schema(settings: RunConfig, source: Source, shards: list[int])
         except (BadShardError, SourceError) as exc:
             if exc.retriable:
                 raise
-            log.warning("shard %d cannot tell the table's schema (%s); trying the next", shard, exc)
+            log.debug("shard %d cannot tell the table's schema (%s); trying the next", shard, exc)
     if schema is None:
         if load.extra_columns:
             raise UsageError("--extra-columns: no readable shard to read the columns' types from")
         schema = schema_from_flags(load, load.dim or DEFAULT_DIM)
     elif load.dim is None:
-        log.info("vectors are %d-d (from the first shard's npy header)", schema.dim)
+        log.debug("vectors are %d-d (from the first shard's npy header)", schema.dim)
     return replace(settings, target=replace(settings.target, schema=schema))
 
 

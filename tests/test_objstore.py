@@ -229,3 +229,18 @@ def test_s3_resumes_part_and_lists_shards(moto: str, tmp_path: Path, monkeypatch
         src / "laion2B-en-metadata/metadata_0002.parquet"
     ).read_bytes()
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET
+
+
+@pytest.mark.parametrize(
+    ("root", "package"), [("gs://bucket/emb", "gcsfs"), ("hf://datasets/org/repo", "huggingface_hub")]
+)
+def test_missing_store_package_is_one_usage_error(root: str, package: str, tmp_path: Path) -> None:
+    """Without the extra installed (as here), the run says which package to install: one line, exit 2."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    res = cli("run", "--no-progress", "--source", root, "--shards", "0", "--target", f"chdb:{tmp_path / 'db'}")
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"install {package}" in lines[0], res.stderr

@@ -108,6 +108,8 @@ async def run_ingest(
         await source.check_root(shards[0] if shards else None)
         todo = [s for s in shards if not ledger.is_complete(s)]
         settings = await resolve_schema(settings, source, todo + [s for s in shards if s not in todo])
+        if not todo and shards and needs_probe(settings.load):
+            await source.release(shards[0])  # fetched only to learn the schema: nothing left to load
         sink = await prepare_sink(settings)
     except BaseException:
         await source.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,21 @@ import pyarrow.parquet as pq
 STRIDE = 10_000_000
 
 
-def expected_rows(root: Path, shards: list[int]) -> dict[str, np.ndarray | list[str]]:
-    """Columns of the expected table, sorted by id, from np.load + pq.read_table (not our reader)."""
+def laion400m_paths(s: int) -> tuple[str, str, str]:
+    return f"img_emb/img_emb_{s}.npy", f"text_emb/text_emb_{s}.npy", f"metadata/metadata_{s}.parquet"
+
+
+def expected_rows(
+    root: Path, shards: list[int], paths: Callable[[int], tuple[str, str, str]] = laion400m_paths
+) -> dict[str, np.ndarray | list[str]]:
+    """Columns of the expected table, sorted by id, from np.load + pq.read_table (not our reader);
+    `paths(shard)` names the three files (spelled out by each test, not taken from ingest's layouts)."""
     ids, urls, caps, nsfw, sims, imgs, txts = [], [], [], [], [], [], []
     for s in shards:
-        img = np.load(root / "img_emb" / f"img_emb_{s}.npy")
-        txt = np.load(root / "text_emb" / f"text_emb_{s}.npy")
-        meta = pq.read_table(root / "metadata" / f"metadata_{s}.parquet")
+        img_rel, txt_rel, meta_rel = paths(s)
+        img = np.load(root / img_rel)
+        txt = np.load(root / txt_rel)
+        meta = pq.read_table(root / meta_rel)
         n = meta.num_rows
         ids.append(np.arange(n, dtype=np.int64) + s * STRIDE)
         urls += [u or "" for u in meta.column("url").to_pylist()]

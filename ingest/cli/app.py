@@ -17,9 +17,12 @@ from ingest.cli.options import (
     DimOpt,
     DownloadConcurrencyOpt,
     DrainSecondsOpt,
+    EndpointUrlOpt,
+    ExtraColumnsOpt,
     FormatOpt,
     InsertConcurrencyOpt,
     KeepDownloadsOpt,
+    LayoutOpt,
     LogFormatOpt,
     MaxRetriesOpt,
     OnNanOpt,
@@ -27,6 +30,7 @@ from ingest.cli.options import (
     RetryMaxSecondsOpt,
     SourceOpt,
     StateOpt,
+    VectorCodecOpt,
     run_config,
 )
 from ingest.cli.progress import make_reporter
@@ -46,6 +50,7 @@ from ingest.cli.support import (
 )
 from ingest.core.config import LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
+from ingest.core.layout import parse_layout
 from ingest.core.memory import return_large_buffers_to_the_os
 from ingest.core.plan import parse_shard_spec, worker_slice
 from ingest.core.target import DEFAULT_TARGET
@@ -86,7 +91,11 @@ def run(
     queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
-    dim: DimOpt = 512,
+    dim: DimOpt = None,
+    layout: LayoutOpt = "laion400m",
+    extra_columns: ExtraColumnsOpt = None,
+    vector_codec: VectorCodecOpt = None,
+    endpoint_url: EndpointUrlOpt = None,
     cache_dir: CacheDirOpt = Path("./laion-cache"),
     keep_downloads: KeepDownloadsOpt = False,
     insert_format: FormatOpt = "native",
@@ -139,6 +148,10 @@ def run(
         table=table,
         database=database,
         dim=dim,
+        layout=layout,
+        extra_columns=extra_columns,
+        vector_codec=vector_codec,
+        endpoint_url=endpoint_url,
         batch_rows=batch_rows,
         queue_depth=queue_depth,
         download_concurrency=download_concurrency,
@@ -190,12 +203,14 @@ def synth(
     dim: Annotated[int, typer.Option("--dim", min=1)] = 512,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     dtype: Annotated[Literal["float16", "float32"], typer.Option("--dtype")] = "float16",
+    layout: LayoutOpt = "laion400m",
 ) -> None:
-    """Write synthetic shards in LAION's exact layout (clustered unit vectors, all 15 metadata columns)."""
+    """Write synthetic shards in a LAION layout (clustered unit vectors, all 15 metadata columns)."""
     shard_list = parse_shard_spec(shards)
     spec = SynthSpec(rows=rows, dim=dim, seed=seed, dtype=dtype)
+    files_layout = parse_layout(layout)
     for shard in shard_list:
-        write_shard(out, shard, spec)
+        write_shard(out, shard, spec, files_layout)
     typer.echo(f"wrote {len(shard_list)} shard(s) × {rows} rows to {out}")
 
 

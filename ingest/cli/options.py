@@ -21,15 +21,38 @@ from ingest.core.config import (
     read_credentials,
     resolve_table,
 )
+from ingest.core.layout import parse_layout
 from ingest.core.retry import RetryPolicy
+from ingest.core.schema import VectorCodec, parse_extra_columns
 from ingest.core.target import parse_target
 
-SourceOpt = Annotated[str, typer.Option("--source", "-s", help="Local dir or http(s) mirror root in LAION's layout")]
+SourceOpt = Annotated[
+    str, typer.Option("--source", "-s", help="Local dir, http(s) mirror root, or s3:// gs:// hf:// object-store root")
+]
 BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")]
 QueueDepthOpt = Annotated[int, typer.Option("--queue-depth", min=1, help="Batches buffered between stages")]
 DownloadConcurrencyOpt = Annotated[int, typer.Option("--download-concurrency", min=1)]
 InsertConcurrencyOpt = Annotated[int, typer.Option("--insert-concurrency", min=1)]
-DimOpt = Annotated[int, typer.Option("--dim", min=1, help="Embedding dimension")]
+DimOpt = Annotated[
+    int | None, typer.Option("--dim", min=1, help="Embedding dimension (default: the first shard's npy header)")
+]
+LayoutOpt = Annotated[
+    str,
+    typer.Option(
+        "--layout",
+        help="laion400m, laion5b, or IMG,TEXT,META path templates with {shard} / {shard:04d}",
+    ),
+]
+ExtraColumnsOpt = Annotated[
+    str | None, typer.Option("--extra-columns", help="Metadata columns to load too, e.g. key,width,height")
+]
+VectorCodecOpt = Annotated[
+    Literal["none", "lz4", "zstd"] | None,
+    typer.Option("--vector-codec", help="CODEC of the embedding columns (default: the server's, as the tutorial)"),
+]
+EndpointUrlOpt = Annotated[
+    str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (default: env AWS_ENDPOINT_URL)")
+]
 CacheDirOpt = Annotated[Path, typer.Option("--cache-dir", help="Where HTTP downloads go")]
 KeepDownloadsOpt = Annotated[bool, typer.Option("--keep-downloads/--no-keep-downloads")]
 FormatOpt = Annotated[Literal["native", "rowbinary"], typer.Option("--format", help="HTTP insert body format")]
@@ -52,7 +75,7 @@ def run_config(
     queue_depth: int,
     download_concurrency: int,
     insert_concurrency: int,
-    dim: int,
+    dim: int | None,
     cache_dir: Path,
     keep_downloads: bool,
     insert_format: InsertFormat,
@@ -70,6 +93,10 @@ def run_config(
     cluster: str | None = None,
     insert_mode: InsertMode = "distributed",
     finalize: bool = False,
+    layout: str = "laion400m",
+    extra_columns: str | None = None,
+    vector_codec: VectorCodec | None = None,
+    endpoint_url: str | None = None,
 ) -> RunConfig:
     """The one place flags become config objects, shared by `run` and `daemon`."""
     spec = parse_target(target)
@@ -95,9 +122,13 @@ def run_config(
             keep_downloads=keep_downloads,
             download_concurrency=download_concurrency,
             retry=retry,
+            layout=parse_layout(layout),
+            endpoint_url=endpoint_url,
         ),
         load=LoadConfig(
             dim=dim,
+            extra_columns=parse_extra_columns(extra_columns),
+            vector_codec=vector_codec,
             batch_rows=batch_rows,
             queue_depth=queue_depth,
             insert_concurrency=insert_concurrency,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 
-from ingest.clickhouse.sql import COLUMNS, create_database_sql, create_table_sql, quote_string
+from ingest.clickhouse.sql import columns_sql, create_database_sql, create_table_sql, quote_string
 from ingest.core.errors import UsageError
 from ingest.core.ids import TableRef, quote_ident
+from ingest.core.schema import DEFAULT_SCHEMA, TableSchema
 
 LOCAL_SUFFIX = "_local"
 SHARDING_KEY = "cityHash64(id)"
@@ -44,20 +45,24 @@ def create_database_on_cluster_sql(database: str, cluster: str) -> str:
     return f"{create_database_sql(database)}{_on_cluster(cluster)}"
 
 
-def local_table_sql(ref: TableRef, dedup_window: int | None, cluster: str | None = None) -> str:
+def local_table_sql(
+    ref: TableRef, dedup_window: int | None, cluster: str | None = None, schema: TableSchema = DEFAULT_SCHEMA
+) -> str:
     """The single-node DDL (same columns, MergeTree ORDER BY id), with ON CLUSTER after the name if asked."""
-    sql = create_table_sql(ref, dedup_window)
+    sql = create_table_sql(ref, dedup_window, schema)
     head = f"CREATE TABLE IF NOT EXISTS {ref.sql}"
     assert sql.startswith(head), sql
     return head + _on_cluster(cluster) + sql[len(head) :]
 
 
-def distributed_table_sql(ref: TableRef, cluster: str, on_cluster: bool = False) -> str:
+def distributed_table_sql(
+    ref: TableRef, cluster: str, on_cluster: bool = False, schema: TableSchema = DEFAULT_SCHEMA
+) -> str:
     """`ref` as a Distributed table over `{ref.table}_local` on every node of `cluster`.
 
     Columns are spelled out rather than `AS local`: an entry node outside the cluster has no local table.
     """
-    cols = ", ".join(f"{quote_ident(name)} {typ}" for name, typ in COLUMNS)
+    cols = columns_sql(schema)
     local = local_ref(ref)
     engine = (
         f"Distributed({quote_string(validate_cluster(cluster))}, {quote_string(local.database)}, "

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from ingest.core.ids import TableRef, quote_ident, validate_ident
+from ingest.core.schema import DEFAULT_SCHEMA, EMBEDDING_COLUMNS, TableSchema
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "Int64"),
-    ("url", "String"),
-    ("caption", "String"),
-    ("NSFW", "String"),
-    ("similarity", "Float32"),
-    ("image_embedding", "Array(Float32)"),
-    ("text_embedding", "Array(Float32)"),
-)
-"""The tutorial's table, column for column."""
+COLUMNS: tuple[tuple[str, str], ...] = tuple(DEFAULT_SCHEMA.describe())
+"""The tutorial's table, column for column (the default `TableSchema`)."""
 
-EMBEDDING_COLUMNS = ("image_embedding", "text_embedding")
+__all__ = ["COLUMNS", "EMBEDDING_COLUMNS"]
+
+
+def columns_sql(schema: TableSchema = DEFAULT_SCHEMA) -> str:
+    """The column list of a CREATE TABLE, codecs included."""
+    out = []
+    for col in schema.columns:
+        codec = schema.codec(col.name)
+        out.append(f"{quote_ident(col.name)} {col.ch_type}" + (f" CODEC({codec})" if codec else ""))
+    return ", ".join(out)
 
 def create_database_sql(database: str) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {quote_ident(validate_ident(database, 'database'))}"
 
 
-def create_table_sql(ref: TableRef, dedup_window: int | None) -> str:
+def create_table_sql(ref: TableRef, dedup_window: int | None, schema: TableSchema = DEFAULT_SCHEMA) -> str:
     """The tutorial's DDL; a dedup window lets retried blocks with the same token be no-ops (modern servers)."""
-    cols = ", ".join(f"{quote_ident(name)} {typ}" for name, typ in COLUMNS)
+    cols = columns_sql(schema)
     settings = f" SETTINGS non_replicated_deduplication_window = {int(dedup_window)}" if dedup_window else ""
     return f"CREATE TABLE IF NOT EXISTS {ref.sql} ({cols}) ENGINE = MergeTree ORDER BY id{settings}"
 
@@ -35,6 +40,11 @@ def describe_sql(ref: TableRef) -> str:
 
 def count_range_sql(ref: TableRef, first_id: int, last_id: int) -> str:
     return f"SELECT count() AS n FROM {ref.sql} WHERE id BETWEEN {int(first_id)} AND {int(last_id)}"
+
+
+def vector_dim_sql(ref: TableRef) -> str:
+    """The dimension of the vectors a table already holds (no row: an empty table fits any)."""
+    return f"SELECT length(image_embedding) AS d FROM {ref.sql} LIMIT 1"
 
 
 def count_sql(ref: TableRef) -> str:
@@ -51,11 +61,27 @@ def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def schema_mismatch(actual: list[tuple[str, str]]) -> str | None:
+def schema_mismatch(actual: list[tuple[str, str]], schema: TableSchema = DEFAULT_SCHEMA) -> str | None:
     """Describe how an existing table differs from ours, or None when it matches."""
-    expected = list(COLUMNS)
+    expected = schema.describe()
     if actual == expected:
         return None
     want = ", ".join(f"{n} {t}" for n, t in expected)
     got = ", ".join(f"{n} {t}" for n, t in actual)
-    return f"has columns ({got}); expected ({want})"
+    hint = " (pass the same --extra-columns as when it was created, or another --table)" if schema.extras else ""
+    return f"has columns ({got}); expected ({want}){hint}"
+
+
+def table_problem(rows: Sequence[Mapping[str, Any]], schema: TableSchema = DEFAULT_SCHEMA) -> str | None:
+    """How DESCRIBE TABLE's rows differ from `schema` (columns, and the vector codec when one was asked)."""
+    problem = schema_mismatch([(str(r["name"]), str(r["type"])) for r in rows], schema)
+    if problem or schema.vector_codec is None:
+        return problem
+    for r in rows:
+        want = schema.codec(str(r["name"]))
+        if want is None:
+            continue
+        got = str(r.get("codec_expression", "") or "")
+        if got.upper() != want.upper():
+            return f"column {r['name']} has codec {got or 'default'!r}; --vector-codec asks for {want}"
+    return None

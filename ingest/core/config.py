@@ -13,7 +13,9 @@ from typing import Literal
 
 from ingest.core.errors import ConfigError
 from ingest.core.ids import TableRef
+from ingest.core.layout import LAION400M, Layout
 from ingest.core.retry import RetryPolicy
+from ingest.core.schema import DEFAULT_SCHEMA, TableSchema, VectorCodec
 from ingest.core.target import TargetSpec
 
 LAION_ROOT = "https://deploy.laion.ai/8f83b608504d46bb81708ec86e912220/embeddings/"
@@ -21,6 +23,7 @@ LAION_ROOT = "https://deploy.laion.ai/8f83b608504d46bb81708ec86e912220/embedding
 InsertFormat = Literal["native", "rowbinary"]
 InsertMode = Literal["distributed", "local"]
 NanPolicy = Literal["fail-shard", "skip-row"]
+OBJECT_STORE_SCHEMES = ("s3://", "gs://", "gcs://", "hf://")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class TargetConfig:
     insert_mode: InsertMode = "distributed"
     connections: int = 2
     """Requests in flight at once (the insert concurrency): sizes the connection and encoder pools."""
+    schema: TableSchema = DEFAULT_SCHEMA
+    """The table's columns: sinks create and check the table by it (the runner resolves dim and extras)."""
 
     def display(self) -> str:
         return self.spec.display()
@@ -63,17 +68,28 @@ class SourceConfig:
     keep_downloads: bool = False
     download_concurrency: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    layout: Layout = LAION400M
+    endpoint_url: str | None = None
+    """S3-compatible endpoint (else AWS_ENDPOINT_URL / the store's own configuration)."""
 
     @property
     def is_http(self) -> bool:
         return self.root.startswith(("http://", "https://"))
+
+    @property
+    def is_object_store(self) -> bool:
+        return self.root.startswith(OBJECT_STORE_SCHEMES)
 
 
 @dataclass(frozen=True)
 class LoadConfig:
     """How shards are cut, buffered and landed."""
 
-    dim: int = 512
+    dim: int | None = None
+    """Embedding dimension; None = read it from the first shard's npy header."""
+    extra_columns: tuple[str, ...] = ()
+    """Metadata columns loaded beside the tutorial's, typed from the parquet schema."""
+    vector_codec: VectorCodec | None = None
     batch_rows: int = 8192
     queue_depth: int = 2
     insert_concurrency: int = 2

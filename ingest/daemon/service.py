@@ -37,12 +37,14 @@ from ingest.core.errors import (
     UsageError,
     first_error,
 )
+from ingest.core.layout import LAION400M, Layout
 from ingest.core.metrics import REGISTRY, SHARDS
 from ingest.load.ledger import Ledger
 from ingest.load.pipeline import Pipeline
 from ingest.load.progress import LogReporter
-from ingest.load.runner import ledger_for, prepare_sink
+from ingest.load.runner import ledger_for, prepare_sink, resolve_schema
 from ingest.sinks.base import Sink
+from ingest.stages.probe import needs_probe
 from ingest.stages.shard import ShardFiles
 from ingest.stages.source import Source, open_source
 
@@ -123,10 +125,10 @@ def shards_to_load(
     return todo
 
 
-def local_signature(root: Path, shard: int) -> Signature | None:
+def local_signature(root: Path, shard: int, layout: Layout = LAION400M) -> Signature | None:
     """Sizes and mtimes of a local shard's three files; None when one is missing."""
     try:
-        stats = [p.stat() for p in ShardFiles.in_dir(root, shard).all()]
+        stats = [p.stat() for p in ShardFiles.in_dir(root, shard, layout).all()]
     except OSError:
         return None
     return tuple((st.st_size, st.st_mtime_ns) for st in stats)
@@ -156,9 +158,10 @@ class Daemon:
         )
         deadline = asyncio.create_task(self._arm_hard_deadline())
         try:
-            self.sink = await self._connect()
+            self.source = open_source(self.s.source)
+            if await self._learn_schema():
+                self.sink = await self._connect()
             if self.sink is not None:
-                self.source = open_source(self.s.source)
                 log.info(
                     "daemon: watching %s every %g s, loading into %s table %s",
                     self.s.source.root,
@@ -188,6 +191,29 @@ class Daemon:
             return f"not connected to the target yet{': ' + self.last_error if self.last_error else ''}"
         await self.sink.query("SELECT 1 AS ok")
         return None
+
+    async def _learn_schema(self) -> bool:
+        """Without --dim (or with --extra-columns) the table's schema comes from the first shard to appear;
+        False if stopped while waiting."""
+        assert self.source is not None
+        if not needs_probe(self.s.load):
+            return True
+        await self.source.check_root()
+        while not self.stop.is_set():
+            candidates = list(self.opts.candidates) if self.opts.candidates is not None else None
+            try:
+                shards = await self.source.available(candidates)
+                if shards:
+                    self.s = await resolve_schema(self.s, self.source, shards)
+                    return True
+                self.last_error = "waiting for a first shard to learn the table's schema (or pass --dim)"
+            except IngestError as exc:
+                if not exc.retriable:
+                    raise
+                self.last_error = str(exc)
+                log.warning("daemon: cannot read a first shard yet (%s)", exc)
+            await self._sleep(self.opts.poll_seconds)
+        return False
 
     async def _connect(self) -> Sink | None:
         """Reach the target, retrying what may pass (it may start after us); None if stopped meanwhile."""
@@ -263,7 +289,7 @@ class Daemon:
     def _signature(self, shard: int) -> Signature | None:
         if self.s.source.is_http:
             return None
-        return local_signature(Path(self.s.source.root), shard)
+        return local_signature(Path(self.s.source.root), shard, self.s.source.layout)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on SIGTERM."""

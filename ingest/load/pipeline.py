@@ -68,6 +68,7 @@ class Pipeline:
     ) -> None:
         self.cfg = settings.load
         self.table = settings.table
+        self._schema = settings.target.schema
         self._fetchers = max(1, settings.source.download_concurrency)
         self.sink = sink
         self.source = source
@@ -161,7 +162,7 @@ class Pipeline:
                 continue
             try:
                 valid = await loop.run_in_executor(
-                    self._read_pool, validate_shard, files, self.cfg.dim, self.cfg.on_nan
+                    self._read_pool, validate_shard, files, self._schema, self.cfg.on_nan
                 )
             except BadShardError as exc:
                 self._quarantine(files.shard, exc)

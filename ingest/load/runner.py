@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import orjson
 
+from ingest.clickhouse.sql import vector_dim_sql
 from ingest.core.config import RunConfig
+from ingest.core.errors import (
+    BadShardError,
+    SchemaMismatchError,
+    SourceError,
+    UnsupportedFeatureError,
+    UsageError,
+)
+from ingest.core.schema import DEFAULT_DIM
 from ingest.load.ledger import Ledger, default_ledger_path
 from ingest.load.pipeline import Pipeline, RunResult
 from ingest.load.progress import LogReporter, Reporter
 from ingest.sinks import open_sink
-from ingest.sinks.base import Sink
-from ingest.stages.source import open_source
+from ingest.sinks.base import Sink, parse_version
+from ingest.stages.probe import infer_schema, needs_probe, schema_from_flags
+from ingest.stages.source import Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +48,72 @@ async def prepare_sink(settings: RunConfig) -> Sink:
                 ", ".join(info.missing),
                 "search/index need a newer server or the embedded chdb target",
             )
+        if settings.target.schema.vector_codec and parse_version(info.version) < (19, 1):
+            raise UnsupportedFeatureError(f"ClickHouse {info.version} has no column codecs: drop --vector-codec")
         await sink.ensure_table(settings.table)
+        await check_table_dim(sink, settings)
     except BaseException:
         await sink.close()
         raise
     return sink
 
 
+PROBE_SHARDS = 8
+"""Shards tried, in order, for the table's schema before giving up (broken ones are skipped)."""
+
+
+async def resolve_schema(settings: RunConfig, source: Source, shards: list[int]) -> RunConfig:
+    """Settings whose target schema has the dimension (--dim, else the first readable shard's npy header) and
+    the extra columns typed from that shard's parquet schema."""
+    load = settings.load
+    schema = None
+    if not needs_probe(load):
+        schema = schema_from_flags(load, load.dim or DEFAULT_DIM)
+    for shard in shards[:PROBE_SHARDS] if schema is None else []:
+        try:
+            files = await source.fetch(shard)
+            schema = await asyncio.to_thread(infer_schema, files, load)
+            break
+        except (BadShardError, SourceError) as exc:
+            if exc.retriable:
+                raise
+            log.debug("shard %d cannot tell the table's schema (%s); trying the next", shard, exc)
+    if schema is None:
+        if load.extra_columns:
+            raise UsageError("--extra-columns: no readable shard to read the columns' types from")
+        schema = schema_from_flags(load, load.dim or DEFAULT_DIM)
+    elif load.dim is None:
+        log.debug("vectors are %d-d (from the first shard's npy header)", schema.dim)
+    return replace(settings, target=replace(settings.target, schema=schema))
+
+
+async def check_table_dim(sink: Sink, settings: RunConfig) -> None:
+    """An existing table holding vectors of another dimension is refused before anything is inserted."""
+    rows = await sink.query(vector_dim_sql(settings.table))
+    dim = settings.target.schema.dim
+    if rows and int(rows[0]["d"]) != dim:
+        raise SchemaMismatchError(
+            f"table {settings.table.key} holds {int(rows[0]['d'])}-d vectors; this source's are {dim}-d "
+            "(use another --table)"
+        )
+
+
 async def run_ingest(
     settings: RunConfig, stop: asyncio.Event | None = None, reporter: Reporter | None = None
 ) -> RunResult:
     ledger = ledger_for(settings)
-    sink = await prepare_sink(settings)
     source = open_source(settings.source)
+    try:
+        shards = list(settings.shards)
+        await source.check_root(shards[0] if shards else None)
+        todo = [s for s in shards if not ledger.is_complete(s)]
+        settings = await resolve_schema(settings, source, todo + [s for s in shards if s not in todo])
+        if not todo and shards and needs_probe(settings.load):
+            await source.release(shards[0])  # fetched only to learn the schema: nothing left to load
+        sink = await prepare_sink(settings)
+    except BaseException:
+        await source.close()
+        raise
     try:
         pipeline = Pipeline(settings, sink, source, ledger, reporter or LogReporter(), stop)
         result = await pipeline.run(list(settings.shards))

@@ -24,7 +24,7 @@ from ingest.clickhouse.sql import (
     delete_range_sql,
     describe_sql,
     quote_string,
-    schema_mismatch,
+    table_problem,
 )
 from ingest.core.config import TargetConfig
 from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError, classify_clickhouse_error
@@ -61,6 +61,7 @@ class ChdbSink:
 
     def __init__(self, target: TargetConfig) -> None:
         self._path = Path(target.spec.path)
+        self._schema = target.schema
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self._session: Any = None
         self._lock_fd: int | None = None
@@ -123,9 +124,8 @@ class ChdbSink:
     async def ensure_table(self, ref: TableRef) -> None:
         def work() -> None:
             self._raw(create_database_sql(ref.database))
-            self._raw(create_table_sql(ref, DEDUP_WINDOW))
-            actual = [(r["name"], r["type"]) for r in self._rows(describe_sql(ref))]
-            problem = schema_mismatch(actual)
+            self._raw(create_table_sql(ref, DEDUP_WINDOW, self._schema))
+            problem = table_problem(self._rows(describe_sql(ref)), self._schema)
             if problem:
                 raise SchemaMismatchError(f"table {ref.key} {problem}")
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.clickhouse.sql import create_database_sql, describe_sql, schema_mismatch
+from ingest.clickhouse.sql import create_database_sql, describe_sql, table_problem
 from ingest.core.config import TargetConfig
 from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError, first_error
 from ingest.core.ids import TableRef
@@ -228,7 +228,9 @@ class ClusterSink:
         entry_url = self._target.spec.base_url
         if entry_url not in self._nodes:  # an entry outside the cluster still needs the Distributed table
             await self._entry.execute(create_database_sql(ref.database), database="default")
-            await self._entry.execute(csql.distributed_table_sql(ref, self._cluster), database="default")
+            await self._entry.execute(
+                csql.distributed_table_sql(ref, self._cluster, False, self._target.schema), database="default"
+            )
             await self._verify(entry_url, self._entry, ref, node=False)
         await all_of([self._verify(url, s, ref, node=True) for url, s in self._nodes.items()])
 
@@ -236,8 +238,8 @@ class ClusterSink:
         """One DDL per object through the queue; False (after a warning) if the cluster refuses it."""
         statements = [
             csql.create_database_on_cluster_sql(ref.database, self._cluster),
-            csql.local_table_sql(csql.local_ref(ref), window, self._cluster),
-            csql.distributed_table_sql(ref, self._cluster, on_cluster=True),
+            csql.local_table_sql(csql.local_ref(ref), window, self._cluster, self._target.schema),
+            csql.distributed_table_sql(ref, self._cluster, True, self._target.schema),
         ]
         try:
             for sql in statements:
@@ -251,8 +253,12 @@ class ClusterSink:
 
     async def _create_on_node(self, sink: HttpSink, ref: TableRef, window: int | None) -> None:
         await sink.execute(create_database_sql(ref.database), database="default")
-        await sink.execute(csql.local_table_sql(csql.local_ref(ref), window), database="default")
-        await sink.execute(csql.distributed_table_sql(ref, self._cluster), database="default")
+        await sink.execute(
+            csql.local_table_sql(csql.local_ref(ref), window, None, self._target.schema), database="default"
+        )
+        await sink.execute(
+            csql.distributed_table_sql(ref, self._cluster, False, self._target.schema), database="default"
+        )
 
     async def _verify(self, url: str, sink: HttpSink, ref: TableRef, node: bool) -> None:
         """Engines and columns of our tables on one server; a mismatch is refused as for one node."""
@@ -264,7 +270,7 @@ class ClusterSink:
             raise SchemaMismatchError(f"on {where}: {problem}")
         for table in (ref, csql.local_ref(ref)) if node else (ref,):
             cols = await sink.query(describe_sql(table), database="default")
-            mismatch = schema_mismatch([(str(r["name"]), str(r["type"])) for r in cols])
+            mismatch = table_problem(cols, self._target.schema)
             if mismatch:
                 raise SchemaMismatchError(f"table {table.key} on {where} {mismatch}")
 

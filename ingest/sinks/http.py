@@ -30,7 +30,7 @@ from ingest.clickhouse.sql import (
     delete_range_sql,
     describe_sql,
     quote_string,
-    schema_mismatch,
+    table_problem,
 )
 from ingest.clickhouse.wire import FORMAT_NAMES, body_size, encode
 from ingest.core.config import Credentials, TargetConfig
@@ -193,6 +193,7 @@ class HttpSink:
 
     def __init__(self, target: TargetConfig) -> None:
         self._target = target
+        self._schema = target.schema
         self._base = target.spec.base_url
         self._where = urlsplit(self._base).netloc
         self._creds = target.credentials
@@ -291,9 +292,8 @@ class HttpSink:
     async def ensure_table(self, ref: TableRef) -> None:
         await self._send(self._request(create_database_sql(ref.database), database="default"))
         window = DEDUP_WINDOW if self.info.dedup_token else None
-        await self._send(self._request(create_table_sql(ref, window), database=ref.database))
-        rows = await self.query(describe_sql(ref))
-        problem = schema_mismatch([(str(r["name"]), str(r["type"])) for r in rows])
+        await self._send(self._request(create_table_sql(ref, window, self._schema), database=ref.database))
+        problem = table_problem(await self.query(describe_sql(ref)), self._schema)
         if problem:
             raise SchemaMismatchError(f"table {ref.key} {problem}")
 

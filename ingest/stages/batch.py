@@ -7,24 +7,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.core.plan import ID_STRIDE, BatchPlan
+from ingest.core.schema import META_COLUMNS, STRING_COLUMNS, Column, TableSchema
 
-META_COLUMNS = ("url", "caption", "NSFW", "similarity")
-STRING_COLUMNS = ("url", "caption", "NSFW")
+__all__ = ["META_COLUMNS", "STRING_COLUMNS", "batch_schema", "build_batch"]
 
 
 def batch_schema(dim: int) -> pa.Schema:
-    vec = pa.list_(pa.float32(), dim)
-    return pa.schema(
-        [
-            ("id", pa.int64()),
-            ("url", pa.string()),
-            ("caption", pa.string()),
-            ("NSFW", pa.string()),
-            ("similarity", pa.float32()),
-            ("image_embedding", vec),
-            ("text_embedding", vec),
-        ]
-    )
+    """The tutorial's table as Arrow (no extra columns); see TableSchema.arrow_schema."""
+    return TableSchema(dim).arrow_schema()
 
 
 def _vectors(block: np.ndarray) -> pa.FixedSizeListArray:
@@ -45,14 +35,26 @@ def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return arr
 
 
+def _extra(column: pa.ChunkedArray, col: Column) -> pa.Array:
+    """An extra metadata column in its table type; nulls as the base columns have them: '' / NaN / 0."""
+    if col.ch_type == "String":
+        return _text(column) if col.arrow_type == pa.string() else pc.fill_null(column.combine_chunks(), b"")
+    arr = pc.cast(column.combine_chunks(), col.arrow_type)
+    if arr.null_count:
+        arr = pc.fill_null(arr, float("nan") if pa.types.is_floating(col.arrow_type) else 0)
+    return arr
+
+
 def build_batch(
     plan: BatchPlan,
     img: np.ndarray,
     txt: np.ndarray,
     meta: pa.Table,
     drop_rows: np.ndarray | None = None,
+    schema: TableSchema | None = None,
 ) -> pa.RecordBatch:
     """Rows `plan.start..plan.stop` of one shard as a batch; `drop_rows` (positions in the window) are skipped."""
+    schema = schema or TableSchema(img.shape[1])
     ids = np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)
     sim = meta.column("similarity").combine_chunks()
     sim = pc.cast(sim, pa.float32())
@@ -67,7 +69,8 @@ def build_batch(
         _vectors(img),
         _vectors(txt),
     ]
-    batch = pa.RecordBatch.from_arrays(arrays, schema=batch_schema(img.shape[1]))
+    arrays += [_extra(meta.column(c.name), c) for c in schema.extras]
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema())
     if drop_rows is not None and len(drop_rows):
         keep = np.ones(plan.rows, dtype=bool)
         keep[drop_rows] = False

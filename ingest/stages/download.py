@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,36 +21,34 @@ import aiohttp
 
 from ingest.core import metrics
 from ingest.core.config import SourceConfig
-from ingest.core.errors import (
-    ConfigError,
-    IngestError,
-    MissingSourceFile,
-    SourceError,
-    TransientSourceError,
-    first_error,
+from ingest.core.errors import ConfigError, MissingSourceFile, SourceError, TransientSourceError
+from ingest.core.layout import LAION400M, Layout
+from ingest.stages.cache import (
+    CHUNK_BYTES,
+    CachingSource,
+    cache_error,
+    drop_file,
+    file_size,
+    finish_part,
+    human_bytes,
+    part_path,
 )
-from ingest.core.retry import retrying
-from ingest.stages.shard import ShardFiles
+
+__all__ = ["human_bytes"]
 
 log = logging.getLogger(__name__)
-
-CHUNK_BYTES = 1 << 20
 HEAD_CONCURRENCY = 16
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 HEADERS = {"Accept-Encoding": "identity", "User-Agent": "laion-ingest"}
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
-_LISTED_IMG = re.compile(r"img_emb_(\d+)\.npy")
+_LISTED_NAME = re.compile(r"[A-Za-z0-9_.%-]+")
 _URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>()]+")
 
 
 # -- pure helpers: URLs, headers, response planning ---------------------------------------------------------
-def shard_relpaths(shard: int) -> tuple[str, str, str]:
+def shard_relpaths(shard: int, layout: Layout = LAION400M) -> tuple[str, str, str]:
     """The three files of a shard, relative to the root (the same layout in the mirror and in the cache)."""
-    return (
-        f"img_emb/img_emb_{shard}.npy",
-        f"text_emb/text_emb_{shard}.npy",
-        f"metadata/metadata_{shard}.parquet",
-    )
+    return layout.relpaths(shard)
 
 
 def check_root(root: str) -> None:
@@ -137,17 +134,9 @@ def plan_body(status: int, offset: int, content_length: int | None, content_rang
     return BodyPlan(offset, total)
 
 
-def parse_listing(html: str) -> list[int]:
-    """Shard numbers named in an autoindex / `python -m http.server` listing of ROOT/img_emb/."""
-    return sorted({int(m.group(1)) for m in _LISTED_IMG.finditer(html)})
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+def parse_listing(html: str, layout: Layout = LAION400M) -> list[int]:
+    """Shard numbers named in an autoindex / `python -m http.server` listing of the img_emb directory."""
+    return layout.shards_in(_LISTED_NAME.findall(html))
 
 
 # -- errors at the edge -------------------------------------------------------------------------------------
@@ -193,24 +182,18 @@ def _first_line(exc: BaseException) -> str:
     return _URL_IN_TEXT.sub(lambda m: display_url(m.group(0)), first)
 
 
-def _cache_error(path: Path, exc: OSError) -> IngestError:
-    return IngestError(f"cache {path}: {exc.strerror or exc}")
-
-
 def _content_length(headers: Mapping[str, str]) -> int | None:
     raw = headers.get("Content-Length")
     return int(raw) if raw is not None and raw.strip().isdigit() else None
 
 
 # -- the source ----------------------------------------------------------------------------------------------
-class HttpSource:
+class HttpSource(CachingSource):
     """Source over an HTTP mirror; downloads land in cfg.cache_dir in the same layout."""
 
     def __init__(self, cfg: SourceConfig) -> None:
         check_root(cfg.root)
-        self.cfg = cfg
-        self.root = cfg.root
-        self.cache = cfg.cache_dir
+        super().__init__(cfg)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -223,41 +206,6 @@ class HttpSource:
                 connector=aiohttp.TCPConnector(limit=max(8, 3 * self.cfg.download_concurrency)),
             )
         return self._session
-
-    async def fetch(self, shard: int) -> ShardFiles:
-        """Download the shard's three files in parallel (reusing complete cached ones); paths in the cache."""
-        t0 = time.monotonic()
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._download(shard, rel)) for rel in shard_relpaths(shard)]
-        except BaseExceptionGroup as group:
-            error = first_error(group, MissingSourceFile, IngestError) or group
-            if isinstance(error, IngestError) and not error.retriable:
-                await self.release(shard)  # the shard is refused: its other files are of no use in the cache
-            raise error from None
-        fetched = sum(t.result() for t in tasks)
-        if fetched:
-            secs = time.monotonic() - t0
-            log.info(
-                "shard %d: downloaded %s in %.1f s (%s/s)",
-                shard,
-                human_bytes(fetched),
-                secs,
-                human_bytes(fetched / max(secs, 1e-9)),
-            )
-        return ShardFiles.in_dir(self.cache, shard)
-
-    async def release(self, shard: int) -> None:
-        """The shard landed (or was refused): delete its cached files like the tutorial's rm, unless kept."""
-        if self.cfg.keep_downloads:
-            return
-        for rel in shard_relpaths(shard):
-            path = self.cache / rel
-            for p in (path, _part(path)):
-                try:
-                    p.unlink(missing_ok=True)
-                except OSError as exc:
-                    log.warning("cannot delete %s: %s", p, exc.strerror)
 
     async def available(self, candidates: list[int] | None) -> list[int]:
         """Shards whose three files answer 200 to HEAD now; without candidates, read ROOT/img_emb/'s listing."""
@@ -277,7 +225,7 @@ class HttpSource:
                     return False
 
         async def shard_ok(shard: int) -> bool:
-            return all(await asyncio.gather(*(present(rel) for rel in shard_relpaths(shard))))
+            return all(await asyncio.gather(*(present(rel) for rel in self.layout.relpaths(shard))))
 
         shards = sorted(set(candidates))
         ok = await asyncio.gather(*(shard_ok(s) for s in shards))
@@ -285,31 +233,32 @@ class HttpSource:
             log.warning("%d HEAD request(s) to the source failed, first: %s", len(failures), failures[0])
         return [s for s, good in zip(shards, ok, strict=True) if good]
 
+    async def check_root(self, shard: int | None = None) -> None:
+        """A root is mistyped when it, its img_emb directory and `shard`'s img_emb file all answer 404/410.
+
+        Connection trouble decides nothing here (it is retried where files are fetched).
+        """
+        rels = ["", self.layout.listing_dir + "/" if self.layout.listing_dir else ""]
+        if shard is not None:
+            rels.append(self.layout.relpaths(shard)[0])
+        for rel in dict.fromkeys(rels):
+            url = join_url(self.root, rel)
+            try:
+                async with self._http().get(url, allow_redirects=True) as resp:
+                    if resp.status not in (404, 410):
+                        return
+            except (aiohttp.ClientError, TimeoutError, ConnectionError):
+                return
+        raise ConfigError(f"source {display_url(self.root)} not found: HTTP 404 for the root and its files")
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     # -- one file ----------------------------------------------------------------------------------------------
-    async def _download(self, shard: int, rel: str) -> int:
-        """Bytes downloaded for one file (0 if the cache already held it), retrying transient failures."""
+    async def _attempt(self, rel: str, dest: Path) -> int:
         url = join_url(self.root, rel)
-        dest = self.cache / rel
-        name = dest.name
-
-        def resuming(_exc: IngestError, _attempt: int) -> str:
-            metrics.RETRIES.inc()
-            have = _size(_part(dest))
-            return f" (resuming at {have} bytes of {name})" if have else ""
-
-        try:
-            return await retrying(self.cfg.retry, lambda: self._attempt(url, dest), f"shard {shard}", log, resuming)
-        except TransientSourceError as exc:
-            n = self.cfg.retry.max_retries
-            gave_up = f"gave up after {n} retr{'y' if n == 1 else 'ies'}"
-            raise TransientSourceError(f"shard {shard}: {exc}; {gave_up}") from None
-
-    async def _attempt(self, url: str, dest: Path) -> int:
         name = dest.name
         try:
             if dest.exists():
@@ -318,7 +267,7 @@ class HttpSource:
                 dest.unlink()
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _cache_error(dest, exc) from exc
+            raise cache_error(dest, exc) from exc
         for _ in range(2):
             got = await self._get(url, dest)
             if got is not None:
@@ -346,9 +295,9 @@ class HttpSource:
 
         Returns the bytes received, or None when the .part had to be dropped and the file must start over.
         """
-        part = _part(dest)
+        part = part_path(dest)
         name = dest.name
-        offset = _size(part)
+        offset = file_size(part)
         received = 0
         try:
             async with self._http().get(url, headers=range_header(offset), allow_redirects=True) as resp:
@@ -362,14 +311,14 @@ class HttpSource:
                 plan = plan_body(resp.status, offset, _content_length(resp.headers), resp.headers.get("Content-Range"))
                 if plan is None:
                     log.warning("%s: the server answered another range than asked; starting over from 0", name)
-                    _drop(part)
+                    drop_file(part)
                     return None
                 if offset and plan.start == 0:
                     log.info("%s: the server ignored Range; downloading it again from 0", name)
                 try:
                     f = await aiofiles.open(part, "ab" if plan.start else "wb")
                 except OSError as exc:
-                    raise _cache_error(part, exc) from exc
+                    raise cache_error(part, exc) from exc
                 try:
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                         await _write(f, chunk, part)
@@ -379,7 +328,7 @@ class HttpSource:
                     await f.close()
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise client_error(exc, name, url) from exc
-        return self._finish(part, dest, plan.total, received)
+        return finish_part(part, dest, plan.total, received)
 
     async def _unsatisfiable(self, part: Path, dest: Path, offset: int, content_range: str | None) -> int | None:
         """416 to `bytes=offset-`: the .part is already whole (rename it) or it is bad (drop it, start over)."""
@@ -390,29 +339,14 @@ class HttpSource:
             except ValueError:
                 total = None
         if offset and total == offset:
-            return self._finish(part, dest, total, 0)
+            return finish_part(part, dest, total, 0)
         log.warning("%s: cached partial file (%d bytes) does not fit the source; starting over", dest.name, offset)
-        _drop(part)
+        drop_file(part)
         return None
-
-    def _finish(self, part: Path, dest: Path, total: int | None, received: int) -> int:
-        """Rename a .part whose size is what the server announced; a short one stays to be resumed."""
-        size = _size(part)
-        if total is not None and size != total:
-            if size > total:
-                _drop(part)
-                raise TransientSourceError(f"{dest.name}: {size} bytes on disk but the source has {total}")
-            raise TransientSourceError(f"{dest.name}: truncated, got {size} of {total} bytes")
-        try:
-            part.replace(dest)
-        except OSError as exc:
-            raise _cache_error(dest, exc) from exc
-        log.debug("%s: complete, %d bytes", dest.name, size)
-        return received
 
     async def _listed_shards(self) -> list[int]:
         """Shard numbers from the HTML listing of ROOT/img_emb/ (autoindex, http.server), or [] if none."""
-        url = join_url(self.root, "img_emb/")
+        url = join_url(self.root, self.layout.listing_dir + "/" if self.layout.listing_dir else "")
         try:
             async with self._http().get(url, allow_redirects=True) as resp:
                 if resp.status != 200:
@@ -422,34 +356,14 @@ class HttpSource:
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             log.info("no listing at %s (%s): pass the shards to look for", display_url(url), _first_line(exc))
             return []
-        shards = parse_listing(html)
+        shards = parse_listing(html, self.layout)
         if not shards:
-            log.info("the listing at %s names no img_emb_N.npy: pass the shards to look for", display_url(url))
+            log.info("the listing at %s names no img_emb file: pass the shards to look for", display_url(url))
         return shards
-
-
-def _part(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".part")
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    except OSError as exc:
-        raise _cache_error(path, exc) from exc
-
-
-def _drop(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise _cache_error(path, exc) from exc
 
 
 async def _write(f: aiofiles.threadpool.binary.AsyncBufferedIOBase, chunk: bytes, path: Path) -> None:
     try:
         await f.write(chunk)
     except OSError as exc:
-        raise _cache_error(path, exc) from exc
+        raise cache_error(path, exc) from exc

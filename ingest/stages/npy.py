@@ -34,8 +34,9 @@ class NpyInfo:
     data_offset: int
 
 
-def read_npy_header(path: Path, shard: int, label: str, dim: int) -> NpyInfo:
-    """Validate magic, version, dtype, shape and file size; raise BadShardError naming what is wrong."""
+def read_npy_header(path: Path, shard: int, label: str, dim: int | None) -> NpyInfo:
+    """Validate magic, version, dtype, shape (width `dim` unless None) and file size; raise BadShardError naming
+    what is wrong."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -71,9 +72,9 @@ def read_npy_header(path: Path, shard: int, label: str, dim: int) -> NpyInfo:
     if fortran:
         raise BadShardError(shard, f"{label} {path.name}: Fortran order not supported (C order expected)")
     if len(shape) != 2:
-        raise BadShardError(shard, f"{label} {path.name}: shape {shape} is not (rows, {dim})")
+        raise BadShardError(shard, f"{label} {path.name}: shape {shape} is not (rows, {dim or 'dim'})")
     rows, width = int(shape[0]), int(shape[1])
-    if width != dim:
+    if dim is not None and width != dim:
         raise BadShardError(shard, f"{label} {path.name}: dimension {width} != expected {dim}")
     dtype = ACCEPTED_DTYPES[descr]
     offset = start + hlen

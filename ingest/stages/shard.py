@@ -16,8 +16,10 @@ import pyarrow.parquet as pq
 
 from ingest.core.config import NanPolicy
 from ingest.core.errors import BadShardError
+from ingest.core.layout import LAION400M, Layout
 from ingest.core.plan import BatchPlan
-from ingest.stages.batch import META_COLUMNS, STRING_COLUMNS, build_batch
+from ingest.core.schema import STRING_COLUMNS, TableSchema, column_for
+from ingest.stages.batch import build_batch
 from ingest.stages.npy import NpyInfo, nonfinite_rows, read_npy_header, read_rows
 
 SCAN_ROWS = 16_384
@@ -25,7 +27,7 @@ SCAN_ROWS = 16_384
 
 @dataclass(frozen=True, slots=True)
 class ShardFiles:
-    """The three files of shard `i` in LAION's layout."""
+    """The three files of shard `i` under a root, named by a layout (LAION-400M's by default)."""
 
     shard: int
     img: Path
@@ -33,13 +35,9 @@ class ShardFiles:
     meta: Path
 
     @classmethod
-    def in_dir(cls, root: Path, shard: int) -> ShardFiles:
-        return cls(
-            shard=shard,
-            img=root / "img_emb" / f"img_emb_{shard}.npy",
-            text=root / "text_emb" / f"text_emb_{shard}.npy",
-            meta=root / "metadata" / f"metadata_{shard}.parquet",
-        )
+    def in_dir(cls, root: Path, shard: int, layout: Layout = LAION400M) -> ShardFiles:
+        img, text, meta = layout.relpaths(shard)
+        return cls(shard=shard, img=root / img, text=root / text, meta=root / meta)
 
     def all(self) -> tuple[Path, Path, Path]:
         return (self.img, self.text, self.meta)
@@ -53,6 +51,7 @@ class ValidShard:
     rows: int
     img: NpyInfo
     text: NpyInfo
+    schema: TableSchema = field(default_factory=TableSchema)
     drop_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
@@ -76,10 +75,10 @@ def _open_parquet(files: ShardFiles) -> pq.ParquetFile:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: unreadable parquet ({exc})") from exc
 
 
-def _check_parquet(files: ShardFiles, pf: pq.ParquetFile) -> int:
+def _check_parquet(files: ShardFiles, pf: pq.ParquetFile, schema: TableSchema) -> int:
     """Needed columns present with usable types, and every page of them decodes."""
     names = set(pf.schema_arrow.names)
-    missing = [c for c in META_COLUMNS if c not in names]
+    missing = [c for c in schema.meta_columns if c not in names]
     if missing:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: missing column(s) {', '.join(missing)}")
     for col in STRING_COLUMNS:
@@ -89,8 +88,17 @@ def _check_parquet(files: ShardFiles, pf: pq.ParquetFile) -> int:
     sim_type = pf.schema_arrow.field("similarity").type
     if not (pa.types.is_floating(sim_type) or pa.types.is_integer(sim_type) or pa.types.is_null(sim_type)):
         raise BadShardError(files.shard, f"metadata {files.meta.name}: column similarity has type {sim_type}")
+    for extra in schema.extras:
+        t = pf.schema_arrow.field(extra.name).type
+        have = column_for(extra.name, t)
+        if have is None or have.ch_type != extra.ch_type:
+            raise BadShardError(
+                files.shard,
+                f"metadata {files.meta.name}: column {extra.name} has type {t}, the table has {extra.ch_type}",
+            )
+    columns = list(schema.meta_columns)
     try:
-        decoded: int = sum(b.num_rows for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=list(META_COLUMNS)))
+        decoded: int = sum(b.num_rows for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=columns))
     except (pa.ArrowException, OSError) as exc:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: corrupt parquet ({exc})") from exc
     return decoded
@@ -110,8 +118,11 @@ def _scan_nonfinite(info: NpyInfo) -> np.ndarray:
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
-def validate_shard(files: ShardFiles, dim: int, on_nan: NanPolicy) -> ValidShard:
+def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPolicy) -> ValidShard:
     """Every check a shard must pass before any of its rows is sent; raises BadShardError naming the cause."""
+    if isinstance(schema, int):
+        schema = TableSchema(schema)
+    dim = schema.dim
     for label, path in (("img_emb", files.img), ("text_emb", files.text), ("metadata", files.meta)):
         if not path.exists():
             raise BadShardError(files.shard, f"{label} file missing: {path}")
@@ -123,7 +134,7 @@ def validate_shard(files: ShardFiles, dim: int, on_nan: NanPolicy) -> ValidShard
         raise BadShardError(files.shard, f"img_emb row count {img.rows} != metadata {meta_rows}")
     if txt.rows != meta_rows:
         raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
-    decoded = _check_parquet(files, pf)
+    decoded = _check_parquet(files, pf, schema)
     if decoded != meta_rows:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {meta_rows}")
     bad_img, bad_txt = _scan_nonfinite(img), _scan_nonfinite(txt)
@@ -134,14 +145,14 @@ def validate_shard(files: ShardFiles, dim: int, on_nan: NanPolicy) -> ValidShard
         raise BadShardError(
             files.shard, f"{which} has NaN/Inf in {len(drop)} row(s), first at row {first} (--on-nan fail-shard)"
         )
-    return ValidShard(files=files, rows=meta_rows, img=img, text=txt, drop_rows=drop)
+    return ValidShard(files=files, rows=meta_rows, img=img, text=txt, schema=schema, drop_rows=drop)
 
 
 class _MetaCursor:
     """Sequential reader of the metadata columns that hands out exact row ranges across row groups."""
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
-        self._it = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(META_COLUMNS))
+    def __init__(self, path: Path, batch_rows: int, columns: tuple[str, ...]) -> None:
+        self._it = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns))
         self._buf: list[pa.RecordBatch] = []
         self._buf_start = 0
         self._buf_rows = 0
@@ -168,7 +179,7 @@ def read_batches(
     shard: ValidShard, plans: list[BatchPlan], batch_rows: int
 ) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
     """Yield `(plan, batch)` for each plan (sorted by start); rows outside `plans` are read past, not built."""
-    cursor = _MetaCursor(shard.files.meta, batch_rows)
+    cursor = _MetaCursor(shard.files.meta, batch_rows, shard.schema.meta_columns)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:
@@ -180,7 +191,7 @@ def read_batches(
             if len(shard.drop_rows):
                 lo, hi = np.searchsorted(shard.drop_rows, [plan.start, plan.stop])
                 drop = shard.drop_rows[lo:hi] - plan.start
-            yield plan, build_batch(plan, img, txt, meta, drop)
+            yield plan, build_batch(plan, img, txt, meta, drop, shard.schema)
     finally:
         os.close(fd_img)
         os.close(fd_txt)

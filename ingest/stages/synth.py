@@ -1,4 +1,5 @@
-"""Synthetic shards in LAION's exact layout: the test and demo data, since LAION is unreachable from here.
+"""Synthetic shards in LAION's exact layouts (400M, 5B, or a template): the test and demo data, since LAION
+is unreachable from here.
 
 Vectors are clustered (so nearest-neighbour search means something) and unit-norm; text vectors are correlated
 with their image vector; metadata has all 15 LAION columns with captions that carry quotes, tabs, unicode and
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ingest.core.layout import LAION400M, Layout
 from ingest.stages.shard import ShardFiles
 
 WORDS = (
@@ -119,11 +121,11 @@ def write_npy(path: Path, arr: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def write_shard(root: Path, shard: int, spec: SynthSpec) -> ShardFiles:
-    """Write one shard; every shard of a seed has the same cluster centres, so search spans shards."""
+def write_shard(root: Path, shard: int, spec: SynthSpec, layout: Layout = LAION400M) -> ShardFiles:
+    """Write one shard in `layout`; every shard of a seed has the same cluster centres, so search spans shards."""
     centers = unit(np.random.default_rng(spec.seed).normal(size=(spec.clusters, spec.dim)))
     rng = np.random.default_rng([spec.seed, shard])
-    files = ShardFiles.in_dir(root, shard)
+    files = ShardFiles.in_dir(root, shard, layout)
     img, txt = vectors(spec, rng, centers)
     write_npy(files.img, img)
     write_npy(files.text, txt)

@@ -21,6 +21,7 @@ LAION_ROOT = "https://deploy.laion.ai/8f83b608504d46bb81708ec86e912220/embedding
 InsertFormat = Literal["native", "rowbinary"]
 InsertMode = Literal["distributed", "local"]
 NanPolicy = Literal["fail-shard", "skip-row"]
+Compression = Literal["auto", "none", "zstd", "gzip"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class TargetConfig:
     insert_mode: InsertMode = "distributed"
     connections: int = 2
     """Requests in flight at once (the insert concurrency): sizes the connection and encoder pools."""
+    compress: Compression = "auto"
+    """HTTP insert body compression (ingest/clickhouse/compress.py); `auto`: none on loopback, zstd elsewhere."""
 
     def display(self) -> str:
         return self.spec.display()

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import typer
 
 from ingest.core.config import (
+    Compression,
     InsertFormat,
     InsertMode,
     LoadConfig,
@@ -38,6 +39,10 @@ OnNanOpt = Annotated[Literal["fail-shard", "skip-row"], typer.Option("--on-nan")
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0)]
 RetryMaxSecondsOpt = Annotated[float, typer.Option("--retry-max-seconds", min=0.0)]
 DrainSecondsOpt = Annotated[float, typer.Option("--drain-seconds", min=0.0)]
+CompressOpt = Annotated[
+    Literal["auto", "none", "zstd", "gzip"],
+    typer.Option("--compress", help="HTTP insert body compression (auto: none on loopback, zstd elsewhere)"),
+]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]
 
 
@@ -70,6 +75,7 @@ def run_config(
     cluster: str | None = None,
     insert_mode: InsertMode = "distributed",
     finalize: bool = False,
+    compress: Compression = "auto",
 ) -> RunConfig:
     """The one place flags become config objects, shared by `run` and `daemon`."""
     spec = parse_target(target)
@@ -88,6 +94,7 @@ def run_config(
             cluster=cluster,
             insert_mode=insert_mode,
             connections=insert_concurrency,
+            compress=compress,
         ),
         source=SourceConfig(
             root=source,

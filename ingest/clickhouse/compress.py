@@ -17,9 +17,9 @@ from __future__ import annotations
 import ipaddress
 import struct
 import zlib
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import zstandard
@@ -217,11 +217,11 @@ async def _inline(fn: Callable[[], bytes]) -> bytes:
 
 
 async def compressed_body(
-    body: AsyncIterator[Chunk],
+    body: AsyncIterator[memoryview],
     codec: BodyCodec,
     on_bytes: Callable[[int], None] | None = None,
     offload: Offload | None = None,
-) -> AsyncIterator[Chunk]:
+) -> AsyncIterator[memoryview]:
     """Wrap a streamed insert body: compress it per `codec` and report the bytes that go on the wire.
 
     Steps of one body run strictly in order (the encoders are stateful), each through `offload` if given.
@@ -229,16 +229,16 @@ async def compressed_body(
     run = offload or _inline
     enc = codec.encoder()
     async for chunk in body:
-        out: Chunk = chunk if codec.identity else await run(partial(enc.update, chunk))
-        if len(out):
+        out = chunk if codec.identity else memoryview(await run(partial(enc.update, chunk)))
+        if out.nbytes:
             if on_bytes is not None:
-                on_bytes(len(out))
+                on_bytes(out.nbytes)
             yield out
     tail = b"" if codec.identity else await run(enc.finish)
     if tail:
         if on_bytes is not None:
             on_bytes(len(tail))
-        yield tail
+        yield memoryview(tail)
 
 
 __all__ = [

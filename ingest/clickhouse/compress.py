@@ -57,9 +57,9 @@ def checksum(data: Chunk) -> bytes:
     return struct.pack("<QQ", (h >> 64) & 0xFFFFFFFFFFFFFFFF, h & 0xFFFFFFFFFFFFFFFF)
 
 
-def frame(raw: Chunk, level: int = ZSTD_LEVEL) -> bytes:
-    """One ClickHouse compressed block holding `raw` (zstd)."""
-    data = zstandard.ZstdCompressor(level=level).compress(raw)
+def frame(raw: Chunk, compressor: zstandard.ZstdCompressor | None = None) -> bytes:
+    """One ClickHouse compressed block holding `raw` (zstd; pass a compressor to reuse its context)."""
+    data = (compressor or zstandard.ZstdCompressor(level=ZSTD_LEVEL)).compress(raw)
     size = HEADER_BYTES + len(data)
     if size > MAX_FRAME_BYTES:
         raise ValueError(f"compressed block of {size} bytes exceeds ClickHouse's 1 GiB limit")
@@ -104,6 +104,7 @@ class _Frames:
     def __init__(self, frame_bytes: int = FRAME_INPUT_BYTES) -> None:
         self._buf = bytearray()
         self._size = frame_bytes
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
     def update(self, chunk: Chunk) -> bytes:
         self._buf += chunk
@@ -113,14 +114,14 @@ class _Frames:
         view = memoryview(self._buf)
         whole = len(view) - len(view) % self._size
         for start in range(0, whole, self._size):
-            out.append(frame(view[start : start + self._size]))
+            out.append(frame(view[start : start + self._size], self._zstd))
         rest = bytes(view[whole:])
         view.release()
         self._buf = bytearray(rest)
         return b"".join(out)
 
     def finish(self) -> bytes:
-        out = frame(self._buf) if self._buf else b""
+        out = frame(self._buf, self._zstd) if self._buf else b""
         self._buf = bytearray()
         return out
 

@@ -329,7 +329,11 @@ SECTIONS = {
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list of: " + ", ".join(SECTIONS))
+    ap.add_argument(
+        "--sections",
+        default="chdb,http,tutorial,rss",
+        help="comma list of: " + ", ".join(SECTIONS) + " (big, the 1M-row shard, only when named)",
+    )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)
     ap.add_argument("--big-rows", type=int, default=1_000_000, help="rows of the real-size shard (section big)")

@@ -3,6 +3,7 @@
 Building a request (URL, parameters, headers) is pure and lives in `build_request`; `HttpSink` only sends.
 Credentials travel in `X-ClickHouse-User` / `X-ClickHouse-Key` headers, never in a URL, a log line or an error.
 Features are gated on the server's version (18.16 lacks dedup tokens and `mutations_sync`).
+Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhouse/compress.py) and counted.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def interleave(rounds: int, paths: list[Path_], server_pid: int | None = None) -
             after = proc_cpu_seconds(server_pid)
             parts, sent = p.after()
             tag = "warm-up" if r == 0 else f"round {r}"
-            print(f"  {tag:8s} {p.label:44s} {m.seconds:7.1f} s wall {m.cpu_seconds:7.1f} s CPU  parts {parts}")
+            print(f"  {tag:8s} {p.label:48s} {m.seconds:7.1f} s wall {m.cpu_seconds:7.1f} s CPU  parts {parts}")
             if r == 0:
                 continue
             p.runs.append(m)
@@ -164,12 +164,12 @@ def span(values: list[float], fmt: str = "{:.1f}") -> str:
 def print_paths(title: str, paths: list[Path_]) -> None:
     print(f"\n## {title}")
     print(
-        f"{'path':44s} {'wall s':>12s} {'CPU s':>12s} {'server CPU s':>13s} {'peak RSS MB':>12s} {'parts':>8s} "
+        f"{'path':48s} {'wall s':>12s} {'CPU s':>12s} {'server CPU s':>13s} {'peak RSS MB':>12s} {'parts':>8s} "
         f"{'MB sent':>9s}"
     )
     for p in paths:
         print(
-            f"{p.label:44s} {span([m.seconds for m in p.runs]):>12s} {span([m.cpu_seconds for m in p.runs]):>12s} "
+            f"{p.label:48s} {span([m.seconds for m in p.runs]):>12s} {span([m.cpu_seconds for m in p.runs]):>12s} "
             f"{span(p.server_cpu):>13s} {span([m.peak_rss_mb for m in p.runs], '{:.0f}'):>12s} "
             f"{span([float(x) for x in p.parts], '{:.0f}'):>8s} {span([x / 1e6 for x in p.sent], '{:.0f}'):>9s}"
         )

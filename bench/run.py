@@ -5,6 +5,8 @@ Sections:
   http      ours → loopback clickhouse-server (Native, RowBinary) vs curl --data-binary of pre-encoded RowBinary
   tutorial  ours vs the tutorial's pandas → CSV → INSERT path (small shard: it is slow)
   rss       peak RSS of ours (→ HTTP server, so the database's memory is another process's) at 50k vs 400k rows
+  big       the real-size shard (--big-rows, 1,000,000): ours vs embedding-reader vs Native file in chdb; ours vs
+            curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -34,6 +36,8 @@ class Measure:
     label: str
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0
+    """User + system CPU of the process and its waited-for children."""
 
 
 def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Measure:
@@ -62,7 +66,7 @@ def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, 
     err = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{label} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{err[-2000:]}")
-    return Measure(label, seconds, usage.ru_maxrss / 1024)
+    return Measure(label, seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def best_of(n: int, label: str, make_cmd, setup=None) -> Measure:  # type: ignore[no-untyped-def]
@@ -307,15 +311,32 @@ def section_rss(work: Path, rows: int, repeat: int) -> None:
         handle.stop()
 
 
-SECTIONS = {"chdb": section_chdb, "http": section_http, "tutorial": section_tutorial, "rss": section_rss}
+def section_big(work: Path, rows: int, repeat: int) -> None:
+    from big import section_big as big
+
+    big(work, rows, max(3, repeat))
+
+
+SECTIONS = {
+    "chdb": section_chdb,
+    "http": section_http,
+    "tutorial": section_tutorial,
+    "rss": section_rss,
+    "big": section_big,
+}
 
 
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list of: " + ", ".join(SECTIONS))
+    ap.add_argument(
+        "--sections",
+        default="chdb,http,tutorial,rss",
+        help="comma list of: " + ", ".join(SECTIONS) + " (big, the 1M-row shard, only when named)",
+    )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)
+    ap.add_argument("--big-rows", type=int, default=1_000_000, help="rows of the real-size shard (section big)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
@@ -324,7 +345,7 @@ def main() -> None:
     print(f"# laion-ingest bench — {stamp}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
     try:
         for name in args.sections.split(","):
-            rows = args.tutorial_rows if name == "tutorial" else args.rows
+            rows = {"tutorial": args.tutorial_rows, "big": args.big_rows}.get(name, args.rows)
             SECTIONS[name](work / name, rows, args.repeat)
     finally:
         if not args.keep:

@@ -14,6 +14,7 @@ from ingest.cli import demo as demo_mod
 from ingest.cli.options import (
     BatchRowsOpt,
     CacheDirOpt,
+    CompressOpt,
     DimOpt,
     DownloadConcurrencyOpt,
     DrainSecondsOpt,
@@ -99,6 +100,7 @@ def run(
     cache_dir: CacheDirOpt = Path("./laion-cache"),
     keep_downloads: KeepDownloadsOpt = False,
     insert_format: FormatOpt = "native",
+    compress: CompressOpt = "auto",
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
@@ -159,6 +161,7 @@ def run(
         cache_dir=cache_dir,
         keep_downloads=keep_downloads,
         insert_format=insert_format,
+        compress=compress,
         user=user,
         password_file=password_file,
         ca_file=ca_file,

@@ -11,6 +11,7 @@ import typer
 from ingest.cli.options import (
     BatchRowsOpt,
     CacheDirOpt,
+    CompressOpt,
     DimOpt,
     DownloadConcurrencyOpt,
     DrainSecondsOpt,
@@ -72,6 +73,7 @@ def daemon_command(
     cache_dir: CacheDirOpt = Path("./laion-cache"),
     keep_downloads: KeepDownloadsOpt = False,
     insert_format: FormatOpt = "native",
+    compress: CompressOpt = "auto",
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
@@ -105,6 +107,7 @@ def daemon_command(
         cache_dir=cache_dir,
         keep_downloads=keep_downloads,
         insert_format=insert_format,
+        compress=compress,
         user=user,
         password_file=password_file,
         ca_file=ca_file,

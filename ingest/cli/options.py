@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import typer
 
 from ingest.core.config import (
+    Compression,
     InsertFormat,
     InsertMode,
     LoadConfig,
@@ -61,6 +62,10 @@ OnNanOpt = Annotated[Literal["fail-shard", "skip-row"], typer.Option("--on-nan")
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0)]
 RetryMaxSecondsOpt = Annotated[float, typer.Option("--retry-max-seconds", min=0.0)]
 DrainSecondsOpt = Annotated[float, typer.Option("--drain-seconds", min=0.0)]
+CompressOpt = Annotated[
+    Literal["auto", "none", "zstd", "gzip"],
+    typer.Option("--compress", help="HTTP insert body compression (auto: none on loopback, zstd elsewhere)"),
+]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]
 
 
@@ -97,6 +102,7 @@ def run_config(
     extra_columns: str | None = None,
     vector_codec: VectorCodec | None = None,
     endpoint_url: str | None = None,
+    compress: Compression = "auto",
 ) -> RunConfig:
     """The one place flags become config objects, shared by `run` and `daemon`."""
     spec = parse_target(target)
@@ -115,6 +121,7 @@ def run_config(
             cluster=cluster,
             insert_mode=insert_mode,
             connections=insert_concurrency,
+            compress=compress,
         ),
         source=SourceConfig(
             root=source,

@@ -24,6 +24,7 @@ InsertFormat = Literal["native", "rowbinary"]
 InsertMode = Literal["distributed", "local"]
 NanPolicy = Literal["fail-shard", "skip-row"]
 OBJECT_STORE_SCHEMES = ("s3://", "gs://", "gcs://", "hf://")
+Compression = Literal["auto", "none", "zstd", "gzip"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TargetConfig:
     """Requests in flight at once (the insert concurrency): sizes the connection and encoder pools."""
     schema: TableSchema = DEFAULT_SCHEMA
     """The table's columns: sinks create and check the table by it (the runner resolves dim and extras)."""
+    compress: Compression = "auto"
+    """HTTP insert body compression (ingest/clickhouse/compress.py); `auto`: none on loopback, zstd elsewhere."""
 
     def display(self) -> str:
         return self.spec.display()

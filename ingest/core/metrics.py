@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry()
 
 ROWS_INSERTED = Counter("laion_ingest_rows_inserted", "Rows inserted into the target", registry=REGISTRY)
+BYTES_SENT = Counter(
+    "laion_ingest_bytes_sent", "Insert body bytes sent to an HTTP target, after compression", registry=REGISTRY
+)
 BYTES_DOWNLOADED = Counter("laion_ingest_bytes_downloaded", "Bytes downloaded from the source", registry=REGISTRY)
 SHARDS = Counter("laion_ingest_shards", "Shards finished, by outcome", ["status"], registry=REGISTRY)
 BATCH_INSERT_SECONDS = Histogram(

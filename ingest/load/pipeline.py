@@ -39,6 +39,8 @@ class RunResult:
     rows_already: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    bytes_sent: int = 0
+    """Insert body bytes on the wire (HTTP targets; 0 where there is no wire)."""
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ingest.load.ledger import Ledger, default_ledger_path
 from ingest.load.pipeline import Pipeline, RunResult
 from ingest.load.progress import LogReporter, Reporter
 from ingest.sinks import open_sink
-from ingest.sinks.base import Sink, parse_version
+from ingest.sinks.base import CountsBytes, Sink, parse_version
 from ingest.stages.probe import infer_schema, needs_probe, schema_from_flags
 from ingest.stages.source import Source, open_source
 
@@ -117,6 +117,7 @@ async def run_ingest(
     try:
         pipeline = Pipeline(settings, sink, source, ledger, reporter or LogReporter(), stop)
         result = await pipeline.run(list(settings.shards))
+        result.bytes_sent = sink.bytes_sent if isinstance(sink, CountsBytes) else 0
     finally:
         await source.close()
         await sink.close()
@@ -133,6 +134,7 @@ def write_report(settings: RunConfig, result: RunResult) -> None:
         "shards_done": sorted(result.shards_done),
         "quarantined": [{"shard": k, "reason": v} for k, v in sorted(result.shards_bad.items())],
         "rows_inserted": result.rows_inserted,
+        "bytes_sent": result.bytes_sent,
     }
     settings.report_path.parent.mkdir(parents=True, exist_ok=True)
     settings.report_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
@@ -145,6 +147,8 @@ def summary_line(result: RunResult) -> str:
         f"{'interrupted' if result.interrupted else 'done'}: {len(result.shards_done)} shards, "
         f"{rows:,} rows inserted in {result.seconds:.1f} s ({rate:,.0f} rows/s)"
     )
+    if result.bytes_sent and rows:
+        text += f", {result.bytes_sent / rows:,.0f} bytes/row sent ({result.bytes_sent / 1e6:,.1f} MB)"
     if result.rows_already:
         text += f", {result.rows_already:,} rows already present"
     if result.shards_bad:

@@ -3,6 +3,7 @@
 Building a request (URL, parameters, headers) is pure and lives in `build_request`; `HttpSink` only sends.
 Credentials travel in `X-ClickHouse-User` / `X-ClickHouse-Key` headers, never in a URL, a log line or an error.
 Features are gated on the server's version (18.16 lacks dedup tokens and `mutations_sync`).
+Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhouse/compress.py) and counted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -23,6 +25,7 @@ import orjson
 import pyarrow as pa
 from yarl import URL
 
+from ingest.clickhouse.compress import BodyCodec, compressed_body, is_loopback, plan_compression
 from ingest.clickhouse.sql import (
     count_range_sql,
     create_database_sql,
@@ -33,6 +36,7 @@ from ingest.clickhouse.sql import (
     table_problem,
 )
 from ingest.clickhouse.wire import FORMAT_NAMES, body_size, encode
+from ingest.core import metrics
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import (
     AuthError,
@@ -206,6 +210,8 @@ class HttpSink:
         self.info = server_info("0")
         self.insert_extra: dict[str, str | int] = {}
         """Settings added to every insert (the cluster sink's synchronous Distributed insert); empty by default."""
+        self.bytes_sent = 0
+        """Insert body bytes put on the wire (after compression), for bytes/row in the run summary."""
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -305,15 +311,33 @@ class HttpSink:
             parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
         except (ValueError, pa.ArrowException) as exc:
             raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
+        codec = self._codec()
         req = build_request(
             self._base,
             self._creds,
             ref.database,
             insert_sql(ref, self._format),
-            {**insert_settings(self.info, token), **self.insert_extra},
+            {**insert_settings(self.info, token), **self.insert_extra, **codec.params},
             insert=True,
         )
-        await self._send(req, _stream(parts), body_size(parts))
+        await self._send(*self._wire(req, codec, _stream(parts), body_size(parts)))
+
+    # -- body compression and byte counting: one wrapper around any streamed insert body ----------------------
+    def _codec(self) -> BodyCodec:
+        host = urlsplit(self._base).hostname or ""
+        return plan_compression(self._target.compress, parse_version(self.info.version), is_loopback(host))
+
+    def _count(self, n: int) -> None:
+        self.bytes_sent += n
+        metrics.BYTES_SENT.inc(n)
+
+    def _wire(
+        self, req: HttpRequest, codec: BodyCodec, body: AsyncIterator[memoryview], size: int
+    ) -> tuple[HttpRequest, AsyncIterator[memoryview], int | None]:
+        """The request with the codec's headers, the body compressed (in the pool) and counted; same length if plain."""
+        offload = partial(asyncio.get_running_loop().run_in_executor, self._pool)
+        wired = HttpRequest(req.url, {**req.headers, **codec.headers}, req.body)
+        return wired, compressed_body(body, codec, self._count, offload), size if codec.identity else None
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))

@@ -11,7 +11,7 @@ from pathlib import Path
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, start_clickhouse
-from test_resume import done_batches, kill_when, start_run
+from test_resume import done_segments, kill_when, start_run
 
 
 def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str) -> list[str]:
@@ -28,6 +28,8 @@ def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str
         "128",
         "--batch-rows",
         "250",
+        "--segment-rows",
+        "500",
         "--no-progress",
         "--state",
         str(ledger),
@@ -40,7 +42,7 @@ def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle
     ledger = tmp_path / "ledger.json"
     args = run_args(src, ch_server, ch_db, ledger)
     seen = [kill_when(start_run(args), ledger, 0)]
-    for target in (10, 40, 80, 120):
+    for target in (5, 20, 40, 60):
         seen.append(kill_when(start_run(args), ledger, target))
     assert max(seen) > 0
     res = cli("run", *args)
@@ -49,7 +51,7 @@ def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle
 
 
 def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the server while batches are being inserted, bring it back 3 s later: exit 0, exact table."""
+    """SIGKILL the server while segments are being inserted, bring it back 3 s later: exit 0, exact table."""
     handle = start_clickhouse(tmp_path / "ch")
     try:
         handle.query("CREATE DATABASE faults")
@@ -66,9 +68,9 @@ def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> Non
         outage = {"killed_at": -1}
 
         def kill_and_restart() -> None:
-            while done_batches(ledger) < 30 and proc.poll() is None:
+            while done_segments(ledger) < 30 and proc.poll() is None:
                 time.sleep(0.02)
-            outage["killed_at"] = done_batches(ledger)
+            outage["killed_at"] = done_segments(ledger)
             handle.kill()
             time.sleep(3)
             handle.start()

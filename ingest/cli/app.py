@@ -25,6 +25,8 @@ from ingest.cli.options import (
     OnNanOpt,
     QueueDepthOpt,
     RetryMaxSecondsOpt,
+    SegmentBytesOpt,
+    SegmentRowsOpt,
     SourceOpt,
     StateOpt,
     run_config,
@@ -47,7 +49,7 @@ from ingest.cli.support import (
 from ingest.core.config import LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.memory import return_large_buffers_to_the_os
-from ingest.core.plan import parse_shard_spec, worker_slice
+from ingest.core.plan import SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec, worker_slice
 from ingest.core.target import DEFAULT_TARGET
 from ingest.load.runner import run_ingest, summary_line
 from ingest.stages.synth import SynthSpec, write_shard
@@ -83,6 +85,8 @@ def run(
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
     batch_rows: BatchRowsOpt = 8192,
+    segment_rows: SegmentRowsOpt = SEGMENT_ROWS,
+    segment_bytes: SegmentBytesOpt = SEGMENT_BYTES,
     queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
@@ -140,6 +144,8 @@ def run(
         database=database,
         dim=dim,
         batch_rows=batch_rows,
+        segment_rows=segment_rows,
+        segment_bytes=segment_bytes,
         queue_depth=queue_depth,
         download_concurrency=download_concurrency,
         insert_concurrency=insert_concurrency,

@@ -22,6 +22,8 @@ from ingest.cli.options import (
     OnNanOpt,
     QueueDepthOpt,
     RetryMaxSecondsOpt,
+    SegmentBytesOpt,
+    SegmentRowsOpt,
     SourceOpt,
     StateOpt,
     run_config,
@@ -39,7 +41,7 @@ from ingest.cli.support import (
     setup_logging,
 )
 from ingest.core.config import LAION_ROOT
-from ingest.core.plan import parse_shard_spec
+from ingest.core.plan import SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec
 from ingest.core.target import DEFAULT_TARGET
 from ingest.daemon.service import LAION_SHARDS, Daemon, DaemonOptions, pipeline_drain_seconds
 
@@ -57,6 +59,8 @@ def daemon_command(
     http_host: Annotated[str, typer.Option("--http-host", help="Address for /healthz /readyz /metrics")] = "0.0.0.0",
     http_port: Annotated[int, typer.Option("--http-port", min=0, max=65535, help="Port for /metrics")] = 9108,
     batch_rows: BatchRowsOpt = 8192,
+    segment_rows: SegmentRowsOpt = SEGMENT_ROWS,
+    segment_bytes: SegmentBytesOpt = SEGMENT_BYTES,
     queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
@@ -86,6 +90,8 @@ def daemon_command(
         table=table,
         database=database,
         batch_rows=batch_rows,
+        segment_rows=segment_rows,
+        segment_bytes=segment_bytes,
         queue_depth=queue_depth,
         download_concurrency=download_concurrency,
         insert_concurrency=insert_concurrency,

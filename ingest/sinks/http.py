@@ -8,8 +8,8 @@ Features are gated on the server's version (18.16 lacks dedup tokens and `mutati
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -19,10 +19,12 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
-import orjson
 import pyarrow as pa
 from yarl import URL
 
+from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, one_line, parse_error
+from ingest.clickhouse.settings import Squash, check_setting_name
+from ingest.clickhouse.settings import insert_settings as settings_for_insert
 from ingest.clickhouse.sql import (
     count_range_sql,
     create_database_sql,
@@ -32,7 +34,7 @@ from ingest.clickhouse.sql import (
     quote_string,
     schema_mismatch,
 )
-from ingest.clickhouse.wire import FORMAT_NAMES, body_size, encode
+from ingest.clickhouse.wire import FORMAT_NAMES, encode
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import (
     AuthError,
@@ -41,14 +43,13 @@ from ingest.core.errors import (
     TargetError,
     TransientTargetError,
     UncertainInsertError,
-    classify_clickhouse_error,
 )
 from ingest.core.ids import TableRef
-from ingest.sinks.base import ServerInfo, parse_version, server_info
+from ingest.core.plan import SegmentPlan
+from ingest.sinks.base import ServerInfo, parse_version, server_info, squash_of
 
 log = logging.getLogger("ingest")
 
-DEDUP_WINDOW = 100_000
 CHUNK_BYTES = 1 << 20
 """Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
 CONNECT_TIMEOUT = 10.0
@@ -57,13 +58,9 @@ READ_TIMEOUT = 900.0
 KEEPALIVE_SECONDS = 2.0
 """Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
 MUTATION_TIMEOUT = 300.0
-MESSAGE_LIMIT = 300
 
 MUTATIONS_SYNC_SINCE = (20, 1)
 """The `mutations_sync` setting (wait for ALTER DELETE) exists from 20.1; older servers are polled."""
-
-_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CODE = re.compile(r"Code:\s*(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +83,7 @@ def auth_headers(credentials: Credentials) -> dict[str, str]:
 def _params(database: str, settings: dict[str, str | int] | None) -> list[tuple[str, str]]:
     params = [("database", database), ("wait_end_of_query", "1")]
     for key, value in (settings or {}).items():
-        if not _SETTING.match(key):
-            raise ValueError(f"bad setting name {key!r}")
-        params.append((key, str(value)))
+        params.append((check_setting_name(key), str(value)))
     return params
 
 
@@ -121,17 +116,18 @@ def insert_sql(ref: TableRef, fmt: str) -> str:
     return f"INSERT INTO {ref.sql} FORMAT {FORMAT_NAMES['rowbinary' if fmt == 'rowbinary' else 'native']}"
 
 
-def insert_settings(info: ServerInfo, token: str | None) -> dict[str, str | int]:
+def insert_settings(info: ServerInfo, token: str | None, squash: Squash | None = None) -> dict[str, str | int]:
     """Only settings the server knows (18.16 would refuse the whole insert for an unknown one).
 
     Servers with vector indexes also skip building them on insert: the load never pays for the index.
     """
-    settings: dict[str, str | int] = {}
-    if token and info.dedup_token:
-        settings["insert_deduplication_token"] = token
-    if info.vector_index:
-        settings["materialize_skip_indexes_on_insert"] = 0
-    return settings
+    return settings_for_insert(
+        token=token,
+        squash=squash,
+        dedup_token=info.dedup_token,
+        async_insert=info.async_insert,
+        skip_indexes=info.vector_index,
+    )
 
 
 def pending_mutations_sql(ref: TableRef) -> str:
@@ -145,25 +141,14 @@ def has_mutations_sync(info: ServerInfo) -> bool:
     return parse_version(info.version) >= MUTATIONS_SYNC_SINCE
 
 
-def one_line(text: str) -> str:
-    """The first line of a server message without 18.16's `e.what()` tail or a stack trace, bounded."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    line = re.sub(r",\s*e\.what\(\)\s*=\s*\S+\s*$", "", line)
-    line = re.sub(r"\s*Stack trace.*$", "", line)
-    line = line.replace("e.displayText() = ", "")
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
-
-
 def server_error(status: int, code_header: str | None, body: str, user: str, where: str) -> TargetError:
     """Map a failed response (status, exception code, text) into the error tree; no credential text."""
-    code: int | None = int(code_header) if code_header and code_header.strip().isdigit() else None
-    if code is None:
-        m = _CODE.search(body)
-        code = int(m.group(1)) if m else None
-    message = f"ClickHouse at {where}: {one_line(body) or f'HTTP {status}'}"
-    err = classify_clickhouse_error(code, message, status)
+    reply = parse_error(body, code_header)
+    if not reply.first_line:
+        reply = dataclasses.replace(reply, first_line=f"HTTP {status}")
+    err = reply.error(f"ClickHouse at {where}", status)
     if isinstance(err, AuthError) or status in (401, 403):
-        return AuthError(f"authentication failed for user {user!r} at {where}", code)
+        return AuthError(f"authentication failed for user {user!r} at {where}", reply.code)
     return err
 
 
@@ -181,11 +166,9 @@ def ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-async def _stream(parts: list[memoryview]) -> AsyncIterator[memoryview]:
-    """The body in pieces of at most CHUNK_BYTES, views of the encoded buffers (no joining copy)."""
-    for part in parts:
-        for start in range(0, part.nbytes, CHUNK_BYTES):
-            yield part[start : start + CHUNK_BYTES]
+def _chunks(parts: list[memoryview]) -> list[memoryview]:
+    """The encoded buffers in pieces of at most CHUNK_BYTES (views, no joining copy)."""
+    return [part[start : start + CHUNK_BYTES] for part in parts for start in range(0, part.nbytes, CHUNK_BYTES)]
 
 
 class HttpSink:
@@ -297,23 +280,48 @@ class HttpSink:
         if problem:
             raise SchemaMismatchError(f"table {ref.key} {problem}")
 
-    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
-        if batch.num_rows == 0:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
-        except (ValueError, pa.ArrowException) as exc:
-            raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
+    async def insert(
+        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+    ) -> None:
+        """One POST per segment; its chunked body is encoded block by block as `blocks` yields them."""
         req = build_request(
             self._base,
             self._creds,
             ref.database,
             insert_sql(ref, self._format),
-            {**insert_settings(self.info, token), **self.insert_extra},
+            {**insert_settings(self.info, token, squash_of(segment)), **self.insert_extra},
             insert=True,
         )
-        await self._send(req, _stream(parts), body_size(parts))
+        failure: list[Exception] = []
+        try:
+            await self._send(req, self._body(ref, blocks, failure))
+        except Exception:
+            if failure:  # the body's own source failed (a read or encode error): that is the cause, not the cut
+                raise failure[0] from None
+            raise
+
+    async def _body(
+        self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch], failure: list[Exception]
+    ) -> AsyncIterator[memoryview]:
+        """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in chunks.
+
+        The one place an insert body is produced: a wrapper (compression) wraps this iterator. An error of the
+        block source is kept in `failure` before the transport turns it into a cut connection.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async for batch in blocks:
+                if batch.num_rows == 0:
+                    continue
+                try:
+                    parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
+                except (ValueError, pa.ArrowException) as exc:
+                    raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
+                for chunk in _chunks(parts):
+                    yield chunk
+        except Exception as exc:
+            failure.append(exc)
+            raise
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))
@@ -349,10 +357,7 @@ class HttpSink:
         merged: dict[str, str | int] = {"output_format_json_quote_64bit_integers": 0, **(settings or {})}
         text = sql.strip().rstrip(";") + "\nFORMAT JSONEachRow"
         raw = await self._send(self._request(text, merged, database))
-        try:
-            return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
-        except orjson.JSONDecodeError as exc:
-            raise TargetError(f"ClickHouse at {self._where} sent a reply that is not JSON: {exc}") from None
+        return json_rows(raw, self._where)
 
     async def execute(
         self, sql: str, settings: dict[str, str | int] | None = None, database: str | None = None
@@ -366,4 +371,4 @@ class HttpSink:
         self._pool.shutdown(wait=True)
 
 
-__all__ = ["HttpRequest", "HttpSink", "build_request"]
+__all__ = ["DEDUP_WINDOW", "HttpRequest", "HttpSink", "build_request", "one_line"]

@@ -34,7 +34,7 @@ from ingest.clickhouse.sql import (
     quote_string,
     schema_mismatch,
 )
-from ingest.clickhouse.wire import FORMAT_NAMES, encode
+from ingest.clickhouse.wire import ABORT_BLOCK, FORMAT_NAMES, SEAM_BYTES, encode, split_head, split_tail
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import (
     AuthError,
@@ -215,7 +215,7 @@ class HttpSink:
     async def _send(
         self,
         req: HttpRequest,
-        body: AsyncIterator[memoryview] | None = None,
+        body: AsyncIterator[memoryview | bytes] | None = None,
         size: int | None = None,
     ) -> bytes:
         """POST; every aiohttp/OS failure leaves here as an error of our tree.
@@ -237,7 +237,9 @@ class HttpSink:
                 raise self._mapped(exc, insert) from None
         raise AssertionError("unreachable")
 
-    async def _send_once(self, req: HttpRequest, body: AsyncIterator[memoryview] | None, size: int | None) -> bytes:
+    async def _send_once(
+        self, req: HttpRequest, body: AsyncIterator[memoryview | bytes] | None, size: int | None
+    ) -> bytes:
         headers = dict(req.headers)
         if size is not None:
             headers["Content-Length"] = str(size)  # known length: no chunked framing, server sees truncation
@@ -302,13 +304,20 @@ class HttpSink:
 
     async def _body(
         self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch], failure: list[Exception]
-    ) -> AsyncIterator[memoryview]:
-        """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in chunks.
+    ) -> AsyncIterator[memoryview | bytes]:
+        """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in pieces.
 
-        The one place an insert body is produced: a wrapper (compression) wraps this iterator. An error of the
-        block source is kept in `failure` before the transport turns it into a cut connection.
+        The one place an insert body is produced: a wrapper (compression) wraps this iterator.
+
+        A server reading a body that ends exactly between two blocks sees a clean end of data and commits the
+        blocks before it (18.16 does, chunked or not). So no piece ever ends on a block boundary: the last
+        SEAM_BYTES of a block travel in one piece with the first SEAM_BYTES of the next, and a cut (a kill, a
+        lost connection, a cancelled insert) always leaves the server a truncated block, which fails the INSERT.
+        When the block source fails, the rest of the current block goes out with an unparsable block header, for
+        the same reason; the source's error is kept in `failure` before the transport turns it into a cut.
         """
         loop = asyncio.get_running_loop()
+        carry = b""  # the held-back end of the last block sent
         try:
             async for batch in blocks:
                 if batch.num_rows == 0:
@@ -317,11 +326,20 @@ class HttpSink:
                     parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
                 except (ValueError, pa.ArrowException) as exc:
                     raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
-                for chunk in _chunks(parts):
+                head, rest = split_head(parts, SEAM_BYTES)
+                if not rest:  # a tiny block: carry all of it into the next seam
+                    carry += head
+                    continue
+                yield carry + head
+                rest, carry = split_tail(rest, SEAM_BYTES)
+                for chunk in _chunks(rest):
                     yield chunk
         except Exception as exc:
             failure.append(exc)
+            yield carry + ABORT_BLOCK
             raise
+        if carry:
+            yield carry
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))

@@ -33,14 +33,14 @@ def measure(cmd: list[str], timeout: float = 900) -> tuple[float, float, str]:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        _out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {err.decode()[-800:]}")
-    return seconds, rss_of(err), out.decode()
+    return seconds, rss_of(err), f"{cpu_of(err):.1f} CPU-s"
 
 
 def rss_of(stderr: bytes) -> float:
@@ -48,6 +48,15 @@ def rss_of(stderr: bytes) -> float:
         if "Maximum resident set size" in line:
             return int(line.split(":")[1]) / 1024
     return float("nan")
+
+
+def cpu_of(stderr: bytes) -> float:
+    """User + system CPU seconds of the process (/usr/bin/time -v)."""
+    total = 0.0
+    for line in stderr.decode(errors="replace").splitlines():
+        if "User time (seconds)" in line or "System time (seconds)" in line:
+            total += float(line.split(":")[1])
+    return total
 
 
 def timed(cmd: list[str]) -> list[str]:
@@ -73,8 +82,8 @@ def section_chdb(source: str, work: Path) -> None:
     runs = {"ours, segments (default)": (), "ours, one INSERT per 8,192-row batch": ("--segment-rows", "8192")}
     for label, extra in runs.items():
         db = work / f"chdb-{len(extra)}"
-        sec, rss, _ = measure(ours(source, f"chdb:{db}", work / f"ledger-chdb-{len(extra)}.json", *extra))
-        print(f"chdb   {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {chdb_parts(db)}", flush=True)
+        sec, rss, cpu = measure(ours(source, f"chdb:{db}", work / f"ledger-chdb-{len(extra)}.json", *extra))
+        print(f"chdb   {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {chdb_parts(db)}  {cpu}", flush=True)
         shutil.rmtree(db, ignore_errors=True)
 
 
@@ -83,12 +92,14 @@ def section_http(source: str, native: str | None, work: Path) -> None:
 
     handle = start_clickhouse(work / "server")
     try:
-        for i, label in enumerate(["ours, segments (default)"]):
+        variants = {"ours, segments (default)": (), "ours, --insert-concurrency 1": ("--insert-concurrency", "1")}
+        for i, (label, extra) in enumerate(variants.items()):
             db = f"b{i}"
             handle.query(f"CREATE DATABASE {db}")
-            sec, rss, _ = measure(ours(source, handle.http_url, work / f"ledger-http-{i}.json", "--database", db))
+            cmd = ours(source, handle.http_url, work / f"ledger-http-{i}.json", "--database", db, *extra)
+            sec, rss, _ = measure(cmd)
             parts = json.loads(handle.query(PARTS.format(db=db) + " FORMAT JSONEachRow"))
-            print(f"18.16  {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {parts}", flush=True)
+            print(f"18.16  {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {parts}  ours {_}", flush=True)
         if native:
             handle.query("CREATE DATABASE curl")
             handle.query(
@@ -96,10 +107,27 @@ def section_http(source: str, native: str | None, work: Path) -> None:
                 "image_embedding Array(Float32), text_embedding Array(Float32)) ENGINE = MergeTree ORDER BY id"
             )
             url = f"{handle.http_url}/?query=INSERT%20INTO%20curl.laion%20FORMAT%20Native"
-            sec, _, _ = measure(["curl", "-sS", "--fail", "-H", "Transfer-Encoding: chunked", "--data-binary",
-                                 f"@{native}", url])  # fmt: skip
+            sec, _, _ = measure(["curl", "-sS", "--fail", "-X", "POST", "-T", native, url])  # streams the file
             parts = json.loads(handle.query(PARTS.format(db="curl") + " FORMAT JSONEachRow"))
             print(f"18.16  {'curl, whole shard as Native, one POST':40s} {sec:7.1f} s  {'':19s}{parts}", flush=True)
+    finally:
+        handle.stop()
+
+
+def section_rss(sources: list[str], work: Path, block_rows: list[str]) -> None:
+    """Peak RSS of ours against the server (another process) by shard size and block size."""
+    from server_fixtures import start_clickhouse
+
+    handle = start_clickhouse(work / "server-rss")
+    try:
+        for i, (source, rows) in enumerate((s, r) for s in sources for r in block_rows):
+            db = f"r{i}"
+            handle.query(f"CREATE DATABASE {db}")
+            cmd = ours(source, handle.http_url, work / f"ledger-rss-{i}.json", "--database", db, "--batch-rows", rows)
+            sec, rss, cpu = measure(cmd)
+            print(f"18.16  rss {Path(source).name:16s} --batch-rows {rows:6s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  "
+                  f"{cpu}", flush=True)  # fmt: skip
+            handle.query(f"DROP DATABASE {db}")
     finally:
         handle.stop()
 
@@ -109,6 +137,8 @@ def main() -> None:
     ap.add_argument("--source", required=True)
     ap.add_argument("--native")
     ap.add_argument("--sections", default="chdb,http")
+    ap.add_argument("--rss-sources", default="", help="comma-separated shard dirs for the rss section")
+    ap.add_argument("--block-rows", default="8192,4096")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="segbench-"))
     try:
@@ -117,6 +147,8 @@ def main() -> None:
             section_chdb(args.source, work)
         if "http" in sections:
             section_http(args.source, args.native, work)
+        if "rss" in sections:
+            section_rss(args.rss_sources.split(","), work, args.block_rows.split(","))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

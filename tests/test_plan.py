@@ -147,7 +147,7 @@ def test_segment_defaults_and_tokens() -> None:
     assert segment_size(500, SEGMENT_BYTES, 8192, 512) == (500, 500)
     segs = plan_segments(2, 1_000_000)
     assert len(segs) == 21 and segs[-1].rows == 1_000_000 - 20 * 49_152
-    assert segs[3].blocks()[0].index == 18  # blocks keep their shard-wide numbers
+    assert segs[3].blocks()[0].index == 36  # blocks (4,096 rows by default) keep their shard-wide numbers
     a, b = segs[:2]
     assert a.token("db.t") == plan_segments(2, 1_000_000)[0].token("db.t")
     other_cut = plan_segments(2, 1_000_000, 24_576)[0]

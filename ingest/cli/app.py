@@ -49,7 +49,7 @@ from ingest.cli.support import (
 from ingest.core.config import LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.memory import return_large_buffers_to_the_os
-from ingest.core.plan import SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec, worker_slice
+from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec, worker_slice
 from ingest.core.target import DEFAULT_TARGET
 from ingest.load.runner import run_ingest, summary_line
 from ingest.stages.synth import SynthSpec, write_shard
@@ -84,7 +84,7 @@ def run(
     target: TargetOpt = DEFAULT_TARGET,
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
-    batch_rows: BatchRowsOpt = 8192,
+    batch_rows: BatchRowsOpt = BLOCK_ROWS,
     segment_rows: SegmentRowsOpt = SEGMENT_ROWS,
     segment_bytes: SegmentBytesOpt = SEGMENT_BYTES,
     queue_depth: QueueDepthOpt = 2,

@@ -13,7 +13,7 @@ from typing import Literal
 
 from ingest.core.errors import ConfigError
 from ingest.core.ids import TableRef
-from ingest.core.plan import SEGMENT_BYTES, SEGMENT_ROWS
+from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
 from ingest.core.target import TargetSpec
 
@@ -75,7 +75,7 @@ class LoadConfig:
     """How shards are cut, buffered and landed."""
 
     dim: int = 512
-    batch_rows: int = 8192
+    batch_rows: int = BLOCK_ROWS
     """Rows per block: the unit read, encoded and streamed (memory is bounded by blocks, not segments)."""
     segment_rows: int = SEGMENT_ROWS
     """Rows per segment: the unit committed (one INSERT = one part), tracked by the ledger and reconciled."""

@@ -77,8 +77,10 @@ def plan_batches(shard: int, rows: int, batch_rows: int) -> list[BatchPlan]:
     ]
 
 
+BLOCK_ROWS = 4096
+"""Default rows per block (the unit read, encoded and streamed): ~17 MB of LAION rows; what bounds our memory."""
 SEGMENT_ROWS = 49_152
-"""Default rows per segment (one INSERT = one part): 6 blocks of 8,192; ClickHouse advises 10k–100k per INSERT."""
+"""Default rows per segment (one INSERT = one part): 12 blocks of 4,096; ClickHouse advises 10k–100k per INSERT."""
 SEGMENT_BYTES = 256 << 20
 """Default byte bound of a segment: ClickHouse's own `min_insert_block_size_bytes` default (256 MiB)."""
 TEXT_BYTES_PER_ROW = 512
@@ -153,7 +155,7 @@ def plan_segments(
     shard: int,
     rows: int,
     segment_rows: int = SEGMENT_ROWS,
-    block_rows: int = 8192,
+    block_rows: int = BLOCK_ROWS,
     *,
     segment_bytes: int = SEGMENT_BYTES,
     dim: int = 512,

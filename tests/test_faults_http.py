@@ -37,6 +37,22 @@ def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str
     ]
 
 
+def assert_no_partial_segment(handle: ServerHandle, db: str, segment_rows: int = 500) -> None:
+    """Right after a kill -9, every segment's id range holds all of its rows or none: a cut commits nothing."""
+    try:
+        raw = handle.query(
+            f"SELECT intDiv(id, 10000000) AS shard, intDiv(id % 10000000, {segment_rows}) AS seg, count() AS n "
+            f"FROM {db}.laion GROUP BY shard, seg FORMAT TSV"
+        )
+    except RuntimeError as exc:
+        if "doesn't exist" in str(exc):
+            return  # killed before the table was created
+        raise
+    counts = [line.split("\t") for line in raw.decode().splitlines()]
+    partial = [c for c in counts if int(c[2]) != segment_rows]
+    assert not partial, f"segments half-present after a kill: {partial}"
+
+
 def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     ledger = tmp_path / "ledger.json"
@@ -44,6 +60,7 @@ def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle
     seen = [kill_when(start_run(args), ledger, 0)]
     for target in (5, 20, 40, 60):
         seen.append(kill_when(start_run(args), ledger, target))
+        assert_no_partial_segment(ch_server, ch_db)
     assert max(seen) > 0
     res = cli("run", *args)
     assert res.returncode == 0, res.stderr

@@ -58,6 +58,26 @@ def run_args(src: Path, db: Path, ledger: Path) -> list[str]:
             "--segment-rows", "500", "--no-progress", "--state", str(ledger)]  # fmt: skip
 
 
+def assert_no_partial_segment(db: Path, segment_rows: int = 500) -> None:
+    """Right after a kill -9, every segment's id range holds all of its rows or none."""
+    from chdb import session
+
+    s = session.Session(str(db))
+    try:
+        raw = s.query(
+            f"SELECT intDiv(id % 10000000, {segment_rows}) + 100 * intDiv(id, 10000000) AS seg, count() AS n "
+            "FROM laion GROUP BY seg HAVING n != " + str(segment_rows),
+            "CSV",
+        ).bytes()
+    except Exception as exc:  # killed before the table was created
+        if "UNKNOWN_TABLE" not in str(exc) and "doesn't exist" not in str(exc):
+            raise
+        raw = b""
+    finally:
+        s.close()
+    assert raw.strip() == b"", f"segments half-present after a kill: {raw[:200]!r}"
+
+
 def test_kill_nine_repeatedly_then_resume_is_exact(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
@@ -68,6 +88,7 @@ def test_kill_nine_repeatedly_then_resume_is_exact(make_shards, tmp_path: Path) 
         proc = start_run(args)
         time.sleep(0.05)
         seen.append(kill_when(proc, ledger, target))
+        assert_no_partial_segment(db)
     assert max(seen) > 0, "the kills never let a segment land: test did not exercise resume"
     res = cli("run", *args)
     assert res.returncode == 0, res.stderr

@@ -94,6 +94,7 @@ def run_cluster(cluster: Cluster, src: Path, db: str, state: Path, *extra: str) 
     res = cli(
         "run",
         *("--source", str(src), "--shards", shards, "--dim", "64", "--batch-rows", str(BATCH)),
+        *("--segment-rows", str(BATCH)),  # a segment per batch: the placement checks below cut by BATCH
         *("--target", cluster.a.http_url, "--database", db, "--state", str(state), "--no-progress"),
         *extra,
         env=cluster.env(),

@@ -221,7 +221,7 @@ def test_sigterm_during_long_ingest_then_run_completes_exactly(
 ) -> None:
     src = make_shards([0], rows=8_000)
     db = tmp_path / "db"
-    d = daemons(tmp_path, src, f"chdb:{db}", "--batch-rows", "100", drain=5.0)
+    d = daemons(tmp_path, src, f"chdb:{db}", "--batch-rows", "100", "--segment-rows", "500", drain=5.0)
     d.wait_for("first rows", lambda m: m.get(ROWS, 0) > 0)
 
     assert d.terminate() == 0
@@ -231,7 +231,7 @@ def test_sigterm_during_long_ingest_then_run_completes_exactly(
 
     run = subprocess.run(
         [sys.executable, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--target", f"chdb:{db}",
-         "--batch-rows", "100", "--no-progress"],
+         "--batch-rows", "100", "--segment-rows", "500", "--no-progress"],
         cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, start_clickhouse
-from test_resume import done_batches, kill_when, start_run
+from test_resume import done_segments, kill_when, start_run
 
 
 def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str) -> list[str]:
@@ -28,6 +28,8 @@ def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str
         "128",
         "--batch-rows",
         "250",
+        "--segment-rows",
+        "500",
         "--no-progress",
         "--state",
         str(ledger),
@@ -35,13 +37,30 @@ def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str
     ]
 
 
+def assert_no_partial_segment(handle: ServerHandle, db: str, segment_rows: int = 500) -> None:
+    """Right after a kill -9, every segment's id range holds all of its rows or none: a cut commits nothing."""
+    try:
+        raw = handle.query(
+            f"SELECT intDiv(id, 10000000) AS shard, intDiv(id % 10000000, {segment_rows}) AS seg, count() AS n "
+            f"FROM {db}.laion GROUP BY shard, seg FORMAT TSV"
+        )
+    except RuntimeError as exc:
+        if "doesn't exist" in str(exc):
+            return  # killed before the table was created
+        raise
+    counts = [line.split("\t") for line in raw.decode().splitlines()]
+    partial = [c for c in counts if int(c[2]) != segment_rows]
+    assert not partial, f"segments half-present after a kill: {partial}"
+
+
 def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     ledger = tmp_path / "ledger.json"
     args = run_args(src, ch_server, ch_db, ledger)
     seen = [kill_when(start_run(args), ledger, 0)]
-    for target in (10, 40, 80, 120):
+    for target in (5, 20, 40, 60):
         seen.append(kill_when(start_run(args), ledger, target))
+        assert_no_partial_segment(ch_server, ch_db)
     assert max(seen) > 0
     res = cli("run", *args)
     assert res.returncode == 0, res.stderr
@@ -49,7 +68,7 @@ def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle
 
 
 def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the server while batches are being inserted, bring it back 3 s later: exit 0, exact table."""
+    """SIGKILL the server while segments are being inserted, bring it back 3 s later: exit 0, exact table."""
     handle = start_clickhouse(tmp_path / "ch")
     try:
         handle.query("CREATE DATABASE faults")
@@ -66,9 +85,9 @@ def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> Non
         outage = {"killed_at": -1}
 
         def kill_and_restart() -> None:
-            while done_batches(ledger) < 30 and proc.poll() is None:
+            while done_segments(ledger) < 30 and proc.poll() is None:
                 time.sleep(0.02)
-            outage["killed_at"] = done_batches(ledger)
+            outage["killed_at"] = done_segments(ledger)
             handle.kill()
             time.sleep(3)
             handle.start()

@@ -7,7 +7,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from ingest.core.errors import (
     UsageError,
 )
 from ingest.core.ids import TableRef
+from ingest.core.plan import SegmentPlan
 from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
 from ingest.sinks.http import (
@@ -58,6 +59,19 @@ def sink_settings(url: str, db: str, *, user: str = "default", password: str = "
         credentials=Credentials(user, password),
         insert_format=fmt,  # type: ignore[arg-type]
     )
+
+
+async def _blocks(*batches: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
+    for b in batches:
+        yield b
+
+
+async def insert_one(sink: HttpSink, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
+    """Insert one batch as a one-block segment (its ids from the batch, its place from its first id)."""
+    first = int(batch.column(0)[0].as_py()) if batch.num_rows else 0
+    shard, start = divmod(first, STRIDE)
+    seg = SegmentPlan(shard, 0, start, start + max(1, batch.num_rows), max(1, batch.num_rows), max(1, batch.num_rows))
+    await sink.insert(ref, seg, _blocks(batch), token)
 
 
 def small_batch(first_id: int, n: int, dim: int = 512) -> pa.RecordBatch:
@@ -96,7 +110,7 @@ def test_insert_request_carries_statement_in_url_and_credentials_only_in_headers
     )
     assert req.url == (
         "http://127.0.0.1:8123/?query=INSERT%20INTO%20%60db1%60.%60laion%60%20FORMAT%20Native"
-        "&database=db1&wait_end_of_query=1&insert_deduplication_token=tok%3A1"
+        "&database=db1&wait_end_of_query=1&async_insert=0&insert_deduplication_token=tok%3A1"
     )
     assert req.body is None
     assert req.headers["X-ClickHouse-User"] == "ingest"
@@ -110,7 +124,8 @@ def test_query_request_sends_sql_as_body_and_gates_the_dedup_token() -> None:
     assert req.body == b"SELECT 1"
     assert "X-ClickHouse-Key" not in req.headers  # empty password: no key header at all
     assert insert_settings(server_info("18.16.1"), "tok") == {}  # 18.16 refuses the unknown setting
-    assert insert_settings(server_info("24.3.1"), None) == {}
+    assert insert_settings(server_info("24.3.1"), None) == {"async_insert": 0}
+    assert insert_settings(server_info("21.10.1"), None) == {}
     assert insert_sql(TableRef("a", "b"), "rowbinary") == "INSERT INTO `a`.`b` FORMAT RowBinary"
     with pytest.raises(ValueError):
         build_request("http://h:1", Credentials(), "d", "SELECT 1", {"x=1&readonly": 0})
@@ -198,8 +213,8 @@ def test_insert_count_and_delete_range(ch_server: ServerHandle, ch_db: str, fmt:
         try:
             await sink.connect()
             await sink.ensure_table(ref)
-            await asyncio.gather(*(sink.insert(ref, small_batch(i * 1000, 300), f"t{i}") for i in range(4)))
-            await sink.insert(ref, small_batch(9000, 0), None)  # an empty batch is a no-op
+            await asyncio.gather(*(insert_one(sink, ref, small_batch(i * 1000, 300), f"t{i}") for i in range(4)))
+            await insert_one(sink, ref, small_batch(9000, 0), None)  # an empty batch is a no-op
             total = await sink.count_range(ref, 0, 10**6)
             part = await sink.count_range(ref, 1000, 1299)
             await sink.delete_range(ref, 1000, 1149)
@@ -226,7 +241,7 @@ def test_server_errors_and_refused_connections_are_ours(ch_server: ServerHandle,
         try:
             await sink.connect()
             with pytest.raises(TargetError, match="Code: 60") as info:
-                await sink.insert(TableRef(ch_db, "missing"), small_batch(0, 3), None)
+                await insert_one(sink, TableRef(ch_db, "missing"), small_batch(0, 3), None)
             assert not info.value.retriable and info.value.code == 60
             with pytest.raises(TargetError, match="Code: 62"):
                 await sink.query("SELEC 1")
@@ -285,7 +300,7 @@ def test_a_connection_cut_mid_insert_is_uncertain_and_a_cut_query_transient() ->
         sink.info = server_info("18.16.1")
         try:
             with pytest.raises(UncertainInsertError, match=r"insert into ClickHouse at 127\.0\.0\.1") as info:
-                await sink.insert(TableRef("db", "laion"), small_batch(0, 2000), None)
+                await insert_one(sink, TableRef("db", "laion"), small_batch(0, 2000), None)
             assert info.value.retriable
         finally:
             await sink.close()

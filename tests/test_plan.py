@@ -1,16 +1,25 @@
-"""Pure planning: shard specs, worker slices, batch cutting, SQL quoting, target parsing."""
+"""Pure planning: shard specs, worker slices, batch and segment cutting, SQL quoting, target parsing."""
 
 from __future__ import annotations
 
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.core.errors import ConfigError, UsageError
 from ingest.core.ids import TableRef, quote_ident
-from ingest.core.plan import ID_STRIDE, parse_shard_spec, plan_batches, worker_slice
+from ingest.core.plan import (
+    ID_STRIDE,
+    SEGMENT_BYTES,
+    parse_shard_spec,
+    plan_batches,
+    plan_segments,
+    row_bytes,
+    segment_size,
+    worker_slice,
+)
 from ingest.core.target import parse_target
 
 
@@ -47,6 +56,7 @@ def test_worker_index_out_of_range() -> None:
         worker_slice([1, 2], 2, 2)
 
 
+@settings(deadline=None)  # no timing assertions in unit tests: the CPU here is shared
 @given(st.integers(0, 100_000), st.integers(1, 20_000), st.integers(0, 409))
 def test_batches_cover_rows_exactly_once(rows: int, batch_rows: int, shard: int) -> None:
     plans = plan_batches(shard, rows, batch_rows)
@@ -95,3 +105,51 @@ def test_targets() -> None:
         with pytest.raises(ConfigError) as info:
             parse_target(bad)
         assert "secret" not in str(info.value)
+
+
+@settings(deadline=None)
+@given(
+    st.integers(0, 300_000),
+    st.integers(1, 100_000),
+    st.integers(1, 20_000),
+    st.integers(1, 1024),
+    st.integers(1 << 16, 1 << 29),
+)
+def test_segments_cover_rows_once_in_whole_blocks_under_the_byte_bound(
+    rows: int, segment_rows: int, block_rows: int, dim: int, segment_bytes: int
+) -> None:
+    if segment_bytes < row_bytes(dim):
+        with pytest.raises(UsageError, match="--segment-bytes"):
+            plan_segments(0, rows, segment_rows, block_rows, segment_bytes=segment_bytes, dim=dim)
+        return
+    segs = plan_segments(7, rows, segment_rows, block_rows, segment_bytes=segment_bytes, dim=dim)
+    assert sum(s.rows for s in segs) == rows
+    assert [s.index for s in segs] == list(range(len(segs)))
+    for s in segs:
+        assert 0 < s.rows <= min(segment_rows, s.cut)
+        assert s.rows * row_bytes(dim) <= segment_bytes  # the byte bound holds for every segment
+        blocks = s.blocks()
+        assert blocks[0].start == s.start and blocks[-1].stop == s.stop
+        assert all(0 < b.rows <= s.block_rows for b in blocks)
+        assert all(a.stop == b.start for a, b in itertools.pairwise(blocks))
+        if s.cut > s.block_rows:
+            assert s.cut % s.block_rows == 0  # whole blocks: every block lies in one segment
+    for a, b in itertools.pairwise(segs):
+        assert a.stop == b.start and a.last_id + 1 == b.first_id
+
+
+def test_segment_defaults_and_tokens() -> None:
+    # LAION (dim 512): 49,152 rows = 6 blocks of 8,192, ~211 MB estimated, under ClickHouse's 256 MiB squash
+    assert segment_size(49_152, SEGMENT_BYTES, 8192, 512) == (49_152, 8192)
+    assert 49_152 * row_bytes(512) < SEGMENT_BYTES
+    # a tight byte bound shrinks the segment to whole blocks; a segment smaller than a block is one block
+    assert segment_size(49_152, 100 * row_bytes(512), 30, 512) == (90, 30)
+    assert segment_size(500, SEGMENT_BYTES, 8192, 512) == (500, 500)
+    segs = plan_segments(2, 1_000_000)
+    assert len(segs) == 21 and segs[-1].rows == 1_000_000 - 20 * 49_152
+    assert segs[3].blocks()[0].index == 36  # blocks (4,096 rows by default) keep their shard-wide numbers
+    a, b = segs[:2]
+    assert a.token("db.t") == plan_segments(2, 1_000_000)[0].token("db.t")
+    other_cut = plan_segments(2, 1_000_000, 24_576)[0]
+    assert len({a.token("db.t"), b.token("db.t"), a.token("db.u"), other_cut.token("db.t")}) == 4
+    assert plan_segments(1, 0) == []

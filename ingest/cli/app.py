@@ -29,6 +29,8 @@ from ingest.cli.options import (
     OnNanOpt,
     QueueDepthOpt,
     RetryMaxSecondsOpt,
+    SegmentBytesOpt,
+    SegmentRowsOpt,
     SourceOpt,
     StateOpt,
     VectorCodecOpt,
@@ -53,7 +55,7 @@ from ingest.core.config import LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.layout import parse_layout
 from ingest.core.memory import return_large_buffers_to_the_os
-from ingest.core.plan import parse_shard_spec, worker_slice
+from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec, worker_slice
 from ingest.core.target import DEFAULT_TARGET
 from ingest.load.runner import run_ingest, summary_line
 from ingest.stages.synth import SynthSpec, write_shard
@@ -88,7 +90,9 @@ def run(
     target: TargetOpt = DEFAULT_TARGET,
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
-    batch_rows: BatchRowsOpt = 8192,
+    batch_rows: BatchRowsOpt = BLOCK_ROWS,
+    segment_rows: SegmentRowsOpt = SEGMENT_ROWS,
+    segment_bytes: SegmentBytesOpt = SEGMENT_BYTES,
     queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
@@ -155,6 +159,8 @@ def run(
         vector_codec=vector_codec,
         endpoint_url=endpoint_url,
         batch_rows=batch_rows,
+        segment_rows=segment_rows,
+        segment_bytes=segment_bytes,
         queue_depth=queue_depth,
         download_concurrency=download_concurrency,
         insert_concurrency=insert_concurrency,

@@ -26,6 +26,8 @@ from ingest.cli.options import (
     OnNanOpt,
     QueueDepthOpt,
     RetryMaxSecondsOpt,
+    SegmentBytesOpt,
+    SegmentRowsOpt,
     SourceOpt,
     StateOpt,
     VectorCodecOpt,
@@ -44,7 +46,7 @@ from ingest.cli.support import (
     setup_logging,
 )
 from ingest.core.config import LAION_ROOT
-from ingest.core.plan import parse_shard_spec
+from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec
 from ingest.core.target import DEFAULT_TARGET
 from ingest.daemon.service import LAION_SHARDS, Daemon, DaemonOptions, pipeline_drain_seconds
 
@@ -61,7 +63,9 @@ def daemon_command(
     poll_seconds: Annotated[float, typer.Option("--poll-seconds", min=0.1, help="Seconds between polls")] = 30.0,
     http_host: Annotated[str, typer.Option("--http-host", help="Address for /healthz /readyz /metrics")] = "0.0.0.0",
     http_port: Annotated[int, typer.Option("--http-port", min=0, max=65535, help="Port for /metrics")] = 9108,
-    batch_rows: BatchRowsOpt = 8192,
+    batch_rows: BatchRowsOpt = BLOCK_ROWS,
+    segment_rows: SegmentRowsOpt = SEGMENT_ROWS,
+    segment_bytes: SegmentBytesOpt = SEGMENT_BYTES,
     queue_depth: QueueDepthOpt = 2,
     download_concurrency: DownloadConcurrencyOpt = 2,
     insert_concurrency: InsertConcurrencyOpt = 2,
@@ -96,6 +100,8 @@ def daemon_command(
         table=table,
         database=database,
         batch_rows=batch_rows,
+        segment_rows=segment_rows,
+        segment_bytes=segment_bytes,
         queue_depth=queue_depth,
         download_concurrency=download_concurrency,
         insert_concurrency=insert_concurrency,

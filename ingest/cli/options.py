@@ -23,6 +23,7 @@ from ingest.core.config import (
     resolve_table,
 )
 from ingest.core.layout import parse_layout
+from ingest.core.plan import SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
 from ingest.core.schema import VectorCodec, parse_extra_columns
 from ingest.core.target import parse_target
@@ -30,8 +31,14 @@ from ingest.core.target import parse_target
 SourceOpt = Annotated[
     str, typer.Option("--source", "-s", help="Local dir, http(s) mirror root, or s3:// gs:// hf:// object-store root")
 ]
-BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per batch (fixes batch id ranges)")]
-QueueDepthOpt = Annotated[int, typer.Option("--queue-depth", min=1, help="Batches buffered between stages")]
+BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per block: the unit read and encoded")]
+SegmentRowsOpt = Annotated[
+    int, typer.Option("--segment-rows", min=1, help="Rows per segment: one INSERT = one part, the unit committed")
+]
+SegmentBytesOpt = Annotated[
+    int, typer.Option("--segment-bytes", min=1, help="Byte bound of a segment (under ClickHouse's 256 MiB squash)")
+]
+QueueDepthOpt = Annotated[int, typer.Option("--queue-depth", min=1, help="Blocks read ahead, over all inserts")]
 DownloadConcurrencyOpt = Annotated[int, typer.Option("--download-concurrency", min=1)]
 InsertConcurrencyOpt = Annotated[int, typer.Option("--insert-concurrency", min=1)]
 DimOpt = Annotated[
@@ -95,6 +102,8 @@ def run_config(
     drain_seconds: float,
     progress: bool,
     report: Path | None = None,
+    segment_rows: int = SEGMENT_ROWS,
+    segment_bytes: int = SEGMENT_BYTES,
     cluster: str | None = None,
     insert_mode: InsertMode = "distributed",
     finalize: bool = False,
@@ -137,6 +146,8 @@ def run_config(
             extra_columns=parse_extra_columns(extra_columns),
             vector_codec=vector_codec,
             batch_rows=batch_rows,
+            segment_rows=segment_rows,
+            segment_bytes=segment_bytes,
             queue_depth=queue_depth,
             insert_concurrency=insert_concurrency,
             on_nan=on_nan,

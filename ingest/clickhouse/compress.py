@@ -218,7 +218,7 @@ async def _inline(fn: Callable[[], bytes]) -> bytes:
 
 
 async def compressed_body(
-    body: AsyncIterator[memoryview],
+    body: AsyncIterator[memoryview | bytes],
     codec: BodyCodec,
     on_bytes: Callable[[int], None] | None = None,
     offload: Offload | None = None,
@@ -230,7 +230,7 @@ async def compressed_body(
     run = offload or _inline
     enc = codec.encoder()
     async for chunk in body:
-        out = chunk if codec.identity else memoryview(await run(partial(enc.update, chunk)))
+        out = memoryview(chunk) if codec.identity else memoryview(await run(partial(enc.update, chunk)))
         if out.nbytes:
             if on_bytes is not None:
                 on_bytes(out.nbytes)

@@ -241,3 +241,44 @@ def encode(batch: pa.RecordBatch, fmt: Format) -> list[memoryview]:
 
 def body_size(parts: list[memoryview]) -> int:
     return sum(p.nbytes for p in parts)
+
+
+# -- streaming several blocks as one atomic body ----------------------------------------------------------------
+
+SEAM_BYTES = 64
+"""Bytes of each side of a block boundary sent together in one piece (see `seam_pieces`)."""
+
+ABORT_BLOCK = varint(1) + varint(1) + _string("laion_ingest_abort") + _string("AbortedInsert_NoSuchType")
+"""A Native block header no server can parse: sent after a whole block when the body's source fails, so the
+server fails the INSERT (discarding the blocks it squashed) instead of reading a clean end of data."""
+
+
+def split_head(parts: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
+    """The first `n` bytes of `parts` (copied) and the views of the rest."""
+    head = bytearray()
+    rest: list[memoryview] = []
+    for p in parts:
+        take = min(n - len(head), p.nbytes)
+        if take > 0:
+            head += p[:take]
+        if take < p.nbytes:
+            rest.append(p[take:] if take > 0 else p)
+    return bytes(head), rest
+
+
+def split_tail(parts: list[memoryview], n: int) -> tuple[list[memoryview], bytes]:
+    """The views of all but the last `n` bytes of `parts`, and those last bytes (copied)."""
+    total = body_size(parts)
+    keep = max(0, total - n)
+    rest, tail = [], bytearray()
+    seen = 0
+    for p in parts:
+        if seen + p.nbytes <= keep:
+            rest.append(p)
+        else:
+            cut = max(0, keep - seen)
+            if cut:
+                rest.append(p[:cut])
+            tail += p[cut:]
+        seen += p.nbytes
+    return rest, bytes(tail)

@@ -14,6 +14,7 @@ from typing import Literal
 from ingest.core.errors import ConfigError
 from ingest.core.ids import TableRef
 from ingest.core.layout import LAION400M, Layout
+from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
 from ingest.core.schema import DEFAULT_SCHEMA, TableSchema, VectorCodec
 from ingest.core.target import TargetSpec
@@ -93,7 +94,12 @@ class LoadConfig:
     extra_columns: tuple[str, ...] = ()
     """Metadata columns loaded beside the tutorial's, typed from the parquet schema."""
     vector_codec: VectorCodec | None = None
-    batch_rows: int = 8192
+    batch_rows: int = BLOCK_ROWS
+    """Rows per block: the unit read, encoded and streamed (memory is bounded by blocks, not segments)."""
+    segment_rows: int = SEGMENT_ROWS
+    """Rows per segment: the unit committed (one INSERT = one part), tracked by the ledger and reconciled."""
+    segment_bytes: int = SEGMENT_BYTES
+    """Byte bound of a segment (estimated from dim); sent as min_insert_block_size_bytes."""
     queue_depth: int = 2
     insert_concurrency: int = 2
     on_nan: NanPolicy = "fail-shard"

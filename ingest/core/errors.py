@@ -7,6 +7,7 @@ class, and so is the process exit code it maps to.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import ClassVar, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -124,10 +125,85 @@ def first_error(exc: BaseException, *kinds: type[E]) -> E | None:
     return None
 
 
+class ClickHouseCode(IntEnum):
+    """The ClickHouse server error codes this program names (src/Common/ErrorCodes.cpp)."""
+
+    UNEXPECTED_END_OF_FILE = 3
+    CANNOT_PARSE_TEXT = 6
+    CANNOT_PARSE_QUOTED_STRING = 26
+    CANNOT_PARSE_INPUT_ASSERTION_FAILED = 27
+    CANNOT_READ_ALL_DATA = 33
+    CANNOT_PARSE_DATE = 38
+    TYPE_MISMATCH = 53
+    UNKNOWN_TABLE = 60
+    SYNTAX_ERROR = 62
+    ARGUMENT_OUT_OF_BOUND = 69
+    CANNOT_PARSE_NUMBER = 72
+    UNKNOWN_SETTING = 115
+    INCORRECT_DATA = 117
+    CANNOT_READ_ARRAY_FROM_TEXT = 130
+    TOO_LARGE_STRING_SIZE = 131
+    TIMEOUT_EXCEEDED = 159
+    READONLY = 164
+    SIZES_OF_ARRAYS_DONT_MATCH = 190
+    UNKNOWN_USER = 192
+    WRONG_PASSWORD = 193
+    REQUIRED_PASSWORD = 194
+    IP_ADDRESS_NOT_ALLOWED = 195
+    TOO_MANY_SIMULTANEOUS_QUERIES = 202
+    SOCKET_TIMEOUT = 209
+    NETWORK_ERROR = 210
+    ABORTED = 236
+    MEMORY_LIMIT_EXCEEDED = 241
+    TABLE_IS_READ_ONLY = 242
+    TOO_MANY_PARTS = 252
+    UNKNOWN_STATUS_OF_INSERT = 319
+    SYSTEM_ERROR = 425
+    AUTHENTICATION_FAILED = 516
+    KEEPER_EXCEPTION = 999
+    POCO_EXCEPTION = 1000
+
+
+_C = ClickHouseCode
+
 # ClickHouse server error codes, classified once. Anything not listed is fatal unless its HTTP status is 5xx.
-RETRIABLE_CLICKHOUSE_CODES = frozenset({3, 159, 164, 202, 209, 210, 236, 241, 242, 252, 319, 425, 999, 1000})
-AUTH_CLICKHOUSE_CODES = frozenset({192, 193, 194, 195, 516})
-BAD_DATA_CLICKHOUSE_CODES = frozenset({6, 26, 27, 33, 38, 53, 69, 72, 117, 130, 131, 190})
+RETRIABLE_CLICKHOUSE_CODES = frozenset(
+    {
+        _C.UNEXPECTED_END_OF_FILE,
+        _C.TIMEOUT_EXCEEDED,
+        _C.READONLY,
+        _C.TOO_MANY_SIMULTANEOUS_QUERIES,
+        _C.SOCKET_TIMEOUT,
+        _C.NETWORK_ERROR,
+        _C.ABORTED,
+        _C.MEMORY_LIMIT_EXCEEDED,
+        _C.TABLE_IS_READ_ONLY,
+        _C.TOO_MANY_PARTS,
+        _C.UNKNOWN_STATUS_OF_INSERT,
+        _C.SYSTEM_ERROR,
+        _C.KEEPER_EXCEPTION,
+        _C.POCO_EXCEPTION,
+    }
+)
+AUTH_CLICKHOUSE_CODES = frozenset(
+    {_C.UNKNOWN_USER, _C.WRONG_PASSWORD, _C.REQUIRED_PASSWORD, _C.IP_ADDRESS_NOT_ALLOWED, _C.AUTHENTICATION_FAILED}
+)
+BAD_DATA_CLICKHOUSE_CODES = frozenset(
+    {
+        _C.CANNOT_PARSE_TEXT,
+        _C.CANNOT_PARSE_QUOTED_STRING,
+        _C.CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+        _C.CANNOT_READ_ALL_DATA,
+        _C.CANNOT_PARSE_DATE,
+        _C.TYPE_MISMATCH,
+        _C.ARGUMENT_OUT_OF_BOUND,
+        _C.CANNOT_PARSE_NUMBER,
+        _C.INCORRECT_DATA,
+        _C.CANNOT_READ_ARRAY_FROM_TEXT,
+        _C.TOO_LARGE_STRING_SIZE,
+        _C.SIZES_OF_ARRAYS_DONT_MATCH,
+    }
+)
 
 
 def classify_clickhouse_error(code: int | None, message: str, http_status: int | None = None) -> TargetError:

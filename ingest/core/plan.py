@@ -75,3 +75,96 @@ def plan_batches(shard: int, rows: int, batch_rows: int) -> list[BatchPlan]:
     return [
         BatchPlan(shard, i, start, min(start + batch_rows, rows)) for i, start in enumerate(range(0, rows, batch_rows))
     ]
+
+
+BLOCK_ROWS = 4096
+"""Default rows per block (the unit read, encoded and streamed): ~17 MB of LAION rows; what bounds our memory."""
+SEGMENT_ROWS = 49_152
+"""Default rows per segment (one INSERT = one part): 12 blocks of 4,096; ClickHouse advises 10k–100k per INSERT."""
+SEGMENT_BYTES = 256 << 20
+"""Default byte bound of a segment: ClickHouse's own `min_insert_block_size_bytes` default (256 MiB)."""
+TEXT_BYTES_PER_ROW = 512
+"""Allowance for url + caption + NSFW per row when sizing a segment (LAION averages ~150 bytes)."""
+
+
+def row_bytes(dim: int) -> int:
+    """What one row weighs in a ClickHouse block: id, similarity, two Array(Float32) with offsets, three Strings."""
+    return 8 + 4 + 2 * (4 * dim + 8) + 3 * 8 + TEXT_BYTES_PER_ROW
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentPlan:
+    """One committed unit of a shard: rows [start, stop), sent as one INSERT (one part) in blocks of `block_rows`.
+
+    The id range, the dedup token and the ledger entry are per segment; the blocks only bound memory.
+    `max_bytes` is the byte bound the segment was sized under (sent as `min_insert_block_size_bytes`).
+    """
+
+    shard: int
+    index: int
+    start: int
+    stop: int
+    block_rows: int
+    cut: int
+    """Rows per segment of the plan this segment belongs to (the last segment of a shard may be shorter)."""
+    max_bytes: int = SEGMENT_BYTES
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def first_id(self) -> int:
+        return self.shard * ID_STRIDE + self.start
+
+    @property
+    def last_id(self) -> int:
+        """Inclusive upper id of the segment."""
+        return self.shard * ID_STRIDE + self.stop - 1
+
+    def blocks(self) -> list[BatchPlan]:
+        """The segment's blocks, numbered within the shard (block i covers rows i*block_rows...)."""
+        first = self.start // self.block_rows
+        return [
+            BatchPlan(self.shard, first + i, start, min(start + self.block_rows, self.stop))
+            for i, start in enumerate(range(self.start, self.stop, self.block_rows))
+        ]
+
+    def token(self, table_key: str) -> str:
+        """Deterministic insert_deduplication_token: same table, shard, cut and index → same token (and blocks)."""
+        return f"laion-ingest:{table_key}:s{self.shard}:g{self.cut}x{self.block_rows}:i{self.index}"
+
+
+def segment_size(segment_rows: int, segment_bytes: int, block_rows: int, dim: int) -> tuple[int, int]:
+    """(rows per segment, rows per block) for a cut: at most `segment_rows` rows and `segment_bytes` estimated
+    bytes, a whole number of blocks when a segment holds more than one block."""
+    if block_rows < 1:
+        raise UsageError(f"--batch-rows must be >= 1, got {block_rows}")
+    if segment_rows < 1:
+        raise UsageError(f"--segment-rows must be >= 1, got {segment_rows}")
+    per_row = row_bytes(dim)
+    if segment_bytes < per_row:
+        raise UsageError(f"--segment-bytes {segment_bytes} is less than one row ({per_row} bytes at dim {dim})")
+    rows = min(segment_rows, segment_bytes // per_row)
+    if rows >= block_rows:
+        return rows - rows % block_rows, block_rows
+    return rows, rows
+
+
+def plan_segments(
+    shard: int,
+    rows: int,
+    segment_rows: int = SEGMENT_ROWS,
+    block_rows: int = BLOCK_ROWS,
+    *,
+    segment_bytes: int = SEGMENT_BYTES,
+    dim: int = 512,
+) -> list[SegmentPlan]:
+    """Cut `rows` into segments (the last one shorter), each read and sent in blocks. Pure."""
+    if rows >= ID_STRIDE:
+        raise UsageError(f"shard {shard}: {rows} rows do not fit the id stride {ID_STRIDE}")
+    per, block = segment_size(segment_rows, segment_bytes, block_rows, dim)
+    return [
+        SegmentPlan(shard, i, start, min(start + per, rows), block, per, segment_bytes)
+        for i, start in enumerate(range(0, rows, per))
+    ]

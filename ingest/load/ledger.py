@@ -1,7 +1,11 @@
-"""What landed, per shard and batch, in a small JSON file written atomically (temp, fsync, rename).
+"""What landed, per shard and segment, in a small JSON file written atomically (temp, fsync, rename).
 
-The ledger is a fast path, not the source of truth: a batch it does not list as done is counted in the target
+The ledger is a fast path, not the source of truth: a segment it does not list as done is counted in the target
 before it is inserted, so a lost or stale ledger can cost a few queries but never a duplicate or a missing row.
+
+Per shard it keeps `rows`, `segment_rows` (the cut), `done` (segment indexes as [first, last] ranges) and
+`complete`. A ledger written before segments existed (`batch_rows`, batch indexes) is read gracefully: its
+complete shards stay complete, its partial `done` lists are dropped (those shards are reconciled by counting).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import orjson
 
 from ingest.core.errors import LedgerError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
 class ShardState:
     rows: int = 0
-    batch_rows: int = 0
+    segment_rows: int = 0
+    """Rows per segment of the cut `done` refers to (0: unknown, e.g. a version-1 ledger)."""
     done: set[int] = field(default_factory=set)
     complete: bool = False
 
@@ -69,10 +74,11 @@ class Ledger:
             if doc.get("table") != table_key:
                 raise LedgerError(f"ledger {path} belongs to table {doc.get('table')}, not {table_key}")
             for key, st in doc.get("shards", {}).items():
+                segment_rows = int(st.get("segment_rows", 0))  # absent in version 1: batch indexes, not segments
                 ledger.shards[int(key)] = ShardState(
                     rows=int(st["rows"]),
-                    batch_rows=int(st["batch_rows"]),
-                    done=_unranges(st["done"]),
+                    segment_rows=segment_rows,
+                    done=_unranges(st["done"]) if segment_rows else set(),
                     complete=bool(st["complete"]),
                 )
             ledger.quarantined = {int(k): str(v) for k, v in doc.get("quarantined", {}).items()}
@@ -84,21 +90,21 @@ class Ledger:
         st = self.shards.get(shard)
         return st is not None and st.complete
 
-    def done_batches(self, shard: int, rows: int, batch_rows: int) -> set[int]:
-        """Batches known landed; empty when the shard was cut differently before (then everything is counted)."""
+    def done_segments(self, shard: int, rows: int, segment_rows: int) -> set[int]:
+        """Segments known landed; empty when the shard was cut differently before (then everything is counted)."""
         st = self.shards.get(shard)
-        if st is None or st.rows != rows or st.batch_rows != batch_rows:
+        if st is None or st.rows != rows or st.segment_rows != segment_rows:
             return set()
         return set(st.done)
 
-    def start_shard(self, shard: int, rows: int, batch_rows: int) -> None:
+    def start_shard(self, shard: int, rows: int, segment_rows: int) -> None:
         st = self.shards.get(shard)
-        if st is None or st.rows != rows or st.batch_rows != batch_rows:
-            self.shards[shard] = ShardState(rows=rows, batch_rows=batch_rows)
+        if st is None or st.rows != rows or st.segment_rows != segment_rows:
+            self.shards[shard] = ShardState(rows=rows, segment_rows=segment_rows)
         self.quarantined.pop(shard, None)
         self._touch()
 
-    def mark_batch(self, shard: int, index: int) -> None:
+    def mark_segment(self, shard: int, index: int) -> None:
         self.shards[shard].done.add(index)
         self._touch()
 
@@ -128,7 +134,12 @@ class Ledger:
             "version": FORMAT_VERSION,
             "table": self.table_key,
             "shards": {
-                str(k): {"rows": v.rows, "batch_rows": v.batch_rows, "done": _ranges(v.done), "complete": v.complete}
+                str(k): {
+                    "rows": v.rows,
+                    "segment_rows": v.segment_rows,
+                    "done": _ranges(v.done),
+                    "complete": v.complete,
+                }
                 for k, v in sorted(self.shards.items())
             },
             "quarantined": {str(k): v for k, v in sorted(self.quarantined.items())},

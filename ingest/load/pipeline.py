@@ -1,18 +1,25 @@
 """The stages wired together with bounded asyncio queues.
 
-    fetch (download_concurrency) → ready shards → read + validate + batch (executor) → batch queue (queue_depth)
-    → insert workers (insert_concurrency) → ledger
+    fetch (download_concurrency) → ready shards → validate + plan segments (executor) → segment queue
+    → insert workers (insert_concurrency), each streaming one segment: blocks read (executor) → sink → ledger
 
-Memory is bounded by queue_depth × batch size whatever the shard size. Shutdown is ordered: on stop we take no
-new shard, read no new batch, let the workers drain what is queued (up to drain_seconds), then flush the ledger.
+A segment is the committed unit (one INSERT = one part, ~48k rows); a block is the unit read and encoded (~8k
+rows). An insert worker owns one segment's stream: a producer reads its blocks into a small queue that the sink
+consumes as the INSERT body, so memory is bounded by workers × (queue depth + 2) × block size whatever the shard
+or segment size. A retried segment is read again from the shard files, never buffered.
+
+Shutdown is ordered: on stop we take no new shard and start no new segment, let the in-flight segments finish
+(up to drain_seconds; an abandoned one commits nothing and the next run reconciles it), then flush the ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,12 +27,13 @@ import pyarrow as pa
 
 from ingest.core import metrics
 from ingest.core.config import RunConfig
-from ingest.core.errors import BadShardError, IngestError, SourceError, TargetError, exception_leaves, first_error
-from ingest.core.plan import ID_STRIDE, BatchPlan, plan_batches
+from ingest.core.errors import BadShardError, IngestError, SourceError, exception_leaves, first_error
+from ingest.core.plan import ID_STRIDE, SegmentPlan, plan_segments
+from ingest.load.landing import Landing
 from ingest.load.ledger import Ledger
 from ingest.load.progress import Reporter
 from ingest.sinks.base import Sink
-from ingest.stages.shard import ShardFiles, ValidShard, read_batches, validate_shard
+from ingest.stages.shard import ShardFiles, ValidShard, read_segment, validate_shard
 from ingest.stages.source import Source
 
 log = logging.getLogger(__name__)
@@ -47,15 +55,17 @@ class RunResult:
 class _ShardJob:
     valid: ValidShard
     remaining: int
-    queued: int = 0
+    active: int = 0
     failed: bool = False
 
 
 _DONE = None
 
+_Segments = asyncio.Queue[tuple[_ShardJob, SegmentPlan] | None]
+
 
 class _DrainTimeout(Exception):
-    """Raised by the watchdog when in-flight batches did not finish within drain_seconds."""
+    """Raised by the watchdog when in-flight segments did not finish within drain_seconds."""
 
 
 class Pipeline:
@@ -72,34 +82,31 @@ class Pipeline:
         self.table = settings.table
         self._schema = settings.target.schema
         self._fetchers = max(1, settings.source.download_concurrency)
+        self._workers = max(1, self.cfg.insert_concurrency)
         self.sink = sink
         self.source = source
         self.ledger = ledger
         self.reporter = reporter
         self.stop = stop or asyncio.Event()
         self.result = RunResult()
-        self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
-        self._use_token = False
+        self._read_pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="read")
+        self._landing = Landing(sink, self.table, self.cfg.retry, use_token=False)
 
     async def run(self, shards: list[int]) -> RunResult:
         """Load `shards` (finished ones are skipped); returns what happened. Fatal errors propagate."""
         t0 = time.monotonic()
-        self._use_token = self.sink.info.dedup_token
+        self._landing.use_token = self.sink.info.dedup_token
         todo = [s for s in shards if not self.ledger.is_complete(s)]
         for s in shards:
             if self.ledger.is_complete(s):
                 self.result.shards_done.append(s)
         ready: asyncio.Queue[ShardFiles | None] = asyncio.Queue(maxsize=self._fetchers)
-        batches: asyncio.Queue[tuple[_ShardJob, BatchPlan, pa.RecordBatch] | None] = asyncio.Queue(
-            maxsize=max(1, self.cfg.queue_depth)
-        )
+        segments: _Segments = asyncio.Queue(maxsize=self._workers)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._fetch_all(todo, ready))
-                tg.create_task(self._read_all(ready, batches))
-                workers = [
-                    tg.create_task(self._insert_worker(batches)) for _ in range(max(1, self.cfg.insert_concurrency))
-                ]
+                tg.create_task(self._plan_all(ready, segments))
+                workers = [tg.create_task(self._insert_worker(segments)) for _ in range(self._workers)]
                 watchdog = tg.create_task(self._watchdog())
                 await asyncio.gather(*workers)
                 watchdog.cancel()
@@ -111,7 +118,7 @@ class Pipeline:
             if not all(isinstance(e, _DrainTimeout) for e in leaves):
                 raise
             log.warning(
-                "drain timed out after %.0fs: abandoned in-flight batches (the next run reconciles them)",
+                "drain timed out after %.0fs: abandoned in-flight segments (the next run reconciles them)",
                 self.cfg.drain_seconds,
             )
         finally:
@@ -152,12 +159,8 @@ class Pipeline:
                 tg.create_task(one(shard))
         await ready.put(_DONE)
 
-    # -- stage 2: validate, plan, read ----------------------------------------------------------------------
-    async def _read_all(
-        self,
-        ready: asyncio.Queue[ShardFiles | None],
-        batches: asyncio.Queue[tuple[_ShardJob, BatchPlan, pa.RecordBatch] | None],
-    ) -> None:
+    # -- stage 2: validate, plan ----------------------------------------------------------------------------
+    async def _plan_all(self, ready: asyncio.Queue[ShardFiles | None], segments: _Segments) -> None:
         loop = asyncio.get_running_loop()
         while (files := await ready.get()) is not _DONE:
             if self.stop.is_set():
@@ -169,17 +172,18 @@ class Pipeline:
             except BadShardError as exc:
                 self._quarantine(files.shard, exc)
                 continue
-            await self._read_shard(valid, batches)
-        for _ in range(max(1, self.cfg.insert_concurrency)):
-            await batches.put(_DONE)
+            await self._plan_shard(valid, segments)
+        for _ in range(self._workers):
+            await segments.put(_DONE)
 
-    async def _read_shard(
-        self, valid: ValidShard, batches: asyncio.Queue[tuple[_ShardJob, BatchPlan, pa.RecordBatch] | None]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        plans = plan_batches(valid.shard, valid.rows, self.cfg.batch_rows)
-        done = self.ledger.done_batches(valid.shard, valid.rows, self.cfg.batch_rows)
-        self.ledger.start_shard(valid.shard, valid.rows, self.cfg.batch_rows)  # keeps `done` when the cut matches
+    async def _plan_shard(self, valid: ValidShard, segments: _Segments) -> None:
+        cfg = self.cfg
+        plans = plan_segments(
+            valid.shard, valid.rows, cfg.segment_rows, cfg.batch_rows, segment_bytes=cfg.segment_bytes, dim=valid.schema.dim
+        )
+        cut = plans[0].cut if plans else cfg.segment_rows
+        done = self.ledger.done_segments(valid.shard, valid.rows, cut)
+        self.ledger.start_shard(valid.shard, valid.rows, cut)  # keeps `done` when the cut matches
         todo = [p for p in plans if p.index not in done]
         already = sum(valid.expected_rows(p) for p in plans if p.index in done)
         self.reporter.shard_started(valid.shard, valid.rows - len(valid.drop_rows), already)
@@ -187,106 +191,81 @@ class Pipeline:
         if not todo:
             await self._complete(job)
             return
-        gen = read_batches(valid, todo, self.cfg.batch_rows)
-        try:
-            while not self.stop.is_set():
-                item = await loop.run_in_executor(self._read_pool, next, gen, None)
-                if item is None:
-                    break
-                job.queued += 1
-                await batches.put((job, *item))
-                metrics.QUEUE_DEPTH.set(batches.qsize())
-        except (OSError, pa.ArrowException) as exc:
-            await self._fail_midway(job, f"shard {valid.shard}: read failed after validation ({exc})")
-        finally:
-            # close on the read thread: after a cancellation that thread may still be inside next(gen)
-            with contextlib.suppress(RuntimeError):
-                self._read_pool.submit(gen.close)
+        for seg in todo:
+            if self.stop.is_set() or job.failed:
+                break
+            await segments.put((job, seg))
+            metrics.QUEUE_DEPTH.set(segments.qsize())
 
-    async def _fail_midway(self, job: _ShardJob, reason: str) -> None:
-        """A shard broke while streaming: wait for its in-flight batches, delete what landed, quarantine it."""
+    async def _blocks(self, valid: ValidShard, seg: SegmentPlan) -> AsyncGenerator[pa.RecordBatch, None]:
+        """The segment's blocks, read ahead on the read pool into a queue of `queue_depth // workers` blocks."""
+        loop = asyncio.get_running_loop()
+        gen = read_segment(valid, seg)
+        q: asyncio.Queue[pa.RecordBatch | BadShardError | None] = asyncio.Queue(
+            maxsize=max(1, self.cfg.queue_depth // self._workers)
+        )
+        closing = False
+
+        async def produce() -> None:
+            try:
+                while not closing:
+                    block = await loop.run_in_executor(self._read_pool, next, gen, None)
+                    await q.put(block)
+                    if block is None:
+                        return
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                await q.put(BadShardError(valid.shard, f"read failed after validation ({exc})"))
+
+        task = asyncio.create_task(produce())
+        try:
+            while (item := await q.get()) is not None:
+                if isinstance(item, BadShardError):
+                    raise item
+                yield item
+        finally:
+            closing = True
+            while not task.done():  # let a read in progress finish: the generator must not run when closed
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+                await asyncio.wait({task}, timeout=0.05)
+            gen.close()
+
+    async def _fail_midway(self, job: _ShardJob, exc: BadShardError) -> None:
+        """A shard broke while streaming: wait for its other in-flight segments, delete what landed, quarantine."""
+        if job.failed:
+            return
         job.failed = True
-        while job.queued:
+        while job.active > 1:
             await asyncio.sleep(0.05)
         shard = job.valid.shard
         await self.sink.delete_range(self.table, shard * ID_STRIDE, (shard + 1) * ID_STRIDE - 1)
-        self._quarantine(shard, BadShardError(shard, reason.split(": ", 1)[-1]))
+        self._quarantine(shard, exc)
 
     # -- stage 3: insert ------------------------------------------------------------------------------------
-    async def _insert_worker(self, batches: asyncio.Queue[tuple[_ShardJob, BatchPlan, pa.RecordBatch] | None]) -> None:
-        while (item := await batches.get()) is not _DONE:
-            job, plan, batch = item
-            metrics.QUEUE_DEPTH.set(batches.qsize())
+    async def _insert_worker(self, segments: _Segments) -> None:
+        while (item := await segments.get()) is not _DONE:
+            job, seg = item
+            metrics.QUEUE_DEPTH.set(segments.qsize())
+            if job.failed or self.stop.is_set():
+                continue  # not started: the next run lands it
+            job.active += 1
             try:
-                if job.failed:
-                    continue
-                expected = job.valid.expected_rows(plan)
+                expected = job.valid.expected_rows(seg)
                 t = time.monotonic()
-                inserted = await self._land(plan, batch, expected)
+                inserted = await self._landing.land(seg, expected, functools.partial(self._blocks, job.valid, seg))
                 metrics.BATCH_INSERT_SECONDS.observe(time.monotonic() - t)
                 metrics.ROWS_INSERTED.inc(inserted)
                 self.result.rows_inserted += inserted
                 self.result.rows_already += expected - inserted
-                self.ledger.mark_batch(plan.shard, plan.index)
-                self.reporter.rows_landed(plan.shard, expected)
+                self.ledger.mark_segment(seg.shard, seg.index)
+                self.reporter.rows_landed(seg.shard, expected)
                 job.remaining -= 1
-                if job.remaining == 0:
+                if job.remaining == 0 and not job.failed:
                     await self._complete(job)
+            except BadShardError as exc:
+                await self._fail_midway(job, exc)
             finally:
-                job.queued -= 1
-
-    async def _land(self, plan: BatchPlan, batch: pa.RecordBatch, expected: int) -> int:
-        """Make the batch's id range hold exactly its rows; returns rows inserted now (0 if already there).
-
-        The range is counted first (the ledger did not list it as done, so an earlier run may have landed it),
-        and again after an uncertain failure, so a retry can neither duplicate nor lose rows.
-        """
-        ref = self.table
-        token = plan.token(ref.key, self.cfg.batch_rows) if self._use_token else None
-        attempt = verifies = 0
-        while True:
-            try:
-                have = await self.sink.count_range(ref, plan.first_id, plan.last_id)
-                if have == expected:
-                    return 0
-                if have:
-                    log.warning(
-                        "shard %d batch %d: %d of %d rows present; replacing the range",
-                        plan.shard,
-                        plan.index,
-                        have,
-                        expected,
-                    )
-                    await self.sink.delete_range(ref, plan.first_id, plan.last_id)
-                    token = f"{token}:r{time.time_ns()}" if token else None  # the old token would dedup the re-insert
-                await self.sink.insert(ref, batch, token)
-                if token is not None and await self.sink.count_range(ref, plan.first_id, plan.last_id) != expected:
-                    # a block with this token was inserted and deleted before: dedup dropped ours; send it fresh
-                    verifies += 1
-                    if verifies > 2:
-                        raise TargetError(
-                            f"shard {plan.shard} batch {plan.index}: id range does not hold "
-                            f"{expected} rows after insert"
-                        )
-                    token = f"{token}:r{time.time_ns()}"
-                    continue
-                return expected
-            except IngestError as exc:
-                if not exc.retriable or attempt >= self.cfg.retry.max_retries:
-                    raise
-                attempt += 1
-                metrics.RETRIES.inc()
-                delay = self.cfg.retry.delay(attempt)
-                log.warning(
-                    "shard %d batch %d: %s; retry %d/%d in %.1fs",
-                    plan.shard,
-                    plan.index,
-                    exc,
-                    attempt,
-                    self.cfg.retry.max_retries,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                job.active -= 1
 
     async def _complete(self, job: _ShardJob) -> None:
         shard = job.valid.shard

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from ingest.clickhouse.settings import ASYNC_INSERT_SINCE, Squash
 from ingest.core.ids import TableRef
+from ingest.core.plan import SegmentPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +23,8 @@ class ServerInfo:
     vector_index: bool
     cosine_distance: bool
     query_parameters: bool
+    async_insert: bool = False
+    """The server knows `async_insert` (21.11+; on by default from 26.2): we send async_insert=0."""
 
     @property
     def missing(self) -> list[str]:
@@ -47,6 +52,7 @@ def server_info(version: str) -> ServerInfo:
         vector_index=v >= (25, 8),
         cosine_distance=v >= (21, 11),
         query_parameters=v >= (19, 11),
+        async_insert=v >= ASYNC_INSERT_SINCE,
     )
 
 
@@ -63,8 +69,12 @@ class Sink(Protocol):
         """Create database and table if missing; refuse a table whose schema differs."""
         ...
 
-    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
-        """Insert one batch atomically (one block). `token` dedups a retried block where supported."""
+    async def insert(
+        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+    ) -> None:
+        """Insert one segment as one INSERT, streaming `blocks` as they come: the server squashes them into one
+        block (one part), so the segment lands whole or not at all. `token` dedups a retried segment where
+        supported. The caller closes `blocks`."""
         ...
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
@@ -91,3 +101,8 @@ class CountsBytes(Protocol):
     """A sink with a wire (HTTP) counts the insert body bytes it sent."""
 
     bytes_sent: int
+
+
+def squash_of(segment: SegmentPlan) -> Squash:
+    """The squashing that makes `segment` one block on the server."""
+    return Squash(rows=segment.rows, max_bytes=segment.max_bytes)

@@ -9,51 +9,36 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import re
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 
+from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, parse_error
+from ingest.clickhouse.settings import insert_settings, settings_clause
 from ingest.clickhouse.sql import (
     count_range_sql,
     create_database_sql,
     create_table_sql,
     delete_range_sql,
     describe_sql,
-    quote_string,
     table_problem,
 )
 from ingest.core.config import TargetConfig
-from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError, classify_clickhouse_error
+from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError
 from ingest.core.ids import TableRef
-from ingest.sinks.base import ServerInfo, server_info
-
-DEDUP_WINDOW = 100_000
-_CODE = re.compile(r"Code:\s*(\d+)")
+from ingest.core.plan import SegmentPlan
+from ingest.sinks.base import ServerInfo, server_info, squash_of
 
 
 def map_chdb_error(exc: Exception) -> TargetError:
     """chdb raises one exception type with the server text: recover the code and the first line."""
-    text = str(exc)
-    m = _CODE.search(text)
-    code = int(m.group(1)) if m else None
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    first = re.sub(r"\s*Stack trace.*$", "", first)
-    return classify_clickhouse_error(code, f"chdb: {first}")
-
-
-def settings_clause(settings: dict[str, str | int] | None) -> str:
-    if not settings:
-        return ""
-    parts = []
-    for key, value in settings.items():
-        if not re.match(r"^[a-z_][a-z0-9_]*$", key):
-            raise ValueError(f"bad setting name {key!r}")
-        parts.append(f"{key} = {value}" if isinstance(value, int) else f"{key} = {quote_string(value)}")
-    return " SETTINGS " + ", ".join(parts)
+    reply = parse_error(str(exc))
+    if not reply.first_line:
+        return TargetError(f"chdb: {type(exc).__name__}")
+    return reply.error("chdb")
 
 
 class ChdbSink:
@@ -66,6 +51,8 @@ class ChdbSink:
         self._session: Any = None
         self._lock_fd: int | None = None
         self.info = server_info("0")
+        self.arrow_stream = False
+        """Stream a segment to chdb as a RecordBatchReader instead of one Table (see `insert`)."""
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -114,7 +101,7 @@ class ChdbSink:
         merged: dict[str, str | int] = {"output_format_json_quote_64bit_integers": 0, **(settings or {})}
         res = self._raw(sql + settings_clause(merged), "JSONEachRow")
         data = res.bytes() if hasattr(res, "bytes") else bytes(res)
-        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+        return json_rows(data, "chdb")
 
     async def connect(self) -> ServerInfo:
         version = await self._call(self._open)
@@ -131,16 +118,48 @@ class ChdbSink:
 
         await self._call(work)
 
-    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
-        # the load never pays for vector indexes: parts get them from `laion-ingest index` (or later merges)
-        settings: dict[str, str | int] = {"materialize_skip_indexes_on_insert": 0}
-        if token:
-            settings["insert_deduplication_token"] = token
-        clause = settings_clause(settings)
+    async def insert(
+        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+    ) -> None:
+        """One `INSERT … SELECT * FROM Python(…)` per segment.
+
+        Default: the segment's blocks as one Arrow Table (chunks, no concatenation), gathered while they are read
+        and handed over whole: the Python() table function needs its data at call time, and the Table is what
+        chdb's own squashing would hold anyway. `arrow_stream = True` streams a RecordBatchReader instead,
+        pulling each block from the event loop while the engine runs.
+        """
+        settings = insert_settings(
+            token=token,
+            squash=squash_of(segment),
+            dedup_token=True,
+            async_insert=self.info.async_insert,
+            skip_indexes=True,  # the load never pays for vector indexes: `laion-ingest index` builds them
+        )
+        sql = f"INSERT INTO {ref.sql} SELECT * FROM Python(data){settings_clause(settings)}"
+        if self.arrow_stream:
+            loop = asyncio.get_running_loop()
+            first = await anext(blocks, None)
+            if first is None:
+                return
+
+            def pull() -> Iterator[pa.RecordBatch]:
+                yield first
+                while (nxt := asyncio.run_coroutine_threadsafe(anext(blocks, None), loop).result()) is not None:
+                    yield nxt
+
+            def stream() -> None:
+                data = pa.RecordBatchReader.from_batches(first.schema, pull())  # noqa: F841 - read by chdb by name
+                self._raw(sql)
+
+            await self._call(stream)
+            return
+        batches = [b async for b in blocks if b.num_rows]
+        if not batches:
+            return
 
         def work() -> None:
-            tbl = pa.Table.from_batches([batch])  # noqa: F841 - read by name by chdb's Python() table function
-            self._raw(f"INSERT INTO {ref.sql} SELECT * FROM Python(tbl){clause}")
+            data = pa.Table.from_batches(batches)  # noqa: F841 - read by name by chdb's Python() table function
+            self._raw(sql)
 
         await self._call(work)
 

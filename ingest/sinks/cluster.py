@@ -7,8 +7,8 @@ Composed of HttpSinks: one for the entry node (the --target), one per node of th
 - Tables: `ON CLUSTER` when the cluster has a distributed DDL queue (ZooKeeper/Keeper), else node by node; either
   way every node's tables are then checked (columns and engines), as for one node.
 - Inserts, `--insert-mode distributed`: through the Distributed table, synchronously, so success means the rows
-  are on their shards. `--insert-mode local`: each batch goes straight to one shard's local table, chosen by
-  `placement` (crc32 of "shard:batch index" over the shard weights): deterministic, so a retry goes where the first
+  are on their shards. `--insert-mode local`: each segment goes straight to one shard's local table, chosen by
+  `placement` (crc32 of "shard:segment index" over the shard weights): deterministic, so a retry goes where the first
   attempt went.
 - Counts go through the Distributed table (they see every node); deletes run on every node's local table (ALTER
   is not supported on Distributed) and wait for the mutation on each.
@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -32,7 +32,7 @@ from ingest.clickhouse.sql import create_database_sql, describe_sql, table_probl
 from ingest.core.config import TargetConfig
 from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError, first_error
 from ingest.core.ids import TableRef
-from ingest.core.plan import ID_STRIDE
+from ingest.core.plan import ID_STRIDE, SegmentPlan
 from ingest.sinks.base import ServerInfo
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
@@ -101,7 +101,7 @@ def batch_position(first_id: int, batch_rows: int) -> tuple[int, int]:
 
 
 def placement(shard: int, index: int, weights: Sequence[int]) -> int:
-    """Which shard (position in `weights`) takes a batch in local mode: crc32("shard:index") modulo the total
+    """Which shard (position in `weights`) takes a segment in local mode: crc32("shard:index") modulo the total
     weight, walked over the cumulative weights, as Distributed itself weighs shards (weight 0 takes nothing).
     Pure and stable across runs.
     """
@@ -122,6 +122,7 @@ def combined_info(infos: Sequence[ServerInfo]) -> ServerInfo:
         vector_index=all(i.vector_index for i in infos),
         cosine_distance=all(i.cosine_distance for i in infos),
         query_parameters=all(i.query_parameters for i in infos),
+        async_insert=all(i.async_insert for i in infos),
     )
 
 
@@ -275,16 +276,14 @@ class ClusterSink:
                 raise SchemaMismatchError(f"table {table.key} on {where} {mismatch}")
 
     # -- data -------------------------------------------------------------------------------------------------
-    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
-        if batch.num_rows == 0:
-            return
+    async def insert(
+        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+    ) -> None:
         if self._mode == "distributed":
-            await self._entry.insert(ref, batch, token)
+            await self._entry.insert(ref, segment, blocks, token)
             return
-        first_id = int(batch.column(batch.schema.get_field_index("id"))[0].as_py())
-        shard, index = batch_position(first_id, self._batch_rows)
-        sink = self._shards[placement(shard, index, self._weights)]
-        await sink.insert(csql.local_ref(ref), batch, token)
+        sink = self._shards[placement(segment.shard, segment.index, self._weights)]
+        await sink.insert(csql.local_ref(ref), segment, blocks, token)
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         return await self._entry.count_range(ref, first_id, last_id)

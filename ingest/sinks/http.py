@@ -9,8 +9,8 @@ Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -21,11 +21,13 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
-import orjson
 import pyarrow as pa
 from yarl import URL
 
 from ingest.clickhouse.compress import BodyCodec, compressed_body, is_loopback, plan_compression
+from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, one_line, parse_error
+from ingest.clickhouse.settings import Squash, check_setting_name
+from ingest.clickhouse.settings import insert_settings as settings_for_insert
 from ingest.clickhouse.sql import (
     count_range_sql,
     create_database_sql,
@@ -35,7 +37,7 @@ from ingest.clickhouse.sql import (
     quote_string,
     table_problem,
 )
-from ingest.clickhouse.wire import FORMAT_NAMES, body_size, encode
+from ingest.clickhouse.wire import ABORT_BLOCK, FORMAT_NAMES, SEAM_BYTES, encode, split_head, split_tail
 from ingest.core import metrics
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import (
@@ -45,14 +47,13 @@ from ingest.core.errors import (
     TargetError,
     TransientTargetError,
     UncertainInsertError,
-    classify_clickhouse_error,
 )
 from ingest.core.ids import TableRef
-from ingest.sinks.base import ServerInfo, parse_version, server_info
+from ingest.core.plan import SegmentPlan
+from ingest.sinks.base import ServerInfo, parse_version, server_info, squash_of
 
 log = logging.getLogger(__name__)
 
-DEDUP_WINDOW = 100_000
 CHUNK_BYTES = 1 << 20
 """Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
 CONNECT_TIMEOUT = 10.0
@@ -61,13 +62,9 @@ READ_TIMEOUT = 900.0
 KEEPALIVE_SECONDS = 2.0
 """Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
 MUTATION_TIMEOUT = 300.0
-MESSAGE_LIMIT = 300
 
 MUTATIONS_SYNC_SINCE = (20, 1)
 """The `mutations_sync` setting (wait for ALTER DELETE) exists from 20.1; older servers are polled."""
-
-_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CODE = re.compile(r"Code:\s*(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +87,7 @@ def auth_headers(credentials: Credentials) -> dict[str, str]:
 def _params(database: str, settings: dict[str, str | int] | None) -> list[tuple[str, str]]:
     params = [("database", database), ("wait_end_of_query", "1")]
     for key, value in (settings or {}).items():
-        if not _SETTING.match(key):
-            raise ValueError(f"bad setting name {key!r}")
-        params.append((key, str(value)))
+        params.append((check_setting_name(key), str(value)))
     return params
 
 
@@ -125,17 +120,18 @@ def insert_sql(ref: TableRef, fmt: str) -> str:
     return f"INSERT INTO {ref.sql} FORMAT {FORMAT_NAMES['rowbinary' if fmt == 'rowbinary' else 'native']}"
 
 
-def insert_settings(info: ServerInfo, token: str | None) -> dict[str, str | int]:
+def insert_settings(info: ServerInfo, token: str | None, squash: Squash | None = None) -> dict[str, str | int]:
     """Only settings the server knows (18.16 would refuse the whole insert for an unknown one).
 
     Servers with vector indexes also skip building them on insert: the load never pays for the index.
     """
-    settings: dict[str, str | int] = {}
-    if token and info.dedup_token:
-        settings["insert_deduplication_token"] = token
-    if info.vector_index:
-        settings["materialize_skip_indexes_on_insert"] = 0
-    return settings
+    return settings_for_insert(
+        token=token,
+        squash=squash,
+        dedup_token=info.dedup_token,
+        async_insert=info.async_insert,
+        skip_indexes=info.vector_index,
+    )
 
 
 def pending_mutations_sql(ref: TableRef) -> str:
@@ -149,25 +145,14 @@ def has_mutations_sync(info: ServerInfo) -> bool:
     return parse_version(info.version) >= MUTATIONS_SYNC_SINCE
 
 
-def one_line(text: str) -> str:
-    """The first line of a server message without 18.16's `e.what()` tail or a stack trace, bounded."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    line = re.sub(r",\s*e\.what\(\)\s*=\s*\S+\s*$", "", line)
-    line = re.sub(r"\s*Stack trace.*$", "", line)
-    line = line.replace("e.displayText() = ", "")
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
-
-
 def server_error(status: int, code_header: str | None, body: str, user: str, where: str) -> TargetError:
     """Map a failed response (status, exception code, text) into the error tree; no credential text."""
-    code: int | None = int(code_header) if code_header and code_header.strip().isdigit() else None
-    if code is None:
-        m = _CODE.search(body)
-        code = int(m.group(1)) if m else None
-    message = f"ClickHouse at {where}: {one_line(body) or f'HTTP {status}'}"
-    err = classify_clickhouse_error(code, message, status)
+    reply = parse_error(body, code_header)
+    if not reply.first_line:
+        reply = dataclasses.replace(reply, first_line=f"HTTP {status}")
+    err = reply.error(f"ClickHouse at {where}", status)
     if isinstance(err, AuthError) or status in (401, 403):
-        return AuthError(f"authentication failed for user {user!r} at {where}", code)
+        return AuthError(f"authentication failed for user {user!r} at {where}", reply.code)
     return err
 
 
@@ -185,11 +170,9 @@ def ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-async def _stream(parts: list[memoryview]) -> AsyncIterator[memoryview]:
-    """The body in pieces of at most CHUNK_BYTES, views of the encoded buffers (no joining copy)."""
-    for part in parts:
-        for start in range(0, part.nbytes, CHUNK_BYTES):
-            yield part[start : start + CHUNK_BYTES]
+def _chunks(parts: list[memoryview]) -> list[memoryview]:
+    """The encoded buffers in pieces of at most CHUNK_BYTES (views, no joining copy)."""
+    return [part[start : start + CHUNK_BYTES] for part in parts for start in range(0, part.nbytes, CHUNK_BYTES)]
 
 
 class HttpSink:
@@ -239,7 +222,7 @@ class HttpSink:
     async def _send(
         self,
         req: HttpRequest,
-        body: AsyncIterator[memoryview] | None = None,
+        body: AsyncIterator[memoryview | bytes] | None = None,
         size: int | None = None,
     ) -> bytes:
         """POST; every aiohttp/OS failure leaves here as an error of our tree.
@@ -261,7 +244,9 @@ class HttpSink:
                 raise self._mapped(exc, insert) from None
         raise AssertionError("unreachable")
 
-    async def _send_once(self, req: HttpRequest, body: AsyncIterator[memoryview] | None, size: int | None) -> bytes:
+    async def _send_once(
+        self, req: HttpRequest, body: AsyncIterator[memoryview | bytes] | None, size: int | None
+    ) -> bytes:
         headers = dict(req.headers)
         if size is not None:
             headers["Content-Length"] = str(size)  # known length: no chunked framing, server sees truncation
@@ -303,24 +288,65 @@ class HttpSink:
         if problem:
             raise SchemaMismatchError(f"table {ref.key} {problem}")
 
-    async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
-        if batch.num_rows == 0:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
-        except (ValueError, pa.ArrowException) as exc:
-            raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
+    async def insert(
+        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+    ) -> None:
+        """One POST per segment; its chunked body is encoded block by block as `blocks` yields them."""
         codec = self._codec()
         req = build_request(
             self._base,
             self._creds,
             ref.database,
             insert_sql(ref, self._format),
-            {**insert_settings(self.info, token), **self.insert_extra, **codec.params},
+            {**insert_settings(self.info, token, squash_of(segment)), **self.insert_extra, **codec.params},
             insert=True,
         )
-        await self._send(*self._wire(req, codec, _stream(parts), body_size(parts)))
+        failure: list[Exception] = []
+        try:
+            await self._send(*self._wire(req, codec, self._body(ref, blocks, failure)))
+        except Exception:
+            if failure:  # the body's own source failed (a read or encode error): that is the cause, not the cut
+                raise failure[0] from None
+            raise
+
+    async def _body(
+        self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch], failure: list[Exception]
+    ) -> AsyncIterator[memoryview | bytes]:
+        """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in pieces.
+
+        The one place an insert body is produced: a wrapper (compression) wraps this iterator.
+
+        A server reading a body that ends exactly between two blocks sees a clean end of data and commits the
+        blocks before it (18.16 does, chunked or not). So no piece ever ends on a block boundary: the last
+        SEAM_BYTES of a block travel in one piece with the first SEAM_BYTES of the next, and a cut (a kill, a
+        lost connection, a cancelled insert) always leaves the server a truncated block, which fails the INSERT.
+        When the block source fails, the rest of the current block goes out with an unparsable block header, for
+        the same reason; the source's error is kept in `failure` before the transport turns it into a cut.
+        """
+        loop = asyncio.get_running_loop()
+        carry = b""  # the held-back end of the last block sent
+        try:
+            async for batch in blocks:
+                if batch.num_rows == 0:
+                    continue
+                try:
+                    parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
+                except (ValueError, pa.ArrowException) as exc:
+                    raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
+                head, rest = split_head(parts, SEAM_BYTES)
+                if not rest:  # a tiny block: carry all of it into the next seam
+                    carry += head
+                    continue
+                yield carry + head
+                rest, carry = split_tail(rest, SEAM_BYTES)
+                for chunk in _chunks(rest):
+                    yield chunk
+        except Exception as exc:
+            failure.append(exc)
+            yield carry + ABORT_BLOCK
+            raise
+        if carry:
+            yield carry
 
     # -- body compression and byte counting: one wrapper around any streamed insert body ----------------------
     def _codec(self) -> BodyCodec:
@@ -332,12 +358,12 @@ class HttpSink:
         metrics.BYTES_SENT.inc(n)
 
     def _wire(
-        self, req: HttpRequest, codec: BodyCodec, body: AsyncIterator[memoryview], size: int
-    ) -> tuple[HttpRequest, AsyncIterator[memoryview], int | None]:
-        """The request with the codec's headers, the body compressed (in the pool) and counted; same length if plain."""
+        self, req: HttpRequest, codec: BodyCodec, body: AsyncIterator[memoryview | bytes]
+    ) -> tuple[HttpRequest, AsyncIterator[memoryview | bytes]]:
+        """The request with the codec's headers and the body compressed (in the pool) and counted."""
         offload = partial(asyncio.get_running_loop().run_in_executor, self._pool)
         wired = HttpRequest(req.url, {**req.headers, **codec.headers}, req.body)
-        return wired, compressed_body(body, codec, self._count, offload), size if codec.identity else None
+        return wired, compressed_body(body, codec, self._count, offload)
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))
@@ -373,10 +399,7 @@ class HttpSink:
         merged: dict[str, str | int] = {"output_format_json_quote_64bit_integers": 0, **(settings or {})}
         text = sql.strip().rstrip(";") + "\nFORMAT JSONEachRow"
         raw = await self._send(self._request(text, merged, database))
-        try:
-            return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
-        except orjson.JSONDecodeError as exc:
-            raise TargetError(f"ClickHouse at {self._where} sent a reply that is not JSON: {exc}") from None
+        return json_rows(raw, self._where)
 
     async def execute(
         self, sql: str, settings: dict[str, str | int] | None = None, database: str | None = None
@@ -390,4 +413,4 @@ class HttpSink:
         self._pool.shutdown(wait=True)
 
 
-__all__ = ["HttpRequest", "HttpSink", "build_request"]
+__all__ = ["DEDUP_WINDOW", "HttpRequest", "HttpSink", "build_request", "one_line"]

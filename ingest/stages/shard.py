@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from ingest.core.config import NanPolicy
 from ingest.core.errors import BadShardError
 from ingest.core.layout import LAION400M, Layout
-from ingest.core.plan import BatchPlan
+from ingest.core.plan import BatchPlan, SegmentPlan
 from ingest.core.schema import STRING_COLUMNS, TableSchema, column_for
 from ingest.stages.batch import build_batch
 from ingest.stages.npy import NpyInfo, nonfinite_rows, read_npy_header, read_rows
@@ -58,7 +58,7 @@ class ValidShard:
     def shard(self) -> int:
         return self.files.shard
 
-    def expected_rows(self, plan: BatchPlan) -> int:
+    def expected_rows(self, plan: BatchPlan | SegmentPlan) -> int:
         """Rows of `plan` that will land (all of them unless some were dropped for NaN)."""
         if not len(self.drop_rows):
             return plan.rows
@@ -151,10 +151,13 @@ def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPoli
 class _MetaCursor:
     """Sequential reader of the metadata columns that hands out exact row ranges across row groups."""
 
-    def __init__(self, path: Path, batch_rows: int, columns: tuple[str, ...]) -> None:
-        self._it = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns))
+    def __init__(self, path: Path, batch_rows: int, columns: tuple[str, ...], from_row: int = 0) -> None:
+        """Read from the row group holding `from_row` on (earlier groups are not decoded)."""
+        pf = pq.ParquetFile(path)
+        groups, base = _groups_from(pf.metadata, from_row)
+        self._it = pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(columns))
         self._buf: list[pa.RecordBatch] = []
-        self._buf_start = 0
+        self._buf_start = base
         self._buf_rows = 0
 
     def take(self, start: int, stop: int) -> pa.Table:
@@ -175,6 +178,45 @@ class _MetaCursor:
             self._buf.pop(0)
 
 
+def _groups_from(meta: pq.FileMetaData, row: int) -> tuple[list[int], int]:
+    """Row groups from the one holding `row` to the end, and the first row of that group."""
+    base = 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if row < base + n:
+            return list(range(g, meta.num_row_groups)), base
+        base += n
+    return [], base
+
+
+def read_segment(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.RecordBatch, None, None]:
+    """Yield the segment's blocks, read from the shard's files (pread windows, parquet from the right row group).
+
+    Every call reads afresh, so a retried insert re-reads its segment instead of anyone buffering it.
+    """
+    blocks = segment.blocks()
+    cursor = _MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start)
+    fd_img = os.open(shard.img.path, os.O_RDONLY)
+    fd_txt = os.open(shard.text.path, os.O_RDONLY)
+    try:
+        for plan in blocks:
+            yield _block(shard, plan, cursor, fd_img, fd_txt)
+    finally:
+        os.close(fd_img)
+        os.close(fd_txt)
+
+
+def _block(shard: ValidShard, plan: BatchPlan, cursor: _MetaCursor, fd_img: int, fd_txt: int) -> pa.RecordBatch:
+    meta = cursor.take(plan.start, plan.stop)
+    img = read_rows(shard.img, plan.start, plan.stop, fd_img)
+    txt = read_rows(shard.text, plan.start, plan.stop, fd_txt)
+    drop = None
+    if len(shard.drop_rows):
+        lo, hi = np.searchsorted(shard.drop_rows, [plan.start, plan.stop])
+        drop = shard.drop_rows[lo:hi] - plan.start
+    return build_batch(plan, img, txt, meta, drop, shard.schema)
+
+
 def read_batches(
     shard: ValidShard, plans: list[BatchPlan], batch_rows: int
 ) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
@@ -184,14 +226,7 @@ def read_batches(
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:
         for plan in sorted(plans, key=lambda p: p.start):
-            meta = cursor.take(plan.start, plan.stop)
-            img = read_rows(shard.img, plan.start, plan.stop, fd_img)
-            txt = read_rows(shard.text, plan.start, plan.stop, fd_txt)
-            drop = None
-            if len(shard.drop_rows):
-                lo, hi = np.searchsorted(shard.drop_rows, [plan.start, plan.stop])
-                drop = shard.drop_rows[lo:hi] - plan.start
-            yield plan, build_batch(plan, img, txt, meta, drop, shard.schema)
+            yield plan, _block(shard, plan, cursor, fd_img, fd_txt)
     finally:
         os.close(fd_img)
         os.close(fd_txt)

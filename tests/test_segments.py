@@ -1,0 +1,217 @@
+"""Segments on the real engines: one segment = one INSERT = one part, and a segment cut mid-body commits nothing.
+
+Parts are counted by block numbers: every part a MergeTree INSERT writes takes the next block number, and merges
+keep the range, so `max(max_block_number) - min(min_block_number) + 1` over the active parts is the number of
+parts ever inserted, however much was merged since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from cli_run import cli
+from exact import assert_table_equals, chdb_table, expected_rows, server_table
+from server_fixtures import ServerHandle
+
+from ingest.clickhouse.settings import Squash
+from ingest.clickhouse.sql import create_table_sql
+from ingest.clickhouse.wire import encode_native
+from ingest.core.config import Credentials, TargetConfig
+from ingest.core.ids import TableRef
+from ingest.core.plan import SEGMENT_BYTES, plan_segments
+from ingest.core.target import parse_target
+from ingest.sinks.base import server_info
+from ingest.sinks.http import HttpSink, build_request, insert_settings, insert_sql
+from ingest.stages.batch import batch_schema
+
+STRIDE = 10_000_000
+BLOCK = 500
+DIM = 16
+
+
+def block(first_id: int, n: int = BLOCK) -> pa.RecordBatch:
+    rng = np.random.default_rng(first_id)
+
+    def vec() -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * DIM).astype(np.float32)), DIM)
+
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+            pa.array([f"https://x/{i}" for i in range(n)]),
+            pa.array([f"caption {i}" for i in range(n)]),
+            pa.array(["UNLIKELY"] * n),
+            pa.array(rng.random(n).astype(np.float32)),
+            vec(),
+            vec(),
+        ],
+        schema=batch_schema(DIM),
+    )
+
+
+def inserted_parts(rows: list[dict[str, int]]) -> int:
+    return int(rows[0]["hi"]) - int(rows[0]["lo"]) + 1
+
+
+PARTS_SQL = (
+    "SELECT min(min_block_number) AS lo, max(max_block_number) AS hi FROM system.parts "
+    "WHERE database = '{db}' AND table = 'laion' AND active"
+)
+
+
+def run_args(src: Path, target: str, state: Path, *extra: str) -> list[str]:
+    return ["run", "--source", str(src), "--shards", "0-1", "--target", target, "--dim", str(DIM), "--batch-rows",
+            "250", "--segment-rows", "1000", "--no-progress", "--state", str(state), *extra]  # fmt: skip
+
+
+def test_chdb_one_segment_is_one_part(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_shards([0, 1], rows=3300, dim=DIM)
+    db = tmp_path / "db"
+    res = cli(*run_args(src, f"chdb:{db}", tmp_path / "ledger.json"))
+    assert res.returncode == 0, res.stderr
+    assert_table_equals(chdb_table(db), expected_rows(src, [0, 1]))
+    from chdb import session
+
+    s = session.Session(str(db))
+    try:
+        raw = s.query(PARTS_SQL.format(db="default"), "JSONEachRow").bytes()
+    finally:
+        s.close()
+    import json
+
+    # 2 shards × 4 segments (1000, 1000, 1000, 300 rows) in 250-row blocks: 8 parts, not 28
+    assert inserted_parts([json.loads(raw.splitlines()[0])]) == 8
+
+
+@pytest.mark.server
+def test_server_one_segment_is_one_part(make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_shards([0, 1], rows=3300, dim=DIM)
+    res = cli(*run_args(src, ch_server.http_url, tmp_path / "ledger.json", "--database", ch_db))
+    assert res.returncode == 0, res.stderr
+    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1]))
+    import json
+
+    raw = ch_server.query(PARTS_SQL.format(db=ch_db) + " FORMAT JSONEachRow")
+    assert inserted_parts([json.loads(raw.splitlines()[0])]) == 8
+
+
+def _post_chunked_then_cut(
+    server: ServerHandle, db: str, squash_rows: int, blocks: list[pa.RecordBatch], keep_last: float = 0.5
+) -> None:
+    """POST the blocks as one chunked Native body, stop `keep_last` of the way through the last one (0: right
+    after the block before it) and drop the connection."""
+    ref = TableRef(db, "laion")
+    settings = insert_settings(server_info("18.16.1"), None, Squash(rows=squash_rows, max_bytes=SEGMENT_BYTES))
+    req = build_request(server.http_url, Credentials(), db, insert_sql(ref, "native"), settings, insert=True)
+    path = req.url.split(str(server.http_port), 1)[1]
+    bodies = [b"".join(bytes(p) for p in encode_native(b)) for b in blocks]
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-ClickHouse-User: default\r\n"
+            "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        for body in bodies[:-1]:
+            sock.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+        last = bodies[-1][: int(len(bodies[-1]) * keep_last)]
+        if last:
+            sock.sendall(f"{len(bodies[-1]):x}\r\n".encode() + last)
+        time.sleep(0.5)  # the server has read and parsed the whole blocks before the cut
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _count(server: ServerHandle, db: str, lo: int, hi: int) -> int:
+    return int(server.query(f"SELECT count() FROM {db}.laion WHERE id BETWEEN {lo} AND {hi}"))
+
+
+@pytest.mark.server
+def test_a_segment_cut_mid_body_commits_nothing(ch_server: ServerHandle, ch_db: str) -> None:
+    ch_server.query(create_table_sql(TableRef(ch_db, "laion"), None))
+    seg = [block(i * BLOCK) for i in range(4)]  # one segment of 4 blocks, cut in the 4th
+    _post_chunked_then_cut(ch_server, ch_db, 4 * BLOCK, seg)
+    # control, same body into another id range: squashing only to one block, the blocks before the cut commit
+    ctl = [block(STRIDE + i * BLOCK) for i in range(4)]
+    _post_chunked_then_cut(ch_server, ch_db, BLOCK, ctl)
+    deadline = time.monotonic() + 10
+    while _count(ch_server, ch_db, STRIDE, 2 * STRIDE) < 3 * BLOCK and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _count(ch_server, ch_db, STRIDE, 2 * STRIDE) == 3 * BLOCK, "the control shows what a cut leaves"
+    assert _count(ch_server, ch_db, 0, STRIDE - 1) == 0
+
+
+@pytest.mark.server
+def test_a_body_ending_between_blocks_looks_complete_to_18_16(ch_server: ServerHandle, ch_db: str) -> None:
+    """Why the HTTP sink never lets a piece of its body end on a block boundary (see HttpSink._body)."""
+    ch_server.query(create_table_sql(TableRef(ch_db, "laion"), None))
+    _post_chunked_then_cut(ch_server, ch_db, 4 * BLOCK, [block(i * BLOCK) for i in range(4)], keep_last=0.0)
+    deadline = time.monotonic() + 10
+    while _count(ch_server, ch_db, 0, STRIDE) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _count(ch_server, ch_db, 0, STRIDE) == 3 * BLOCK
+
+
+@pytest.mark.server
+def test_a_segment_whose_source_fails_midway_lands_nothing_and_names_the_cause(
+    ch_server: ServerHandle, ch_db: str
+) -> None:
+    """Our sink's own stream (chunked body, our squash settings): the reader fails after 3 of 4 blocks."""
+    ref = TableRef(ch_db, "laion")
+    seg = plan_segments(0, 4 * BLOCK, 4 * BLOCK, BLOCK, dim=DIM)[0]
+
+    async def blocks() -> AsyncIterator[pa.RecordBatch]:
+        for i in range(3):
+            yield block(i * BLOCK)
+            await asyncio.sleep(0.2)
+        raise OSError("disk vanished")
+
+    async def go() -> int:
+        cfg = TargetConfig(spec=parse_target(ch_server.http_url), database=ch_db)
+        sink = HttpSink(cfg)
+        try:
+            await sink.connect()
+            await sink.ensure_table(ref)
+            with pytest.raises(OSError, match="disk vanished"):
+                await sink.insert(ref, seg, blocks(), None)
+            await asyncio.sleep(1.0)
+            return await sink.count_range(ref, seg.first_id, seg.last_id)
+        finally:
+            await sink.close()
+
+    assert asyncio.run(go()) == 0
+
+
+@pytest.mark.parametrize("fmt", ["native", "rowbinary"])
+@pytest.mark.parametrize("sizes", [[BLOCK] * 4, [3, 1, 700, 2, 1], [1]])
+def test_no_body_piece_ends_on_a_block_boundary(fmt: str, sizes: list[int]) -> None:
+    """A cut between pieces always leaves a truncated block: the body, joined, is the blocks' encoding in order."""
+    from ingest.clickhouse.wire import encode
+
+    batches, first = [], 0
+    for n in sizes:
+        batches.append(block(first, n))
+        first += n
+    encoded = [b"".join(bytes(p) for p in encode(b, fmt)) for b in batches]  # type: ignore[arg-type]
+    boundaries = set(np.cumsum([len(e) for e in encoded])[:-1].tolist())
+
+    async def go() -> list[bytes]:
+        sink = HttpSink(TargetConfig(spec=parse_target("http://127.0.0.1:9"), insert_format=fmt))  # type: ignore[arg-type]
+
+        async def source() -> AsyncIterator[pa.RecordBatch]:
+            for b in batches:
+                yield b
+
+        try:
+            return [bytes(p) async for p in sink._body(TableRef("d", "t"), source(), [])]
+        finally:
+            await sink.close()
+
+    pieces = asyncio.run(go())
+    assert b"".join(pieces) == b"".join(encoded)
+    ends = set(np.cumsum([len(p) for p in pieces]).tolist())
+    assert not ends & boundaries

@@ -179,7 +179,12 @@ class Pipeline:
     async def _plan_shard(self, valid: ValidShard, segments: _Segments) -> None:
         cfg = self.cfg
         plans = plan_segments(
-            valid.shard, valid.rows, cfg.segment_rows, cfg.batch_rows, segment_bytes=cfg.segment_bytes, dim=valid.schema.dim
+            valid.shard,
+            valid.rows,
+            cfg.segment_rows,
+            cfg.batch_rows,
+            segment_bytes=cfg.segment_bytes,
+            dim=valid.schema.dim,
         )
         cut = plans[0].cut if plans else cfg.segment_rows
         done = self.ledger.done_segments(valid.shard, valid.rows, cut)

@@ -185,7 +185,7 @@ def test_zstd_and_gzip_load_byte_exact_into_1816_and_zstd_sends_far_fewer_bytes(
 def test_the_sink_counts_wire_bytes_into_the_metrics(ch_server: ServerHandle, ch_db: str) -> None:
     from dataclasses import replace
 
-    from test_http_sink import sink_settings, small_batch
+    from test_http_sink import insert_one, sink_settings, small_batch
 
     from ingest.core.ids import TableRef
     from ingest.sinks.http import HttpSink
@@ -195,7 +195,7 @@ def test_the_sink_counts_wire_bytes_into_the_metrics(ch_server: ServerHandle, ch
         try:
             await sink.connect()
             await sink.ensure_table(TableRef(ch_db, "laion"))
-            await sink.insert(TableRef(ch_db, "laion"), small_batch(0, 3000), None)
+            await insert_one(sink, TableRef(ch_db, "laion"), small_batch(0, 3000), None)
             return sink.bytes_sent
         finally:
             await sink.close()

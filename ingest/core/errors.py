@@ -103,6 +103,10 @@ class LedgerError(IngestError):
     """The resume ledger cannot be read or written."""
 
 
+class IndexTooLargeError(UsageError):
+    """The projected memory of a vector index exceeds what the target can hold (refused unless --force)."""
+
+
 def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     """The exceptions inside a (nested) TaskGroup failure, in order: where our error tree is found again."""
     out: list[BaseException] = []

@@ -4,6 +4,7 @@ Sections:
   chdb      ours → chdb vs ClickHouse's PASTE JOIN path in chdb vs INSERT of a pre-encoded RowBinary file
   http      ours → loopback clickhouse-server (Native, RowBinary) vs curl --data-binary of pre-encoded RowBinary
   tutorial  ours vs the tutorial's pandas → CSV → INSERT path (small shard: it is slow)
+  index     HNSW index: the tutorial's parameters vs index --recall-target 0.95 (bench/index_bench.py)
   rss       peak RSS of ours (→ HTTP server, so the database's memory is another process's) at 50k vs 400k rows
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
@@ -307,7 +308,14 @@ def section_rss(work: Path, rows: int, repeat: int) -> None:
         handle.stop()
 
 
+def section_index(work: Path, rows: int, repeat: int) -> None:
+    from index_bench import section_index as run_index_section  # tutorial HNSW parameters vs --recall-target
+
+    run_index_section(work, rows)
+
+
 SECTIONS = {"chdb": section_chdb, "http": section_http, "tutorial": section_tutorial, "rss": section_rss}
+SECTIONS["index"] = section_index
 
 
 def main() -> None:

@@ -114,6 +114,17 @@ def test_too_large_for_max_memory_is_refused_in_one_line(table: Path) -> None:
     assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
 
 
+def test_unreachable_target_is_refused_unless_forced(table: Path) -> None:
+    """b1 (with rescoring) cannot reach 0.99 on these vectors: the grid is shown, then one refusal line."""
+    res = cli("index", "--target", f"chdb:{table}", "--quantization", "b1", "--recall-target", "0.99", *TUNE)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "b1 M=16 ef_c=64" in res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no candidate reaches recall@10 0.99 on the sample" in lines[0], res.stderr
+    assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
+    assert chdb_rows(table, "SELECT name FROM system.tables WHERE name LIKE '_laion_tune%'") == []
+
+
 def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: Path, tmp_path: Path) -> None:
     target = f"chdb:{table}"
     out = ok(cli("index", "--target", target, "--recall-target", "0.95", *TUNE))
@@ -132,6 +143,9 @@ def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: P
     assert doc["recall_at_10"] >= 0.9  # other query rows than the check's: a little slack
     hit = orjson.loads(ok(cli("search", "--target", target, "--like-id", "7", "--json", "--limit", "3")))
     assert hit["settings"]["hnsw_candidate_list_size_for_search"] == listed and hit["index_used"] is True
+
+    again = ok(cli("index", "--target", target, *TUNE))
+    assert "exists already" in again and "not tuning" in again and "candidates on" not in again
 
     png = tmp_path / "curve.png"
     sweep = ("--ef-search", "16", "--ef-search", "64", "--ef-search", "256")

@@ -36,7 +36,7 @@ from ingest.clickhouse.vector_sql import (
     vector_literal,
 )
 from ingest.core.config import QueryConfig, TuneConfig
-from ingest.core.errors import IndexTooLargeError, TargetError
+from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector import metadata
@@ -45,6 +45,7 @@ from ingest.vector.index import (
     IndexOutcome,
     IndexRequest,
     connected_sink,
+    data_dimension,
     ensure_index,
     plan_index,
     requests_for,
@@ -53,11 +54,13 @@ from ingest.vector.index import (
     vector_indexes,
 )
 from ingest.vector.sizing import FORMULA, MemoryBudget, cheaper_that_fit, check_fit, human_bytes, index_bytes
-from ingest.vector.tune import TuneReport
+from ingest.vector.tune import TuneReport, query_extras
 from ingest.vector.tune_run import tune
 
 log = logging.getLogger(__name__)
 MAX_SEARCH_LIST = 4096
+PLATEAU = 0.005
+"""Stop growing the search list once doubling it gains less recall than this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +168,14 @@ async def verify_recall(
     ]
     exact = search_settings(True, None)
     truth = [[int(r["id"]) for r in await sink.query(s, exact)] for s in sqls]
-    size, recall = start_list, 0.0
+    size, recall, previous = start_list, 0.0, -1.0
     while True:
-        opts = search_settings(False, size)
+        opts = {**search_settings(False, size), **query_extras(index.quantization)}
         got = [[int(r["id"]) for r in await sink.query(s, opts)] for s in sqls]
         recall = float(np.mean([recall_at_k(a, t, 10) for a, t in zip(got, truth, strict=True)])) if sqls else 1.0
-        if recall >= cfg.recall_target or size >= MAX_SEARCH_LIST:
+        if recall >= cfg.recall_target or size >= MAX_SEARCH_LIST or recall - previous < PLATEAU:
             return size, recall
+        previous = recall
         size *= 2
 
 
@@ -181,18 +185,20 @@ async def verify_recall(
 async def plan_request(
     sink: Sink, ref: TableRef, req: IndexRequest, auto: bool, cfg: TuneConfig, report: Callable[[str], None]
 ) -> Plan:
-    index, existed, rows = await plan_index(sink, ref, req)
-    found = {ix.name for ix in await vector_indexes(sink, ref)}
-    if not auto or req.name in found:
-        if auto:
-            report(f"{req.name}: exists already; not tuning (drop it to tune again)")
-            existing = next(ix for ix in await vector_indexes(sink, ref) if ix.name == req.name)
-            index = _from_existing(index, existing.type_full)
-            existed = True
+    """Given parameters: as before (an index of the same name but another definition is refused). Tuned: an
+    existing index of that name is kept whatever its parameters (it is only materialized where missing)."""
+    if not auto:
+        index, existed, rows = await plan_index(sink, ref, req)
         return Plan(index, existed, rows, None, None)
-    tuned = await tune(sink, ref, req.column, rows, index.dim, req.metric, cfg, report)
+    rows, dim = await data_dimension(sink, ref, req.column)
+    existing = next((ix for ix in await vector_indexes(sink, ref) if ix.name == req.name), None)
+    if existing is not None:
+        report(f"{req.name}: exists already ({existing.type_full}); not tuning (drop it to tune again)")
+        base = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
+        return Plan(_from_existing(base, existing.type_full), True, rows, None, None)
+    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report)
     c = tuned.choice.candidate
-    chosen = VectorIndex(req.name, req.column, index.dim, req.metric, c.quantization, c.m, c.ef_construction)
+    chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
 
 
@@ -228,6 +234,14 @@ async def build_tuned_indexes(
         if cfg.dry_run:
             report("--dry-run: nothing built")
             return []
+        for p in plans:
+            if p.tuned is not None and not p.tuned.choice.reached and not cfg.force:
+                c = p.tuned.choice
+                raise UsageError(
+                    f"{p.index.name}: no candidate reaches recall@10 {cfg.recall_target:.2f} on the sample (best "
+                    f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}): lower "
+                    "--recall-target, give --m/--ef-construction, or pass --force to build the best one"
+                )
         if any(not p.existed for p in plans):
             await merge_before_build(sink, ref, report)
         outcomes = []
@@ -236,9 +250,8 @@ async def build_tuned_indexes(
             report(outcome.line())
             if p.search_list is not None and p.tuned is not None:
                 size, recall = await verify_recall(sink, ref, p.index, p.search_list, cfg)
-                await metadata.record(
-                    sink, ref, p.index.name, p.index.type_full, {EF_SEARCH_SETTING: size}, cfg.recall_target, recall
-                )
+                settings = {EF_SEARCH_SETTING: size} | query_extras(p.index.quantization)
+                await metadata.record(sink, ref, p.index.name, p.index.type_full, settings, cfg.recall_target, recall)
                 report(
                     f"{p.index.name}: recall@10 {recall:.3f} on the full index at {EF_SEARCH_SETTING}={size} "
                     f"({cfg.verify_queries} query rows); recorded for search and eval"

@@ -1,8 +1,8 @@
 """Keeping a growing table's vector indexes built once per part (the daemon's `--index-every`).
 
 With `materialize_skip_indexes_on_merge = 0` (MergeTree, 25.1+) a merge drops the vector index of the parts it
-merges instead of rebuilding their graph on the spot, and with `materialize_skip_indexes_on_insert = 0` new
-parts land without it: the load stays fast, and a scheduled `MATERIALIZE INDEX` builds each uncovered part's
+merges instead of rebuilding their graph on the spot, and our inserts send `materialize_skip_indexes_on_insert = 0`
+so new parts land without it: the load stays fast, and a scheduled `MATERIALIZE INDEX` builds each uncovered part's
 graph once. Parts not yet covered are counted from `system.parts` (a part with no skip index has 0 bytes of
 them). Where a server lacks the settings, we say so and leave its defaults (merges then rebuild the index).
 """
@@ -13,12 +13,10 @@ import logging
 from dataclasses import dataclass
 
 from ingest.clickhouse.index_sql import (
-    SKIP_ON_INSERT,
     SKIP_ON_MERGE,
     merge_tree_setting_sql,
     modify_setting_sql,
     parts_summary_sql,
-    query_setting_exists_sql,
 )
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
@@ -46,18 +44,11 @@ async def coverage(sink: Sink, ref: TableRef) -> Coverage:
 
 
 async def prepare_growing_table(sink: Sink, ref: TableRef) -> list[str]:
-    """Stop merges (and, for this connection, inserts) from building vector indexes; notes on what is missing."""
-    notes = []
+    """Stop merges from rebuilding vector indexes (our inserts already skip them); notes on what is missing."""
     if await sink.query(merge_tree_setting_sql(SKIP_ON_MERGE)):
         await sink.execute(modify_setting_sql(ref, SKIP_ON_MERGE, 0))
-    else:
-        notes.append(f"{sink.info.version} has no {SKIP_ON_MERGE} (25.1+): every merge rebuilds the vector index")
-    rows = await sink.query(query_setting_exists_sql(SKIP_ON_INSERT))
-    if rows and int(rows[0]["n"]):
-        await sink.execute(f"SET {SKIP_ON_INSERT} = 0")  # a session setting: holds for chdb's one session
-    else:
-        notes.append(f"{sink.info.version} has no {SKIP_ON_INSERT}: inserts build the index as they land")
-    return notes
+        return []
+    return [f"ClickHouse {sink.info.version} has no {SKIP_ON_MERGE} (25.1+): every merge rebuilds the vector index"]
 
 
 async def rematerialize(sink: Sink, ref: TableRef) -> tuple[int, int]:

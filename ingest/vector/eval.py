@@ -19,6 +19,7 @@ from ingest.clickhouse.index_sql import ids_search_sql
 from ingest.clickhouse.vector_sql import (
     DEFAULT_METRIC,
     EF_SEARCH_SETTING,
+    ExistingIndex,
     current_setting_sql,
     recall_at_k,
     sample_queries_sql,
@@ -144,7 +145,7 @@ async def run_eval(
                 f"no vector index on {column} in {ref.key}: build one first with `laion-ingest index --column {column}`"
             )
         metric = index.metric or DEFAULT_METRIC
-        lists, source = await _lists(sink, q, sweep, index)
+        lists, source, extras = await _lists(sink, q, sweep, index)
         samples = await sink.query(sample_queries_sql(ref, column, queries, seed))
         if not samples:
             raise UsageError(f"table {ref.key} is empty: nothing to evaluate")
@@ -152,11 +153,11 @@ async def run_eval(
             ids_search_sql(ref, column, metric, vector_literal(np.asarray(r["v"], dtype=np.float32)), top)
             for r in samples
         ]
-        used = await index_used(sink, sqls[0], search_settings(False, lists[0]))
+        used = await index_used(sink, sqls[0], {**search_settings(False, lists[0]), **extras})
         exact = [await _ids(sink, s, search_settings(True, None)) for s in sqls]
         points = []
         for size in lists:
-            opts = search_settings(False, size)
+            opts = {**search_settings(False, size), **extras}
             got = [await _ids(sink, s, opts) for s in sqls]
             recall = {
                 k: float(np.mean([recall_at_k(a, e, k) for (a, _), (e, _) in zip(got, exact, strict=True)])) for k in ks
@@ -185,11 +186,15 @@ async def run_eval(
     )
 
 
-async def _lists(sink: Sink, q: QueryConfig, sweep: tuple[int, ...], index: Any) -> tuple[list[int], str]:
-    if sweep:
-        return list(sweep), "asked for"
+async def _lists(
+    sink: Sink, q: QueryConfig, sweep: tuple[int, ...], index: ExistingIndex
+) -> tuple[list[int], str, dict[str, int]]:
+    """Search list sizes to measure, where they come from, and the other recorded settings (b1: rescoring)."""
     rec = await recorded_for(sink, q.table, index)
+    extras = {k: v for k, v in rec.settings.items() if k != EF_SEARCH_SETTING} if rec is not None else {}
+    if sweep:
+        return list(sweep), "asked for", extras
     if rec is not None and EF_SEARCH_SETTING in rec.settings:
-        return [rec.settings[EF_SEARCH_SETTING]], f"recorded when tuned to recall {rec.recall_target:.2f}"
+        return [rec.settings[EF_SEARCH_SETTING]], f"recorded when tuned to recall {rec.recall_target:.2f}", extras
     rows = await sink.query(current_setting_sql(EF_SEARCH_SETTING))
-    return [int(rows[0]["value"]) if rows else 256], "server default"
+    return [int(rows[0]["value"]) if rows else 256], "server default", extras

@@ -170,5 +170,3 @@ async def run_search(
         for rank, r in enumerate(rows, 1)
     ]
     return SearchResult(hits, elapsed, used is not None, used, column, metric, opts)
-
-

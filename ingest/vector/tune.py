@@ -13,12 +13,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ingest.clickhouse.index_sql import RESCORING_SETTING
 from ingest.vector.sizing import index_bytes
 
 BUILD_MODEL = "sample build s × (N/n) × (ln N / ln n): HNSW insert cost ~ log n (Malkov & Yashunin 2018)"
 DEFAULT_SEARCH_LISTS = (32, 64, 128, 256, 512)
 REASONABLE_LIST = 256
 """Stop the grid early once a candidate reaches the target at a search list no larger than this."""
+
+
+def query_extras(quantization: str) -> dict[str, int]:
+    """Search settings an index of this quantization needs: b1 only with rescoring on the full vectors
+    (without it recall collapses, ClickHouse #103745)."""
+    return {RESCORING_SETTING: 1} if quantization == "b1" else {}
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ingest.clickhouse.index_sql import (
+    RESCORING_SETTING,
     create_scratch_sql,
     drop_table_sql,
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
+    query_setting_exists_sql,
     scratch_ref,
     tune_queries_sql,
 )
@@ -37,7 +39,7 @@ from ingest.core.config import TuneConfig
 from ingest.core.errors import TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
-from ingest.vector.tune import Candidate, Measured, TuneReport, choose, default_grid, should_stop
+from ingest.vector.tune import Candidate, Measured, TuneReport, choose, default_grid, query_extras, should_stop
 
 log = logging.getLogger(__name__)
 K = 10
@@ -67,7 +69,7 @@ async def measure_candidate(
         seconds = time.perf_counter() - start
         recall: dict[int, float] = {}
         for size in lists:
-            opts = search_settings(False, size)
+            opts = {**search_settings(False, size), **query_extras(cand.quantization)}
             got = [recall_at_k(await _top_ids(sink, q, opts), t, K) for q, t in zip(queries, truth, strict=True)]
             recall[size] = float(np.mean(got))
         rows = await sink.query(index_bytes_sql(scratch, SCRATCH_INDEX))
@@ -94,7 +96,14 @@ async def tune(
         raise UsageError(f"table {ref.key} has {rows} rows: too few to tune an index (give --m/--ef-construction)")
     scratch = scratch_ref(ref)
     lists = tuple(sorted(cfg.search_lists))
-    grid = default_grid(cfg.quantizations, cfg.ms, cfg.efs)
+    quants = cfg.quantizations
+    notes: list[str] = []
+    if "b1" in quants and not int((await sink.query(query_setting_exists_sql(RESCORING_SETTING)))[0]["n"]):
+        quants = tuple(q for q in quants if q != "b1")
+        notes.append(f"b1 left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
+    if not quants:
+        raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
+    grid = default_grid(quants, cfg.ms, cfg.efs)
     await sink.execute(drop_table_sql(scratch))
     await sink.execute(create_scratch_sql(scratch))
     measured: list[Measured] = []
@@ -110,7 +119,7 @@ async def tune(
         for i, cand in enumerate(grid):
             m = await measure_candidate(sink, scratch, dim, metric, cand, queries, truth, lists)
             measured.append(m)
-            log.info("%s: build %.1f s, recall %s", cand.label(), m.build_seconds, m.recall)
+            log.debug("%s: build %.1f s, recall %s", cand.label(), m.build_seconds, m.recall)
             if should_stop(m, cfg.recall_target):
                 skipped = tuple(grid[i + 1 :])
                 break
@@ -119,7 +128,8 @@ async def tune(
     finally:
         with contextlib.suppress(TargetError):
             await sink.execute(drop_table_sql(scratch))
-    notes = (f"stopped early: {len(skipped)} costlier candidate(s) not built",) if skipped else ()
+    if skipped:
+        notes.append(f"stopped early: {len(skipped)} costlier candidate(s) not built")
     return TuneReport(
         column,
         rows,
@@ -131,5 +141,5 @@ async def tune(
         tuple(measured),
         choose(measured, cfg.recall_target),
         skipped,
-        notes,
+        tuple(notes),
     )

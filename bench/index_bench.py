@@ -1,7 +1,7 @@
 """Index section of the bench: the tutorial's fixed HNSW parameters against `index --recall-target 0.95`.
 
-One synthetic shard (100k rows by default) is loaded once with our `run`, and the data directory copied for each
-arm, so both start from the same parts:
+One synthetic shard (100k rows by default) is loaded with our `run` into one chdb directory per arm (the same
+rows, loaded the same way), then:
   tutorial  ALTER TABLE ADD INDEX ... ('hnsw', 'cosineDistance', 512, 'bf16', 64, 256) + MATERIALIZE INDEX
             (mutations_sync = 2) on the table as loaded, in its own process: what the tutorial does
   tuned     `laion-ingest index --recall-target 0.95`: sample, grid, choice, merge, build, check, record
@@ -72,7 +72,7 @@ def evaluate(db: Path, queries: int) -> dict[str, float]:
 
 def section_index(work: Path, rows: int, queries: int = 100) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    src, base = work / "src", work / "base"
+    src = work / "src"
     subprocess.run(
         [PY, "-m", "ingest", "synth", "--out", str(src), "--shards", "0", "--rows", str(rows)],
         check=True,
@@ -80,13 +80,12 @@ def section_index(work: Path, rows: int, queries: int = 100) -> None:
         timeout=TIMEOUT,
     )
     load = [PY, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--no-progress"]
-    load_s, _ = _run([*load, "--target", f"chdb:{base}", "--state", str(work / "ledger.json")], "load")
-    print(f"\n## index: {rows:,} synthetic rows (loaded in {load_s:.1f} s), image_embedding, chdb")
     arms: dict[str, tuple[float, str]] = {}
     for arm in ("tutorial", "tuned"):
         db = work / arm
-        shutil.copytree(base, db)
-        (db / ".laion-ingest.lock").unlink(missing_ok=True)
+        load_s, _ = _run([*load, "--target", f"chdb:{db}", "--state", str(work / f"{arm}.ledger.json")], "load")
+        if arm == "tutorial":
+            print(f"\n## index: {rows:,} synthetic rows (loaded in {load_s:.1f} s), image_embedding, chdb")
         if arm == "tutorial":
             cmd = [PY, "-c", TUTORIAL_SCRIPT, str(db), *map(str, TUTORIAL)]
         else:

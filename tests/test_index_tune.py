@@ -36,8 +36,8 @@ def test_choose_takes_the_cheapest_build_that_reaches_the_target() -> None:
 
 
 def test_grid_is_ordered_by_cost_and_stops_early() -> None:
-    grid = default_grid(("bf16", "i8"), (16, 32), (64, 128))
-    assert grid[0] == Candidate("i8", 16, 64) and grid[1] == Candidate("bf16", 16, 64)
+    grid = default_grid(("i8", "bf16"), (16, 32), (32, 64, 128))
+    assert grid[:3] == [Candidate("bf16", 16, 32), Candidate("i8", 16, 32), Candidate("bf16", 16, 64)]
     assert grid[-1].m * grid[-1].ef_construction == 32 * 128
     assert should_stop(Measured(grid[0], 1.0, {64: 0.96}), 0.95)
     assert not should_stop(Measured(grid[0], 1.0, {512: 0.96}), 0.95)  # only at an unreasonable list
@@ -118,7 +118,7 @@ def test_unreachable_target_is_refused_unless_forced(table: Path) -> None:
     """b1 (with rescoring) cannot reach 0.99 on these vectors: the grid is shown, then one refusal line."""
     res = cli("index", "--target", f"chdb:{table}", "--quantization", "b1", "--recall-target", "0.99", *TUNE)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "b1 M=16 ef_c=64" in res.stdout
+    assert "b1 M=16 ef_c=32" in res.stdout
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no candidate reaches recall@10 0.99 on the sample" in lines[0], res.stderr
     assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []

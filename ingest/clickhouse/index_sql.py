@@ -158,3 +158,17 @@ def ids_search_sql(ref: TableRef, column: str, metric: str, literal: str, limit:
     if metric not in ("cosineDistance", "L2Distance"):
         raise ValueError(f"unknown metric {metric!r}")
     return f"SELECT id, {metric}({col}, {literal}) AS distance FROM {ref.sql} ORDER BY distance ASC LIMIT {int(limit)}"
+
+
+def exact_top_ids_sql(ref: TableRef, column: str, metric: str, literals: list[str], k: int) -> str:
+    """Exact top-k ids for many query vectors in one scan of the column (brute force per query would read the
+    column once per query): one distance column per query, unrolled with ARRAY JOIN, the k nearest kept per
+    query by `groupArraySorted` over (distance, id) tuples. Rows come back as (qi, top) with qi from 1."""
+    col = quote_ident(validate_ident(column, "column"))
+    if metric not in ("cosineDistance", "L2Distance"):
+        raise ValueError(f"unknown metric {metric!r}")
+    dists = ", ".join(f"{metric}({col}, {lit})" for lit in literals)
+    return (
+        f"SELECT qi, groupArraySorted({int(k)})((d, id)) AS top FROM (SELECT id, [{dists}] AS ds FROM {ref.sql}) "
+        "ARRAY JOIN ds AS d, arrayEnumerate(ds) AS qi GROUP BY qi ORDER BY qi"
+    )

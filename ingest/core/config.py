@@ -135,9 +135,9 @@ class TuneConfig:
     sample_rows: int = 20_000
     queries: int = 50
     search_lists: tuple[int, ...] = (32, 64, 128, 256, 512)
-    quantizations: tuple[str, ...] = ("i8", "bf16")
+    quantizations: tuple[str, ...] = ("bf16", "i8")
     ms: tuple[int, ...] = (16, 32)
-    efs: tuple[int, ...] = (64, 128)
+    efs: tuple[int, ...] = (32, 64, 128)
     seed: int = 0
     max_memory: int | None = None
     """Bytes the index may take (--max-memory); None = the target's memory and vector index cache."""

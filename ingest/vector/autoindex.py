@@ -55,7 +55,7 @@ from ingest.vector.index import (
 )
 from ingest.vector.sizing import FORMULA, MemoryBudget, cheaper_that_fit, check_fit, human_bytes, index_bytes
 from ingest.vector.tune import TuneReport, query_extras
-from ingest.vector.tune_run import tune
+from ingest.vector.tune_run import exact_top_ids, tune
 
 log = logging.getLogger(__name__)
 MAX_SEARCH_LIST = 4096
@@ -162,12 +162,9 @@ async def verify_recall(
     """Recall@10 of the built index at the chosen search list on query rows from the full table; the list
     doubles until it reaches the target (the sample's graph was smaller than the real one)."""
     rows = await sink.query(sample_queries_sql(ref, index.column, cfg.verify_queries, cfg.seed + 1))
-    sqls = [
-        ids_search_sql(ref, index.column, index.metric, vector_literal(np.asarray(r["v"], np.float32)), 10)
-        for r in rows
-    ]
-    exact = search_settings(True, None)
-    truth = [[int(r["id"]) for r in await sink.query(s, exact)] for s in sqls]
+    literals = [vector_literal(np.asarray(r["v"], np.float32)) for r in rows]
+    sqls = [ids_search_sql(ref, index.column, index.metric, lit, 10) for lit in literals]
+    truth = await exact_top_ids(sink, ref, index.column, index.metric, literals, 10)
     size, recall, previous = start_list, 0.0, -1.0
     while True:
         opts = {**search_settings(False, size), **query_extras(index.quantization)}

@@ -34,13 +34,12 @@ class Coverage:
 
 
 async def coverage(sink: Sink, ref: TableRef) -> Coverage:
+    """Active parts and rows, and those no vector index covers yet (none, while the table has no vector index)."""
     row = (await sink.query(parts_summary_sql(ref)))[0]
-    return Coverage(
-        int(row["parts"] or 0),
-        int(row["total_rows"] or 0),
-        int(row["uncovered_parts"] or 0),
-        int(row["uncovered_rows"] or 0),
-    )
+    parts, rows = int(row["parts"] or 0), int(row["total_rows"] or 0)
+    if not any(ix.is_vector for ix in await vector_indexes(sink, ref)):
+        return Coverage(parts, rows, 0, 0)
+    return Coverage(parts, rows, int(row["uncovered_parts"] or 0), int(row["uncovered_rows"] or 0))
 
 
 async def prepare_growing_table(sink: Sink, ref: TableRef) -> list[str]:

@@ -19,6 +19,7 @@ from ingest.clickhouse.index_sql import (
     RESCORING_SETTING,
     create_scratch_sql,
     drop_table_sql,
+    exact_top_ids_sql,
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
@@ -39,11 +40,36 @@ from ingest.core.config import TuneConfig
 from ingest.core.errors import TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
-from ingest.vector.tune import Candidate, Measured, TuneReport, choose, default_grid, query_extras, should_stop
+from ingest.vector.tune import (
+    Candidate,
+    Measured,
+    TuneReport,
+    choose,
+    chunks_under,
+    default_grid,
+    query_extras,
+    should_stop,
+)
 
 log = logging.getLogger(__name__)
 K = 10
 SCRATCH_INDEX = "tune_index"
+
+
+QUERY_TEXT_BUDGET = 200_000
+"""Characters of vector literals per brute-force scan: ClickHouse parses at most max_query_size (256 KiB)."""
+
+
+async def exact_top_ids(
+    sink: Sink, ref: TableRef, column: str, metric: str, literals: Sequence[str], k: int
+) -> list[list[int]]:
+    """Exact top-k ids of each query vector, a few queries per scan of the column."""
+    out: list[list[int]] = [[] for _ in literals]
+    for group in chunks_under(literals, QUERY_TEXT_BUDGET):
+        sql = exact_top_ids_sql(ref, column, metric, [literals[i] for i in group], k)
+        for row in await sink.query(sql):
+            out[group[int(row["qi"]) - 1]] = [int(pair[1]) for pair in row["top"]]
+    return out
 
 
 async def _top_ids(sink: Sink, sql: str, settings: dict[str, str | int]) -> list[int]:
@@ -110,11 +136,9 @@ async def tune(
     try:
         await sink.execute(fill_scratch_sql(scratch, ref, column, rows, sample, queries_n, cfg.seed))
         qrows = await sink.query(tune_queries_sql(ref, column, rows, sample, queries_n, cfg.seed))
-        queries = [
-            ids_search_sql(scratch, "v", metric, vector_literal(np.asarray(r["v"], dtype=np.float32)), K) for r in qrows
-        ]
-        exact = search_settings(True, None)
-        truth = [await _top_ids(sink, q, exact) for q in queries]
+        literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in qrows]
+        queries = [ids_search_sql(scratch, "v", metric, lit, K) for lit in literals]
+        truth = await exact_top_ids(sink, scratch, "v", metric, literals, K)
         report(f"{column}: sampled {sample:,} of {rows:,} rows and {len(queries)} query rows; measuring the grid")
         for i, cand in enumerate(grid):
             m = await measure_candidate(sink, scratch, dim, metric, cand, queries, truth, lists)

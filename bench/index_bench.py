@@ -70,7 +70,7 @@ def evaluate(db: Path, queries: int) -> dict[str, float]:
     return doc
 
 
-def section_index(work: Path, rows: int, queries: int = 100) -> None:
+def section_index(work: Path, rows: int, queries: int = 100, rounds: int = 2) -> None:
     work.mkdir(parents=True, exist_ok=True)
     src = work / "src"
     subprocess.run(
@@ -81,16 +81,34 @@ def section_index(work: Path, rows: int, queries: int = 100) -> None:
     )
     load = [PY, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--no-progress"]
     arms: dict[str, tuple[float, str]] = {}
-    for arm in ("tutorial", "tuned"):
-        db = work / arm
-        load_s, _ = _run([*load, "--target", f"chdb:{db}", "--state", str(work / f"{arm}.ledger.json")], "load")
-        if arm == "tutorial":
-            print(f"\n## index: {rows:,} synthetic rows (loaded in {load_s:.1f} s), image_embedding, chdb")
-        if arm == "tutorial":
-            cmd = [PY, "-c", TUTORIAL_SCRIPT, str(db), *map(str, TUTORIAL)]
-        else:
-            cmd = [PY, "-m", "ingest", "index", "--target", f"chdb:{db}", "--recall-target", "0.95", "--no-progress"]
-        arms[arm] = _run(cmd, arm)
+    for r in range(rounds):  # interleaved rounds, fresh load each time; the fastest round per arm is kept
+        for arm in ("tutorial", "tuned"):
+            db = work / arm
+            shutil.rmtree(db, ignore_errors=True)
+            state = work / f"{arm}.ledger.json"
+            state.unlink(missing_ok=True)
+            load_s, _ = _run([*load, "--target", f"chdb:{db}", "--state", str(state)], "load")
+            if arm == "tutorial" and r == 0:
+                print(f"\n## index: {rows:,} synthetic rows (loaded in {load_s:.1f} s), image_embedding, chdb")
+            if arm == "tutorial":
+                cmd = [PY, "-c", TUTORIAL_SCRIPT, str(db), *map(str, TUTORIAL)]
+            else:
+                cmd = [
+                    PY,
+                    "-m",
+                    "ingest",
+                    "index",
+                    "--target",
+                    f"chdb:{db}",
+                    "--recall-target",
+                    "0.95",
+                    "--no-progress",
+                ]
+            seconds, out = _run(cmd, arm)
+            print(f"round {r + 1}: {arm} {seconds:.1f} s")
+            if arm not in arms or seconds < arms[arm][0]:
+                arms[arm] = (seconds, out)
+    # the evals below read the last round's directories (same parameters as the kept round's)
     if "chose" in arms["tuned"][1]:
         print("tuned run said:")
         for line in arms["tuned"][1].splitlines():
@@ -112,7 +130,10 @@ def section_index(work: Path, rows: int, queries: int = 100) -> None:
             f"{int(ev['hnsw_candidate_list_size_for_search']):>5} {size:>9.1f} {p50:>7.1f} {brute:>12.1f} "
             f"{brute / max(p50, 1e-9):>7.1f}×"
         )
-    print(f"tuned / tutorial build time: {figures['tuned'] / figures['tutorial']:.2f} (goal ≤ 0.33)")
+    print(
+        f"tuned / tutorial build time: {figures['tuned'] / figures['tutorial']:.2f} "
+        f"(goal ≤ 0.33; best of {rounds} rounds)"
+    )
 
 
 def main() -> None:
@@ -120,12 +141,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the fastest per arm is kept")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-index-bench-"))
     print(f"# laion-ingest index bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
     try:
-        section_index(work, args.rows, args.queries)
+        section_index(work, args.rows, args.queries, args.rounds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

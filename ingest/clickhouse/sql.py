@@ -17,7 +17,6 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 EMBEDDING_COLUMNS = ("image_embedding", "text_embedding")
 
-
 def create_database_sql(database: str) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {quote_ident(validate_ident(database, 'database'))}"
 

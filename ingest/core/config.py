@@ -143,5 +143,5 @@ class TuneConfig:
     """Bytes the index may take (--max-memory); None = the target's memory and vector index cache."""
     force: bool = False
     dry_run: bool = False
-    verify_queries: int = 40
+    verify_queries: int = 100
     """Query rows for the check on the full index after the build (the search list grows until it reaches R)."""

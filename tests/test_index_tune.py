@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 from collections.abc import Callable
@@ -10,14 +11,22 @@ from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from cli_run import cli
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
+from ingest.clickhouse.vector_sql import vector_literal
+from ingest.core.config import TargetConfig
+from ingest.core.ids import TableRef
+from ingest.core.target import parse_target
+from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
+from ingest.vector import tune_run
 from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
-from ingest.vector.tune import Candidate, Measured, choose, default_grid, project_seconds, should_stop
+from ingest.vector.tune import Candidate, Measured, choose, chunks_under, default_grid, project_seconds, should_stop
+from ingest.vector.tune_run import exact_top_ids
 
 # ---- pure --------------------------------------------------------------------------------------------------
 
@@ -93,6 +102,35 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 TUNE = ("--sample-rows", "4000", "--no-progress")
+
+
+def test_exact_top_ids_in_one_scan_match_numpy_on_the_source(table: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The brute-force truth the tuning and the full-index check rely on, against np.load of the .npy files."""
+    ids = np.concatenate([np.arange(6000, dtype=np.int64) + s * 10_000_000 for s in (0, 1)])
+    vecs = np.concatenate(
+        [np.load(table.parent / "src" / "img_emb" / f"img_emb_{s}.npy").astype(np.float64) for s in (0, 1)]
+    )
+    picks = [3, 4321, 6000 + 17, 11_999]
+    literals = [vector_literal(vecs[i].astype(np.float32)) for i in picks]
+    assert chunks_under(literals, 10**9) == [[0, 1, 2, 3]] and chunks_under(literals, 1) == [[0], [1], [2], [3]]
+    monkeypatch.setattr(tune_run, "QUERY_TEXT_BUDGET", max(map(len, literals)) + 64)  # one query per scan
+
+    async def scenario() -> list[list[int]]:
+        sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
+        await sink.connect()
+        try:
+            return await exact_top_ids(
+                sink, TableRef("default", "laion"), "image_embedding", "cosineDistance", literals, 10
+            )
+        finally:
+            await sink.close()
+
+    got = asyncio.run(scenario())
+    norms = np.linalg.norm(vecs, axis=1)
+    for i, top in zip(picks, got, strict=True):
+        dist = 1.0 - (vecs @ vecs[i]) / (norms * norms[i])
+        assert top == [int(x) for x in ids[np.argsort(dist, kind="stable")[:10]]]
+        assert top[0] == ids[i]
 
 
 def test_dry_run_prints_grid_and_choice_and_builds_nothing(table: Path) -> None:

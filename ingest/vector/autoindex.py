@@ -61,9 +61,10 @@ log = logging.getLogger(__name__)
 MAX_SEARCH_LIST = 4096
 PLATEAU = 0.005
 """Stop growing the search list once doubling it gains less recall than this."""
-VERIFY_MARGIN = 0.01
-"""The full-index check aims this far above the target: about one standard error of recall@10 over 100 query
-rows, so that another sample of queries (an independent `eval`) also clears the target."""
+VERIFY_MARGIN = 0.02
+"""The full-index check aims this far above the target, so that another sample of queries (an independent
+`eval`) also clears it: per-query recall varies by cluster, and on 100k synthetic rows two samples of 100 query
+rows differed by 0.018 (0.962 against 0.944) at the same search list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +250,14 @@ async def build_tuned_indexes(
             outcome = await ensure_index(sink, ref, p.index, p.existed, p.rows, display_for)
             report(outcome.line())
             if p.search_list is not None and p.tuned is not None:
+                checked = time.monotonic()
                 size, recall = await verify_recall(sink, ref, p.index, p.search_list, cfg)
                 settings = {EF_SEARCH_SETTING: size} | query_extras(p.index.quantization)
                 await metadata.record(sink, ref, p.index.name, p.index.type_full, settings, cfg.recall_target, recall)
                 report(
                     f"{p.index.name}: recall@10 {recall:.3f} on the full index at {EF_SEARCH_SETTING}={size} "
-                    f"({cfg.verify_queries} query rows); recorded for search and eval"
+                    f"({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
+                    "recorded for search and eval"
                 )
             outcomes.append(outcome)
         report(f"total (tuning, merge, build, check) {time.monotonic() - start:.1f} s")

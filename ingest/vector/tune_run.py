@@ -130,6 +130,7 @@ async def tune(
     if not quants:
         raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
     grid = default_grid(quants, cfg.ms, cfg.efs)
+    started = time.perf_counter()
     await sink.execute(drop_table_sql(scratch))
     await sink.execute(create_scratch_sql(scratch))
     measured: list[Measured] = []
@@ -139,7 +140,10 @@ async def tune(
         literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in qrows]
         queries = [ids_search_sql(scratch, "v", metric, lit, K) for lit in literals]
         truth = await exact_top_ids(sink, scratch, "v", metric, literals, K)
-        report(f"{column}: sampled {sample:,} of {rows:,} rows and {len(queries)} query rows; measuring the grid")
+        report(
+            f"{column}: sampled {sample:,} of {rows:,} rows and {len(queries)} query rows with their exact "
+            f"neighbours in {time.perf_counter() - started:.1f} s; measuring the grid"
+        )
         for i, cand in enumerate(grid):
             m = await measure_candidate(sink, scratch, dim, metric, cand, queries, truth, lists)
             measured.append(m)
@@ -154,6 +158,7 @@ async def tune(
             await sink.execute(drop_table_sql(scratch))
     if skipped:
         notes.append(f"stopped early: {len(skipped)} costlier candidate(s) not built")
+    notes.append(f"tuning took {time.perf_counter() - started:.1f} s in all")
     return TuneReport(
         column,
         rows,

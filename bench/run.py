@@ -4,6 +4,7 @@ Sections:
   chdb      ours → chdb vs ClickHouse's PASTE JOIN path in chdb vs INSERT of a pre-encoded RowBinary file
   http      ours → loopback clickhouse-server (Native, RowBinary) vs curl --data-binary of pre-encoded RowBinary
   tutorial  ours vs the tutorial's pandas → CSV → INSERT path (small shard: it is slow)
+  index     HNSW index: the tutorial's parameters vs index --recall-target 0.95 (bench/index_bench.py)
   rss       peak RSS of ours (→ HTTP server, so the database's memory is another process's) at 50k vs 400k rows
   big       the real-size shard (--big-rows, 1,000,000): ours vs embedding-reader vs Native file in chdb; ours vs
             curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
@@ -311,6 +312,12 @@ def section_rss(work: Path, rows: int, repeat: int) -> None:
         handle.stop()
 
 
+def section_index(work: Path, rows: int, repeat: int) -> None:
+    from index_bench import section_index as run_index_section  # tutorial HNSW parameters vs --recall-target
+
+    run_index_section(work, rows, rounds=max(3, repeat))
+
+
 def section_big(work: Path, rows: int, repeat: int) -> None:
     from big import section_big as big
 
@@ -322,6 +329,7 @@ SECTIONS = {
     "http": section_http,
     "tutorial": section_tutorial,
     "rss": section_rss,
+    "index": section_index,
     "big": section_big,
 }
 
@@ -331,13 +339,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--sections",
-        default="chdb,http,tutorial,rss",
+        default="chdb,http,tutorial,rss,index",
         help="comma list of: " + ", ".join(SECTIONS) + " (big, the 1M-row shard, only when named)",
     )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)
     ap.add_argument("--big-rows", type=int, default=1_000_000, help="rows of the real-size shard (section big)")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per path (>= 3)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-bench-"))

@@ -378,7 +378,7 @@ def test_daemon_shares_runs_flags() -> None:
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     run = {p.name: p for p in commands["run"].params}
     daemon = {p.name: p for p in commands["daemon"].params}
-    only_daemon = {"poll_seconds", "http_host", "http_port"}
+    only_daemon = {"poll_seconds", "http_host", "http_port", "index_every"}
     assert set(daemon) - set(run) == only_daemon
     for name in set(daemon) - only_daemon - {"shards"}:
         a, b = run[name], daemon[name]

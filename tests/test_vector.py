@@ -308,8 +308,10 @@ def test_run_index_builds_both_indexes_after_the_load(tmp_path: Path) -> None:
 
     out = ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", target, "--no-progress", "--index"))
     assert "1,000 rows inserted" in out
-    assert re.search(r"image_index: built .*'bf16', 64, 256\) on image_embedding over 2,000 rows", out), out
-    assert re.search(r"text_index: built .*'bf16', 64, 256\) on text_embedding over 2,000 rows", out), out
+    # `run --index` tunes each column to the default recall target (0.95) and records the search list
+    assert re.search(r"image_index: built vector_similarity\('hnsw'.*\) on image_embedding over 2,000 rows", out), out
+    assert re.search(r"text_index: built vector_similarity\('hnsw'.*\) on text_embedding over 2,000 rows", out), out
+    assert out.count("recorded for search and eval") == 2, out
     after = orjson.loads(ok(cli("search", "--target", target, "--like-id", "5", "--json", "--limit", "3")))
     assert after["index_used"] is True and after["hits"][0]["id"] == 5
 

@@ -88,6 +88,14 @@ def daemon_command(
     retry_max_seconds: RetryMaxSecondsOpt = 30.0,
     drain_seconds: DrainSecondsOpt = 25.0,
     log_format: LogFormatOpt = "text",
+    index_every: Annotated[
+        float,
+        typer.Option(
+            "--index-every",
+            min=0.0,
+            help="Seconds between builds of the vector index for new parts (0 = off); merges then skip the index",
+        ),
+    ] = 0.0,
 ) -> None:
     """Watch SOURCE and load each new shard into TARGET; serve /healthz /readyz /metrics on --http-port."""
     setup_logging(log_format)
@@ -131,6 +139,7 @@ def daemon_command(
         http_host=http_host,
         http_port=http_port,
         drain_seconds=drain_seconds,
+        index_every=index_every,
     )
 
     async def main() -> int:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ingest.cli.support import (
     CaFileOpt,
@@ -21,9 +22,13 @@ from ingest.cli.support import (
     run_async,
     setup_logging,
 )
-from ingest.clickhouse.vector_sql import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from ingest.clickhouse.vector_sql import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, DEFAULT_QUANTIZATION
+from ingest.core.config import TuneConfig
 from ingest.core.target import DEFAULT_TARGET
-from ingest.vector.index import BuildDisplay, DisplayFactory, LogBuildDisplay, build_indexes, requests_for
+from ingest.vector.autoindex import build_tuned_indexes
+from ingest.vector.index import BuildDisplay, DisplayFactory, LogBuildDisplay, requests_for
+from ingest.vector.sizing import human_bytes, parse_bytes
+from ingest.vector.tune import TuneReport
 
 
 class RichBuildDisplay:
@@ -65,6 +70,30 @@ def display_factory(enabled: bool) -> DisplayFactory:
     return make
 
 
+def render_grid(report: TuneReport) -> None:
+    """The measured grid as a table, then the choice and its reason (stdout: it is the command's answer)."""
+    console = Console(width=160)
+    view = Table(title=f"{report.column}: candidates on {report.sample_rows:,} sampled rows")
+    view.add_column("config")
+    for size in report.search_lists:
+        view.add_column(f"recall@10 L={size}", justify="right")
+    view.add_column("build s", justify="right")
+    view.add_column(f"projected s ({report.rows:,} rows)", justify="right")
+    view.add_column("projected memory", justify="right")
+    for row in report.rows_for_print():
+        cells = [f"{row.recall[s]:.3f}" if s in row.recall else "-" for s in report.search_lists]
+        view.add_row(
+            row.label,
+            *cells,
+            f"{row.build_seconds:.1f}",
+            f"{row.projected_seconds:.0f}",
+            human_bytes(row.projected_bytes),
+        )
+    console.print(view)
+    for line in (report.sample_line(), *report.notes, report.choice_line()):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 def index_command(
     target: TargetOpt = DEFAULT_TARGET,
     table: TableOpt = "laion",
@@ -78,21 +107,47 @@ def index_command(
         Literal["cosineDistance", "L2Distance"], typer.Option("--metric", help="Distance the index serves")
     ] = "cosineDistance",
     quantization: Annotated[
-        Literal["bf16", "f16", "f32", "i8", "b1"],
-        typer.Option("--quantization", help="Storage of vectors in the index"),
-    ] = "bf16",
-    m: Annotated[int, typer.Option("--m", min=2, help="HNSW connections per node")] = DEFAULT_M,
+        Literal["bf16", "f16", "f32", "i8", "b1"] | None,
+        typer.Option("--quantization", help="Storage of vectors in the index (default: tuned among bf16, i8)"),
+    ] = None,
+    m: Annotated[int | None, typer.Option("--m", min=2, help="HNSW connections per node (skips tuning)")] = None,
     ef_construction: Annotated[
-        int, typer.Option("--ef-construction", min=1, help="HNSW candidate list while building")
-    ] = DEFAULT_EF_CONSTRUCTION,
+        int | None, typer.Option("--ef-construction", min=1, help="HNSW candidate list while building (skips tuning)")
+    ] = None,
+    recall_target: Annotated[
+        float, typer.Option("--recall-target", min=0.0, max=1.0, help="Recall@10 the tuned index must reach")
+    ] = 0.95,
+    sample_rows: Annotated[int, typer.Option("--sample-rows", min=100, help="Rows sampled for tuning")] = 20_000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Tune and size, print the choice, build nothing")] = False,
+    max_memory: Annotated[
+        str | None, typer.Option("--max-memory", help="Memory the index may take, e.g. 8G (default: the target's)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Build even when the projected memory does not fit")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
 ) -> None:
-    """Add and materialize HNSW vector_similarity indexes (idempotent; dimension read from the data)."""
+    """Add and materialize HNSW vector_similarity indexes, tuned to --recall-target unless --m/--ef-construction
+    are given; sized before building (refused when it cannot fit), built once over merged parts."""
     setup_logging()
     q = query_config(target, table, database, user, password_file, ca_file, insecure)
-    requests = requests_for(column, name, metric, quantization, m, ef_construction)
-    run_async(build_indexes(q, requests, display_factory(progress), typer.echo))
+    auto = m is None and ef_construction is None
+    cfg = TuneConfig(
+        recall_target=recall_target,
+        sample_rows=sample_rows,
+        quantizations=(quantization,) if quantization else TuneConfig.quantizations,
+        max_memory=parse_bytes(max_memory) if max_memory else None,
+        force=force,
+        dry_run=dry_run,
+    )
+    requests = requests_for(
+        column,
+        name,
+        metric,
+        quantization or DEFAULT_QUANTIZATION,
+        m or DEFAULT_M,
+        ef_construction or DEFAULT_EF_CONSTRUCTION,
+    )
+    run_async(build_tuned_indexes(q, requests, auto, cfg, display_factory(progress), typer.echo, render_grid))

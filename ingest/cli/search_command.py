@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,7 +24,7 @@ from ingest.cli.support import (
 from ingest.clickhouse.vector_sql import EF_SEARCH_SETTING
 from ingest.core.target import DEFAULT_TARGET
 from ingest.vector.clip_client import WEIGHTS_ENV
-from ingest.vector.eval import run_eval
+from ingest.vector.eval import EvalResult, run_eval
 from ingest.vector.search import Column, Query, SearchResult, run_search
 
 
@@ -76,29 +77,70 @@ def search_command(
         render(result, Console())
 
 
+def render_sweep(result: EvalResult, console: Console) -> None:
+    view = Table(title=f"{result.index}: {result.queries} queries, brute force p50 {result.brute_force_p50_ms:.1f} ms")
+    view.add_column(EF_SEARCH_SETTING, justify="right")
+    for k in result.ks:
+        view.add_column(f"recall@{k}", justify="right")
+    for name in ("p50 ms", "p95 ms", "p99 ms", "QPS c=1", f"QPS c={result.concurrency}"):
+        view.add_column(name, justify="right")
+    for p in result.points:
+        view.add_row(
+            str(p.search_list),
+            *(f"{p.recall[k]:.3f}" for k in result.ks),
+            f"{p.p50_ms:.1f}",
+            f"{p.p95_ms:.1f}",
+            f"{p.p99_ms:.1f}",
+            f"{p.qps_1:.0f}",
+            f"{p.qps_n:.0f}",
+        )
+    console.print(view)
+
+
 def eval_command(
     target: TargetOpt = DEFAULT_TARGET,
     table: TableOpt = "laion",
     database: DatabaseOpt = None,
     column: Annotated[Column, typer.Option("--column", help="Indexed embedding column")] = "image_embedding",
     queries: Annotated[int, typer.Option("--queries", min=1, help="Query vectors sampled from the table")] = 100,
-    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="Neighbours compared per query")] = 10,
-    ef_search: Annotated[
-        int | None, typer.Option("--ef-search", min=1, help=f"HNSW candidate list at query time ({EF_SEARCH_SETTING})")
+    k: Annotated[
+        list[int] | None,
+        typer.Option("--k", min=1, max=1000, help="Neighbours compared per query (repeat: --k 10 --k 100)"),
     ] = None,
+    ef_search: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--ef-search",
+            min=1,
+            help=f"{EF_SEARCH_SETTING} to sweep (repeat it); default: the one recorded when the index was tuned",
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight for QPS at N")] = 4,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Which rows are sampled (same seed, same rows)")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write recall vs latency to this PNG (the plot extra)")
+    ] = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
 ) -> None:
-    """Recall@k of the vector index against brute force, and the median latency of both."""
+    """Recall@k of the vector index against brute force, latency p50/p95/p99 and QPS, over search list sizes."""
     setup_logging()
     q = query_config(target, table, database, user, password_file, ca_file, insecure)
-    result = run_async(run_eval(q, column, queries, k, ef_search, seed))
+    ks = tuple(k or [10])
+    result = run_async(run_eval(q, column, queries, ks, tuple(ef_search or ()), seed, concurrency))
+    if plot is not None:
+        from ingest.vector.eval_plot import plot_recall_latency
+
+        plot_recall_latency(result, plot)
     if as_json:
         typer.echo(result.to_json().decode())
-    else:
-        for line in result.lines():
-            typer.echo(line)
+        return
+    for line in result.lines():
+        typer.echo(line)
+    if len(result.points) > 1 or len(result.ks) > 1:
+        render_sweep(result, Console(width=160))
+    if plot is not None:
+        typer.echo(f"plot: {plot}")

@@ -150,3 +150,23 @@ def read_credentials(user: str | None, password_file: Path | None) -> Credential
     else:
         password = os.environ.get("CLICKHOUSE_PASSWORD", "")
     return Credentials(user=name, password=password)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`index --recall-target`: how the HNSW parameters are chosen, sized and recorded."""
+
+    recall_target: float = 0.95
+    sample_rows: int = 20_000
+    queries: int = 50
+    search_lists: tuple[int, ...] = (32, 64, 128, 256, 512)
+    quantizations: tuple[str, ...] = ("bf16", "i8")
+    ms: tuple[int, ...] = (16, 32)
+    efs: tuple[int, ...] = (32, 64, 128)
+    seed: int = 0
+    max_memory: int | None = None
+    """Bytes the index may take (--max-memory); None = the target's memory and vector index cache."""
+    force: bool = False
+    dry_run: bool = False
+    verify_queries: int = 100
+    """Query rows for the check on the full index after the build (the search list grows until it reaches R)."""

@@ -104,6 +104,10 @@ class LedgerError(IngestError):
     """The resume ledger cannot be read or written."""
 
 
+class IndexTooLargeError(UsageError):
+    """The projected memory of a vector index exceeds what the target can hold (refused unless --force)."""
+
+
 def exception_leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside a (nested) TaskGroup failure, in order, or `[exc]` for a plain exception."""
     if not isinstance(exc, BaseExceptionGroup):

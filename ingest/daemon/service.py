@@ -47,6 +47,7 @@ from ingest.sinks.base import Sink
 from ingest.stages.probe import needs_probe
 from ingest.stages.shard import ShardFiles
 from ingest.stages.source import Source, open_source
+from ingest.vector.coverage import coverage, prepare_growing_table, rematerialize
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +67,21 @@ SHARDS_PENDING = Gauge(
     "laion_ingest_shards_pending",
     "Shards available at the source that the last poll set out to load",
     registry=REGISTRY,
+)
+
+INDEX_UNCOVERED_ROWS = Gauge(
+    "laion_ingest_index_uncovered_rows", "Rows in parts the vector index does not cover yet", registry=REGISTRY
+)
+INDEX_UNCOVERED_PARTS = Gauge(
+    "laion_ingest_index_uncovered_parts", "Active parts the vector index does not cover yet", registry=REGISTRY
+)
+INDEX_BUILDS = Counter(
+    "laion_ingest_index_rematerializations",
+    "Scheduled MATERIALIZE INDEX runs that built the index for uncovered parts",
+    registry=REGISTRY,
+)
+INDEX_ROWS_BUILT = Counter(
+    "laion_ingest_index_rows_built", "Rows whose parts got their vector index from a scheduled run", registry=REGISTRY
 )
 
 Signature = tuple[tuple[int, int], ...]
@@ -93,6 +109,8 @@ class DaemonOptions:
     http_port: int = 9108
     drain_seconds: float = 25.0
     """The whole shutdown budget; the pipeline gets most of it (LoadConfig.drain_seconds), closing the rest."""
+    index_every: float = 0.0
+    """Seconds between re-materializations of the vector indexes over new parts (0 = never)."""
 
 
 # -- pure decisions -------------------------------------------------------------------------------------------
@@ -148,6 +166,8 @@ class Daemon:
         self.tried: dict[int, Signature | None] = {}
         self.failures = 0
         self.last_error = ""
+        self.next_index = 0.0
+        self.table_prepared = False
 
     async def run(self) -> int:
         from ingest.daemon.health import make_app, start_server
@@ -171,6 +191,8 @@ class Daemon:
                 )
                 while not self.stop.is_set():
                     await self._poll_guarded()
+                    if self.opts.index_every > 0 and not self.stop.is_set():
+                        await self._index_guarded()
                     await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
         finally:
             deadline.cancel()
@@ -285,6 +307,33 @@ class Daemon:
             if unfinished and not self.stop.is_set():
                 SHARDS.labels(status="failed").inc(len(unfinished))
         SHARDS_PENDING.set(0)
+
+    async def _index_guarded(self) -> None:
+        """Count parts the vector index does not cover; every --index-every seconds, build it for them."""
+        assert self.sink is not None
+        try:
+            if not self.table_prepared:
+                for note in await prepare_growing_table(self.sink, self.s.table):
+                    log.warning("daemon: %s", note)
+                self.table_prepared = True
+            cov = await coverage(self.sink, self.s.table)
+            INDEX_UNCOVERED_PARTS.set(cov.uncovered_parts)
+            INDEX_UNCOVERED_ROWS.set(cov.uncovered_rows)
+            if time.monotonic() < self.next_index:
+                return
+            self.next_index = time.monotonic() + self.opts.index_every
+            parts, rows = await rematerialize(self.sink, self.s.table)
+            if parts:
+                INDEX_BUILDS.inc()
+                INDEX_ROWS_BUILT.inc(rows)
+                log.info("daemon: vector index built for %d new part(s), %s rows", parts, f"{rows:,}")
+            cov = await coverage(self.sink, self.s.table)
+            INDEX_UNCOVERED_PARTS.set(cov.uncovered_parts)
+            INDEX_UNCOVERED_ROWS.set(cov.uncovered_rows)
+        except IngestError as exc:
+            if isinstance(exc, FATAL_ERRORS):
+                raise
+            log.error("daemon: index upkeep failed: %s; retrying at the next interval", exc)
 
     def _signature(self, shard: int) -> Signature | None:
         if self.s.source.is_http:

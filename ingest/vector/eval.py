@@ -1,70 +1,141 @@
-"""Recall of the vector index against brute force, on query vectors sampled from the table itself."""
+"""`eval` as a benchmark: recall@k against brute force, latency percentiles and QPS at concurrency 1 and N, over
+a sweep of search list sizes, on query vectors sampled from the table itself (they are in the table: each
+query's own row is among its exact neighbours, as it is for `search --like-id`).
+
+With no sweep given, the search list recorded when the index was tuned is used (else the server default).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 
+from ingest.clickhouse.index_sql import ids_search_sql
 from ingest.clickhouse.vector_sql import (
     DEFAULT_METRIC,
     EF_SEARCH_SETTING,
+    ExistingIndex,
     current_setting_sql,
-    median_ms,
     recall_at_k,
     sample_queries_sql,
     search_settings,
-    search_sql,
     vector_literal,
 )
 from ingest.core.config import QueryConfig
 from ingest.core.errors import UsageError
 from ingest.sinks.base import Sink
 from ingest.vector.index import connected_sink, require_table, require_vector_index
-from ingest.vector.search import column_index, index_used, timed_search
+from ingest.vector.metadata import recorded_for
+from ingest.vector.search import column_index, index_used
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One search list size: recall@k for each k, latency percentiles (concurrency 1) and QPS."""
+
+    search_list: int
+    recall: dict[int, float]
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    qps_1: float
+    qps_n: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            EF_SEARCH_SETTING: self.search_list,
+            **{f"recall_at_{k}": r for k, r in self.recall.items()},
+            "p50_ms": self.p50_ms,
+            "p95_ms": self.p95_ms,
+            "p99_ms": self.p99_ms,
+            "qps_concurrency_1": self.qps_1,
+            "qps_concurrency_n": self.qps_n,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class EvalResult:
-    k: int
+    ks: tuple[int, ...]
     queries: int
-    recall: float
-    index_ms: float
-    brute_force_ms: float
     index: str
-    ef_search: str
     index_used: bool
+    concurrency: int
+    brute_force_p50_ms: float
+    points: tuple[SweepPoint, ...]
+    list_source: str
+    """Where the search list came from: the sweep asked for, the recorded tuning, or the server default."""
 
     def lines(self) -> list[str]:
         used = "" if self.index_used else " (warning: the plan did not use the index)"
-        return [
-            f"recall@{self.k}: {self.recall:.3f}",
+        first = self.points[0]
+        out = [f"recall@{k}: {first.recall[k]:.3f}" for k in self.ks]
+        out.append(
             f"{self.queries} queries sampled from the table; index {self.index}{used}, "
-            f"{EF_SEARCH_SETTING}={self.ef_search}",
-            f"median latency: index {self.index_ms:.1f} ms, brute force {self.brute_force_ms:.1f} ms",
-        ]
+            f"{EF_SEARCH_SETTING}={first.search_list} ({self.list_source})"
+        )
+        out.append(f"median latency: index {first.p50_ms:.1f} ms, brute force {self.brute_force_p50_ms:.1f} ms")
+        return out
 
     def to_json(self) -> bytes:
+        first = self.points[0]
         return orjson.dumps(
             {
-                f"recall_at_{self.k}": self.recall,
-                "k": self.k,
+                **{f"recall_at_{k}": first.recall[k] for k in self.ks},
+                "k": list(self.ks),
                 "queries": self.queries,
                 "index": self.index,
                 "index_used": self.index_used,
-                EF_SEARCH_SETTING: self.ef_search,
-                "index_median_ms": self.index_ms,
-                "brute_force_median_ms": self.brute_force_ms,
+                EF_SEARCH_SETTING: first.search_list,
+                "search_list_source": self.list_source,
+                "index_median_ms": first.p50_ms,
+                "brute_force_median_ms": self.brute_force_p50_ms,
+                "concurrency": self.concurrency,
+                "sweep": [p.as_dict() for p in self.points],
             }
         )
 
 
+def percentile_ms(seconds: list[float], pct: float) -> float:
+    return float(np.percentile(np.asarray(seconds), pct)) * 1000.0 if seconds else 0.0
+
+
+async def _ids(sink: Sink, sql: str, settings: dict[str, str | int]) -> tuple[list[int], float]:
+    start = time.perf_counter()
+    rows = await sink.query(sql, settings)
+    return [int(r["id"]) for r in rows], time.perf_counter() - start
+
+
+async def _qps(sink: Sink, sqls: list[str], settings: dict[str, str | int], concurrency: int) -> float:
+    """Queries per second with `concurrency` requests in flight (chdb runs them one at a time on its thread)."""
+    pending = list(sqls)
+
+    async def worker() -> None:
+        while pending:
+            await sink.query(pending.pop(), settings)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return len(sqls) / max(time.perf_counter() - start, 1e-9)
+
+
 async def run_eval(
-    q: QueryConfig, column: str, queries: int, k: int, ef_search: int | None, seed: int
+    q: QueryConfig,
+    column: str,
+    queries: int,
+    ks: tuple[int, ...],
+    sweep: tuple[int, ...],
+    seed: int,
+    concurrency: int = 4,
 ) -> EvalResult:
-    """Top-k through the index against brute force (use_skip_indexes = 0) for rows sampled from the table."""
+    """Top-max(k) through the index at each search list size against brute force (use_skip_indexes = 0)."""
     ref = q.table
+    ks = tuple(sorted(set(ks)))
+    top = max(ks)
     async with connected_sink(q) as sink:
         require_vector_index(sink, q)
         await require_table(sink, q)
@@ -74,39 +145,56 @@ async def run_eval(
                 f"no vector index on {column} in {ref.key}: build one first with `laion-ingest index --column {column}`"
             )
         metric = index.metric or DEFAULT_METRIC
+        lists, source, extras = await _lists(sink, q, sweep, index)
         samples = await sink.query(sample_queries_sql(ref, column, queries, seed))
         if not samples:
             raise UsageError(f"table {ref.key} is empty: nothing to evaluate")
-        approx_opts = search_settings(False, ef_search)
-        exact_opts = search_settings(True, None)
-        recalls: list[float] = []
-        approx_s: list[float] = []
-        exact_s: list[float] = []
-        used: str | None = None
-        for i, row in enumerate(samples):
-            sql = search_sql(ref, column, metric, vector_literal(np.asarray(row["v"], dtype=np.float32)), k)
-            if i == 0:
-                used = await index_used(sink, sql, approx_opts)
-            approx, a_s = await timed_search(sink, sql, approx_opts)
-            exact, e_s = await timed_search(sink, sql, exact_opts)
-            recalls.append(recall_at_k([int(r["id"]) for r in approx], [int(r["id"]) for r in exact], k))
-            approx_s.append(a_s)
-            exact_s.append(e_s)
-        effective = str(ef_search) if ef_search is not None else await _setting(sink, EF_SEARCH_SETTING)
+        sqls = [
+            ids_search_sql(ref, column, metric, vector_literal(np.asarray(r["v"], dtype=np.float32)), top)
+            for r in samples
+        ]
+        used = await index_used(sink, sqls[0], {**search_settings(False, lists[0]), **extras})
+        exact = [await _ids(sink, s, search_settings(True, None)) for s in sqls]
+        points = []
+        for size in lists:
+            opts = {**search_settings(False, size), **extras}
+            got = [await _ids(sink, s, opts) for s in sqls]
+            recall = {
+                k: float(np.mean([recall_at_k(a, e, k) for (a, _), (e, _) in zip(got, exact, strict=True)])) for k in ks
+            }
+            secs = [t for _, t in got]
+            points.append(
+                SweepPoint(
+                    size,
+                    recall,
+                    percentile_ms(secs, 50),
+                    percentile_ms(secs, 95),
+                    percentile_ms(secs, 99),
+                    len(secs) / max(sum(secs), 1e-9),
+                    await _qps(sink, sqls, opts, concurrency),
+                )
+            )
     return EvalResult(
-        k=k,
-        queries=len(samples),
-        recall=float(np.mean(recalls)),
-        index_ms=median_ms(approx_s),
-        brute_force_ms=median_ms(exact_s),
-        index=index.name,
-        ef_search=effective,
-        index_used=used == index.name,
+        ks,
+        len(samples),
+        index.name,
+        used == index.name,
+        concurrency,
+        percentile_ms([t for _, t in exact], 50),
+        tuple(points),
+        source,
     )
 
 
-async def _setting(sink: Sink, name: str) -> str:
-    rows = await sink.query(current_setting_sql(name))
-    return str(rows[0]["value"]) if rows else "?"
-
-
+async def _lists(
+    sink: Sink, q: QueryConfig, sweep: tuple[int, ...], index: ExistingIndex
+) -> tuple[list[int], str, dict[str, int]]:
+    """Search list sizes to measure, where they come from, and the other recorded settings (b1: rescoring)."""
+    rec = await recorded_for(sink, q.table, index)
+    extras = {k: v for k, v in rec.settings.items() if k != EF_SEARCH_SETTING} if rec is not None else {}
+    if sweep:
+        return list(sweep), "asked for", extras
+    if rec is not None and EF_SEARCH_SETTING in rec.settings:
+        return [rec.settings[EF_SEARCH_SETTING]], f"recorded when tuned to recall {rec.recall_target:.2f}", extras
+    rows = await sink.query(current_setting_sql(EF_SEARCH_SETTING))
+    return [int(rows[0]["value"]) if rows else 256], "server default", extras

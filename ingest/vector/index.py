@@ -293,11 +293,3 @@ def requests_for(
     return [
         IndexRequest(col, name or default_index_name(col), metric, quantization, m, ef_construction) for col in columns
     ]
-
-
-async def finalize_after_load(
-    q: QueryConfig, display_for: DisplayFactory, report: Callable[[str], None]
-) -> list[IndexOutcome]:
-    """`run --index`: both embedding columns, default parameters."""
-    requests = requests_for("all", None, DEFAULT_METRIC, DEFAULT_QUANTIZATION, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
-    return await build_indexes(q, requests, display_for, report)

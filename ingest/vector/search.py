@@ -29,6 +29,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.clip_client import encode
 from ingest.vector.index import connected_sink, require_table, require_vector_index, vector_indexes
+from ingest.vector.metadata import recorded_for
 
 Column = Literal["image_embedding", "text_embedding"]
 
@@ -153,6 +154,9 @@ async def run_search(
             raise UsageError(f"the query vector has {len(vector)} values; {column} in {ref.key} holds {dim}")
         sql = search_sql(ref, column, metric, vector_literal(vector), limit)
         opts = search_settings(brute_force, ef_search)
+        if ef_search is None and not brute_force and index is not None:
+            rec = await recorded_for(sink, ref, index)  # the search list the index was tuned for
+            opts.update(rec.settings if rec is not None else {})
         rows, elapsed = await timed_search(sink, sql, opts)
         used = await index_used(sink, sql, opts)
     hits = [
@@ -166,5 +170,3 @@ async def run_search(
         for rank, r in enumerate(rows, 1)
     ]
     return SearchResult(hits, elapsed, used is not None, used, column, metric, opts)
-
-

@@ -1,0 +1,251 @@
+"""`index --recall-target`: the pure choice and sizing, then the whole command on real chdb (small sizes:
+12,000 rows, 4,000-row samples, M ≤ 32), `eval --plot`, and the daemon's scheduled re-materialize."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from cli_run import cli
+from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
+
+from ingest.clickhouse.vector_sql import vector_literal
+from ingest.core.config import TargetConfig
+from ingest.core.ids import TableRef
+from ingest.core.target import parse_target
+from ingest.sinks.chdb import ChdbSink
+from ingest.stages.synth import SynthSpec, write_shard
+from ingest.vector import tune_run
+from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
+from ingest.vector.tune import Candidate, Measured, choose, chunks_under, default_grid, project_seconds, should_stop
+from ingest.vector.tune_run import exact_top_ids
+
+# ---- pure --------------------------------------------------------------------------------------------------
+
+
+def test_choose_takes_the_cheapest_build_that_reaches_the_target() -> None:
+    cheap_bad = Measured(Candidate("i8", 16, 64), 1.0, {64: 0.80, 256: 0.90})
+    mid_ok = Measured(Candidate("bf16", 16, 64), 2.0, {64: 0.93, 256: 0.97})
+    dear_ok = Measured(Candidate("bf16", 32, 128), 5.0, {64: 0.96, 256: 0.99})
+    c = choose([dear_ok, cheap_bad, mid_ok], 0.95)
+    assert (c.candidate, c.search_list, c.reached) == (Candidate("bf16", 16, 64), 256, True)
+    assert "cheapest build" in c.reason and "1 other candidate" in c.reason
+    # nobody reaches it: the best recall, said plainly
+    none = choose([cheap_bad, mid_ok], 0.99)
+    assert (none.candidate, none.search_list, none.reached) == (Candidate("bf16", 16, 64), 256, False)
+    assert "no candidate reaches" in none.reason
+
+
+def test_grid_is_ordered_by_cost_and_stops_early() -> None:
+    grid = default_grid(("i8", "bf16"), (16, 32), (32, 64, 128))
+    assert grid[:3] == [Candidate("bf16", 16, 32), Candidate("i8", 16, 32), Candidate("bf16", 16, 64)]
+    assert grid[-1].m * grid[-1].ef_construction == 32 * 128
+    assert should_stop(Measured(grid[0], 1.0, {64: 0.96}), 0.95)
+    assert not should_stop(Measured(grid[0], 1.0, {512: 0.96}), 0.95)  # only at an unreasonable list
+    assert not should_stop(Measured(grid[0], 1.0, {64: 0.90}), 0.95)
+
+
+def test_build_projection_is_n_log_n() -> None:
+    assert project_seconds(2.0, 10_000, 10_000) == pytest.approx(2.0)
+    assert project_seconds(2.0, 10_000, 100_000) == pytest.approx(2.0 * 10 * 11.5129 / 9.2103, rel=1e-3)
+
+
+def test_sizing_formula_fit_and_alternatives() -> None:
+    # rows × dim × bytes + rows × M × 8, × 1.5
+    assert index_bytes(1_000_000, 512, "bf16", 16) == int((1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 1.5)
+    assert index_bytes(1000, 512, "b1", 16) == int((1000 * 64 + 1000 * 128) * 1.5)
+    budget = MemoryBudget(1 << 30, "--max-memory", cache_bytes=5 << 30)
+    assert check_fit(2 << 30, budget).fits is False and check_fit(2 << 30, budget).limit_source == "--max-memory"
+    assert check_fit(1 << 29, budget).fits
+    fits = cheaper_that_fit(1_000_000, 512, 1, 1 << 30, [("bf16", 16), ("i8", 16), ("b1", 16)])
+    assert [q for q, _, _ in fits] == ["b1", "i8"]
+    assert parse_bytes("1G") == 1 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
+
+
+# ---- the command on chdb -----------------------------------------------------------------------------------
+
+
+def ok(res: CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    return res.stdout
+
+
+def chdb_rows(db: Path, sql: str) -> list[dict[str, Any]]:
+    from chdb import session
+
+    s = session.Session(str(db))  # type: ignore[no-untyped-call]
+    try:
+        data = s.query(sql, "JSONEachRow").bytes()  # type: ignore[no-untyped-call]
+    finally:
+        s.close()  # type: ignore[no-untyped-call]
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tune")
+    src = root / "src"
+    for s in (0, 1):
+        write_shard(src, s, SynthSpec(rows=6000, seed=11))
+    db = root / "db"
+    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
+    return db
+
+
+TUNE = ("--sample-rows", "4000", "--no-progress")
+
+
+def test_exact_top_ids_in_one_scan_match_numpy_on_the_source(table: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The brute-force truth the tuning and the full-index check rely on, against np.load of the .npy files."""
+    ids = np.concatenate([np.arange(6000, dtype=np.int64) + s * 10_000_000 for s in (0, 1)])
+    vecs = np.concatenate(
+        [np.load(table.parent / "src" / "img_emb" / f"img_emb_{s}.npy").astype(np.float64) for s in (0, 1)]
+    )
+    picks = [3, 4321, 6000 + 17, 11_999]
+    literals = [vector_literal(vecs[i].astype(np.float32)) for i in picks]
+    assert chunks_under(literals, 10**9) == [[0, 1, 2, 3]] and chunks_under(literals, 1) == [[0], [1], [2], [3]]
+    monkeypatch.setattr(tune_run, "QUERY_TEXT_BUDGET", max(map(len, literals)) + 64)  # one query per scan
+
+    async def scenario() -> list[list[int]]:
+        sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
+        await sink.connect()
+        try:
+            return await exact_top_ids(
+                sink, TableRef("default", "laion"), "image_embedding", "cosineDistance", literals, 10
+            )
+        finally:
+            await sink.close()
+
+    got = asyncio.run(scenario())
+    norms = np.linalg.norm(vecs, axis=1)
+    for i, top in zip(picks, got, strict=True):
+        dist = 1.0 - (vecs @ vecs[i]) / (norms * norms[i])
+        assert top == [int(x) for x in ids[np.argsort(dist, kind="stable")[:10]]]
+        assert top[0] == ids[i]
+
+
+def test_dry_run_prints_grid_and_choice_and_builds_nothing(table: Path) -> None:
+    out = ok(cli("index", "--target", f"chdb:{table}", "--recall-target", "0.9", "--dry-run", *TUNE))
+    assert "candidates on 4,000 sampled rows" in out and "recall@10 L=256" in out and "projected memory" in out
+    assert re.search(r"chose (i8|bf16) M=\d+ ef_c=\d+, search list \d+: cheapest build", out), out
+    assert "projected index memory" in out and "--dry-run: nothing built" in out
+    assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
+    assert chdb_rows(table, "SELECT name FROM system.tables WHERE name LIKE '_laion_tune%'") == []  # scratch dropped
+
+
+def test_too_large_for_max_memory_is_refused_in_one_line(table: Path) -> None:
+    res = cli("index", "--target", f"chdb:{table}", "--m", "16", "--ef-construction", "64", "--max-memory", "10M")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "over --max-memory 10.0 MiB" in lines[0] and "configurations that fit: --quantization" in lines[0]
+    assert "--force" in lines[0]
+    assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
+
+
+def test_unreachable_target_is_refused_unless_forced(table: Path) -> None:
+    """b1 (with rescoring) cannot reach 0.99 on these vectors: the grid is shown, then one refusal line."""
+    res = cli("index", "--target", f"chdb:{table}", "--quantization", "b1", "--recall-target", "0.99", *TUNE)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "b1 M=16 ef_c=32" in res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no candidate reaches recall@10 0.99 on the sample" in lines[0], res.stderr
+    assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
+    assert chdb_rows(table, "SELECT name FROM system.tables WHERE name LIKE '_laion_tune%'") == []
+
+
+def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: Path, tmp_path: Path) -> None:
+    target = f"chdb:{table}"
+    out = ok(cli("index", "--target", target, "--recall-target", "0.95", *TUNE))
+    assert re.search(r"merged \d+ parts into 1 in", out), out  # built once, over one final part
+    m = re.search(r"recall@10 (\d\.\d+) on the full index at hnsw_candidate_list_size_for_search=(\d+)", out)
+    assert m and float(m.group(1)) >= 0.95, out
+    listed = int(m.group(2))
+    parts = chdb_rows(
+        table, "SELECT secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
+    )
+    assert len(parts) == 1 and int(parts[0]["b"]) > 0
+
+    doc = orjson.loads(ok(cli("eval", "--target", target, "--queries", "40", "--seed", "5", "--json")))
+    assert doc["hnsw_candidate_list_size_for_search"] == listed
+    assert doc["search_list_source"].startswith("recorded when tuned")
+    assert doc["recall_at_10"] >= 0.9  # other query rows than the check's: a little slack
+    hit = orjson.loads(ok(cli("search", "--target", target, "--like-id", "7", "--json", "--limit", "3")))
+    assert hit["settings"]["hnsw_candidate_list_size_for_search"] == listed and hit["index_used"] is True
+
+    again = ok(cli("index", "--target", target, *TUNE))
+    assert "exists already" in again and "not tuning" in again and "candidates on" not in again
+
+    png = tmp_path / "curve.png"
+    sweep = ("--ef-search", "16", "--ef-search", "64", "--ef-search", "256")
+    res = ok(cli("eval", "--target", target, "--queries", "20", "--k", "10", "--k", "100", *sweep, "--plot", str(png)))
+    assert "recall@100" in res and "p99 ms" in res and "QPS c=4" in res
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    assert struct.unpack(">II", head[16:24]) == (800, 500)
+
+
+# ---- the daemon keeps a growing table indexed --------------------------------------------------------------
+
+
+def test_daemon_rematerializes_new_parts_and_merges_do_not_rebuild(
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    src = tmp_path / "src"
+    write_shard(src, 0, SynthSpec(rows=3000, seed=2))
+    db = tmp_path / "db"
+    target = f"chdb:{db}"
+    ok(cli("run", "--source", str(src), "--shards", "0", "--target", target, "--no-progress"))
+    ok(cli("index", "--target", target, "--m", "16", "--ef-construction", "64", "--no-progress"))
+    for s in (1, 2):
+        write_shard(src, s, SynthSpec(rows=3000, seed=2))
+
+    d = daemons(tmp_path, src, target, "--index-every", "1")
+    built = "laion_ingest_index_rematerializations_total"
+    m = d.wait_for(
+        "new shards loaded and covered",
+        lambda m: (
+            m.get('laion_ingest_shards_total{status="done"}') == 2
+            and m.get(built, 0) >= 1
+            and m.get("laion_ingest_index_uncovered_parts") == 0
+        ),
+    )
+    assert m["laion_ingest_index_rows_built_total"] >= 6000
+    assert d.terminate() == 0
+    assert any("vector index built for" in msg for msg in d.messages())
+
+    create = chdb_rows(db, "SELECT create_table_query AS q FROM system.tables WHERE name = 'laion'")[0]["q"]
+    assert "materialize_skip_indexes_on_merge = 0" in create
+    parts = chdb_rows(
+        db,
+        "SELECT sum(rows) AS n, min(secondary_indices_compressed_bytes) AS b FROM system.parts "
+        "WHERE active AND table = 'laion'",
+    )[0]
+    assert int(parts["n"]) == 9000 and int(parts["b"]) > 0  # every row's part carries the index
+
+    # and a merge does not rebuild it: force one; the merged part comes out without the index, for the
+    # daemon's next scheduled run to build once
+    from chdb import session
+
+    s = session.Session(str(db))  # type: ignore[no-untyped-call]
+    try:
+        s.query("OPTIMIZE TABLE laion FINAL")  # type: ignore[no-untyped-call]
+        data = s.query(  # type: ignore[no-untyped-call]
+            "SELECT count() AS parts, max(secondary_indices_compressed_bytes) AS b FROM system.parts "
+            "WHERE active AND table = 'laion'",
+            "JSONEachRow",
+        ).bytes()
+    finally:
+        s.close()  # type: ignore[no-untyped-call]
+    merged = orjson.loads(data.splitlines()[0])
+    assert int(merged["parts"]) == 1 and int(merged["b"]) == 0

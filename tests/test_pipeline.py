@@ -16,6 +16,7 @@ from ingest.core.config import LoadConfig, RunConfig, SourceConfig, TargetConfig
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.core.retry import RetryPolicy
+from ingest.core.schema import TableSchema
 from ingest.core.target import parse_target
 from ingest.load import pipeline as pipeline_mod
 from ingest.load.ledger import Ledger
@@ -31,7 +32,7 @@ def settings(src: Path) -> RunConfig:
     return RunConfig(
         shards=(0, 1),
         table=TableRef("default", "laion"),
-        target=TargetConfig(spec=parse_target("chdb:/nonexistent")),
+        target=TargetConfig(spec=parse_target("chdb:/nonexistent"), schema=TableSchema(dim=8)),
         source=SourceConfig(root=str(src)),
         load=LoadConfig(dim=8, batch_rows=100, segment_rows=300, retry=RetryPolicy(max_retries=1, max_seconds=0)),
     )

@@ -19,6 +19,7 @@ from ingest.cli.options import (
     DrainSecondsOpt,
     FormatOpt,
     InsertConcurrencyOpt,
+    InsertModeOpt,
     KeepDownloadsOpt,
     LogFormatOpt,
     MaxRetriesOpt,
@@ -27,13 +28,16 @@ from ingest.cli.options import (
     RetryMaxSecondsOpt,
     SourceOpt,
     StateOpt,
+    ZookeeperPathOpt,
     run_config,
 )
 from ingest.cli.progress import make_reporter
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -44,7 +48,7 @@ from ingest.cli.support import (
     set_debug,
     setup_logging,
 )
-from ingest.core.config import LAION_ROOT
+from ingest.core.config import DEFAULT_ZOOKEEPER_PATH, LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.memory import return_large_buffers_to_the_os
 from ingest.core.plan import parse_shard_spec, worker_slice
@@ -106,10 +110,10 @@ def run(
     worker_count: Annotated[
         int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")
     ] = 1,
-    cluster: Annotated[
-        str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")
-    ] = None,
-    insert_mode: Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")] = "distributed",
+    cluster: ClusterOpt = None,
+    insert_mode: InsertModeOpt = "distributed",
+    node: NodeOpt = None,
+    zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH,
     finalize: Annotated[
         bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")
     ] = False,
@@ -160,6 +164,8 @@ def run(
         cluster=cluster,
         insert_mode=insert_mode,
         finalize=finalize,
+        nodes=node,
+        zookeeper_path=zookeeper_path,
     )
 
     async def main() -> int:

@@ -16,6 +16,7 @@ from ingest.cli.options import (
     DrainSecondsOpt,
     FormatOpt,
     InsertConcurrencyOpt,
+    InsertModeOpt,
     KeepDownloadsOpt,
     LogFormatOpt,
     MaxRetriesOpt,
@@ -24,12 +25,15 @@ from ingest.cli.options import (
     RetryMaxSecondsOpt,
     SourceOpt,
     StateOpt,
+    ZookeeperPathOpt,
     run_config,
 )
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -38,7 +42,7 @@ from ingest.cli.support import (
     run_async,
     setup_logging,
 )
-from ingest.core.config import LAION_ROOT
+from ingest.core.config import DEFAULT_ZOOKEEPER_PATH, LAION_ROOT
 from ingest.core.plan import parse_shard_spec
 from ingest.core.target import DEFAULT_TARGET
 from ingest.daemon.service import LAION_SHARDS, Daemon, DaemonOptions, pipeline_drain_seconds
@@ -74,6 +78,10 @@ def daemon_command(
     retry_max_seconds: RetryMaxSecondsOpt = 30.0,
     drain_seconds: DrainSecondsOpt = 25.0,
     log_format: LogFormatOpt = "text",
+    cluster: ClusterOpt = None,
+    insert_mode: InsertModeOpt = "distributed",
+    node: NodeOpt = None,
+    zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH,
 ) -> None:
     """Watch SOURCE and load each new shard into TARGET; serve /healthz /readyz /metrics on --http-port."""
     setup_logging(log_format)
@@ -103,6 +111,10 @@ def daemon_command(
         retry_max_seconds=retry_max_seconds,
         drain_seconds=pipeline_drain_seconds(drain_seconds),
         progress=False,
+        cluster=cluster,
+        insert_mode=insert_mode,
+        nodes=node,
+        zookeeper_path=zookeeper_path,
     )
     opts = DaemonOptions(
         candidates=tuple(parse_shard_spec(shard_spec)) if shard_spec is not None else None,

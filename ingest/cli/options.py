@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 
 import typer
 
+from ingest.cli.support import node_endpoints
 from ingest.core.config import (
+    DEFAULT_ZOOKEEPER_PATH,
     InsertFormat,
     InsertMode,
     LoadConfig,
@@ -20,6 +22,7 @@ from ingest.core.config import (
     TargetConfig,
     read_credentials,
     resolve_table,
+    validate_zookeeper_path,
 )
 from ingest.core.retry import RetryPolicy
 from ingest.core.target import parse_target
@@ -39,6 +42,14 @@ MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0)]
 RetryMaxSecondsOpt = Annotated[float, typer.Option("--retry-max-seconds", min=0.0)]
 DrainSecondsOpt = Annotated[float, typer.Option("--drain-seconds", min=0.0)]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]
+InsertModeOpt = Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")]
+ZookeeperPathOpt = Annotated[
+    str,
+    typer.Option(
+        "--zookeeper-path",
+        help="Coordinator path prefix of a replicated {table}_local (holds {shard}; /DB/TABLE is appended)",
+    ),
+]
 
 
 def run_config(
@@ -70,6 +81,8 @@ def run_config(
     cluster: str | None = None,
     insert_mode: InsertMode = "distributed",
     finalize: bool = False,
+    nodes: list[str] | None = None,
+    zookeeper_path: str = DEFAULT_ZOOKEEPER_PATH,
 ) -> RunConfig:
     """The one place flags become config objects, shared by `run` and `daemon`."""
     spec = parse_target(target)
@@ -88,6 +101,8 @@ def run_config(
             cluster=cluster,
             insert_mode=insert_mode,
             connections=insert_concurrency,
+            nodes=node_endpoints(cluster, nodes),
+            zookeeper_path=validate_zookeeper_path(zookeeper_path),
         ),
         source=SourceConfig(
             root=source,

@@ -1,5 +1,7 @@
 """Pure SQL for a cluster target: a MergeTree `{table}_local` on every node, a `Distributed` `{table}` over them.
 
+With a coordinator (ZooKeeper/Keeper) `{table}_local` is a ReplicatedMergeTree on the `{shard}`/`{replica}` macros.
+
 Names pass the same validation and quoting as ingest/sql.py; the table schema itself comes from there
 (`create_table_sql`), so single-node and cluster tables cannot drift apart.
 """
@@ -50,6 +52,28 @@ def local_table_sql(ref: TableRef, dedup_window: int | None, cluster: str | None
     head = f"CREATE TABLE IF NOT EXISTS {ref.sql}"
     assert sql.startswith(head), sql
     return head + _on_cluster(cluster) + sql[len(head) :]
+
+
+def replicated_local_table_sql(ref: TableRef, zookeeper_path: str, cluster: str | None = None) -> str:
+    """`local_table_sql` with `ReplicatedMergeTree('{zookeeper_path}/{db}/{table}', '{replica}')`: the server
+    expands the `{shard}` and `{replica}` macros, so one statement (ON CLUSTER) serves every node. No dedup window:
+    replicated tables deduplicate retried blocks themselves.
+    """
+    sql = local_table_sql(ref, None, cluster)
+    path = f"{zookeeper_path.rstrip('/')}/{ref.database}/{ref.table}"
+    engine = f"ENGINE = ReplicatedMergeTree({quote_string(path)}, '{{replica}}')"
+    assert sql.count("ENGINE = MergeTree") == 1, sql
+    return sql.replace("ENGINE = MergeTree", engine)
+
+
+def macros_sql() -> str:
+    return "SELECT macro, substitution FROM system.macros"
+
+
+def missing_macros(rows: list[tuple[str, str]]) -> list[str]:
+    """Which of the macros a replicated table needs a node does not define."""
+    have = {name for name, _ in rows}
+    return [m for m in ("shard", "replica") if m not in have]
 
 
 def distributed_table_sql(ref: TableRef, cluster: str, on_cluster: bool = False) -> str:

@@ -11,8 +11,10 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -90,9 +92,11 @@ def index_command(
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    cluster: ClusterOpt = None,
+    node: NodeOpt = None,
 ) -> None:
     """Add and materialize HNSW vector_similarity indexes (idempotent; dimension read from the data)."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure)
+    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
     requests = requests_for(column, name, metric, quantization, m, ef_construction)
     run_async(build_indexes(q, requests, display_factory(progress), typer.echo))

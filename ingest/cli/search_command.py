@@ -10,8 +10,10 @@ from rich.table import Table
 
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -39,6 +41,9 @@ def render(result: SearchResult, console: Console) -> None:
     console.print(view)
     how = f"vector index {result.index} used" if result.index_used else "brute force (no vector index used)"
     console.print(f"{len(result.hits)} rows in {result.elapsed * 1000:.1f} ms; {how}", highlight=False)
+    for shard in result.shards:  # a cluster: which shards used their index, and how the query was routed
+        used = f"index {shard['index']} used" if shard["index_used"] else "no index used"
+        console.print(f"shard {shard['shard']}: {used} (queried via {shard['route']})", highlight=False)
 
 
 def search_command(
@@ -63,10 +68,12 @@ def search_command(
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    cluster: ClusterOpt = None,
+    node: NodeOpt = None,
 ) -> None:
     """Nearest rows to a text, an image, a row (--like-id) or a vector: rank, id, distance, url, caption."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure)
+    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
     query = Query(text=text, image=image, like_id=like_id, vector=vector)
     query.kind()
     result = run_async(run_search(q, query, column, limit, brute_force, ef_search, weights))
@@ -92,10 +99,12 @@ def eval_command(
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    cluster: ClusterOpt = None,
+    node: NodeOpt = None,
 ) -> None:
     """Recall@k of the vector index against brute force, and the median latency of both."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure)
+    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
     result = run_async(run_eval(q, column, queries, k, ef_search, seed))
     if as_json:
         typer.echo(result.to_json().decode())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.clickhouse.sql import create_database_sql, describe_sql, schema_mismatch
+from ingest.clickhouse.sql import create_database_sql, delete_range_sql, describe_sql, schema_mismatch
 from ingest.core.config import TargetConfig, validate_zookeeper_path
 from ingest.core.errors import (
     ConfigError,
@@ -55,7 +56,13 @@ from ingest.sinks.cluster_topology import (
     parse_nodes,
     placement,
 )
-from ingest.sinks.http import DEDUP_WINDOW, HttpSink
+from ingest.sinks.http import DEDUP_WINDOW, HttpSink, pending_mutations_sql
+
+REMOTE_NODE_CODES = frozenset({32, 279, 285})
+"""A Distributed insert losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
+ALL_CONNECTION_TRIES_FAILED, TOO_FEW_LIVE_REPLICAS. Uncertain, not fatal."""
+REPLICATED_DELETE_WAIT = 15.0
+"""Seconds a replicated delete is waited for before the load goes on (see `_replicated_delete`)."""
 
 log = logging.getLogger("ingest")
 
@@ -276,7 +283,14 @@ class ClusterSink:
         if batch.num_rows == 0:
             return
         if self._mode == "distributed":
-            await self.entry.insert(ref, batch, token)
+            try:
+                await self.entry.insert(ref, batch, token)
+            except TargetError as exc:
+                if exc.retriable or exc.code not in REMOTE_NODE_CODES:
+                    raise
+                # a shard's node went away under the synchronous insert: some shards may have the rows, others
+                # not; the pipeline counts the range and sends it again (the next attempt picks a live replica)
+                raise UncertainInsertError(str(exc), exc.code) from None
             return
         first_id = int(batch.column(batch.schema.get_field_index("id"))[0].as_py())
         shard, index = batch_position(first_id, self._batch_rows)
@@ -291,12 +305,37 @@ class ClusterSink:
         if self.replicated:
             await all_of(
                 [
-                    self._on_shard(pos, lambda s: s.delete_range(local, first_id, last_id))
+                    self._on_shard(pos, lambda s: self._replicated_delete(s, local, first_id, last_id))
                     for pos in range(len(self._replicas))
                 ]
             )
             return
         await all_of([s.delete_range(local, first_id, last_id) for s in self._nodes.values()])
+
+    async def _replicated_delete(self, sink: HttpSink, local: TableRef, first_id: int, last_id: int) -> None:
+        """One ALTER DELETE on one replica (it replicates), then wait a bounded time for it to be applied there.
+
+        A replica killed mid-load may hold parts no other replica has fetched yet; the mutation then stays
+        pending until it returns. Waiting longer would stall the load, and is not needed for exactness: a mutation
+        only touches blocks numbered before it, so the range sent again after it is never deleted.
+        """
+        await sink.execute(delete_range_sql(local, first_id, last_id))
+        deadline = time.monotonic() + REPLICATED_DELETE_WAIT
+        delay = 0.05
+        while int((await sink.query(pending_mutations_sql(local)))[0]["n"]) > 0:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "cluster %s: delete of ids %d..%d in %s still pending after %.0f s (a replica is down or "
+                    "behind); it completes when the replica catches up, and cannot touch rows sent after it",
+                    self.cluster,
+                    first_id,
+                    last_id,
+                    local.key,
+                    REPLICATED_DELETE_WAIT,
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
         return await self.entry.query(sql, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -21,6 +22,7 @@ from ingest.clickhouse.vector_sql import (
 from ingest.core.config import QueryConfig
 from ingest.core.errors import UsageError
 from ingest.sinks.base import Sink
+from ingest.vector.cluster import as_cluster, cluster_search, index_table
 from ingest.vector.index import connected_sink, require_table, require_vector_index
 from ingest.vector.search import column_index, index_used, timed_search
 
@@ -68,7 +70,7 @@ async def run_eval(
     async with connected_sink(q) as sink:
         require_vector_index(sink, q)
         await require_table(sink, q)
-        index = await column_index(sink, ref, column)
+        index = await column_index(sink, index_table(q), column)
         if index is None:
             raise UsageError(
                 f"no vector index on {column} in {ref.key}: build one first with `laion-ingest index --column {column}`"
@@ -84,10 +86,16 @@ async def run_eval(
         exact_s: list[float] = []
         used: str | None = None
         for i, row in enumerate(samples):
-            sql = search_sql(ref, column, metric, vector_literal(np.asarray(row["v"], dtype=np.float32)), k)
-            if i == 0:
-                used = await index_used(sink, sql, approx_opts)
-            approx, a_s = await timed_search(sink, sql, approx_opts)
+            sql = search_sql(ref, column, metric, sql_vector(row), k)
+            cluster = as_cluster(sink)
+            if cluster is not None:  # the cluster's own route (vector/cluster.py); brute force via Distributed
+                found = await cluster_search(cluster, ref, column, metric, sql_vector(row), k, approx_opts)
+                approx, a_s = found.rows, found.elapsed
+                used = found.index if i == 0 else used
+            else:
+                if i == 0:
+                    used = await index_used(sink, sql, approx_opts)
+                approx, a_s = await timed_search(sink, sql, approx_opts)
             exact, e_s = await timed_search(sink, sql, exact_opts)
             recalls.append(recall_at_k([int(r["id"]) for r in approx], [int(r["id"]) for r in exact], k))
             approx_s.append(a_s)
@@ -103,6 +111,10 @@ async def run_eval(
         ef_search=effective,
         index_used=used == index.name,
     )
+
+
+def sql_vector(row: dict[str, Any]) -> str:
+    return vector_literal(np.asarray(row["v"], dtype=np.float32))
 
 
 async def _setting(sink: Sink, name: str) -> str:

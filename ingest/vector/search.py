@@ -28,6 +28,7 @@ from ingest.core.errors import UnsupportedFeatureError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.clip_client import encode
+from ingest.vector.cluster import as_cluster, cluster_search, index_table
 from ingest.vector.index import connected_sink, require_table, require_vector_index, vector_indexes
 
 Column = Literal["image_embedding", "text_embedding"]
@@ -72,6 +73,8 @@ class SearchResult:
     column: str
     metric: str
     settings: dict[str, str | int] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    """On a cluster: per shard, whether it used its index, and the route the query took."""
 
     def to_json(self) -> bytes:
         doc = {
@@ -83,6 +86,8 @@ class SearchResult:
             "metric": self.metric,
             "settings": self.settings,
         }
+        if self.shards:
+            doc["shards"] = self.shards
         return orjson.dumps(doc)
 
 
@@ -137,7 +142,7 @@ async def run_search(
             require_vector_index(sink, q)
         await require_table(sink, q)
         dim = await column_dim(sink, ref, column)
-        index = await column_index(sink, ref, column)
+        index = await column_index(sink, index_table(q), column)
         metric = (index.metric if index else None) or DEFAULT_METRIC
         if kind == "like_id":
             assert query.like_id is not None
@@ -153,8 +158,15 @@ async def run_search(
             raise UsageError(f"the query vector has {len(vector)} values; {column} in {ref.key} holds {dim}")
         sql = search_sql(ref, column, metric, vector_literal(vector), limit)
         opts = search_settings(brute_force, ef_search)
-        rows, elapsed = await timed_search(sink, sql, opts)
-        used = await index_used(sink, sql, opts)
+        cluster = as_cluster(sink)
+        shards: list[dict[str, Any]] = []
+        if cluster is not None:  # per-shard index use, fan-out where Distributed loses it: vector/cluster.py
+            found = await cluster_search(cluster, ref, column, metric, vector_literal(vector), limit, opts)
+            rows, elapsed, used = found.rows, found.elapsed, found.index
+            shards = [{**u.to_json(), "route": found.route} for u in found.shards]
+        else:
+            rows, elapsed = await timed_search(sink, sql, opts)
+            used = await index_used(sink, sql, opts)
     hits = [
         {
             "rank": rank,
@@ -165,6 +177,6 @@ async def run_search(
         }
         for rank, r in enumerate(rows, 1)
     ]
-    return SearchResult(hits, elapsed, used is not None, used, column, metric, opts)
+    return SearchResult(hits, elapsed, used is not None, used, column, metric, opts, shards)
 
 

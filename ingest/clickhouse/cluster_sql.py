@@ -186,3 +186,16 @@ def node_rows_done(rows: int, parts: int, parts_to_do: int) -> int:
         return rows
     left = min(max(parts_to_do, 0), parts)
     return rows - rows * left // parts
+
+
+def replica_health_sql(ref: TableRef) -> str:
+    """How many replicas of a replicated table ZooKeeper knows, and how many are alive (18.16 has both)."""
+    return (
+        "SELECT total_replicas, active_replicas FROM system.replicas "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)}"
+    )
+
+
+def replicas_down(rows: list[dict[str, object]]) -> int:
+    row = rows[0]
+    return max(0, int(str(row["total_replicas"])) - int(str(row["active_replicas"])))

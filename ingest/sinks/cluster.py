@@ -99,9 +99,14 @@ class ClusterSink:
         self._replicas: list[list[HttpSink]] = []
         """Live replicas of each shard, in replica order."""
         self._weights: list[int] = []
+        self._replica_count: list[int] = []
         self._members = 0
         self.on_cluster = False
         self.replicated = False
+        self._deleted: list[tuple[int, int]] = []
+        """Id ranges this sink deleted: their rows are sent again with block deduplication off."""
+        self._fresh: dict[int, HttpSink] = {}
+        """Clones of sinks (by id of the original) whose inserts skip deduplication (`insert_deduplicate=0`)."""
         self.info = self.entry.info
 
     # -- connect ----------------------------------------------------------------------------------------------
@@ -116,6 +121,7 @@ class ClusterSink:
         shards = sorted({n.shard for n in nodes})
         self._replicas = [[] for _ in shards]
         self._weights = [next(n.weight for n in nodes if n.shard == s) for s in shards]
+        self._replica_count = [sum(1 for n in nodes if n.shard == s) for s in shards]
         self._members = len(set(urls.values()))
         failures: dict[int, TargetError] = {}
         for node in nodes:
@@ -136,14 +142,9 @@ class ClusterSink:
         for shard, err in failures.items():
             log.warning("cluster %s: %s; shard %d goes on with its other replica(s)", self.cluster, err, shard)
         self.info = combined_info(infos)
-        extra: dict[str, str | int] = {}
-        if self.replicated and not self.info.dedup_token:
-            extra["insert_deduplicate"] = 0  # a range deleted and sent again must not be dropped as a duplicate
-        for sink in self._nodes.values():
-            sink.insert_extra = dict(extra)
         if self._mode == "distributed":
             known = [str(r["name"]) for r in await self.entry.query(csql.sync_setting_sql(), database="default")]
-            self.entry.insert_extra = {csql.pick_sync_setting(known): 1, **extra}
+            self.entry.insert_extra = {csql.pick_sync_setting(known): 1}
         if not self.replicated:
             log.info(
                 "cluster %s has no ZooKeeper/Keeper: %s_local is a plain MergeTree on each node, created node by "
@@ -279,12 +280,28 @@ class ClusterSink:
                 log.warning("cluster %s shard %d: %s; trying its next replica", self.cluster, pos + 1, exc)
         raise AssertionError("unreachable")
 
+    async def _sender(self, sink: HttpSink, first_id: int) -> HttpSink:
+        """`sink`, or for rows of a range this sink deleted on a replicated cluster without dedup tokens, a clone
+        that sends them with `insert_deduplicate=0`. Replicated tables drop a block identical to a recent one: that
+        makes a resent block after an uncertain insert a no-op (keep it), but would swallow the rows of a deleted
+        range sent again."""
+        if self.info.dedup_token or not self.replicated or not any(a <= first_id <= b for a, b in self._deleted):
+            return sink
+        clone = self._fresh.get(id(sink))
+        if clone is None:
+            clone = HttpSink(sink._target)
+            await clone.connect()
+            clone.insert_extra = {**sink.insert_extra, "insert_deduplicate": 0}
+            self._fresh[id(sink)] = clone
+        return clone
+
     async def insert(self, ref: TableRef, batch: pa.RecordBatch, token: str | None) -> None:
         if batch.num_rows == 0:
             return
+        first_id = int(batch.column(batch.schema.get_field_index("id"))[0].as_py())
         if self._mode == "distributed":
             try:
-                await self.entry.insert(ref, batch, token)
+                await (await self._sender(self.entry, first_id)).insert(ref, batch, token)
             except TargetError as exc:
                 if exc.retriable or exc.code not in REMOTE_NODE_CODES:
                     raise
@@ -292,10 +309,13 @@ class ClusterSink:
                 # not; the pipeline counts the range and sends it again (the next attempt picks a live replica)
                 raise UncertainInsertError(str(exc), exc.code) from None
             return
-        first_id = int(batch.column(batch.schema.get_field_index("id"))[0].as_py())
         shard, index = batch_position(first_id, self._batch_rows)
         local = csql.local_ref(ref)
-        await self._on_shard(placement(shard, index, self._weights), lambda s: s.insert(local, batch, token))
+
+        async def send(sink: HttpSink) -> None:
+            await (await self._sender(sink, first_id)).insert(local, batch, token)
+
+        await self._on_shard(placement(shard, index, self._weights), send)
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         return await self.entry.count_range(ref, first_id, last_id)
@@ -303,22 +323,30 @@ class ClusterSink:
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         local = csql.local_ref(ref)
         if self.replicated:
-            await all_of(
-                [
-                    self._on_shard(pos, lambda s: self._replicated_delete(s, local, first_id, last_id))
-                    for pos in range(len(self._replicas))
-                ]
-            )
+            await all_of([self._replicated_delete(pos, local, first_id, last_id) for pos in range(len(self._replicas))])
+            self._deleted.append((first_id, last_id))
             return
         await all_of([s.delete_range(local, first_id, last_id) for s in self._nodes.values()])
 
-    async def _replicated_delete(self, sink: HttpSink, local: TableRef, first_id: int, last_id: int) -> None:
-        """One ALTER DELETE on one replica (it replicates), then wait a bounded time for it to be applied there.
+    async def _replicated_delete(self, pos: int, local: TableRef, first_id: int, last_id: int) -> None:
+        """One ALTER DELETE on the shard's first replica (it replicates), then a bounded wait for it there.
 
-        A replica killed mid-load may hold parts no other replica has fetched yet; the mutation then stays
-        pending until it returns. Waiting longer would stall the load, and is not needed for exactness: a mutation
-        only touches blocks numbered before it, so the range sent again after it is never deleted.
+        Refused as retriable while any replica of the shard is down: a replica killed mid-load may hold parts
+        nobody else has fetched, so a count that misses rows there is no reason to delete and resend (the resent
+        rows would come back twice when it returns). The load fails retriably; a rerun once the replica is back
+        finishes. A mutation only touches blocks numbered before it, so the range sent again is never deleted.
         """
+        sink = self._replicas[pos][0]
+        try:
+            rows = await sink.query(csql.replica_health_sql(local))
+        except TransientTargetError as exc:
+            raise TransientTargetError(f"cluster {self.cluster} shard {pos + 1}: {exc}", exc.code) from None
+        down = csql.replicas_down(rows) if rows else 0
+        if down or len(self._replicas[pos]) < self._replica_count[pos]:
+            raise TransientTargetError(
+                f"cluster {self.cluster} shard {pos + 1}: not deleting ids {first_id}..{last_id} of {local.key} while "
+                f"a replica is down (it may hold rows the others lack); rerun once it is back"
+            )
         await sink.execute(delete_range_sql(local, first_id, last_id))
         deadline = time.monotonic() + REPLICATED_DELETE_WAIT
         delay = 0.05
@@ -344,7 +372,7 @@ class ClusterSink:
         await self.entry.execute(sql, settings)
 
     async def close(self) -> None:
-        for sink in [self.entry, *self._nodes.values()]:
+        for sink in [self.entry, *self._nodes.values(), *self._fresh.values()]:
             await sink.close()
 
 

@@ -337,16 +337,16 @@ class ClusterSink:
         finishes. A mutation only touches blocks numbered before it, so the range sent again is never deleted.
         """
         sink = self._replicas[pos][0]
+        refusal = (
+            f"cluster {self.cluster} shard {pos + 1}: not deleting ids {first_id}..{last_id} of {local.key} while "
+            "a replica is down (it may hold rows the others lack); rerun once it is back"
+        )
         try:
             rows = await sink.query(csql.replica_health_sql(local))
         except TransientTargetError as exc:
-            raise TransientTargetError(f"cluster {self.cluster} shard {pos + 1}: {exc}", exc.code) from None
-        down = csql.replicas_down(rows) if rows else 0
-        if down or len(self._replicas[pos]) < self._replica_count[pos]:
-            raise TransientTargetError(
-                f"cluster {self.cluster} shard {pos + 1}: not deleting ids {first_id}..{last_id} of {local.key} while "
-                f"a replica is down (it may hold rows the others lack); rerun once it is back"
-            )
+            raise TransientTargetError(f"{refusal}: {exc}", exc.code) from None
+        if (rows and csql.replicas_down(rows)) or len(self._replicas[pos]) < self._replica_count[pos]:
+            raise TransientTargetError(refusal)
         await sink.execute(delete_range_sql(local, first_id, last_id))
         deadline = time.monotonic() + REPLICATED_DELETE_WAIT
         delay = 0.05

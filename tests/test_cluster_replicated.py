@@ -254,3 +254,15 @@ def test_index_steps_run_on_cluster_once_per_shard(
         ).strip()
         assert mutations(node, db) == 1
     assert int(repl.entry.query(f"SELECT count() FROM {ref.key}")) == total
+
+
+def test_vector_commands_on_the_cluster_say_what_18_16_lacks(repl: ReplicatedCluster, db: str, tmp_path: Path) -> None:
+    """index/search/eval --cluster reach the cluster (the --node endpoints included) and refuse in one line."""
+    target = ("--target", repl.entry.http_url, "--database", db, "--cluster", CLUSTER, *repl.node_flags())
+    for command in (["index", "--no-progress"], ["search", "--like-id", "0"], ["eval"]):
+        res = cli(*command, *target, env=repl.env())
+        assert res.returncode != 0
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "ClickHouse 18.16.1 at " in lines[0]
+        assert "vector_similarity" in lines[0] or "cosineDistance" in lines[0]

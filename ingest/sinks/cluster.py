@@ -145,13 +145,6 @@ class ClusterSink:
         if self._mode == "distributed":
             known = [str(r["name"]) for r in await self.entry.query(csql.sync_setting_sql(), database="default")]
             self.entry.insert_extra = {csql.pick_sync_setting(known): 1}
-        if not self.replicated:
-            log.info(
-                "cluster %s has no ZooKeeper/Keeper: %s_local is a plain MergeTree on each node, created node by "
-                "node; nothing is replicated",
-                self.cluster,
-                "{table}",
-            )
         log.debug("cluster %s: %d shard(s), %d live node(s)", self.cluster, len(shards), len(self._nodes))
         return self.info
 
@@ -203,6 +196,13 @@ class ClusterSink:
     async def ensure_table(self, ref: TableRef) -> None:
         """Create the local tables and the Distributed table everywhere, then check every live node's tables."""
         window = DEDUP_WINDOW if self.info.dedup_token else None
+        if not self.replicated:
+            log.info(
+                "cluster %s has no ZooKeeper/Keeper: %s is a plain MergeTree on each node, created node by node; "
+                "nothing is replicated",
+                self.cluster,
+                csql.local_ref(ref).key,
+            )
         if self.replicated:
             await all_of([self._check_macros(url, s) for url, s in self._nodes.items()])
         if not (self.on_cluster and self.all_up and await self._create_on_cluster(ref, window)):

@@ -289,7 +289,8 @@ class ClusterSink:
             return sink
         clone = self._fresh.get(id(sink))
         if clone is None:
-            clone = HttpSink(sink._target)
+            url = next((u for u, s in self._nodes.items() if s is sink), self._target.spec.base_url)
+            clone = self._node_sink(url)
             await clone.connect()
             clone.insert_extra = {**sink.insert_extra, "insert_deduplicate": 0}
             self._fresh[id(sink)] = clone

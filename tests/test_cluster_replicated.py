@@ -266,3 +266,18 @@ def test_vector_commands_on_the_cluster_say_what_18_16_lacks(repl: ReplicatedClu
         assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
         assert "ClickHouse 18.16.1 at " in lines[0]
         assert "vector_similarity" in lines[0] or "cosineDistance" in lines[0]
+
+
+def test_plain_local_table_on_a_replicated_cluster_is_refused(repl: ReplicatedCluster, db: str, tmp_path: Path) -> None:
+    cols = "id Int64, url String, caption String, NSFW String, similarity Float32, "
+    cols += "image_embedding Array(Float32), text_embedding Array(Float32)"
+    node = repl.grid[1][1]
+    node.query(f"CREATE DATABASE {db}")
+    node.query(f"CREATE TABLE {db}.laion_local ({cols}) ENGINE = MergeTree ORDER BY id")
+    src = tmp_path / "src"
+    src.mkdir()
+    res = cli(*run_args(repl, src, db, tmp_path / "ledger.json"), env=repl.env())
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert f"on 127.0.0.1:{node.http_port}: table {db}.laion_local has engine MergeTree" in last
+    assert "replicas would diverge" in last

@@ -257,6 +257,14 @@ class ClusterSink:
         rows = await sink.query(csql.engines_sql(ref), database="default")
         engines = {str(r["name"]): (str(r["engine"]), str(r["engine_full"])) for r in rows}
         problem = csql.engine_problem(ref, self.cluster, engines, node)
+        local = csql.local_ref(ref)
+        if not problem and node and self.replicated and max(self._replica_count) > 1:
+            engine = engines[local.table][0]
+            if not engine.startswith("Replicated"):
+                problem = (
+                    f"table {local.key} has engine {engine}, but cluster {self.cluster!r} has replicas and a "
+                    "coordinator: its replicas would diverge (recreate it as ReplicatedMergeTree)"
+                )
         if problem:
             raise SchemaMismatchError(f"on {where}: {problem}")
         for table in (ref, csql.local_ref(ref)) if node else (ref,):

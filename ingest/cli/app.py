@@ -22,6 +22,7 @@ from ingest.cli.options import (
     ExtraColumnsOpt,
     FormatOpt,
     InsertConcurrencyOpt,
+    InsertModeOpt,
     KeepDownloadsOpt,
     LayoutOpt,
     LogFormatOpt,
@@ -34,13 +35,16 @@ from ingest.cli.options import (
     SourceOpt,
     StateOpt,
     VectorCodecOpt,
+    ZookeeperPathOpt,
     run_config,
 )
 from ingest.cli.progress import make_reporter
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -51,7 +55,7 @@ from ingest.cli.support import (
     set_debug,
     setup_logging,
 )
-from ingest.core.config import LAION_ROOT
+from ingest.core.config import DEFAULT_ZOOKEEPER_PATH, LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.layout import parse_layout
 from ingest.core.memory import return_large_buffers_to_the_os
@@ -121,10 +125,10 @@ def run(
     worker_count: Annotated[
         int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")
     ] = 1,
-    cluster: Annotated[
-        str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")
-    ] = None,
-    insert_mode: Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")] = "distributed",
+    cluster: ClusterOpt = None,
+    insert_mode: InsertModeOpt = "distributed",
+    node: NodeOpt = None,
+    zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH,
     finalize: Annotated[
         bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")
     ] = False,
@@ -182,6 +186,8 @@ def run(
         cluster=cluster,
         insert_mode=insert_mode,
         finalize=finalize,
+        nodes=node,
+        zookeeper_path=zookeeper_path,
     )
 
     async def main() -> int:

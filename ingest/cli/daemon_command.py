@@ -19,6 +19,7 @@ from ingest.cli.options import (
     ExtraColumnsOpt,
     FormatOpt,
     InsertConcurrencyOpt,
+    InsertModeOpt,
     KeepDownloadsOpt,
     LayoutOpt,
     LogFormatOpt,
@@ -31,12 +32,15 @@ from ingest.cli.options import (
     SourceOpt,
     StateOpt,
     VectorCodecOpt,
+    ZookeeperPathOpt,
     run_config,
 )
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -45,7 +49,7 @@ from ingest.cli.support import (
     run_async,
     setup_logging,
 )
-from ingest.core.config import LAION_ROOT
+from ingest.core.config import DEFAULT_ZOOKEEPER_PATH, LAION_ROOT
 from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec
 from ingest.core.target import DEFAULT_TARGET
 from ingest.daemon.service import LAION_SHARDS, Daemon, DaemonOptions, pipeline_drain_seconds
@@ -96,6 +100,10 @@ def daemon_command(
             help="Seconds between builds of the vector index for new parts (0 = off); merges then skip the index",
         ),
     ] = 0.0,
+    cluster: ClusterOpt = None,
+    insert_mode: InsertModeOpt = "distributed",
+    node: NodeOpt = None,
+    zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH,
 ) -> None:
     """Watch SOURCE and load each new shard into TARGET; serve /healthz /readyz /metrics on --http-port."""
     setup_logging(log_format)
@@ -132,6 +140,10 @@ def daemon_command(
         retry_max_seconds=retry_max_seconds,
         drain_seconds=pipeline_drain_seconds(drain_seconds),
         progress=False,
+        cluster=cluster,
+        insert_mode=insert_mode,
+        nodes=node,
+        zookeeper_path=zookeeper_path,
     )
     opts = DaemonOptions(
         candidates=tuple(parse_shard_spec(shard_spec)) if shard_spec is not None else None,

@@ -12,8 +12,10 @@ from rich.table import Table
 
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -128,11 +130,13 @@ def index_command(
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    cluster: ClusterOpt = None,
+    node: NodeOpt = None,
 ) -> None:
     """Add and materialize HNSW vector_similarity indexes, tuned to --recall-target unless --m/--ef-construction
     are given; sized before building (refused when it cannot fit), built once over merged parts."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure)
+    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
     auto = m is None and ef_construction is None
     cfg = TuneConfig(
         recall_target=recall_target,

@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 
 import typer
 
+from ingest.cli.support import node_endpoints
 from ingest.core.config import (
+    DEFAULT_ZOOKEEPER_PATH,
     Compression,
     InsertFormat,
     InsertMode,
@@ -21,6 +23,7 @@ from ingest.core.config import (
     TargetConfig,
     read_credentials,
     resolve_table,
+    validate_zookeeper_path,
 )
 from ingest.core.layout import parse_layout
 from ingest.core.plan import SEGMENT_BYTES, SEGMENT_ROWS
@@ -74,6 +77,14 @@ CompressOpt = Annotated[
     typer.Option("--compress", help="HTTP insert body compression (auto: none on loopback, zstd elsewhere)"),
 ]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]
+InsertModeOpt = Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")]
+ZookeeperPathOpt = Annotated[
+    str,
+    typer.Option(
+        "--zookeeper-path",
+        help="Coordinator path prefix of a replicated {table}_local (holds {shard}; /DB/TABLE is appended)",
+    ),
+]
 
 
 def run_config(
@@ -112,6 +123,8 @@ def run_config(
     vector_codec: VectorCodec | None = None,
     endpoint_url: str | None = None,
     compress: Compression = "auto",
+    nodes: list[str] | None = None,
+    zookeeper_path: str = DEFAULT_ZOOKEEPER_PATH,
 ) -> RunConfig:
     """The one place flags become config objects, shared by `run` and `daemon`."""
     spec = parse_target(target)
@@ -131,6 +144,8 @@ def run_config(
             insert_mode=insert_mode,
             connections=insert_concurrency,
             compress=compress,
+            nodes=node_endpoints(cluster, nodes),
+            zookeeper_path=validate_zookeeper_path(zookeeper_path),
         ),
         source=SourceConfig(
             root=source,

@@ -11,8 +11,10 @@ from rich.table import Table
 
 from ingest.cli.support import (
     CaFileOpt,
+    ClusterOpt,
     DatabaseOpt,
     InsecureOpt,
+    NodeOpt,
     PasswordFileOpt,
     TableOpt,
     TargetOpt,
@@ -40,6 +42,9 @@ def render(result: SearchResult, console: Console) -> None:
     console.print(view)
     how = f"vector index {result.index} used" if result.index_used else "brute force (no vector index used)"
     console.print(f"{len(result.hits)} rows in {result.elapsed * 1000:.1f} ms; {how}", highlight=False)
+    for shard in result.shards:  # a cluster: which shards used their index, and how the query was routed
+        used = f"index {shard['index']} used" if shard["index_used"] else "no index used"
+        console.print(f"shard {shard['shard']}: {used} (queried via {shard['route']})", highlight=False)
 
 
 def search_command(
@@ -64,10 +69,12 @@ def search_command(
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    cluster: ClusterOpt = None,
+    node: NodeOpt = None,
 ) -> None:
     """Nearest rows to a text, an image, a row (--like-id) or a vector: rank, id, distance, url, caption."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure)
+    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
     query = Query(text=text, image=image, like_id=like_id, vector=vector)
     query.kind()
     result = run_async(run_search(q, query, column, limit, brute_force, ef_search, weights))
@@ -125,10 +132,12 @@ def eval_command(
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    cluster: ClusterOpt = None,
+    node: NodeOpt = None,
 ) -> None:
     """Recall@k of the vector index against brute force, latency p50/p95/p99 and QPS, over search list sizes."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure)
+    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
     ks = tuple(k or [10])
     result = run_async(run_eval(q, column, queries, ks, tuple(ef_search or ()), seed, concurrency))
     if plot is not None:

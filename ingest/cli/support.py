@@ -17,8 +17,8 @@ import orjson
 import typer
 import uvloop
 
-from ingest.core.config import QueryConfig, TargetConfig, read_credentials, resolve_table
-from ingest.core.errors import EXIT_FATAL, IngestError, exception_leaves, first_error
+from ingest.core.config import NodeEndpoint, QueryConfig, TargetConfig, parse_node, read_credentials, resolve_table
+from ingest.core.errors import EXIT_FATAL, ConfigError, IngestError, exception_leaves, first_error
 from ingest.core.target import DEFAULT_TARGET, parse_target
 
 P = ParamSpec("P")
@@ -40,6 +40,15 @@ PasswordFileOpt = Annotated[
 ]
 CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="PEM bundle of a private CA for https targets")]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate checks (only when asked)")]
+ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="ClickHouse cluster name (Distributed table)")]
+NodeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--node",
+        help="HOST:TCP_PORT=URL: the HTTP URL of the cluster member system.clusters lists as HOST:TCP_PORT "
+        "(repeatable; default: the target's port on the member's host)",
+    ),
+]
 
 _debug = False
 
@@ -145,12 +154,24 @@ def query_config(
     password_file: Path | None,
     ca_file: Path | None = None,
     insecure: bool = False,
+    cluster: str | None = None,
+    nodes: list[str] | None = None,
 ) -> QueryConfig:
     """The table and target of a command that only queries (index, search, eval)."""
     spec = parse_target(target)
     ref = resolve_table(spec, database, table)
     creds = read_credentials(user, password_file)
-    return QueryConfig(TargetConfig(spec, ref.database, creds, ca_file, insecure), ref)
+    target_cfg = TargetConfig(
+        spec, ref.database, creds, ca_file, insecure, cluster=cluster, nodes=node_endpoints(cluster, nodes)
+    )
+    return QueryConfig(target_cfg, ref)
+
+
+def node_endpoints(cluster: str | None, nodes: list[str] | None) -> tuple[NodeEndpoint, ...]:
+    """`--node` flags → endpoints; they only mean something with --cluster."""
+    if nodes and cluster is None:
+        raise ConfigError("--node names a member of a cluster: give --cluster NAME with it")
+    return tuple(parse_node(n) for n in nodes or ())
 
 
 __all__ = ["DEFAULT_TARGET"]

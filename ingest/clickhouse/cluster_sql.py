@@ -1,5 +1,7 @@
 """Pure SQL for a cluster target: a MergeTree `{table}_local` on every node, a `Distributed` `{table}` over them.
 
+With a coordinator (ZooKeeper/Keeper) `{table}_local` is a ReplicatedMergeTree on the `{shard}`/`{replica}` macros.
+
 Names pass the same validation and quoting as ingest/sql.py; the table schema itself comes from there
 (`create_table_sql`), so single-node and cluster tables cannot drift apart.
 """
@@ -53,6 +55,30 @@ def local_table_sql(
     head = f"CREATE TABLE IF NOT EXISTS {ref.sql}"
     assert sql.startswith(head), sql
     return head + _on_cluster(cluster) + sql[len(head) :]
+
+
+def replicated_local_table_sql(
+    ref: TableRef, zookeeper_path: str, cluster: str | None = None, schema: TableSchema = DEFAULT_SCHEMA
+) -> str:
+    """`local_table_sql` with `ReplicatedMergeTree('{zookeeper_path}/{db}/{table}', '{replica}')`: the server
+    expands the `{shard}` and `{replica}` macros, so one statement (ON CLUSTER) serves every node. No dedup window:
+    replicated tables deduplicate retried blocks themselves.
+    """
+    sql = local_table_sql(ref, None, cluster, schema)
+    path = f"{zookeeper_path.rstrip('/')}/{ref.database}/{ref.table}"
+    engine = f"ENGINE = ReplicatedMergeTree({quote_string(path)}, '{{replica}}')"
+    assert sql.count("ENGINE = MergeTree") == 1, sql
+    return sql.replace("ENGINE = MergeTree", engine)
+
+
+def macros_sql() -> str:
+    return "SELECT macro, substitution FROM system.macros"
+
+
+def missing_macros(rows: list[tuple[str, str]]) -> list[str]:
+    """Which of the macros a replicated table needs a node does not define."""
+    have = {name for name, _ in rows}
+    return [m for m in ("shard", "replica") if m not in have]
 
 
 def distributed_table_sql(
@@ -136,3 +162,47 @@ def engine_problem(ref: TableRef, cluster: str, engines: dict[str, tuple[str, st
             what = f"engine {engine}" if engine else "no such table"
             return f"table {local.key} has {what}; expected a MergeTree table"
     return None
+
+
+def alter_on_cluster_sql(sql: str, ref: TableRef, cluster: str) -> str:
+    """An `ALTER TABLE ref ...` statement sent once through the distributed DDL queue to every node."""
+    head = f"ALTER TABLE {ref.sql}"
+    if not sql.startswith(head + " "):
+        raise ValueError(f"not an ALTER of {ref.key}: {sql[:80]}")
+    return head + _on_cluster(cluster) + sql[len(head) :]
+
+
+def mutation_status_sql(ref: TableRef) -> str:
+    """Mutations of one table in columns every server has (18.16 lacks parts_to_do_names, latest_fail_reason)."""
+    return (
+        "SELECT mutation_id, command, parts_to_do, is_done FROM system.mutations "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)}"
+    )
+
+
+def active_parts_sql(ref: TableRef) -> str:
+    return (
+        "SELECT count() AS parts, sum(rows) AS rows FROM system.parts "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)} AND active"
+    )
+
+
+def node_rows_done(rows: int, parts: int, parts_to_do: int) -> int:
+    """Rows one node has rewritten, estimated from the parts its mutation still has to do (clamped)."""
+    if parts <= 0:
+        return rows
+    left = min(max(parts_to_do, 0), parts)
+    return rows - rows * left // parts
+
+
+def replica_health_sql(ref: TableRef) -> str:
+    """How many replicas of a replicated table ZooKeeper knows, and how many are alive (18.16 has both)."""
+    return (
+        "SELECT total_replicas, active_replicas FROM system.replicas "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)}"
+    )
+
+
+def replicas_down(rows: list[dict[str, object]]) -> int:
+    row = rows[0]
+    return max(0, int(str(row["total_replicas"])) - int(str(row["active_replicas"])))

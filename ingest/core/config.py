@@ -17,7 +17,7 @@ from ingest.core.layout import LAION400M, Layout
 from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
 from ingest.core.schema import DEFAULT_SCHEMA, TableSchema, VectorCodec
-from ingest.core.target import TargetSpec
+from ingest.core.target import TargetSpec, parse_target
 
 LAION_ROOT = "https://deploy.laion.ai/8f83b608504d46bb81708ec86e912220/embeddings/"
 
@@ -39,6 +39,23 @@ class Credentials:
         return f"Credentials(user={self.user!r}, password={'***' if self.password else ''!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class NodeEndpoint:
+    """`--node HOST:TCP_PORT=URL`: the HTTP endpoint of the cluster member `system.clusters` lists as HOST:TCP_PORT."""
+
+    host: str
+    tcp_port: int
+    url: str
+    """`scheme://host:port`, credential-free."""
+
+    def key(self) -> tuple[str, int]:
+        return self.host, self.tcp_port
+
+
+DEFAULT_ZOOKEEPER_PATH = "/clickhouse/tables/{shard}"
+"""Where replicated tables keep their ZooKeeper/Keeper state; `/{database}/{table}_local` is appended."""
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """Where rows go and how to reach it: what a sink needs, nothing more."""
@@ -58,6 +75,10 @@ class TargetConfig:
     """The table's columns: sinks create and check the table by it (the runner resolves dim and extras)."""
     compress: Compression = "auto"
     """HTTP insert body compression (ingest/clickhouse/compress.py); `auto`: none on loopback, zstd elsewhere."""
+    nodes: tuple[NodeEndpoint, ...] = ()
+    """HTTP endpoints of cluster members by their `system.clusters` host and TCP port (else: the target's port)."""
+    zookeeper_path: str = DEFAULT_ZOOKEEPER_PATH
+    """Prefix of a replicated `{table}_local`'s coordinator path; must hold the `{shard}` macro."""
 
     def display(self) -> str:
         return self.spec.display()
@@ -170,3 +191,26 @@ class TuneConfig:
     dry_run: bool = False
     verify_queries: int = 100
     """Query rows for the check on the full index after the build (the search list grows until it reaches R)."""
+
+
+def parse_node(text: str) -> NodeEndpoint:
+    """`HOST:TCP_PORT=URL` (as `system.clusters` names the member, then its HTTP endpoint) → a NodeEndpoint."""
+    member, sep, url = text.partition("=")
+    host, colon, port = member.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--node {text!r}: expected HOST:TCP_PORT=http(s)://HOST:PORT (the member's TCP port first)")
+    spec = parse_target(url)
+    if spec.kind != "http" or spec.database is not None:
+        raise ConfigError(f"--node {text!r}: the URL must be http(s)://HOST:PORT with no database")
+    return NodeEndpoint(host, int(port), spec.base_url)
+
+
+def validate_zookeeper_path(path: str) -> str:
+    """A coordinator path prefix: absolute, holding `{shard}`, nothing a string literal would need escaped."""
+    if not path.startswith("/") or "{shard}" not in path or any(c in path for c in "'\\\"` \n"):
+        raise ConfigError(
+            f"--zookeeper-path {path!r}: expected an absolute path holding the {{shard}} macro, "
+            "e.g. /clickhouse/tables/{shard}"
+        )
+    return path.rstrip("/")

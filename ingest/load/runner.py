@@ -37,7 +37,7 @@ def ledger_for(settings: RunConfig) -> Ledger:
 
 async def prepare_sink(settings: RunConfig) -> Sink:
     """Connect, say plainly what an old server lacks, make sure the table is ours."""
-    sink = open_sink(settings.target, settings.load.batch_rows)
+    sink = open_sink(settings.target)
     try:
         info = await sink.connect()
         if info.missing:

@@ -10,17 +10,14 @@ from ingest.core.errors import ConfigError
 from ingest.sinks.base import Sink
 
 
-def open_sink(target: TargetConfig, batch_rows: int = 0) -> Sink:
-    """Build the sink a target names (connect() is still the caller's to await).
-
-    `batch_rows` is the landing unit: the cluster sink's local mode places a unit on a shard by its position.
-    """
+def open_sink(target: TargetConfig) -> Sink:
+    """Build the sink a target names (connect() is still the caller's to await)."""
     if target.cluster is not None:
         if target.spec.kind != "http":
             raise ConfigError("--cluster needs an http(s):// ClickHouse target (chdb is a single embedded node)")
         from ingest.sinks.cluster import ClusterSink
 
-        cluster: Sink = ClusterSink(target, batch_rows)
+        cluster: Sink = ClusterSink(target)
         return cluster
     if target.insert_mode == "local":
         raise ConfigError("--insert-mode local needs --cluster NAME (it writes to the cluster's local tables)")

@@ -1,17 +1,24 @@
-"""A ClickHouse cluster as one Sink: `{table}_local` (MergeTree) on every node, `{table}` Distributed over them.
+"""A ClickHouse cluster as one Sink: `{table}_local` on every node, `{table}` Distributed over them.
 
-Composed of HttpSinks: one for the entry node (the --target), one per node of the cluster as the entry's
-`system.clusters` lists it. Nodes are reached over HTTP at the target's scheme and port with the node's host name
-(every node serving HTTP on the same port is the usual production setup) and the same credentials.
+Composed of HttpSinks: one for the entry node (the --target), one per member of the cluster as the entry's
+`system.clusters` lists it. A member is reached at its `--node HOST:TCP_PORT=URL` endpoint if one is given, else at
+the target's scheme and port with the member's host name (every node serving HTTP on one port is the usual
+production setup), with the same credentials.
 
-- Tables: `ON CLUSTER` when the cluster has a distributed DDL queue (ZooKeeper/Keeper), else node by node; either
-  way every node's tables are then checked (columns and engines), as for one node.
-- Inserts, `--insert-mode distributed`: through the Distributed table, synchronously, so success means the rows
-  are on their shards. `--insert-mode local`: each segment goes straight to one shard's local table, chosen by
-  `placement` (crc32 of "shard:segment index" over the shard weights): deterministic, so a retry goes where the first
-  attempt went.
-- Counts go through the Distributed table (they see every node); deletes run on every node's local table (ALTER
-  is not supported on Distributed) and wait for the mutation on each.
+- Coordinator: when the entry can read `system.zookeeper` the cluster has ZooKeeper/Keeper, and `{table}_local` is a
+  ReplicatedMergeTree on the `{shard}`/`{replica}` macros, created `ON CLUSTER` (node by node if the queue refuses,
+  or while a replica is down). Without one, `{table}_local` is a plain MergeTree created node by node, and the run
+  says so: nothing is replicated then.
+- Tables: either way every reachable node's tables are then checked (columns and engines), as for one node.
+- Inserts, `--insert-mode distributed`: through the Distributed table, synchronously, so success means the rows are
+  on their shards (declare `<internal_replication>true</internal_replication>` for replicated shards, so one
+  replica takes the block and replication copies it). `--insert-mode local`: each segment goes straight to one
+  shard's local table (its first live replica), chosen by `placement`: deterministic, so a retry goes where the
+  first attempt went.
+- Replica faults (replicated clusters): a replica unreachable at connect is skipped with a warning while its shard
+  has another; deletes and local inserts fail over to the next replica of the shard.
+- Counts go through the Distributed table. Deletes: once per shard on a replicated cluster (the mutation
+  replicates), on every node's local table otherwise; each waits for its mutation.
 """
 
 from __future__ import annotations
@@ -19,111 +26,47 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import zlib
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.clickhouse.sql import create_database_sql, describe_sql, table_problem
-from ingest.core.config import TargetConfig
-from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError, first_error
+from ingest.clickhouse.sql import create_database_sql, delete_range_sql, describe_sql, table_problem
+from ingest.core.config import TargetConfig, validate_zookeeper_path
+from ingest.core.errors import (
+    ConfigError,
+    IngestError,
+    SchemaMismatchError,
+    TargetError,
+    TransientTargetError,
+    UncertainInsertError,
+)
 from ingest.core.ids import TableRef
-from ingest.core.plan import ID_STRIDE, SegmentPlan
+from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo
-from ingest.sinks.http import DEDUP_WINDOW, HttpSink
+from ingest.sinks.cluster_topology import (
+    ClusterNode,
+    check_topology,
+    combined_info,
+    node_base_url,
+    node_urls,
+    parse_nodes,
+    placement,
+)
+from ingest.sinks.http import DEDUP_WINDOW, HttpSink, pending_mutations_sql
 
-log = logging.getLogger(__name__)
+REMOTE_NODE_CODES = frozenset({32, 279, 285})
+"""A Distributed insert losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
+ALL_CONNECTION_TRIES_FAILED, TOO_FEW_LIVE_REPLICAS. Uncertain, not fatal."""
+REPLICATED_DELETE_WAIT = 15.0
+"""Seconds a replicated delete is waited for before the load goes on (see `_replicated_delete`)."""
+
+log = logging.getLogger("ingest")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterNode:
-    """One replica of one shard as `system.clusters` names it."""
-
-    shard: int
-    weight: int
-    replica: int
-    host: str
-    tcp_port: int
-
-
-def parse_nodes(rows: list[dict[str, Any]]) -> list[ClusterNode]:
-    return [
-        ClusterNode(
-            shard=int(r["shard_num"]),
-            weight=int(r["shard_weight"]),
-            replica=int(r["replica_num"]),
-            host=str(r["host_name"]),
-            tcp_port=int(r["port"]),
-        )
-        for r in rows
-    ]
-
-
-def node_base_url(target_base_url: str, host: str) -> str:
-    """The node's HTTP endpoint: the target's scheme and port, the node's host."""
-    parts = urlsplit(target_base_url)
-    name = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"{parts.scheme}://{name}:{parts.port}"
-
-
-def check_topology(cluster: str, nodes: list[ClusterNode], insert_mode: str) -> None:
-    """Refuse layouts this sink cannot serve correctly, in one line each."""
-    ports: dict[str, set[int]] = {}
-    for n in nodes:
-        ports.setdefault(n.host, set()).add(n.tcp_port)
-    for host, seen in ports.items():
-        if len(seen) > 1:
-            raise ConfigError(
-                f"cluster {cluster!r} lists host {host} with TCP ports {sorted(seen)}: nodes are reached over HTTP "
-                "at the target's port, so each host must run one server"
-            )
-    if insert_mode == "local":
-        multi = sorted({n.shard for n in nodes if n.replica > 1})
-        if multi:
-            raise ConfigError(
-                f"--insert-mode local needs one replica per shard; cluster {cluster!r} shard {multi[0]} has more "
-                "(use --insert-mode distributed)"
-            )
-        if sum(n.weight for n in nodes) <= 0:
-            raise ConfigError(f"cluster {cluster!r} gives every shard weight 0: no shard takes inserts")
-
-
-def batch_position(first_id: int, batch_rows: int) -> tuple[int, int]:
-    """(shard, batch index) of a batch from its first id (dropped rows cannot move it out of its batch)."""
-    shard, row = divmod(first_id, ID_STRIDE)
-    return shard, row // batch_rows
-
-
-def placement(shard: int, index: int, weights: Sequence[int]) -> int:
-    """Which shard (position in `weights`) takes a segment in local mode: crc32("shard:index") modulo the total
-    weight, walked over the cumulative weights, as Distributed itself weighs shards (weight 0 takes nothing).
-    Pure and stable across runs.
-    """
-    total = sum(weights)
-    slot = zlib.crc32(f"{shard}:{index}".encode()) % total
-    for pos, weight in enumerate(weights):
-        if slot < weight:
-            return pos
-        slot -= weight
-    raise AssertionError("unreachable")
-
-
-def combined_info(infos: Sequence[ServerInfo]) -> ServerInfo:
-    """A feature counts only if every server has it (the entry's version is the one named)."""
-    return ServerInfo(
-        version=infos[0].version,
-        dedup_token=all(i.dedup_token for i in infos),
-        vector_index=all(i.vector_index for i in infos),
-        cosine_distance=all(i.cosine_distance for i in infos),
-        query_parameters=all(i.query_parameters for i in infos),
-        async_insert=all(i.async_insert for i in infos),
-    )
 
 
 async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
@@ -132,7 +75,7 @@ async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(c) for c in calls]
     except ExceptionGroup as group:
-        first = first_error(group, IngestError)
+        first = next((e for e in group.exceptions if isinstance(e, IngestError)), None)
         if first is not None:
             raise first from None
         raise
@@ -142,123 +85,176 @@ async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
 class ClusterSink:
     """Sink over a ClickHouse cluster (`--cluster NAME` with an http(s) target)."""
 
-    def __init__(self, target: TargetConfig, batch_rows: int) -> None:
+    def __init__(self, target: TargetConfig) -> None:
         if target.cluster is None:
             raise ConfigError("ClusterSink needs --cluster")
-        self._cluster = csql.validate_cluster(target.cluster)
+        self.cluster = csql.validate_cluster(target.cluster)
+        self._zk_path = validate_zookeeper_path(target.zookeeper_path)
         self._target = target
-        self._batch_rows = batch_rows
         self._mode = target.insert_mode
-        self._entry = HttpSink(target)
+        self.entry = HttpSink(target)
         self._nodes: dict[str, HttpSink] = {}
-        """Node sinks by base URL (a host listed for several shards is one server)."""
-        self._shards: list[HttpSink] = []
+        """Live node sinks by base URL (a host listed for several shards is one server)."""
+        self._replicas: list[list[HttpSink]] = []
+        """Live replicas of each shard, in replica order."""
+        self._preferred: list[int] = []
+        """Per shard, the replica local-mode inserts go to (moves on after a transient failure)."""
         self._weights: list[int] = []
-        self._on_cluster = False
-        self.info = self._entry.info
+        self._replica_count: list[int] = []
+        self._members = 0
+        self.on_cluster = False
+        self.replicated = False
+        self._deleted: list[tuple[int, int]] = []
+        """Id ranges this sink deleted: their rows are sent again with block deduplication off."""
+        self._fresh: dict[int, HttpSink] = {}
+        """Clones of sinks (by id of the original) whose inserts skip deduplication (`insert_deduplicate=0`)."""
+        self.info = self.entry.info
 
     # -- connect ----------------------------------------------------------------------------------------------
     async def connect(self) -> ServerInfo:
-        """Reach the entry, read the cluster's nodes from it, reach every node."""
-        entry_info = await self._entry.connect()
+        """Reach the entry, read the cluster's members from it, reach every member."""
+        infos = [await self.entry.connect()]
         nodes = await self._discover()
-        infos = [entry_info]
+        self.replicated = self.on_cluster = await self._has_ddl_queue()
+        check_topology(self.cluster, nodes, self._mode, self.replicated)
+        urls = node_urls(self.cluster, self._target.spec.base_url, nodes, self._target.nodes)
+        named = {e.key() for e in self._target.nodes}
+        shards = sorted({n.shard for n in nodes})
+        self._replicas = [[] for _ in shards]
+        self._preferred = [0 for _ in shards]
+        self._weights = [next(n.weight for n in nodes if n.shard == s) for s in shards]
+        self._replica_count = [sum(1 for n in nodes if n.shard == s) for s in shards]
+        self._members = len(set(urls.values()))
+        failures: dict[int, TargetError] = {}
         for node in nodes:
-            url = node_base_url(self._target.spec.base_url, node.host)
+            url = urls[node]
             if url not in self._nodes:
                 sink = self._node_sink(url)
+                try:
+                    infos.append(await self._reach(node, sink, (node.host, node.tcp_port) in named))
+                except TargetError as exc:
+                    await sink.close()
+                    failures.setdefault(node.shard, exc)
+                    continue
                 self._nodes[url] = sink
-                infos.append(await self._reach(node, sink))
-            if node.replica == 1:
-                self._shards.append(self._nodes[url])
-                self._weights.append(node.weight)
+            self._replicas[shards.index(node.shard)].append(self._nodes[url])
+        for pos, shard in enumerate(shards):
+            if shard in failures and (not self.replicated or not self._replicas[pos]):
+                raise failures[shard]
+        for shard, err in failures.items():
+            log.warning("cluster %s: %s; shard %d goes on with its other replica(s)", self.cluster, err, shard)
         self.info = combined_info(infos)
         if self._mode == "distributed":
-            known = [str(r["name"]) for r in await self._entry.query(csql.sync_setting_sql(), database="default")]
-            self._entry.insert_extra = {csql.pick_sync_setting(known): 1}
-        self._on_cluster = await self._has_ddl_queue()
-        log.debug(
-            "cluster %s: %d shard(s), %d node(s), DDL %s",
-            self._cluster,
-            len(self._shards),
-            len(self._nodes),
-            "ON CLUSTER" if self._on_cluster else "node by node",
-        )
+            known = [str(r["name"]) for r in await self.entry.query(csql.sync_setting_sql(), database="default")]
+            self.entry.insert_extra = {csql.pick_sync_setting(known): 1}
+        log.debug("cluster %s: %d shard(s), %d live node(s)", self.cluster, len(shards), len(self._nodes))
         return self.info
 
     async def _discover(self) -> list[ClusterNode]:
-        rows = await self._entry.query(csql.cluster_nodes_sql(self._cluster), database="default")
+        rows = await self.entry.query(csql.cluster_nodes_sql(self.cluster), database="default")
         if not rows:
-            names = [str(r["cluster"]) for r in await self._entry.query(csql.cluster_names_sql(), database="default")]
+            names = [str(r["cluster"]) for r in await self.entry.query(csql.cluster_names_sql(), database="default")]
             raise ConfigError(
-                f"cluster {self._cluster!r} is not defined on ClickHouse at {self._target.display()} "
+                f"cluster {self.cluster!r} is not defined on ClickHouse at {self._target.display()} "
                 f"(its <remote_servers> has: {', '.join(names) or 'none'})"
             )
-        nodes = parse_nodes(rows)
-        check_topology(self._cluster, nodes, self._mode)
-        return nodes
+        return parse_nodes(rows)
 
     def _node_sink(self, url: str) -> HttpSink:
         spec = dataclasses.replace(self._target.spec, base_url=url)
         return HttpSink(dataclasses.replace(self._target, spec=spec))
 
-    async def _reach(self, node: ClusterNode, sink: HttpSink) -> ServerInfo:
+    async def _reach(self, node: ClusterNode, sink: HttpSink, named: bool) -> ServerInfo:
+        how = "at its --node URL" if named else "over HTTP at the target's port (else name it with --node)"
         try:
             return await sink.connect()
         except TargetError as exc:
             raise type(exc)(
-                f"cluster {self._cluster!r} node {node.host} (shard {node.shard}), reached over HTTP at the target's "
-                f"port: {exc}",
-                exc.code,
+                f"cluster {self.cluster!r} node {node.host} (shard {node.shard}), reached {how}: {exc}", exc.code
             ) from None
 
     async def _has_ddl_queue(self) -> bool:
-        """ON CLUSTER needs ZooKeeper/Keeper; without it (18.16 out of the box) DDL goes node by node."""
+        """ON CLUSTER and replication need ZooKeeper/Keeper; without it (18.16 out of the box) DDL goes node by node."""
         try:
-            await self._entry.query(csql.ddl_queue_probe_sql(), database="default")
+            await self.entry.query(csql.ddl_queue_probe_sql(), database="default")
         except TargetError:
             return False
         return True
 
+    # -- what vector/cluster.py needs -------------------------------------------------------------------------
+    @property
+    def all_up(self) -> bool:
+        return len(self._nodes) == self._members
+
+    def shard_sinks(self) -> list[HttpSink]:
+        """One live replica per shard: where a query of the shard's local table goes."""
+        return [replicas[0] for replicas in self._replicas]
+
+    def mutation_sinks(self) -> list[HttpSink]:
+        """Where an ALTER of `{table}_local` runs: once per shard when replicated (it replicates), else every node."""
+        return self.shard_sinks() if self.replicated else list(self._nodes.values())
+
     # -- tables -----------------------------------------------------------------------------------------------
     async def ensure_table(self, ref: TableRef) -> None:
-        """Create the local tables and the Distributed table everywhere, then check every node's tables."""
+        """Create the local tables and the Distributed table everywhere, then check every live node's tables."""
         window = DEDUP_WINDOW if self.info.dedup_token else None
-        if not (self._on_cluster and await self._create_on_cluster(ref, window)):
+        if not self.replicated:
+            log.info(
+                "cluster %s has no ZooKeeper/Keeper: %s is a plain MergeTree on each node, created node by node; "
+                "nothing is replicated",
+                self.cluster,
+                csql.local_ref(ref).key,
+            )
+        if self.replicated:
+            await all_of([self._check_macros(url, s) for url, s in self._nodes.items()])
+        if not (self.on_cluster and self.all_up and await self._create_on_cluster(ref, window)):
             await all_of([self._create_on_node(s, ref, window) for s in self._nodes.values()])
         entry_url = self._target.spec.base_url
         if entry_url not in self._nodes:  # an entry outside the cluster still needs the Distributed table
-            await self._entry.execute(create_database_sql(ref.database), database="default")
-            await self._entry.execute(
-                csql.distributed_table_sql(ref, self._cluster, False, self._target.schema), database="default"
+            await self.entry.execute(create_database_sql(ref.database), database="default")
+            await self.entry.execute(
+                csql.distributed_table_sql(ref, self.cluster, False, self._target.schema), database="default"
             )
-            await self._verify(entry_url, self._entry, ref, node=False)
+            await self._verify(entry_url, self.entry, ref, node=False)
         await all_of([self._verify(url, s, ref, node=True) for url, s in self._nodes.items()])
+
+    def _local_sql(self, ref: TableRef, window: int | None, on_cluster: bool) -> str:
+        local, cluster = csql.local_ref(ref), self.cluster if on_cluster else None
+        if self.replicated:
+            return csql.replicated_local_table_sql(local, self._zk_path, cluster, self._target.schema)
+        return csql.local_table_sql(local, window, cluster, self._target.schema)
+
+    async def _check_macros(self, url: str, sink: HttpSink) -> None:
+        rows = await sink.query(csql.macros_sql(), database="default")
+        missing = csql.missing_macros([(str(r["macro"]), str(r["substitution"])) for r in rows])
+        if missing:
+            raise ConfigError(
+                f"cluster {self.cluster!r} node {urlsplit(url).netloc} defines no <macros> {', '.join(missing)}: "
+                "a replicated table needs {shard} and {replica} on every node"
+            )
 
     async def _create_on_cluster(self, ref: TableRef, window: int | None) -> bool:
         """One DDL per object through the queue; False (after a warning) if the cluster refuses it."""
         statements = [
-            csql.create_database_on_cluster_sql(ref.database, self._cluster),
-            csql.local_table_sql(csql.local_ref(ref), window, self._cluster, self._target.schema),
-            csql.distributed_table_sql(ref, self._cluster, True, self._target.schema),
+            csql.create_database_on_cluster_sql(ref.database, self.cluster),
+            self._local_sql(ref, window, on_cluster=True),
+            csql.distributed_table_sql(ref, self.cluster, True, self._target.schema),
         ]
         try:
             for sql in statements:
-                await self._entry.execute(sql, database="default")
+                await self.entry.execute(sql, database="default")
         except TargetError as exc:
             if exc.retriable:
                 raise
-            log.warning("cluster %s: ON CLUSTER DDL refused (%s); creating tables node by node", self._cluster, exc)
+            log.warning("cluster %s: ON CLUSTER DDL refused (%s); creating tables node by node", self.cluster, exc)
             return False
         return True
 
     async def _create_on_node(self, sink: HttpSink, ref: TableRef, window: int | None) -> None:
         await sink.execute(create_database_sql(ref.database), database="default")
+        await sink.execute(self._local_sql(ref, window, on_cluster=False), database="default")
         await sink.execute(
-            csql.local_table_sql(csql.local_ref(ref), window, None, self._target.schema), database="default"
-        )
-        await sink.execute(
-            csql.distributed_table_sql(ref, self._cluster, False, self._target.schema), database="default"
+            csql.distributed_table_sql(ref, self.cluster, False, self._target.schema), database="default"
         )
 
     async def _verify(self, url: str, sink: HttpSink, ref: TableRef, node: bool) -> None:
@@ -266,7 +262,15 @@ class ClusterSink:
         where = urlsplit(url).netloc
         rows = await sink.query(csql.engines_sql(ref), database="default")
         engines = {str(r["name"]): (str(r["engine"]), str(r["engine_full"])) for r in rows}
-        problem = csql.engine_problem(ref, self._cluster, engines, node)
+        problem = csql.engine_problem(ref, self.cluster, engines, node)
+        local = csql.local_ref(ref)
+        if not problem and node and self.replicated and max(self._replica_count) > 1:
+            engine = engines[local.table][0]
+            if not engine.startswith("Replicated"):
+                problem = (
+                    f"table {local.key} has engine {engine}, but cluster {self.cluster!r} has replicas and a "
+                    "coordinator: its replicas would diverge (recreate it as ReplicatedMergeTree)"
+                )
         if problem:
             raise SchemaMismatchError(f"on {where}: {problem}")
         for table in (ref, csql.local_ref(ref)) if node else (ref,):
@@ -276,31 +280,116 @@ class ClusterSink:
                 raise SchemaMismatchError(f"table {table.key} on {where} {mismatch}")
 
     # -- data -------------------------------------------------------------------------------------------------
+    async def _on_shard(self, pos: int, call: Callable[[HttpSink], Awaitable[T]]) -> T:
+        """`call` on the shard's first replica that answers; an uncertain insert is never sent elsewhere."""
+        replicas = self._replicas[pos]
+        for i, sink in enumerate(replicas):
+            try:
+                return await call(sink)
+            except UncertainInsertError:
+                raise
+            except TransientTargetError as exc:
+                if i == len(replicas) - 1:
+                    raise
+                log.warning("cluster %s shard %d: %s; trying its next replica", self.cluster, pos + 1, exc)
+        raise AssertionError("unreachable")
+
+    async def _sender(self, sink: HttpSink, first_id: int) -> HttpSink:
+        """`sink`, or for rows of a range this sink deleted on a replicated cluster without dedup tokens, a clone
+        that sends them with `insert_deduplicate=0`. Replicated tables drop a block identical to a recent one: that
+        makes a resent block after an uncertain insert a no-op (keep it), but would swallow the rows of a deleted
+        range sent again."""
+        if self.info.dedup_token or not self.replicated or not any(a <= first_id <= b for a, b in self._deleted):
+            return sink
+        clone = self._fresh.get(id(sink))
+        if clone is None:
+            url = next((u for u, s in self._nodes.items() if s is sink), self._target.spec.base_url)
+            clone = self._node_sink(url)
+            await clone.connect()
+            clone.insert_extra = {**sink.insert_extra, "insert_deduplicate": 0}
+            self._fresh[id(sink)] = clone
+        return clone
+
     async def insert(
         self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
     ) -> None:
         if self._mode == "distributed":
-            await self._entry.insert(ref, segment, blocks, token)
+            try:
+                await (await self._sender(self.entry, segment.first_id)).insert(ref, segment, blocks, token)
+            except TargetError as exc:
+                if exc.retriable or exc.code not in REMOTE_NODE_CODES:
+                    raise
+                # a shard's node went away under the synchronous insert: some shards may have the rows, others
+                # not; the pipeline counts the range and sends it again (the next attempt picks a live replica)
+                raise UncertainInsertError(str(exc), exc.code) from None
             return
-        sink = self._shards[placement(segment.shard, segment.index, self._weights)]
-        await sink.insert(csql.local_ref(ref), segment, blocks, token)
+        pos = placement(segment.shard, segment.index, self._weights)
+        sink = self._replicas[pos][self._preferred[pos]]
+        try:
+            await (await self._sender(sink, segment.first_id)).insert(csql.local_ref(ref), segment, blocks, token)
+        except TransientTargetError:
+            # the segment's blocks are a one-pass stream: the landing's retry re-reads them, and goes to the
+            # shard's next replica
+            self._preferred[pos] = (self._preferred[pos] + 1) % len(self._replicas[pos])
+            raise
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
-        return await self._entry.count_range(ref, first_id, last_id)
+        return await self.entry.count_range(ref, first_id, last_id)
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         local = csql.local_ref(ref)
+        if self.replicated:
+            await all_of([self._replicated_delete(pos, local, first_id, last_id) for pos in range(len(self._replicas))])
+            self._deleted.append((first_id, last_id))
+            return
         await all_of([s.delete_range(local, first_id, last_id) for s in self._nodes.values()])
 
+    async def _replicated_delete(self, pos: int, local: TableRef, first_id: int, last_id: int) -> None:
+        """One ALTER DELETE on the shard's first replica (it replicates), then a bounded wait for it there.
+
+        Refused as retriable while any replica of the shard is down: a replica killed mid-load may hold parts
+        nobody else has fetched, so a count that misses rows there is no reason to delete and resend (the resent
+        rows would come back twice when it returns). The load fails retriably; a rerun once the replica is back
+        finishes. A mutation only touches blocks numbered before it, so the range sent again is never deleted.
+        """
+        sink = self._replicas[pos][0]
+        refusal = (
+            f"cluster {self.cluster} shard {pos + 1}: not deleting ids {first_id}..{last_id} of {local.key} while "
+            "a replica is down (it may hold rows the others lack); rerun once it is back"
+        )
+        try:
+            rows = await sink.query(csql.replica_health_sql(local))
+        except TransientTargetError as exc:
+            raise TransientTargetError(f"{refusal}: {exc}", exc.code) from None
+        if (rows and csql.replicas_down(rows)) or len(self._replicas[pos]) < self._replica_count[pos]:
+            raise TransientTargetError(refusal)
+        await sink.execute(delete_range_sql(local, first_id, last_id))
+        deadline = time.monotonic() + REPLICATED_DELETE_WAIT
+        delay = 0.05
+        while int((await sink.query(pending_mutations_sql(local)))[0]["n"]) > 0:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "cluster %s: delete of ids %d..%d in %s still pending after %.0f s (a replica is down or "
+                    "behind); it completes when the replica catches up, and cannot touch rows sent after it",
+                    self.cluster,
+                    first_id,
+                    last_id,
+                    local.key,
+                    REPLICATED_DELETE_WAIT,
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
-        return await self._entry.query(sql, settings)
+        return await self.entry.query(sql, settings)
 
     async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
-        await self._entry.execute(sql, settings)
+        await self.entry.execute(sql, settings)
 
     async def close(self) -> None:
-        for sink in [self._entry, *self._nodes.values()]:
+        for sink in [self.entry, *self._nodes.values(), *self._fresh.values()]:
             await sink.close()
 
 
-__all__ = ["ClusterNode", "ClusterSink", "batch_position", "node_base_url", "placement"]
+__all__ = ["ClusterNode", "ClusterSink", "node_base_url", "placement"]

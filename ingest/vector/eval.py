@@ -29,6 +29,7 @@ from ingest.clickhouse.vector_sql import (
 from ingest.core.config import QueryConfig
 from ingest.core.errors import UsageError
 from ingest.sinks.base import Sink
+from ingest.vector.cluster import as_cluster, cluster_search, index_table
 from ingest.vector.index import connected_sink, require_table, require_vector_index
 from ingest.vector.metadata import recorded_for
 from ingest.vector.search import column_index, index_used
@@ -139,7 +140,7 @@ async def run_eval(
     async with connected_sink(q) as sink:
         require_vector_index(sink, q)
         await require_table(sink, q)
-        index = await column_index(sink, ref, column)
+        index = await column_index(sink, index_table(q), column)
         if index is None:
             raise UsageError(
                 f"no vector index on {column} in {ref.key}: build one first with `laion-ingest index --column {column}`"
@@ -149,16 +150,27 @@ async def run_eval(
         samples = await sink.query(sample_queries_sql(ref, column, queries, seed))
         if not samples:
             raise UsageError(f"table {ref.key} is empty: nothing to evaluate")
-        sqls = [
-            ids_search_sql(ref, column, metric, vector_literal(np.asarray(r["v"], dtype=np.float32)), top)
-            for r in samples
-        ]
-        used = await index_used(sink, sqls[0], {**search_settings(False, lists[0]), **extras})
+        literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in samples]
+        sqls = [ids_search_sql(ref, column, metric, lit, top) for lit in literals]
+        cluster = as_cluster(sink)
+
+        async def approx(i: int, opts: dict[str, str | int]) -> tuple[list[int], float]:
+            if cluster is None:
+                return await _ids(sink, sqls[i], opts)
+            # a cluster: the route (Distributed or per-shard fan-out) and index use come from vector/cluster.py
+            found = await cluster_search(cluster, ref, column, metric, literals[i], top, opts)
+            return [int(r["id"]) for r in found.rows], found.elapsed
+
+        first_opts = {**search_settings(False, lists[0]), **extras}
+        if cluster is None:
+            used = await index_used(sink, sqls[0], first_opts)
+        else:
+            used = (await cluster_search(cluster, ref, column, metric, literals[0], top, first_opts)).index
         exact = [await _ids(sink, s, search_settings(True, None)) for s in sqls]
         points = []
         for size in lists:
             opts = {**search_settings(False, size), **extras}
-            got = [await _ids(sink, s, opts) for s in sqls]
+            got = [await approx(i, opts) for i in range(len(sqls))]
             recall = {
                 k: float(np.mean([recall_at_k(a, e, k) for (a, _), (e, _) in zip(got, exact, strict=True)])) for k in ks
             }

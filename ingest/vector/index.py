@@ -275,6 +275,12 @@ async def build_indexes(
     async with connected_sink(q) as sink:
         require_vector_index(sink, q)
         await require_table(sink, q)
+        if q.target.cluster is not None:  # on a cluster the index lives on {table}_local: see vector/cluster.py
+            from ingest.vector.cluster import as_cluster, build_on_cluster
+
+            cluster = as_cluster(sink)
+            assert cluster is not None
+            return await build_on_cluster(cluster, q, requests, display_for, report)
         plans = [await plan_index(sink, q.table, req) for req in requests]
         outcomes = []
         for index, existed, rows in plans:

@@ -28,6 +28,7 @@ from ingest.core.errors import UnsupportedFeatureError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.clip_client import encode
+from ingest.vector.cluster import as_cluster, cluster_search, index_table
 from ingest.vector.index import connected_sink, require_table, require_vector_index, vector_indexes
 from ingest.vector.metadata import recorded_for
 
@@ -73,6 +74,8 @@ class SearchResult:
     column: str
     metric: str
     settings: dict[str, str | int] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    """On a cluster: per shard, whether it used its index, and the route the query took."""
 
     def to_json(self) -> bytes:
         doc = {
@@ -84,6 +87,8 @@ class SearchResult:
             "metric": self.metric,
             "settings": self.settings,
         }
+        if self.shards:
+            doc["shards"] = self.shards
         return orjson.dumps(doc)
 
 
@@ -138,7 +143,7 @@ async def run_search(
             require_vector_index(sink, q)
         await require_table(sink, q)
         dim = await column_dim(sink, ref, column)
-        index = await column_index(sink, ref, column)
+        index = await column_index(sink, index_table(q), column)
         metric = (index.metric if index else None) or DEFAULT_METRIC
         if kind == "like_id":
             assert query.like_id is not None
@@ -157,8 +162,15 @@ async def run_search(
         if ef_search is None and not brute_force and index is not None:
             rec = await recorded_for(sink, ref, index)  # the search list the index was tuned for
             opts.update(rec.settings if rec is not None else {})
-        rows, elapsed = await timed_search(sink, sql, opts)
-        used = await index_used(sink, sql, opts)
+        cluster = as_cluster(sink)
+        shards: list[dict[str, Any]] = []
+        if cluster is not None:  # per-shard index use, fan-out where Distributed loses it: vector/cluster.py
+            found = await cluster_search(cluster, ref, column, metric, vector_literal(vector), limit, opts)
+            rows, elapsed, used = found.rows, found.elapsed, found.index
+            shards = [{**u.to_json(), "route": found.route} for u in found.shards]
+        else:
+            rows, elapsed = await timed_search(sink, sql, opts)
+            used = await index_used(sink, sql, opts)
     hits = [
         {
             "rank": rank,
@@ -169,4 +181,4 @@ async def run_search(
         }
         for rank, r in enumerate(rows, 1)
     ]
-    return SearchResult(hits, elapsed, used is not None, used, column, metric, opts)
+    return SearchResult(hits, elapsed, used is not None, used, column, metric, opts, shards)

@@ -1,0 +1,173 @@
+"""Pure pieces of the cluster path: replicated DDL, ON CLUSTER ALTERs of the vector index, --node endpoints,
+topology refusals, per-shard search routing and top-k merging (an in-memory fake sink stands in for the shards:
+18.16 has neither cosineDistance, EXPLAIN nor vector indexes, so the real cluster cannot answer these queries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ingest.clickhouse import cluster_sql as csql
+from ingest.clickhouse.vector_sql import VectorIndex, add_index_sql, materialize_index_sql
+from ingest.core.config import NodeEndpoint, parse_node, validate_zookeeper_path
+from ingest.core.errors import ConfigError
+from ingest.core.ids import TableRef
+from ingest.sinks.base import server_info
+from ingest.sinks.cluster_topology import ClusterNode, check_topology, node_urls
+from ingest.vector.cluster import ClusterHits, choose_route, cluster_search, merge_top_k
+
+REF = TableRef("db", "laion")
+LOCAL = csql.local_ref(REF)
+
+
+def test_replicated_local_table_uses_the_macros_and_the_path() -> None:
+    sql = csql.replicated_local_table_sql(LOCAL, "/clickhouse/tables/{shard}", "repl")
+    assert sql.startswith("CREATE TABLE IF NOT EXISTS `db`.`laion_local` ON CLUSTER `repl` (`id` Int64, ")
+    assert sql.endswith(
+        "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/laion_local', '{replica}') ORDER BY id"
+    )
+    assert "non_replicated_deduplication_window" not in sql
+    node_by_node = csql.replicated_local_table_sql(LOCAL, "/zk/{shard}/", None)
+    assert " ON CLUSTER " not in node_by_node and "('/zk/{shard}/db/laion_local'," in node_by_node
+    # the engine check accepts it as the local table
+    engines = {
+        "laion": ("Distributed", "Distributed('repl', 'db', 'laion_local', cityHash64(id))"),
+        "laion_local": ("ReplicatedMergeTree", "ReplicatedMergeTree('/zk/01/db/laion_local', 'r1') ORDER BY id"),
+    }
+    assert csql.engine_problem(REF, "repl", engines, node=True) is None
+
+
+def test_zookeeper_path_and_macros() -> None:
+    assert validate_zookeeper_path("/clickhouse/tables/{shard}/") == "/clickhouse/tables/{shard}"
+    for bad in ("clickhouse/{shard}", "/clickhouse/tables", "/x/{shard}'); DROP"):
+        with pytest.raises(ConfigError, match="--zookeeper-path"):
+            validate_zookeeper_path(bad)
+    assert csql.missing_macros([("shard", "01"), ("replica", "r1")]) == []
+    assert csql.missing_macros([("shard", "01")]) == ["replica"]
+
+
+def test_vector_index_statements_on_cluster() -> None:
+    index = VectorIndex("image_index", "image_embedding", 512, m=16, ef_construction=64)
+    add = csql.alter_on_cluster_sql(add_index_sql(LOCAL, index), LOCAL, "repl")
+    assert add == (
+        "ALTER TABLE `db`.`laion_local` ON CLUSTER `repl` ADD INDEX `image_index` `image_embedding` "
+        "TYPE vector_similarity('hnsw', 'cosineDistance', 512, 'bf16', 16, 64)"
+    )
+    mat = csql.alter_on_cluster_sql(materialize_index_sql(LOCAL, "image_index"), LOCAL, "repl")
+    assert mat == "ALTER TABLE `db`.`laion_local` ON CLUSTER `repl` MATERIALIZE INDEX `image_index`"
+    with pytest.raises(ValueError, match=r"not an ALTER of db\.laion_local"):
+        csql.alter_on_cluster_sql(add_index_sql(REF, index), LOCAL, "repl")
+
+
+def test_progress_rows_per_node() -> None:
+    assert csql.node_rows_done(1000, 4, 4) == 0
+    assert csql.node_rows_done(1000, 4, 1) == 750
+    assert csql.node_rows_done(1000, 4, 0) == 1000
+    assert csql.node_rows_done(1000, 4, 9) == 0
+    assert csql.node_rows_done(0, 0, 0) == 0
+
+
+def test_node_flag_parsing() -> None:
+    assert parse_node("127.0.0.1:9001=http://127.0.0.1:8124") == NodeEndpoint("127.0.0.1", 9001, "http://127.0.0.1:8124")
+    assert parse_node("[::1]:9000=https://h:8443").key() == ("::1", 9000)
+    for bad in ("127.0.0.1=http://x:1", "h:9000", "h:port=http://x:1", "h:9000=chdb:./x", "h:9000=http://x:1/db"):
+        with pytest.raises(ConfigError, match="--node"):
+            parse_node(bad)
+
+
+def nodes_on_one_host() -> list[ClusterNode]:
+    return [ClusterNode(s, 1, r, "127.0.0.1", 9000 + 10 * s + r) for s in (1, 2) for r in (1, 2)]
+
+
+def test_node_urls_follow_the_node_flags() -> None:
+    nodes = nodes_on_one_host()
+    flags = [NodeEndpoint("127.0.0.1", n.tcp_port, f"http://127.0.0.1:{8000 + n.tcp_port % 100}") for n in nodes]
+    urls = node_urls("repl", "http://127.0.0.1:8011", nodes, flags)
+    assert [urls[n] for n in nodes] == ["http://127.0.0.1:8011", "http://127.0.0.1:8012", "http://127.0.0.1:8021",
+                                        "http://127.0.0.1:8022"]
+    with pytest.raises(ConfigError, match=r"lists host 127\.0\.0\.1 with TCP ports .*--node 127\.0\.0\.1:TCP_PORT=URL"):
+        node_urls("repl", "http://127.0.0.1:8011", nodes, flags[:2])
+    with pytest.raises(ConfigError, match=r"--node 127\.0\.0\.1:1 names no member of cluster 'repl'"):
+        node_urls("repl", "http://127.0.0.1:8011", nodes, [*flags, NodeEndpoint("127.0.0.1", 1, "http://h:1")])
+    spread = [ClusterNode(1, 1, 1, "ch-1", 9000), ClusterNode(2, 1, 1, "ch-2", 9000)]
+    assert list(node_urls("c", "https://ch-1:8443", spread, []).values()) == ["https://ch-1:8443", "https://ch-2:8443"]
+
+
+def test_local_mode_serves_replicated_shards_only_when_replicated() -> None:
+    nodes = nodes_on_one_host()
+    check_topology("repl", nodes, "local", replicated=True)
+    with pytest.raises(ConfigError, match="--insert-mode local needs one replica per shard"):
+        check_topology("repl", nodes, "local", replicated=False)
+
+
+def test_route_and_merge() -> None:
+    assert choose_route("image_index", ["image_index", "image_index"], brute_force=False) == "distributed"
+    assert choose_route(None, ["image_index", "image_index"], brute_force=False) == "shards"
+    assert choose_route("image_index", ["image_index", None], brute_force=False) == "shards"
+    assert choose_route(None, [None, None], brute_force=False) == "distributed"
+    assert choose_route(None, ["image_index"], brute_force=True) == "distributed"
+    a = [{"id": 5, "distance": 0.1}, {"id": 7, "distance": 0.3}]
+    b = [{"id": 2, "distance": 0.2}, {"id": 9, "distance": 0.1}]
+    assert [r["id"] for r in merge_top_k([a, b], 3)] == [5, 9, 2]
+
+
+PLAN_WITH_INDEX = [
+    {"explain": "Skip"},
+    {"explain": "  Name: image_index"},
+    {"explain": "  Description: vector_similarity GRANULARITY 100000000"},
+]
+PLAN_WITHOUT = [{"explain": "ReadFromRemote (Read from remote replica)"}]
+
+
+class FakeNode:
+    """Answers EXPLAIN with a canned plan and a search with canned rows; records what it was asked."""
+
+    def __init__(self, plan: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        self.plan, self.rows, self.asked = plan, rows, []  # type: list[dict[str, Any]], list[dict[str, Any]], list[str]
+
+    async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
+        self.asked.append(sql)
+        return self.plan if sql.startswith("EXPLAIN") else self.rows
+
+
+class FakeCluster(FakeNode):
+    def __init__(self, plan: list[dict[str, Any]], shards: list[FakeNode]) -> None:
+        super().__init__(plan, [{"id": 1, "distance": 0.0}])
+        self.info = server_info("25.8.1")
+        self.shards = shards
+
+    def shard_sinks(self) -> list[FakeNode]:
+        return self.shards
+
+
+def search(cluster: FakeCluster, settings: dict[str, str | int]) -> ClusterHits:
+    return asyncio.run(cluster_search(cluster, REF, "image_embedding", "cosineDistance", "[1.0]", 2, settings))  # type: ignore[arg-type]
+
+
+def test_search_fans_out_where_distributed_loses_the_index() -> None:
+    s1 = FakeNode(PLAN_WITH_INDEX, [{"id": 10, "distance": 0.4}, {"id": 11, "distance": 0.5}])
+    s2 = FakeNode(PLAN_WITH_INDEX, [{"id": 20, "distance": 0.1}, {"id": 21, "distance": 0.6}])
+    cluster = FakeCluster(PLAN_WITHOUT, [s1, s2])
+    hits = search(cluster, {})
+    assert hits.route == "shards" and hits.index == "image_index"
+    assert [r["id"] for r in hits.rows] == [20, 10]
+    assert [u.to_json() for u in hits.shards] == [
+        {"shard": 1, "index_used": True, "index": "image_index"},
+        {"shard": 2, "index_used": True, "index": "image_index"},
+    ]
+    assert all("FROM `db`.`laion_local`" in q for q in s1.asked + s2.asked)
+    assert not any(q.startswith("SELECT") for q in cluster.asked)  # only its EXPLAIN went through Distributed
+
+
+def test_search_goes_through_distributed_when_its_plan_uses_the_index() -> None:
+    shards = [FakeNode(PLAN_WITH_INDEX, []), FakeNode(PLAN_WITH_INDEX, [])]
+    cluster = FakeCluster(PLAN_WITH_INDEX, shards)
+    hits = search(cluster, {})
+    assert hits.route == "distributed" and [r["id"] for r in hits.rows] == [1]
+    assert any(q.startswith("SELECT") and "FROM `db`.`laion` " in q for q in cluster.asked)
+    brute = search(FakeCluster(PLAN_WITHOUT, [FakeNode(PLAN_WITH_INDEX, [])]), {"use_skip_indexes": 0})
+    assert brute.route == "distributed" and brute.index is None
+    assert [u.index for u in brute.shards] == [None]

@@ -236,7 +236,7 @@ def test_index_steps_run_on_cluster_once_per_shard(
         nodes = tuple(parse_node(f"127.0.0.1:{n.tcp_port}={n.http_url}") for n in repl.nodes)
         creds = Credentials(repl.entry.user, PASSWORD)
         target = TargetConfig(parse_target(repl.entry.http_url), db, creds, cluster=CLUSTER, nodes=nodes)
-        sink = ClusterSink(target, BATCH)
+        sink = ClusterSink(target)
         try:
             await sink.connect()
             await alter_on_cluster(sink, local, step, lambda _total: Recorder())

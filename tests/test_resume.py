@@ -51,10 +51,10 @@ def kill_when(proc: subprocess.Popen[bytes], ledger: Path, reached: int, timeout
     return done_segments(ledger)
 
 
-def run_args(src: Path, db: Path, ledger: Path) -> list[str]:
+def run_args(src: Path, db: Path, ledger: Path, spec: str = "0-2") -> list[str]:
     """3 shards of 12,000 rows in 500-row segments of two 250-row blocks: 72 segments, so kills land while
     inserts run (and mid-segment)."""
-    return ["--source", str(src), "--shards", "0-2", "--target", f"chdb:{db}", "--dim", "128", "--batch-rows", "250",
+    return ["--source", str(src), "--shards", spec, "--target", f"chdb:{db}", "--dim", "128", "--batch-rows", "250",
             "--segment-rows", "500", "--no-progress", "--state", str(ledger)]  # fmt: skip
 
 
@@ -171,12 +171,13 @@ def test_sigterm_is_an_ordered_stop(make_shards, tmp_path: Path) -> None:  # typ
 
 
 def test_second_process_on_same_chdb_dir_is_refused(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    src = make_shards([0, 1, 2], rows=12_000, dim=128)
+    shards = list(range(10))  # enough left after the first segment that the first run still holds the directory
+    src = make_shards(shards, rows=20_000, dim=128)
     db, ledger = tmp_path / "db", tmp_path / "ledger.json"
-    args = run_args(src, db, ledger)
+    args = run_args(src, db, ledger, spec="0-9")
     first = start_run(args)
     try:
-        while done_segments(ledger) < 2 and first.poll() is None:
+        while done_segments(ledger) < 1 and first.poll() is None:
             time.sleep(0.02)
         res = cli("run", *args)
         assert res.returncode == 2
@@ -185,4 +186,4 @@ def test_second_process_on_same_chdb_dir_is_refused(make_shards, tmp_path: Path)
     finally:
         first.wait(timeout=120)
     assert first.returncode == 0
-    assert_table_equals(chdb_table(db), expected_rows(src, [0, 1, 2]))
+    assert_table_equals(chdb_table(db), expected_rows(src, shards))

@@ -11,55 +11,24 @@ from typing import Annotated, Literal
 import typer
 
 from ingest.cli import demo as demo_mod
+from ingest.cli.load_flags import LoadFlags, run_config, with_load_flags
 from ingest.cli.options import (
-    BatchRowsOpt,
-    CacheDirOpt,
-    CompressOpt,
-    DimOpt,
-    DownloadConcurrencyOpt,
-    DrainSecondsOpt,
-    EndpointUrlOpt,
-    ExtraColumnsOpt,
-    FormatOpt,
-    InsertConcurrencyOpt,
-    InsertModeOpt,
-    KeepDownloadsOpt,
     LayoutOpt,
-    LogFormatOpt,
-    MaxRetriesOpt,
-    OnNanOpt,
-    QueueDepthOpt,
-    RetryMaxSecondsOpt,
-    SegmentBytesOpt,
-    SegmentRowsOpt,
-    SourceOpt,
-    StateOpt,
-    VectorCodecOpt,
-    ZookeeperPathOpt,
-    run_config,
 )
 from ingest.cli.progress import make_reporter
 from ingest.cli.support import (
-    CaFileOpt,
-    ClusterOpt,
-    DatabaseOpt,
-    InsecureOpt,
-    NodeOpt,
-    PasswordFileOpt,
     TableOpt,
     TargetOpt,
-    UserOpt,
     cli_errors,
     install_stop_signals,
     run_async,
     set_debug,
     setup_logging,
 )
-from ingest.core.config import DEFAULT_ZOOKEEPER_PATH, LAION_ROOT
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.layout import parse_layout
 from ingest.core.memory import return_large_buffers_to_the_os
-from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS, parse_shard_spec, worker_slice
+from ingest.core.plan import parse_shard_spec, worker_slice
 from ingest.core.target import DEFAULT_TARGET
 from ingest.load.runner import run_ingest, summary_line
 from ingest.stages.synth import SynthSpec, write_shard
@@ -88,52 +57,20 @@ def worker_index_default() -> int | None:
 
 @app.command()
 @cli_errors
+@with_load_flags
 def run(
-    source: SourceOpt = LAION_ROOT,
     shards: Annotated[str, typer.Option("--shards", help="Shard spec, e.g. 0-2,5,7-9")] = "0-409",
-    target: TargetOpt = DEFAULT_TARGET,
-    table: TableOpt = "laion",
-    database: DatabaseOpt = None,
-    batch_rows: BatchRowsOpt = BLOCK_ROWS,
-    segment_rows: SegmentRowsOpt = SEGMENT_ROWS,
-    segment_bytes: SegmentBytesOpt = SEGMENT_BYTES,
-    queue_depth: QueueDepthOpt = 2,
-    download_concurrency: DownloadConcurrencyOpt = 2,
-    insert_concurrency: InsertConcurrencyOpt = 2,
-    dim: DimOpt = None,
-    layout: LayoutOpt = "laion400m",
-    extra_columns: ExtraColumnsOpt = None,
-    vector_codec: VectorCodecOpt = None,
-    endpoint_url: EndpointUrlOpt = None,
-    cache_dir: CacheDirOpt = Path("./laion-cache"),
-    keep_downloads: KeepDownloadsOpt = False,
-    insert_format: FormatOpt = "native",
-    compress: CompressOpt = "auto",
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
-    state: StateOpt = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report of quarantined shards")] = None,
-    on_nan: OnNanOpt = "fail-shard",
-    max_retries: MaxRetriesOpt = 8,
-    retry_max_seconds: RetryMaxSecondsOpt = 30.0,
-    drain_seconds: DrainSecondsOpt = 25.0,
     worker_index: Annotated[
         int | None, typer.Option("--worker-index", help="This worker's index (env JOB_COMPLETION_INDEX)")
     ] = None,
     worker_count: Annotated[
         int, typer.Option("--worker-count", min=1, help="Number of workers sharing the shards")
     ] = 1,
-    cluster: ClusterOpt = None,
-    insert_mode: InsertModeOpt = "distributed",
-    node: NodeOpt = None,
-    zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH,
     finalize: Annotated[
         bool, typer.Option("--index/--no-index", "--finalize", help="Build vector indexes after the load")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
-    log_format: LogFormatOpt = "text",
     interrupt_exit_code: Annotated[
         int,
         typer.Option(
@@ -144,51 +81,16 @@ def run(
             "sets 4 so an evicted worker is retried instead of counted as done",
         ),
     ] = 0,
+    *,
+    flags: LoadFlags,
 ) -> None:
     """Load shards from SOURCE into TARGET (creates the table; resumes where a previous run stopped)."""
-    setup_logging(log_format)
+    setup_logging(flags.log_format)
     index = worker_index if worker_index is not None else worker_index_default()
     shard_list = parse_shard_spec(shards)
     if worker_count > 1 or index is not None:
         shard_list = worker_slice(shard_list, index or 0, worker_count)
-    settings = run_config(
-        source=source,
-        shards=tuple(shard_list),
-        target=target,
-        table=table,
-        database=database,
-        dim=dim,
-        layout=layout,
-        extra_columns=extra_columns,
-        vector_codec=vector_codec,
-        endpoint_url=endpoint_url,
-        batch_rows=batch_rows,
-        segment_rows=segment_rows,
-        segment_bytes=segment_bytes,
-        queue_depth=queue_depth,
-        download_concurrency=download_concurrency,
-        insert_concurrency=insert_concurrency,
-        cache_dir=cache_dir,
-        keep_downloads=keep_downloads,
-        insert_format=insert_format,
-        compress=compress,
-        user=user,
-        password_file=password_file,
-        ca_file=ca_file,
-        insecure=insecure,
-        state=state,
-        report=report,
-        on_nan=on_nan,
-        max_retries=max_retries,
-        retry_max_seconds=retry_max_seconds,
-        drain_seconds=drain_seconds,
-        progress=progress,
-        cluster=cluster,
-        insert_mode=insert_mode,
-        finalize=finalize,
-        nodes=node,
-        zookeeper_path=zookeeper_path,
-    )
+    settings = run_config(flags, shards=tuple(shard_list), progress=progress, report=report, finalize=finalize)
 
     async def main() -> int:
         stop = asyncio.Event()

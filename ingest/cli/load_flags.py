@@ -1,0 +1,194 @@
+"""The flags `run` and `daemon` share, declared once, and the one place flags become config objects.
+
+`LoadFlags` is both the declaration (each field an annotated typer option with its default) and the value a
+command receives; `with_load_flags` adds its fields to a command's own parameters, so typer sees one flat list
+and the command one object. tests/test_daemon.py checks that both commands offer the same loading flags.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from ingest.cli.options import (
+    BatchRowsOpt,
+    CacheDirOpt,
+    CompressOpt,
+    DimOpt,
+    DownloadConcurrencyOpt,
+    DrainSecondsOpt,
+    EndpointUrlOpt,
+    ExtraColumnsOpt,
+    FormatOpt,
+    InsertConcurrencyOpt,
+    InsertModeOpt,
+    KeepDownloadsOpt,
+    LayoutOpt,
+    LogFormatOpt,
+    MaxRetriesOpt,
+    OnNanOpt,
+    QueueDepthOpt,
+    RetryMaxSecondsOpt,
+    SegmentBytesOpt,
+    SegmentRowsOpt,
+    SourceOpt,
+    StateOpt,
+    VectorCodecOpt,
+    ZookeeperPathOpt,
+)
+from ingest.cli.support import (
+    CaFileOpt,
+    ClusterOpt,
+    DatabaseOpt,
+    InsecureOpt,
+    NodeOpt,
+    PasswordFileOpt,
+    TableOpt,
+    TargetOpt,
+    UserOpt,
+    node_endpoints,
+)
+from ingest.core.config import (
+    DEFAULT_ZOOKEEPER_PATH,
+    LAION_ROOT,
+    LoadConfig,
+    RunConfig,
+    SourceConfig,
+    TargetConfig,
+    read_credentials,
+    resolve_table,
+    validate_zookeeper_path,
+)
+from ingest.core.layout import parse_layout
+from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
+from ingest.core.retry import RetryPolicy
+from ingest.core.schema import parse_extra_columns
+from ingest.core.target import DEFAULT_TARGET, parse_target
+
+R = TypeVar("R")
+
+DEFAULT_CACHE_DIR = Path("./laion-cache")
+
+
+@dataclass(frozen=True)
+class LoadFlags:
+    """Every loading flag of `run` and `daemon`, as typed on the command line."""
+
+    source: SourceOpt = LAION_ROOT
+    target: TargetOpt = DEFAULT_TARGET
+    table: TableOpt = "laion"
+    database: DatabaseOpt = None
+    batch_rows: BatchRowsOpt = BLOCK_ROWS
+    segment_rows: SegmentRowsOpt = SEGMENT_ROWS
+    segment_bytes: SegmentBytesOpt = SEGMENT_BYTES
+    queue_depth: QueueDepthOpt = 2
+    download_concurrency: DownloadConcurrencyOpt = 2
+    insert_concurrency: InsertConcurrencyOpt = 2
+    dim: DimOpt = None
+    layout: LayoutOpt = "laion400m"
+    extra_columns: ExtraColumnsOpt = None
+    vector_codec: VectorCodecOpt = None
+    endpoint_url: EndpointUrlOpt = None
+    cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR
+    keep_downloads: KeepDownloadsOpt = False
+    insert_format: FormatOpt = "native"
+    compress: CompressOpt = "auto"
+    user: UserOpt = None
+    password_file: PasswordFileOpt = None
+    ca_file: CaFileOpt = None
+    insecure: InsecureOpt = False
+    state: StateOpt = None
+    on_nan: OnNanOpt = "fail-shard"
+    max_retries: MaxRetriesOpt = 8
+    retry_max_seconds: RetryMaxSecondsOpt = 30.0
+    drain_seconds: DrainSecondsOpt = 25.0
+    log_format: LogFormatOpt = "text"
+    cluster: ClusterOpt = None
+    insert_mode: InsertModeOpt = "distributed"
+    node: NodeOpt = None
+    zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH
+
+
+def with_load_flags(command: Callable[..., R]) -> Callable[..., R]:
+    """Give `command(..., flags: LoadFlags)` the loading flags as typer options after its own parameters."""
+    own = inspect.signature(command, eval_str=True)
+    hints = get_type_hints(LoadFlags, include_extras=True)
+    shared = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+        for f in fields(LoadFlags)
+    ]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own.parameters.values() if p.name != "flags"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> R:
+        flags = LoadFlags(**{f.name: kwargs.pop(f.name) for f in fields(LoadFlags)})
+        return command(flags=flags, **kwargs)
+
+    signature = own.replace(parameters=[*params, *shared])
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return wrapper
+
+
+def run_config(
+    flags: LoadFlags,
+    *,
+    shards: tuple[int, ...],
+    progress: bool,
+    report: Path | None = None,
+    finalize: bool = False,
+    drain_seconds: float | None = None,
+) -> RunConfig:
+    """The one place flags become config objects, shared by `run` and `daemon`."""
+    f = flags
+    spec = parse_target(f.target)
+    ref = resolve_table(spec, f.database, f.table)
+    retry = RetryPolicy(max_retries=f.max_retries, max_seconds=f.retry_max_seconds)
+    return RunConfig(
+        shards=shards,
+        table=ref,
+        target=TargetConfig(
+            spec=spec,
+            database=ref.database,
+            credentials=read_credentials(f.user, f.password_file),
+            ca_file=f.ca_file,
+            insecure=f.insecure,
+            insert_format=f.insert_format,
+            cluster=f.cluster,
+            insert_mode=f.insert_mode,
+            connections=f.insert_concurrency,
+            compress=f.compress,
+            nodes=node_endpoints(f.cluster, f.node),
+            zookeeper_path=validate_zookeeper_path(f.zookeeper_path),
+        ),
+        source=SourceConfig(
+            root=f.source,
+            cache_dir=f.cache_dir,
+            keep_downloads=f.keep_downloads,
+            download_concurrency=f.download_concurrency,
+            retry=retry,
+            layout=parse_layout(f.layout),
+            endpoint_url=f.endpoint_url,
+        ),
+        load=LoadConfig(
+            dim=f.dim,
+            extra_columns=parse_extra_columns(f.extra_columns),
+            vector_codec=f.vector_codec,
+            batch_rows=f.batch_rows,
+            segment_rows=f.segment_rows,
+            segment_bytes=f.segment_bytes,
+            queue_depth=f.queue_depth,
+            insert_concurrency=f.insert_concurrency,
+            on_nan=f.on_nan,
+            retry=retry,
+            drain_seconds=f.drain_seconds if drain_seconds is None else drain_seconds,
+        ),
+        state_path=f.state,
+        report_path=report,
+        progress=progress,
+        finalize=finalize,
+    )

@@ -19,6 +19,8 @@ from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, free_ports
 
+from ingest.clickhouse.http_request import build_request, insert_sql, server_error
+from ingest.clickhouse.replies import one_line
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import (
     AuthError,
@@ -33,15 +35,7 @@ from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
-from ingest.sinks.http import (
-    HttpSink,
-    build_request,
-    insert_settings,
-    insert_sql,
-    one_line,
-    server_error,
-    ssl_context,
-)
+from ingest.sinks.http import HttpSink, insert_settings, ssl_context
 from ingest.stages.batch import batch_schema
 
 T = TypeVar("T")

@@ -20,6 +20,7 @@ from cli_run import cli
 from exact import assert_table_equals, chdb_table, expected_rows, server_table
 from server_fixtures import ServerHandle
 
+from ingest.clickhouse.http_request import build_request, insert_sql
 from ingest.clickhouse.settings import Squash
 from ingest.clickhouse.sql import create_table_sql
 from ingest.clickhouse.wire import encode_native
@@ -28,7 +29,7 @@ from ingest.core.ids import TableRef
 from ingest.core.plan import SEGMENT_BYTES, plan_segments
 from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
-from ingest.sinks.http import HttpSink, build_request, insert_settings, insert_sql
+from ingest.sinks.http import HttpSink, insert_settings
 from ingest.stages.batch import batch_schema
 
 STRIDE = 10_000_000

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from ingest.clickhouse import cluster_sql as csql
+from ingest.clickhouse.http_request import pending_mutations_sql
 from ingest.clickhouse.sql import create_database_sql, delete_range_sql, describe_sql, table_problem
 from ingest.core.config import TargetConfig, validate_zookeeper_path
 from ingest.core.errors import (
@@ -56,7 +57,7 @@ from ingest.sinks.cluster_topology import (
     parse_nodes,
     placement,
 )
-from ingest.sinks.http import DEDUP_WINDOW, HttpSink, pending_mutations_sql
+from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
 REMOTE_NODE_CODES = frozenset({32, 279, 285})
 """A Distributed insert losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),

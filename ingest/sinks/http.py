@@ -1,7 +1,7 @@
 """ClickHouse over HTTP: one aiohttp session, Native (or RowBinary) bodies streamed, errors mapped at this edge.
 
-Building a request (URL, parameters, headers) is pure and lives in `build_request`; `HttpSink` only sends.
-Credentials travel in `X-ClickHouse-User` / `X-ClickHouse-Key` headers, never in a URL, a log line or an error.
+Building a request (URL, parameters, headers) is pure and lives in ingest/clickhouse/http_request.py; `HttpSink`
+only sends.
 Features are gated on the server's version (18.16 lacks dedup tokens and `mutations_sync`).
 Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhouse/compress.py) and counted.
 """
@@ -9,24 +9,23 @@ Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhou
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import pyarrow as pa
 from yarl import URL
 
 from ingest.clickhouse.compress import BodyCodec, compressed_body, is_loopback, plan_compression
-from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, one_line, parse_error
-from ingest.clickhouse.settings import Squash, check_setting_name
+from ingest.clickhouse.http_request import HttpRequest, build_request, insert_sql, pending_mutations_sql, server_error
+from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, one_line
+from ingest.clickhouse.settings import Squash
 from ingest.clickhouse.settings import insert_settings as settings_for_insert
 from ingest.clickhouse.sql import (
     count_range_sql,
@@ -34,14 +33,12 @@ from ingest.clickhouse.sql import (
     create_table_sql,
     delete_range_sql,
     describe_sql,
-    quote_string,
     table_problem,
 )
-from ingest.clickhouse.wire import ABORT_BLOCK, FORMAT_NAMES, SEAM_BYTES, encode, split_head, split_tail
+from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode, split_head, split_tail
 from ingest.core import metrics
-from ingest.core.config import Credentials, TargetConfig
+from ingest.core.config import TargetConfig
 from ingest.core.errors import (
-    AuthError,
     ConfigError,
     SchemaMismatchError,
     TargetError,
@@ -67,59 +64,6 @@ MUTATIONS_SYNC_SINCE = (20, 1)
 """The `mutations_sync` setting (wait for ALTER DELETE) exists from 20.1; older servers are polled."""
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """Everything needed to send one POST; `headers` holds the credentials, so it is kept out of repr."""
-
-    url: str
-    headers: dict[str, str] = field(repr=False)
-    body: bytes | None = None
-    """The SQL for queries; None for inserts, whose body is the streamed data."""
-
-
-def auth_headers(credentials: Credentials) -> dict[str, str]:
-    headers = {"X-ClickHouse-User": credentials.user}
-    if credentials.password:
-        headers["X-ClickHouse-Key"] = credentials.password
-    return headers
-
-
-def _params(database: str, settings: dict[str, str | int] | None) -> list[tuple[str, str]]:
-    params = [("database", database), ("wait_end_of_query", "1")]
-    for key, value in (settings or {}).items():
-        params.append((check_setting_name(key), str(value)))
-    return params
-
-
-def build_request(
-    base_url: str,
-    credentials: Credentials,
-    database: str,
-    sql: str,
-    settings: dict[str, str | int] | None = None,
-    *,
-    insert: bool = False,
-) -> HttpRequest:
-    """A query (SQL in the body) or an insert (statement in `?query=`, data streamed as the body).
-
-    `wait_end_of_query=1` makes the server buffer its answer, so an error can never hide at the end of a 200.
-    """
-    params = _params(database, settings)
-    if insert:
-        params.insert(0, ("query", sql))
-    url = f"{base_url.rstrip('/')}/?{urlencode(params, quote_via=quote)}"
-    headers = auth_headers(credentials)
-    if insert:
-        headers["Content-Type"] = "application/octet-stream"
-        return HttpRequest(url, headers)
-    headers["Content-Type"] = "text/plain; charset=utf-8"
-    return HttpRequest(url, headers, sql.encode())
-
-
-def insert_sql(ref: TableRef, fmt: str) -> str:
-    return f"INSERT INTO {ref.sql} FORMAT {FORMAT_NAMES['rowbinary' if fmt == 'rowbinary' else 'native']}"
-
-
 def insert_settings(info: ServerInfo, token: str | None, squash: Squash | None = None) -> dict[str, str | int]:
     """Only settings the server knows (18.16 would refuse the whole insert for an unknown one).
 
@@ -134,26 +78,8 @@ def insert_settings(info: ServerInfo, token: str | None, squash: Squash | None =
     )
 
 
-def pending_mutations_sql(ref: TableRef) -> str:
-    return (
-        "SELECT count() AS n FROM system.mutations WHERE database = "
-        f"{quote_string(ref.database)} AND table = {quote_string(ref.table)} AND is_done = 0"
-    )
-
-
 def has_mutations_sync(info: ServerInfo) -> bool:
     return parse_version(info.version) >= MUTATIONS_SYNC_SINCE
-
-
-def server_error(status: int, code_header: str | None, body: str, user: str, where: str) -> TargetError:
-    """Map a failed response (status, exception code, text) into the error tree; no credential text."""
-    reply = parse_error(body, code_header)
-    if not reply.first_line:
-        reply = dataclasses.replace(reply, first_line=f"HTTP {status}")
-    err = reply.error(f"ClickHouse at {where}", status)
-    if isinstance(err, AuthError) or status in (401, 403):
-        return AuthError(f"authentication failed for user {user!r} at {where}", reply.code)
-    return err
 
 
 def ssl_context(target: TargetConfig) -> ssl.SSLContext | None:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import typer
 
 from ingest.cli import demo as demo_mod
-from ingest.cli.load_flags import LoadFlags, run_config, with_load_flags
+from ingest.cli.flags import LoadFlags, run_config, with_load_flags
 from ingest.cli.options import (
     LayoutOpt,
 )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ingest.cli.load_flags import LoadFlags, run_config, with_load_flags
+from ingest.cli.flags import LoadFlags, run_config, with_load_flags
 from ingest.cli.support import (
     install_stop_signals,
     run_async,

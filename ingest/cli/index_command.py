@@ -10,23 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ingest.cli.flags import QueryFlags, query_config, with_query_flags
 from ingest.cli.support import (
-    CaFileOpt,
-    ClusterOpt,
-    DatabaseOpt,
-    InsecureOpt,
-    NodeOpt,
-    PasswordFileOpt,
-    TableOpt,
-    TargetOpt,
-    UserOpt,
-    query_config,
     run_async,
     setup_logging,
 )
 from ingest.clickhouse.vector_sql import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, DEFAULT_QUANTIZATION
 from ingest.core.config import TuneConfig
-from ingest.core.target import DEFAULT_TARGET
 from ingest.vector.autoindex import build_tuned_indexes
 from ingest.vector.index import BuildDisplay, DisplayFactory, LogBuildDisplay, requests_for
 from ingest.vector.sizing import human_bytes, parse_bytes
@@ -96,10 +86,8 @@ def render_grid(report: TuneReport) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
+@with_query_flags
 def index_command(
-    target: TargetOpt = DEFAULT_TARGET,
-    table: TableOpt = "laion",
-    database: DatabaseOpt = None,
     column: Annotated[
         Literal["image_embedding", "text_embedding", "all"],
         typer.Option("--column", help="Embedding column to index, or all (both)"),
@@ -126,17 +114,13 @@ def index_command(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Build even when the projected memory does not fit")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
-    cluster: ClusterOpt = None,
-    node: NodeOpt = None,
+    *,
+    flags: QueryFlags,
 ) -> None:
     """Add and materialize HNSW vector_similarity indexes, tuned to --recall-target unless --m/--ef-construction
     are given; sized before building (refused when it cannot fit), built once over merged parts."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
+    q = query_config(flags)
     auto = m is None and ef_construction is None
     cfg = TuneConfig(
         recall_target=recall_target,

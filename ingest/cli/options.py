@@ -1,4 +1,4 @@
-"""Option types for the loading knobs, spelled and checked once (`cli/load_flags.py` gathers the shared ones)."""
+"""Option types for the loading knobs, spelled and checked once (`cli/flags.py` gathers the shared ones)."""
 
 from __future__ import annotations
 

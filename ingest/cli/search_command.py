@@ -9,22 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ingest.cli.flags import QueryFlags, query_config, with_query_flags
 from ingest.cli.support import (
-    CaFileOpt,
-    ClusterOpt,
-    DatabaseOpt,
-    InsecureOpt,
-    NodeOpt,
-    PasswordFileOpt,
-    TableOpt,
-    TargetOpt,
-    UserOpt,
-    query_config,
     run_async,
     setup_logging,
 )
 from ingest.clickhouse.vector_sql import EF_SEARCH_SETTING
-from ingest.core.target import DEFAULT_TARGET
 from ingest.vector.clip_client import WEIGHTS_ENV
 from ingest.vector.eval import EvalResult, run_eval
 from ingest.vector.search import Column, Query, SearchResult, run_search
@@ -47,10 +37,8 @@ def render(result: SearchResult, console: Console) -> None:
         console.print(f"shard {shard['shard']}: {used} (queried via {shard['route']})", highlight=False)
 
 
+@with_query_flags
 def search_command(
-    target: TargetOpt = DEFAULT_TARGET,
-    table: TableOpt = "laion",
-    database: DatabaseOpt = None,
     text: Annotated[str | None, typer.Option("--text", help="Find images/captions like this text (CLIP)")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Find rows like this image file (CLIP)")] = None,
     like_id: Annotated[int | None, typer.Option("--like-id", help="Find rows like this row (its own vector)")] = None,
@@ -65,16 +53,12 @@ def search_command(
         str | None, typer.Option("--weights", help=f"CLIP weights for --text/--image (env {WEIGHTS_ENV})")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts")] = False,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
-    cluster: ClusterOpt = None,
-    node: NodeOpt = None,
+    *,
+    flags: QueryFlags,
 ) -> None:
     """Nearest rows to a text, an image, a row (--like-id) or a vector: rank, id, distance, url, caption."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
+    q = query_config(flags)
     query = Query(text=text, image=image, like_id=like_id, vector=vector)
     query.kind()
     result = run_async(run_search(q, query, column, limit, brute_force, ef_search, weights))
@@ -104,10 +88,8 @@ def render_sweep(result: EvalResult, console: Console) -> None:
     console.print(view)
 
 
+@with_query_flags
 def eval_command(
-    target: TargetOpt = DEFAULT_TARGET,
-    table: TableOpt = "laion",
-    database: DatabaseOpt = None,
     column: Annotated[Column, typer.Option("--column", help="Indexed embedding column")] = "image_embedding",
     queries: Annotated[int, typer.Option("--queries", min=1, help="Query vectors sampled from the table")] = 100,
     k: Annotated[
@@ -128,16 +110,12 @@ def eval_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write recall vs latency to this PNG (the plot extra)")
     ] = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
-    cluster: ClusterOpt = None,
-    node: NodeOpt = None,
+    *,
+    flags: QueryFlags,
 ) -> None:
     """Recall@k of the vector index against brute force, latency p50/p95/p99 and QPS, over search list sizes."""
     setup_logging()
-    q = query_config(target, table, database, user, password_file, ca_file, insecure, cluster, node)
+    q = query_config(flags)
     ks = tuple(k or [10])
     result = run_async(run_eval(q, column, queries, ks, tuple(ef_search or ()), seed, concurrency))
     if plot is not None:

@@ -17,9 +17,8 @@ import orjson
 import typer
 import uvloop
 
-from ingest.core.config import NodeEndpoint, QueryConfig, TargetConfig, parse_node, read_credentials, resolve_table
-from ingest.core.errors import EXIT_FATAL, ConfigError, IngestError, exception_leaves, first_error
-from ingest.core.target import DEFAULT_TARGET, parse_target
+from ingest.core.errors import EXIT_FATAL, IngestError, exception_leaves, first_error
+from ingest.core.target import DEFAULT_TARGET
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -144,34 +143,6 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-
-
-def query_config(
-    target: str,
-    table: str,
-    database: str | None,
-    user: str | None,
-    password_file: Path | None,
-    ca_file: Path | None = None,
-    insecure: bool = False,
-    cluster: str | None = None,
-    nodes: list[str] | None = None,
-) -> QueryConfig:
-    """The table and target of a command that only queries (index, search, eval)."""
-    spec = parse_target(target)
-    ref = resolve_table(spec, database, table)
-    creds = read_credentials(user, password_file)
-    target_cfg = TargetConfig(
-        spec, ref.database, creds, ca_file, insecure, cluster=cluster, nodes=node_endpoints(cluster, nodes)
-    )
-    return QueryConfig(target_cfg, ref)
-
-
-def node_endpoints(cluster: str | None, nodes: list[str] | None) -> tuple[NodeEndpoint, ...]:
-    """`--node` flags → endpoints; they only mean something with --cluster."""
-    if nodes and cluster is None:
-        raise ConfigError("--node names a member of a cluster: give --cluster NAME with it")
-    return tuple(parse_node(n) for n in nodes or ())
 
 
 __all__ = ["DEFAULT_TARGET"]

@@ -39,12 +39,11 @@ def worker_slice(shards: list[int], worker_index: int, worker_count: int) -> lis
     return [s for s in shards if s % worker_count == worker_index]
 
 
-@dataclass(frozen=True, slots=True)
-class BatchPlan:
-    """One fixed batch of one shard: rows [start, stop). Fixed batch size makes every batch identifiable."""
+class RowRange:
+    """Rows [start, stop) of one shard and the ids they get: what batches and segments have in common."""
 
+    __slots__ = ()
     shard: int
-    index: int
     start: int
     stop: int
 
@@ -58,8 +57,18 @@ class BatchPlan:
 
     @property
     def last_id(self) -> int:
-        """Inclusive upper id of the batch."""
+        """Inclusive upper id of the range."""
         return self.shard * ID_STRIDE + self.stop - 1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan(RowRange):
+    """One fixed batch of one shard: rows [start, stop). Fixed batch size makes every batch identifiable."""
+
+    shard: int
+    index: int
+    start: int
+    stop: int
 
     def token(self, table_key: str, batch_rows: int) -> str:
         """Deterministic insert_deduplication_token: same table, shard, batch size and index → same token."""
@@ -93,7 +102,7 @@ def row_bytes(dim: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentPlan:
+class SegmentPlan(RowRange):
     """One committed unit of a shard: rows [start, stop), sent as one INSERT (one part) in blocks of `block_rows`.
 
     The id range, the dedup token and the ledger entry are per segment; the blocks only bound memory.
@@ -108,19 +117,6 @@ class SegmentPlan:
     cut: int
     """Rows per segment of the plan this segment belongs to (the last segment of a shard may be shorter)."""
     max_bytes: int = SEGMENT_BYTES
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def first_id(self) -> int:
-        return self.shard * ID_STRIDE + self.start
-
-    @property
-    def last_id(self) -> int:
-        """Inclusive upper id of the segment."""
-        return self.shard * ID_STRIDE + self.stop - 1
 
     def blocks(self) -> list[BatchPlan]:
         """The segment's blocks, numbered within the shard (block i covers rows i*block_rows...)."""

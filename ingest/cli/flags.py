@@ -1,8 +1,9 @@
-"""The flags `run` and `daemon` share, declared once, and the one place flags become config objects.
+"""Flags that several commands share, declared once, and the one place flags become config objects.
 
-`LoadFlags` is both the declaration (each field an annotated typer option with its default) and the value a
-command receives; `with_load_flags` adds its fields to a command's own parameters, so typer sees one flat list
-and the command one object. tests/test_daemon.py checks that both commands offer the same loading flags.
+A flags class is both the declaration (each field an annotated typer option with its default) and the value a
+command receives: `with_flags(QueryFlags)` adds its fields to a command's own parameters, so typer sees one flat
+list and the command one object. `QueryFlags` (a table on a target) serve index, search and eval; `LoadFlags`
+(those and every loading knob) serve run and daemon. tests/test_daemon.py checks run and daemon offer the same.
 """
 
 from __future__ import annotations
@@ -50,19 +51,22 @@ from ingest.cli.support import (
     TableOpt,
     TargetOpt,
     UserOpt,
-    node_endpoints,
 )
 from ingest.core.config import (
     DEFAULT_ZOOKEEPER_PATH,
     LAION_ROOT,
     LoadConfig,
+    NodeEndpoint,
+    QueryConfig,
     RunConfig,
     SourceConfig,
     TargetConfig,
+    parse_node,
     read_credentials,
     resolve_table,
     validate_zookeeper_path,
 )
+from ingest.core.errors import ConfigError
 from ingest.core.layout import parse_layout
 from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
@@ -70,18 +74,31 @@ from ingest.core.schema import parse_extra_columns
 from ingest.core.target import DEFAULT_TARGET, parse_target
 
 R = TypeVar("R")
+F = TypeVar("F")
 
 DEFAULT_CACHE_DIR = Path("./laion-cache")
 
 
 @dataclass(frozen=True)
-class LoadFlags:
-    """Every loading flag of `run` and `daemon`, as typed on the command line."""
+class QueryFlags:
+    """A table on a target, and how to reach it: what every command that talks to ClickHouse takes."""
 
-    source: SourceOpt = LAION_ROOT
     target: TargetOpt = DEFAULT_TARGET
     table: TableOpt = "laion"
     database: DatabaseOpt = None
+    user: UserOpt = None
+    password_file: PasswordFileOpt = None
+    ca_file: CaFileOpt = None
+    insecure: InsecureOpt = False
+    cluster: ClusterOpt = None
+    node: NodeOpt = None
+
+
+@dataclass(frozen=True)
+class LoadFlags(QueryFlags):
+    """Every loading flag of `run` and `daemon`, as typed on the command line."""
+
+    source: SourceOpt = LAION_ROOT
     batch_rows: BatchRowsOpt = BLOCK_ROWS
     segment_rows: SegmentRowsOpt = SEGMENT_ROWS
     segment_bytes: SegmentBytesOpt = SEGMENT_BYTES
@@ -97,41 +114,63 @@ class LoadFlags:
     keep_downloads: KeepDownloadsOpt = False
     insert_format: FormatOpt = "native"
     compress: CompressOpt = "auto"
-    user: UserOpt = None
-    password_file: PasswordFileOpt = None
-    ca_file: CaFileOpt = None
-    insecure: InsecureOpt = False
     state: StateOpt = None
     on_nan: OnNanOpt = "fail-shard"
     max_retries: MaxRetriesOpt = 8
     retry_max_seconds: RetryMaxSecondsOpt = 30.0
     drain_seconds: DrainSecondsOpt = 25.0
     log_format: LogFormatOpt = "text"
-    cluster: ClusterOpt = None
     insert_mode: InsertModeOpt = "distributed"
-    node: NodeOpt = None
     zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH
 
 
-def with_load_flags(command: Callable[..., R]) -> Callable[..., R]:
-    """Give `command(..., flags: LoadFlags)` the loading flags as typer options after its own parameters."""
-    own = inspect.signature(command, eval_str=True)
-    hints = get_type_hints(LoadFlags, include_extras=True)
+def with_flags(flags_type: type[F]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give `command(..., flags: flags_type)` the fields of `flags_type` as typer options after its own parameters."""
+    hints = get_type_hints(flags_type, include_extras=True)
     shared = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-        for f in fields(LoadFlags)
+        for f in fields(flags_type)  # type: ignore[arg-type]
     ]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own.parameters.values() if p.name != "flags"]
+    names = [p.name for p in shared]
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> R:
-        flags = LoadFlags(**{f.name: kwargs.pop(f.name) for f in fields(LoadFlags)})
-        return command(flags=flags, **kwargs)
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        own = inspect.signature(command, eval_str=True)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own.parameters.values() if p.name != "flags"]
 
-    signature = own.replace(parameters=[*params, *shared])
-    wrapper.__signature__ = signature  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
-    return wrapper
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> R:
+            flags = flags_type(**{name: kwargs.pop(name) for name in names})
+            return command(flags=flags, **kwargs)
+
+        signature = own.replace(parameters=[*params, *shared])
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return wrapper
+
+    return decorate
+
+
+with_load_flags = with_flags(LoadFlags)
+with_query_flags = with_flags(QueryFlags)
+
+
+def node_endpoints(cluster: str | None, nodes: list[str] | None) -> tuple[NodeEndpoint, ...]:
+    """`--node` flags → endpoints; they only mean something with --cluster."""
+    if nodes and cluster is None:
+        raise ConfigError("--node names a member of a cluster: give --cluster NAME with it")
+    return tuple(parse_node(n) for n in nodes or ())
+
+
+def query_config(flags: QueryFlags) -> QueryConfig:
+    """The table and target of a command that only queries (index, search, eval)."""
+    f = flags
+    spec = parse_target(f.target)
+    ref = resolve_table(spec, f.database, f.table)
+    creds = read_credentials(f.user, f.password_file)
+    target = TargetConfig(
+        spec, ref.database, creds, f.ca_file, f.insecure, cluster=f.cluster, nodes=node_endpoints(f.cluster, f.node)
+    )
+    return QueryConfig(target, ref)
 
 
 def run_config(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -39,6 +40,7 @@ from ingest.core.errors import (
 )
 from ingest.core.layout import LAION400M, Layout
 from ingest.core.metrics import REGISTRY, SHARDS
+from ingest.core.retry import RetryPolicy, retrying
 from ingest.load.ledger import Ledger
 from ingest.load.pipeline import Pipeline
 from ingest.load.progress import LogReporter
@@ -238,24 +240,29 @@ class Daemon:
         return False
 
     async def _connect(self) -> Sink | None:
-        """Reach the target, retrying what may pass (it may start after us); None if stopped meanwhile."""
-        attempt = 0
-        while not self.stop.is_set():
-            try:
-                return await self._unless_stopped(prepare_sink(self.s))
-            except _Stopped:
-                return None
-            except IngestError as exc:
-                if not exc.retriable:
-                    raise
-                attempt += 1
-                self.last_error = str(exc)
-                wait = poll_wait(self.opts.poll_seconds, attempt, cap=max(self.s.load.retry.max_seconds, 1.0))
-                log.warning(
-                    "daemon: target %s unreachable (%s); retrying in %.0f s", self.s.target.display(), exc, wait
-                )
-                await self._sleep(wait)
-        return None
+        """Reach the target, retrying what may pass (it may start after us) under the one retry policy, with no
+        limit on attempts and waits that a stop interrupts; None if stopped meanwhile."""
+        policy = RetryPolicy(
+            max_retries=sys.maxsize,
+            max_seconds=max(self.s.load.retry.max_seconds, 1.0),
+            base_seconds=self.opts.poll_seconds,
+        )
+
+        def remember(exc: IngestError, _attempt: int) -> str:
+            self.last_error = str(exc)
+            return ""
+
+        try:
+            return await retrying(
+                policy,
+                lambda: self._unless_stopped(prepare_sink(self.s)),
+                f"daemon: target {self.s.target.display()} unreachable",
+                log,
+                remember,
+                self._sleep,
+            )
+        except _Stopped:
+            return None
 
     async def _poll_guarded(self) -> None:
         """One poll; a failure that a later poll may fix is logged and backed off, a fatal one propagates."""

@@ -27,7 +27,7 @@ from ingest.cli.support import (
 )
 from ingest.core.errors import EXIT_BAD_SHARDS, EXIT_OK, UsageError
 from ingest.core.layout import parse_layout
-from ingest.core.memory import return_large_buffers_to_the_os
+from ingest.core.memory import use_one_malloc_arena
 from ingest.core.plan import parse_shard_spec, worker_slice
 from ingest.core.target import DEFAULT_TARGET
 from ingest.load.runner import run_ingest, summary_line
@@ -193,7 +193,7 @@ def _weights(flag: str | None) -> str:
 
 
 def main() -> None:
-    return_large_buffers_to_the_os()
+    use_one_malloc_arena()
     app()
 
 

@@ -1,9 +1,13 @@
-"""Process memory tuning, applied once at start-up.
+"""Process memory tuning, applied once at start-up, before any thread exists.
 
-Batch buffers are tens of MB and short-lived. glibc's dynamic mmap threshold climbs to 32 MB after the first such
-buffer is freed, after which they come from per-thread heap arenas that keep their pages: RSS then grows with
-fragmentation instead of staying at what is in flight. A fixed 1 MiB threshold sends every large buffer to mmap,
-so freeing it returns the memory at once.
+Block buffers are megabytes and short-lived, allocated on one thread (read, encoder pool) and freed on another.
+glibc gives each thread its own heap arena, and an arena keeps the pages of what was freed in it: RSS then grows
+with the number of arenas. One arena keeps RSS flat, and freed buffers are reused without new page faults.
+
+Measured on a 1M-row shard into 18.16 over HTTP (single runs, same machine, same hour): one arena 22.0 s wall,
+3.2 s system CPU, 0.72M minor page faults, peak RSS 359 MB; the earlier cure (a fixed 1 MiB mmap threshold, so every
+large buffer is mapped and unmapped) 26.4 s, 7.0 s system CPU, 2.27M faults, 353 MB: the kernel zeroing fresh
+pages for every buffer cost more than the bytes it saved.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
+M_ARENA_MAX = -8
+ARENAS = 1
 
 
-def return_large_buffers_to_the_os() -> bool:
-    """Fix glibc's mmap threshold; a no-op (False) on other C libraries."""
+def use_one_malloc_arena() -> bool:
+    """One malloc arena for the process; a no-op (False) on other C libraries."""
     name = ctypes.util.find_library("c")
     if name is None:
         return False
@@ -27,4 +31,4 @@ def return_large_buffers_to_the_os() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    return bool(mallopt(M_ARENA_MAX, ARENAS))

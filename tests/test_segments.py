@@ -19,6 +19,7 @@ import pytest
 from cli_run import cli
 from exact import assert_table_equals, chdb_table, expected_rows, server_table
 from server_fixtures import ServerHandle
+from test_http_sink import small_batch
 
 from ingest.clickhouse.http_request import build_request, insert_sql
 from ingest.clickhouse.settings import Squash
@@ -30,7 +31,6 @@ from ingest.core.plan import SEGMENT_BYTES, plan_segments
 from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
 from ingest.sinks.http import HttpSink, insert_settings
-from ingest.stages.batch import batch_schema
 
 STRIDE = 10_000_000
 BLOCK = 500
@@ -38,23 +38,7 @@ DIM = 16
 
 
 def block(first_id: int, n: int = BLOCK) -> pa.RecordBatch:
-    rng = np.random.default_rng(first_id)
-
-    def vec() -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * DIM).astype(np.float32)), DIM)
-
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-            pa.array([f"https://x/{i}" for i in range(n)]),
-            pa.array([f"caption {i}" for i in range(n)]),
-            pa.array(["UNLIKELY"] * n),
-            pa.array(rng.random(n).astype(np.float32)),
-            vec(),
-            vec(),
-        ],
-        schema=batch_schema(DIM),
-    )
+    return small_batch(first_id, n, DIM)
 
 
 def inserted_parts(rows: list[dict[str, int]]) -> int:

@@ -100,9 +100,17 @@ def assert_replicas_equal_and_exact(repl: ReplicatedCluster, db: str, src: Path)
     assert got.num_rows == len(want["id"]), dump_duplicates(repl, db)
     assert_table_equals(got, want)
     shard_ids = []
+    parts = f"SELECT name, rows FROM system.parts WHERE database = '{db}' AND active ORDER BY name"
     for r1, r2 in repl.grid:
         a, b = local_table(r1, db), local_table(r2, db)
-        assert a.equals(b), (r1.tcp_port, r2.tcp_port, a.num_rows, b.num_rows)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 60  # a fetch may still be landing after the queues read empty
+        while not a.equals(b) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(1)
+            sync_replicas(repl, db)
+            a, b = local_table(r1, db), local_table(r2, db)
+        assert a.equals(b), (  # type: ignore[attr-defined]
+            r1.tcp_port, r2.tcp_port, a.num_rows, b.num_rows, r1.query(parts), r2.query(parts)  # type: ignore[attr-defined]
+        )
         shard_ids.append(np.asarray(a.column("id")))  # type: ignore[attr-defined]
         assert len(shard_ids[-1]) > 0
     assert len(np.intersect1d(*shard_ids)) == 0

@@ -206,6 +206,12 @@ def big_chdb(work: Path, src: Path, native: Path, rows: int, repeat: int) -> Non
     paths = [
         Path_(f"ours → chdb ({rows:,} rows)", lambda: bench.ours_chdb(src, db, 0), reset, parts),
         Path_(
+            "ours → chdb, --merges during",
+            lambda: bench.ours_chdb(src, db, 0, "--merges", "during"),
+            reset,
+            parts,
+        ),
+        Path_(
             "peer: embedding-reader + pyarrow → chdb",
             lambda: [bench.PY, str(HERE / "peer_embedding_reader.py"), str(db), str(src), "0"],
             reset,
@@ -220,10 +226,12 @@ def big_chdb(work: Path, src: Path, native: Path, rows: int, repeat: int) -> Non
     ]
     interleave(repeat, paths)
     print_paths(f"5. embedded chdb, one {rows:,}-row shard (min–max of {repeat} interleaved rounds)", paths)
-    ours, peer, ceil = paths
+    ours, during, peer, ceil = paths
     print(f"ours / peer wall = {wall_ratio(ours, peer)}   ours / ceiling wall = {wall_ratio(ours, ceil)}")
+    print(f"ours --merges during / peer wall = {wall_ratio(during, peer)}")
     print(
         f"parts after the load: ours {span([float(x) for x in ours.parts], '{:.0f}')}, "
+        f"--merges during {span([float(x) for x in during.parts], '{:.0f}')}, "
         f"peer {span([float(x) for x in peer.parts], '{:.0f}')}"
     )
 

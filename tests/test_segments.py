@@ -26,10 +26,13 @@ from ingest.clickhouse.settings import Squash
 from ingest.clickhouse.sql import create_table_sql
 from ingest.clickhouse.wire import encode_native
 from ingest.core.config import Credentials, TargetConfig
+from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.core.plan import SEGMENT_BYTES, plan_segments
+from ingest.core.schema import TableSchema
 from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
+from ingest.sinks.chdb import ChdbSink
 from ingest.sinks.http import HttpSink, insert_settings
 
 STRIDE = 10_000_000
@@ -200,3 +203,121 @@ def test_no_body_piece_ends_on_a_block_boundary(fmt: str, sizes: list[int]) -> N
     assert b"".join(pieces) == b"".join(encoded)
     ends = set(np.cumsum([len(p) for p in pieces]).tolist())
     assert not ends & boundaries
+
+
+# -- the embedded engine: a segment streamed through a pipe, and merges deferred during a run -----------------
+
+
+def _chdb_sink(tmp_path: Path, merges: str = "deferred") -> tuple[ChdbSink, TableRef]:
+    cfg = TargetConfig(spec=parse_target(f"chdb:{tmp_path / 'db'}"), merges=merges, schema=TableSchema(DIM))  # type: ignore[arg-type]
+    return ChdbSink(cfg), TableRef("default", "laion")
+
+
+def test_chdb_segment_whose_source_fails_midway_lands_nothing_and_names_the_cause(tmp_path: Path) -> None:
+    seg = plan_segments(0, 4 * BLOCK, 4 * BLOCK, BLOCK, dim=DIM)[0]
+
+    async def blocks() -> AsyncIterator[pa.RecordBatch]:
+        for i in range(3):  # whole blocks, then the source dies: a pipe closed here would look complete
+            yield block(i * BLOCK)
+        raise OSError("disk vanished")
+
+    async def go() -> tuple[int, int]:
+        sink, ref = _chdb_sink(tmp_path)
+        try:
+            await sink.connect()
+            await sink.ensure_table(ref)
+            with pytest.raises(OSError, match="disk vanished"):
+                await sink.insert(ref, seg, blocks(), None)
+            lost = await sink.count_range(ref, seg.first_id, seg.last_id)
+            await sink.insert(ref, seg, _blocks(4), None)  # the sink is usable after the failure
+            return lost, await sink.count_range(ref, seg.first_id, seg.last_id)
+        finally:
+            await sink.close()
+
+    assert asyncio.run(go()) == (0, 4 * BLOCK)
+
+
+async def _blocks(n: int, pause: float = 0.0) -> AsyncIterator[pa.RecordBatch]:
+    for i in range(n):
+        yield block(i * BLOCK)
+        await asyncio.sleep(pause)
+
+
+def test_chdb_segment_cancelled_midway_lands_nothing(tmp_path: Path) -> None:
+    seg = plan_segments(0, 4 * BLOCK, 4 * BLOCK, BLOCK, dim=DIM)[0]
+
+    async def go() -> int:
+        sink, ref = _chdb_sink(tmp_path)
+        try:
+            await sink.connect()
+            await sink.ensure_table(ref)
+            task = asyncio.create_task(sink.insert(ref, seg, _blocks(4, pause=0.3), None))
+            await asyncio.sleep(0.5)  # two whole blocks are in the pipe
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await sink.count_range(ref, seg.first_id, seg.last_id)
+        finally:
+            await sink.close()
+
+    assert asyncio.run(go()) == 0
+
+
+def test_chdb_insert_refused_before_reading_says_why_and_does_not_hang(tmp_path: Path) -> None:
+    seg = plan_segments(0, BLOCK, BLOCK, BLOCK, dim=DIM)[0]
+
+    async def go() -> None:
+        sink, _ = _chdb_sink(tmp_path, merges="during")
+        try:
+            await sink.connect()
+            with pytest.raises(TargetError, match=r"UNKNOWN_TABLE|does not exist"):
+                await asyncio.wait_for(sink.insert(TableRef("default", "missing"), seg, _blocks(1), None), 30)
+        finally:
+            await sink.close()
+
+    asyncio.run(go())
+
+
+def test_chdb_deferred_merges_wait_for_the_end_of_the_run(tmp_path: Path) -> None:
+    """While a run loads, the table does not merge (OPTIMIZE is refused); deletes of a torn range still run; past
+    the part bound merges resume; after close a new session merges (`index` can OPTIMIZE)."""
+    segs = plan_segments(0, 4 * BLOCK, BLOCK, BLOCK, dim=DIM)
+
+    async def go() -> tuple[str, str, int]:
+        sink, ref = _chdb_sink(tmp_path)
+        sink.max_deferred_parts = 3
+        try:
+            await sink.connect()
+            await sink.ensure_table(ref)
+            for seg in segs[:2]:
+                await sink.insert(ref, seg, (b async for b in _one(seg.start)), None)
+            with pytest.raises(TargetError) as refused:
+                await sink.execute(f"OPTIMIZE TABLE {ref.sql} FINAL")
+            await sink.delete_range(ref, segs[1].first_id, segs[1].last_id)  # a mutation runs, then the stop again
+            for seg in segs[1:]:  # segment 1 again, under a token: same rows, so the window would dedup it
+                await sink.insert(ref, seg, (b async for b in _one(seg.start)), f"again-{seg.index}")
+            await sink.insert(ref, segs[0], _blocks(0), None)  # 4 parts > 3: merges resume
+            await sink.execute(f"OPTIMIZE TABLE {ref.sql} FINAL")
+            return (
+                str(refused.value),
+                "optimized",
+                int((await sink.query(f"SELECT count() AS n FROM {ref.sql}"))[0]["n"]),
+            )
+        finally:
+            await sink.close()
+
+    refused, optimized, rows = asyncio.run(go())
+    assert "ABORTED" in refused or "Cancelled merging" in refused
+    assert (optimized, rows) == ("optimized", 4 * BLOCK)
+
+
+async def _one(first: int) -> AsyncIterator[pa.RecordBatch]:
+    yield block(first)
+
+
+def test_merges_deferred_only_where_a_stop_dies_with_the_process(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_shards([0], rows=100, dim=DIM)
+    res = cli(*run_args(src, "http://127.0.0.1:9/", tmp_path / "l.json"), "--merges", "deferred")
+    assert res.returncode != 0
+    assert "--merges deferred is for the embedded chdb target" in res.stderr
+    assert "Traceback" not in res.stderr

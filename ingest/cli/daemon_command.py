@@ -42,7 +42,9 @@ def daemon_command(
     is_http = flags.source.startswith(("http://", "https://"))
     shard_spec = shards if shards is not None else (LAION_SHARDS if is_http else None)
     drain_seconds = flags.drain_seconds
-    settings = run_config(flags, shards=(), progress=False, drain_seconds=pipeline_drain_seconds(drain_seconds))
+    settings = run_config(
+        flags, shards=(), progress=False, drain_seconds=pipeline_drain_seconds(drain_seconds), steady=True
+    )
     opts = DaemonOptions(
         candidates=tuple(parse_shard_spec(shard_spec)) if shard_spec is not None else None,
         poll_seconds=poll_seconds,

@@ -31,6 +31,7 @@ from ingest.cli.options import (
     LayoutOpt,
     LogFormatOpt,
     MaxRetriesOpt,
+    MergesOpt,
     OnNanOpt,
     QueueDepthOpt,
     RetryMaxSecondsOpt,
@@ -56,6 +57,7 @@ from ingest.core.config import (
     DEFAULT_ZOOKEEPER_PATH,
     LAION_ROOT,
     LoadConfig,
+    MergePolicy,
     NodeEndpoint,
     QueryConfig,
     RunConfig,
@@ -71,7 +73,7 @@ from ingest.core.layout import parse_layout
 from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
 from ingest.core.schema import parse_extra_columns
-from ingest.core.target import DEFAULT_TARGET, parse_target
+from ingest.core.target import DEFAULT_TARGET, TargetSpec, parse_target
 
 R = TypeVar("R")
 F = TypeVar("F")
@@ -114,6 +116,7 @@ class LoadFlags(QueryFlags):
     keep_downloads: KeepDownloadsOpt = False
     insert_format: FormatOpt = "native"
     compress: CompressOpt = "auto"
+    merges: MergesOpt = "auto"
     state: StateOpt = None
     on_nan: OnNanOpt = "fail-shard"
     max_retries: MaxRetriesOpt = 8
@@ -154,6 +157,20 @@ with_load_flags = with_flags(LoadFlags)
 with_query_flags = with_flags(QueryFlags)
 
 
+def merge_policy(flag: str, spec: TargetSpec, steady: bool) -> MergePolicy:
+    """`--merges` → policy. `auto` defers on the embedded target during a `run` (the process owns the engine, so
+    a stop dies with it) and merges during the load on servers and in the daemon (a steady state, not a bulk load).
+    A server is never told to stop merging: a killed run would leave its table unmerged."""
+    if flag == "deferred" and spec.kind != "chdb":
+        raise ConfigError(
+            "--merges deferred is for the embedded chdb target: a server would keep the table's merges stopped "
+            "if the run were killed"
+        )
+    if flag == "auto":
+        return "deferred" if spec.kind == "chdb" and not steady else "during"
+    return "deferred" if flag == "deferred" else "during"
+
+
 def node_endpoints(cluster: str | None, nodes: list[str] | None) -> tuple[NodeEndpoint, ...]:
     """`--node` flags → endpoints; they only mean something with --cluster."""
     if nodes and cluster is None:
@@ -181,6 +198,7 @@ def run_config(
     report: Path | None = None,
     finalize: bool = False,
     drain_seconds: float | None = None,
+    steady: bool = False,
 ) -> RunConfig:
     """The one place flags become config objects, shared by `run` and `daemon`."""
     f = flags
@@ -203,6 +221,7 @@ def run_config(
             compress=f.compress,
             nodes=node_endpoints(f.cluster, f.node),
             zookeeper_path=validate_zookeeper_path(f.zookeeper_path),
+            merges=merge_policy(f.merges, spec, steady),
         ),
         source=SourceConfig(
             root=f.source,

@@ -52,6 +52,13 @@ CompressOpt = Annotated[
     Literal["auto", "none", "zstd", "gzip"],
     typer.Option("--compress", help="HTTP insert body compression (auto: none on loopback, zstd elsewhere)"),
 ]
+MergesOpt = Annotated[
+    Literal["auto", "during", "deferred"],
+    typer.Option(
+        "--merges",
+        help="Background merges while a run loads: auto = deferred on the embedded target, during on servers",
+    ),
+]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]
 InsertModeOpt = Annotated[Literal["distributed", "local"], typer.Option("--insert-mode")]
 ZookeeperPathOpt = Annotated[
@@ -61,4 +68,3 @@ ZookeeperPathOpt = Annotated[
         help="Coordinator path prefix of a replicated {table}_local (holds {shard}; /DB/TABLE is appended)",
     ),
 ]
-

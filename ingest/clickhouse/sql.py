@@ -22,6 +22,7 @@ def columns_sql(schema: TableSchema = DEFAULT_SCHEMA) -> str:
         out.append(f"{quote_ident(col.name)} {col.ch_type}" + (f" CODEC({codec})" if codec else ""))
     return ", ".join(out)
 
+
 def create_database_sql(database: str) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {quote_ident(validate_ident(database, 'database'))}"
 
@@ -54,6 +55,23 @@ def count_sql(ref: TableRef) -> str:
 def delete_range_sql(ref: TableRef, first_id: int, last_id: int) -> str:
     """ALTER DELETE works on every server we target (18.16 included); callers wait for the mutation."""
     return f"ALTER TABLE {ref.sql} DELETE WHERE id BETWEEN {int(first_id)} AND {int(last_id)}"
+
+
+def insert_from_file_sql(ref: TableRef, path: str, settings: str) -> str:
+    """An INSERT whose Native body the engine reads from `path` (a pipe we write); `settings` is a SETTINGS clause."""
+    return f"INSERT INTO {ref.sql} FROM INFILE {quote_string(path)}{settings} FORMAT Native"
+
+
+def active_parts_sql(ref: TableRef) -> str:
+    return (
+        "SELECT count() AS n FROM system.parts "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)} AND active"
+    )
+
+
+def background_merges_sql(ref: TableRef, run: bool) -> str:
+    """Stop or start the table's background merges (its merges only; OPTIMIZE is refused while stopped)."""
+    return f"SYSTEM {'START' if run else 'STOP'} MERGES {ref.sql}"
 
 
 def quote_string(value: str) -> str:

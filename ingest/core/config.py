@@ -26,6 +26,7 @@ InsertMode = Literal["distributed", "local"]
 NanPolicy = Literal["fail-shard", "skip-row"]
 OBJECT_STORE_SCHEMES = ("s3://", "gs://", "gcs://", "hf://")
 Compression = Literal["auto", "none", "zstd", "gzip"]
+MergePolicy = Literal["during", "deferred"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class TargetConfig:
     """HTTP endpoints of cluster members by their `system.clusters` host and TCP port (else: the target's port)."""
     zookeeper_path: str = DEFAULT_ZOOKEEPER_PATH
     """Prefix of a replicated `{table}_local`'s coordinator path; must hold the `{shard}` macro."""
+    merges: MergePolicy = "during"
+    """`deferred`: the embedded target stops background merges of the table while a run loads it (see
+    ingest/sinks/chdb.py); servers always merge during the load."""
 
     def display(self) -> str:
         return self.spec.display()

@@ -1,0 +1,125 @@
+"""An insert body for the embedded engine: Native blocks streamed through a named pipe.
+
+chdb reads `INSERT … FROM INFILE 'fifo' FORMAT Native` from the pipe on its own thread, without the GIL, while
+we encode the next block: the engine parses at its own speed and our process holds a block or two. Measured on a
+1M-row shard: the engine's insert runs ~2× faster than `SELECT * FROM Python(table)`, which converts the
+Arrow table under the GIL, and a body can be streamed instead of gathered whole.
+
+A pipe closed between two blocks is a clean end of data, which would commit the blocks before it: so every path
+that does not finish the body (a failed read or encode, a cancelled insert) writes an unparsable block first,
+and the engine fails the INSERT, discarding what it squashed. A kill of the process takes the engine with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
+from pathlib import Path
+
+import pyarrow as pa
+
+from ingest.clickhouse.wire import ABORT_BLOCK, encode_native
+
+PIPE_BYTES = 1 << 20
+"""Pipe buffer asked for (Linux's default unprivileged maximum): fewer wake-ups per block than the 64 KiB default."""
+F_SETPIPE_SZ = 1031
+
+
+@contextlib.contextmanager
+def fifo_path() -> Iterator[Path]:
+    """A fresh named pipe in a private temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="laion-ingest-") as tmp:
+        path = Path(tmp) / "segment.native"
+        os.mkfifo(path, 0o600)
+        yield path
+
+
+def _write_all(fd: int, parts: list[memoryview] | list[bytes]) -> None:
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view.nbytes:
+            view = view[os.write(fd, view) :]
+
+
+def _open_writer(path: Path) -> int:
+    """Blocks until the engine opens the pipe for reading."""
+    fd = os.open(path, os.O_WRONLY)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+    return fd
+
+
+def _unblock_writer(path: Path) -> None:
+    """Let a writer waiting in open() through when the engine never opened the pipe (its statement failed)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+
+
+class BodySourceError(Exception):
+    """The body's own source (reading or encoding a block) failed; `cause` is that error."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def feed_fifo(
+    path: Path, blocks: AsyncIterator[pa.RecordBatch], statement: asyncio.Future[None], pool: Executor
+) -> None:
+    """Write `blocks` as Native into the pipe the running `statement` reads; return once the body is complete.
+
+    Raises BodySourceError when a block could not be read or encoded (the statement is made to fail first);
+    returns early, writing nothing more, when the statement ended on its own (its error is the caller's).
+    """
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(pool, _open_writer, path)
+    waiting: set[asyncio.Future[int] | asyncio.Future[None]] = {opening, statement}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if not opening.done():  # the statement failed before it opened the pipe
+        _unblock_writer(path)
+    fd = await opening
+    finished = False
+    writing: asyncio.Future[None] | None = None
+    try:
+        async for batch in blocks:
+            if batch.num_rows == 0:
+                continue
+            try:
+                parts = await loop.run_in_executor(pool, encode_native, batch)
+            except (ValueError, pa.ArrowException) as exc:
+                raise BodySourceError(exc) from None
+            writing = loop.run_in_executor(pool, _write_all, fd, parts)
+            await writing
+        finished = True
+    except BrokenPipeError:
+        return  # the engine stopped reading: the statement failed, and says why
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise BodySourceError(exc) from None
+        return
+    except BodySourceError:
+        raise
+    except Exception as exc:
+        raise BodySourceError(exc) from None
+    finally:
+        if not finished:  # after the write in flight (a cancel does not stop its thread), never beside it
+            if writing is not None:
+                await asyncio.shield(_settled(writing))
+            await asyncio.shield(loop.run_in_executor(pool, _abort, fd))
+        os.close(fd)
+
+
+async def _settled(fut: asyncio.Future[None]) -> None:
+    with contextlib.suppress(BaseException):
+        await fut
+
+
+def _abort(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        _write_all(fd, [ABORT_BLOCK])

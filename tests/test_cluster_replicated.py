@@ -109,7 +109,12 @@ def assert_replicas_equal_and_exact(repl: ReplicatedCluster, db: str, src: Path)
             sync_replicas(repl, db)
             a, b = local_table(r1, db), local_table(r2, db)
         assert a.equals(b), (  # type: ignore[attr-defined]
-            r1.tcp_port, r2.tcp_port, a.num_rows, b.num_rows, r1.query(parts), r2.query(parts)  # type: ignore[attr-defined]
+            r1.tcp_port,
+            r2.tcp_port,
+            a.num_rows,
+            b.num_rows,
+            r1.query(parts),
+            r2.query(parts),  # type: ignore[attr-defined]
         )
         shard_ids.append(np.asarray(a.column("id")))  # type: ignore[attr-defined]
         assert len(shard_ids[-1]) > 0
@@ -257,9 +262,10 @@ def test_index_steps_run_on_cluster_once_per_shard(
     assert seen[-2:] == [(total, total), (-1, -1)]  # rows summed over both shards, display closed
     sync_replicas(repl, db)
     for node in repl.nodes:  # the column reached every replica, the update every row, as one mutation per shard
-        assert node.query(f"SELECT count() FROM {local.key} WHERE probe = 1").strip() == node.query(
-            f"SELECT count() FROM {local.key}"
-        ).strip()
+        assert (
+            node.query(f"SELECT count() FROM {local.key} WHERE probe = 1").strip()
+            == node.query(f"SELECT count() FROM {local.key}").strip()
+        )
         assert mutations(node, db) == 1
     assert int(repl.entry.query(f"SELECT count() FROM {ref.key}")) == total
 

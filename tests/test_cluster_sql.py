@@ -71,7 +71,9 @@ def test_progress_rows_per_node() -> None:
 
 
 def test_node_flag_parsing() -> None:
-    assert parse_node("127.0.0.1:9001=http://127.0.0.1:8124") == NodeEndpoint("127.0.0.1", 9001, "http://127.0.0.1:8124")
+    assert parse_node("127.0.0.1:9001=http://127.0.0.1:8124") == NodeEndpoint(
+        "127.0.0.1", 9001, "http://127.0.0.1:8124"
+    )
     assert parse_node("[::1]:9000=https://h:8443").key() == ("::1", 9000)
     for bad in ("127.0.0.1=http://x:1", "h:9000", "h:port=http://x:1", "h:9000=chdb:./x", "h:9000=http://x:1/db"):
         with pytest.raises(ConfigError, match="--node"):
@@ -86,8 +88,12 @@ def test_node_urls_follow_the_node_flags() -> None:
     nodes = nodes_on_one_host()
     flags = [NodeEndpoint("127.0.0.1", n.tcp_port, f"http://127.0.0.1:{8000 + n.tcp_port % 100}") for n in nodes]
     urls = node_urls("repl", "http://127.0.0.1:8011", nodes, flags)
-    assert [urls[n] for n in nodes] == ["http://127.0.0.1:8011", "http://127.0.0.1:8012", "http://127.0.0.1:8021",
-                                        "http://127.0.0.1:8022"]
+    assert [urls[n] for n in nodes] == [
+        "http://127.0.0.1:8011",
+        "http://127.0.0.1:8012",
+        "http://127.0.0.1:8021",
+        "http://127.0.0.1:8022",
+    ]
     with pytest.raises(ConfigError, match=r"lists host 127\.0\.0\.1 with TCP ports .*--node 127\.0\.0\.1:TCP_PORT=URL"):
         node_urls("repl", "http://127.0.0.1:8011", nodes, flags[:2])
     with pytest.raises(ConfigError, match=r"--node 127\.0\.0\.1:1 names no member of cluster 'repl'"):

@@ -97,7 +97,8 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for s in (0, 1):
         write_shard(src, s, SynthSpec(rows=6000, seed=11))
     db = root / "db"
-    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
+    seg = ("--segment-rows", "1500")  # 8 parts: more than a few, so `index` merges them first
+    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress", *seg))
     return db
 
 
@@ -166,7 +167,7 @@ def test_unreachable_target_is_refused_unless_forced(table: Path) -> None:
 def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: Path, tmp_path: Path) -> None:
     target = f"chdb:{table}"
     out = ok(cli("index", "--target", target, "--recall-target", "0.95", *TUNE))
-    assert re.search(r"merged \d+ parts into 1 in", out), out  # built once, over one final part
+    # built once, over one final part (8 parts after the load: merged first, by `index` or by background merges)
     m = re.search(r"recall@10 (\d\.\d+) on the full index at hnsw_candidate_list_size_for_search=(\d+)", out)
     assert m and float(m.group(1)) >= 0.95, out
     listed = int(m.group(2))
@@ -249,3 +250,16 @@ def test_daemon_rematerializes_new_parts_and_merges_do_not_rebuild(
         s.close()  # type: ignore[no-untyped-call]
     merged = orjson.loads(data.splitlines()[0])
     assert int(merged["parts"]) == 1 and int(merged["b"]) == 0
+
+
+def test_a_table_of_few_parts_is_built_per_part_without_a_merge(tmp_path: Path) -> None:
+    src, db = tmp_path / "src", tmp_path / "db"
+    for s in (0, 1):
+        write_shard(src, s, SynthSpec(rows=3000, seed=3))
+    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
+    out = ok(cli("index", "--target", f"chdb:{db}", "--m", "8", "--ef-construction", "16", "--no-progress"))
+    assert "default.laion: 2 parts, few enough: one graph per part" in out, out
+    parts = chdb_rows(
+        db, "SELECT rows, secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
+    )
+    assert sorted(int(p["rows"]) for p in parts) == [3000, 3000] and all(int(p["b"]) > 0 for p in parts)

@@ -140,15 +140,26 @@ def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, re
 # ---- building once --------------------------------------------------------------------------------------------
 
 
+FEW_PARTS = 4
+"""Parts a table may have and still be built as it is. Measured on 100k rows in 3 segment-sized parts (chdb, 2
+cores): the per-part graphs build side by side in the same time as one graph over the merged part, the merge
+first cost 2.3 s more, and recall@10 at search list 128 was 0.956 over three graphs against 0.864 over one (each
+part's graph is searched with its own list). More parts than this cost search latency: merge them first."""
+
+
 async def merge_before_build(sink: Sink, ref: TableRef, report: Callable[[str], None]) -> None:
-    """Bring the table to one part per partition before the first vector index, so each HNSW graph is built
-    once over a final part (not once per small part, then again per merge). Bounded: skipped when the table
-    is larger than the server's largest merge (max_bytes_to_merge_at_max_space_in_pool)."""
+    """Bring a table of many parts to one part per partition before the first vector index, so each HNSW graph
+    is built once over a final part (not once per small part, then again per merge). A table of a few parts is
+    built as it is (FEW_PARTS). Bounded: skipped when the table is larger than the server's largest merge
+    (max_bytes_to_merge_at_max_space_in_pool)."""
     if any(ix.is_vector for ix in await vector_indexes(sink, ref)):
         return  # merging now would rebuild the existing indexes
     row = (await sink.query(parts_summary_sql(ref)))[0]
     parts, size = int(row["parts"] or 0), int(row["total_bytes"] or 0)
     if parts <= 1:
+        return
+    if parts <= FEW_PARTS:
+        report(f"{ref.key}: {parts} parts, few enough: one graph per part, built side by side, no merge first")
         return
     cap = await _value(sink, merge_tree_setting_sql("max_bytes_to_merge_at_max_space_in_pool"))
     if cap is not None and size > cap:

@@ -26,6 +26,8 @@ ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/*:/etc/zookeeper/c
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 ZK_SESSION_MS = 4000
 """ClickHouse's ZooKeeper session: short, so a replica killed -9 loses its `is_active` node soon after."""
+TMP_DIR_LIFETIME = 10
+"""Seconds a part's tmp_ directory may go unwritten before the cleanup thread removes it (see `cluster_xml`)."""
 CLUSTER = "repl"
 PASSWORD = "pw-repl"
 
@@ -111,7 +113,14 @@ def cluster_xml(zk_port: int, tcp_ports: list[list[int]], shard: int, replica: i
         f"<remote_servers><{CLUSTER}>{shards}</{CLUSTER}></remote_servers>"
         # a replica killed -9 may restart with a just-written part ZooKeeper never heard of; on tables of a few
         # parts (tests) that trips the 50% "suspicious parts" guard, so let it detach them and fetch instead
-        "<merge_tree><replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts></merge_tree>"
+        "<merge_tree><replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts>"
+        # a replica killed -9 mid-fetch leaves tmp_fetch_PART/; 18.16 removes such leftovers at startup only if
+        # they are from an earlier second than the startup (a restart within the second keeps them), and until
+        # then every fetch of PART fails "Directory ... already exists" (fixed upstream in 21.5). Its cleanup
+        # thread removes tmp_ dirs untouched for temporary_directories_lifetime (default a day): make that seconds
+        f"<temporary_directories_lifetime>{TMP_DIR_LIFETIME}</temporary_directories_lifetime>"
+        "<cleanup_delay_period>1</cleanup_delay_period><cleanup_delay_period_random_add>1</cleanup_delay_period_random_add>"
+        "</merge_tree>"
     )
 
 

@@ -7,6 +7,7 @@ Each node has its own TCP port, so neither mistakes the other for itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -26,10 +27,12 @@ from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, free_ports, start_clickhouse
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.core.errors import UsageError
+from ingest.core.config import TargetConfig
+from ingest.core.errors import TargetError, TransientTargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.core.plan import plan_batches
-from ingest.sinks.cluster import node_base_url, placement
+from ingest.core.target import parse_target
+from ingest.sinks.cluster import ClusterSink, node_base_url, placement
 
 ROWS = 1500
 SHARDS = [0, 1, 2, 3]
@@ -372,3 +375,32 @@ def test_placement_is_deterministic_and_weighted() -> None:
     assert 0.70 < share < 0.80  # weight 3 of 4
     assert {placement(s, i, [1]) for s in range(5) for i in range(5)} == {0}
     assert {placement(s, i, [0, 2, 0]) for s in range(5) for i in range(20)} == {1}
+
+
+def test_a_read_through_distributed_that_loses_a_node_is_transient() -> None:
+    """A count through the Distributed table whose shard node dies mid-read (18.16: code 32, "Attempt to read after
+    eof: while receiving packet from HOST:PORT") is retried by the landing, not fatal; other errors keep their class.
+    """
+
+    class Entry:
+        def __init__(self, exc: TargetError) -> None:
+            self.exc = exc
+
+        async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
+            raise self.exc
+
+        async def query(self, sql: str, settings: object = None) -> list[dict[str, object]]:
+            raise self.exc
+
+    sink = ClusterSink(TargetConfig(parse_target("http://127.0.0.1:1"), "db", cluster="c"))
+    lost = TargetError("Code: 32, DB::Exception: Attempt to read after eof: while receiving packet from x:9000", 32)
+    sink.entry = Entry(lost)  # type: ignore[assignment]
+    with pytest.raises(TransientTargetError, match="Attempt to read after eof") as info:
+        asyncio.run(sink.count_range(TableRef("db", "laion"), 0, 9))
+    assert info.value.code == 32
+    with pytest.raises(TransientTargetError):
+        asyncio.run(sink.query("SELECT 1"))
+    sink.entry = Entry(TargetError("Code: 60, table doesn't exist", 60))  # type: ignore[assignment]
+    with pytest.raises(TargetError) as other:
+        asyncio.run(sink.count_range(TableRef("db", "laion"), 0, 9))
+    assert not other.value.retriable

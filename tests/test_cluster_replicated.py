@@ -67,16 +67,52 @@ def local_table(node: ServerHandle, db: str) -> object:
     return server_table(node, db, "laion_local")
 
 
+def replica_lag(node: ServerHandle, db: str) -> str | None:
+    """Why this replica of `{db}.laion_local` has not caught up yet, or None once it has.
+
+    On 18.16 `system.replicas` and SYSTEM SYNC REPLICA cannot tell: a replica restarted within its killed
+    predecessor's ZooKeeper session finds that session's `is_active` node, leaves replication unstarted (it
+    retries ~10 s later) and meanwhile reports is_readonly 0 and queue_size 0 (its queue, kept in ZooKeeper, is not
+    loaded), and SYNC REPLICA returns at once. So ZooKeeper is asked: `is_active` names this server's pid
+    (replication runs here), the replica's queue there is empty, and it has read the replication log to the end.
+    """
+    row = node.query(
+        "SELECT zookeeper_path, replica_path, queue_size, parts_to_check, log_pointer, log_max_index "
+        f"FROM system.replicas WHERE database = '{db}' AND table = 'laion_local' FORMAT TSV"
+    ).decode()
+    if not row.strip():
+        return "no replicated table"
+    zk_path, path, queue_size, to_check, pointer, max_index = row.rstrip("\n").split("\t")
+    zk = node.query(
+        "SELECT name, value, numChildren FROM system.zookeeper "
+        f"WHERE path = '{path}' AND name IN ('is_active', 'queue') FORMAT TSV"
+    ).decode()
+    nodes = {name: (value, int(children)) for name, value, children in (ln.split("\t") for ln in zk.splitlines())}
+    log = node.query(f"SELECT numChildren FROM system.zookeeper WHERE path = '{zk_path}' AND name = 'log'").strip()
+    if not nodes.get("is_active", ("", 0))[0].startswith(f"pid: {node.pid},"):
+        return f"replication not started (is_active: {nodes.get('is_active', ('none', 0))[0]!r})"
+    if int(log) > 0 and int(pointer or 0) <= int(max_index):
+        return f"log read to {pointer or 0} of {max_index}"
+    if nodes["queue"][1] or int(queue_size) or int(to_check):
+        return f"queue: {nodes['queue'][1]} in ZooKeeper, {queue_size} loaded, {to_check} parts to check"
+    return None
+
+
 def sync_replicas(repl: ReplicatedCluster, db: str, timeout: float = 120.0) -> None:
-    """Every replica has fetched what the others have and worked off its replication queue (a replica back from
-    a kill applies the deletes issued while it was down). 18.16's `system.mutations.is_done` can stay 0 after a
-    restart although the parts are mutated, so the queue, not that flag, is waited for."""
+    """Every replica runs replication, has read the whole log and worked off its queue: it has fetched what the
+    others have, and a replica back from a kill has applied the deletes issued while it was down. 18.16's
+    `system.mutations.is_done` can stay 0 after a restart although the parts are mutated, so the queue, not that
+    flag, is waited for (see `replica_lag` for why not SYSTEM SYNC REPLICA)."""
     deadline = time.monotonic() + timeout
-    for node in repl.nodes:
-        node.query(f"SYSTEM SYNC REPLICA {db}.laion_local", timeout=timeout)
-    queued = f"SELECT sum(queue_size) FROM system.replicas WHERE database = '{db}'"
-    while any(int(node.query(queued)) for node in repl.nodes):
-        assert time.monotonic() < deadline, "replication queues did not drain"
+    while lag := {n.tcp_port: why for n in repl.nodes if (why := replica_lag(n, db)) is not None}:
+        if time.monotonic() > deadline:
+            errors = (
+                "SELECT replica_name, type, new_part_name, num_tries, last_exception FROM system.replication_queue "
+                f"WHERE database = '{db}' FORMAT TSV"
+            )
+            raise AssertionError(
+                f"replicas did not catch up: {lag}\n" + b"".join(n.query(errors) for n in repl.nodes).decode()
+            )
         time.sleep(0.2)
 
 
@@ -103,11 +139,6 @@ def assert_replicas_equal_and_exact(repl: ReplicatedCluster, db: str, src: Path)
     parts = f"SELECT name, rows FROM system.parts WHERE database = '{db}' AND active ORDER BY name"
     for r1, r2 in repl.grid:
         a, b = local_table(r1, db), local_table(r2, db)
-        deadline = time.monotonic() + 60  # a fetch may still be landing after the queues read empty
-        while not a.equals(b) and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(1)
-            sync_replicas(repl, db)
-            a, b = local_table(r1, db), local_table(r2, db)
         assert a.equals(b), (  # type: ignore[attr-defined]
             r1.tcp_port,
             r2.tcp_port,

@@ -17,8 +17,9 @@ production setup), with the same credentials.
   first attempt went.
 - Replica faults (replicated clusters): a replica unreachable at connect is skipped with a warning while its shard
   has another; deletes and local inserts fail over to the next replica of the shard.
-- Counts go through the Distributed table. Deletes: once per shard on a replicated cluster (the mutation
-  replicates), on every node's local table otherwise; each waits for its mutation.
+- Counts go through the Distributed table (one that loses a shard's node mid-read is transient: counted again).
+  Deletes: once per shard on a replicated cluster (the mutation replicates), on every node's local table
+  otherwise; each waits for its mutation.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ from ingest.sinks.cluster_topology import (
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
 REMOTE_NODE_CODES = frozenset({32, 279, 285})
-"""A Distributed insert losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
-ALL_CONNECTION_TRIES_FAILED, TOO_FEW_LIVE_REPLICAS. Uncertain, not fatal."""
+"""A Distributed insert or read losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
+ALL_CONNECTION_TRIES_FAILED, TOO_FEW_LIVE_REPLICAS. Uncertain (an insert) or transient (a read), not fatal."""
 REPLICATED_DELETE_WAIT = 15.0
 """Seconds a replicated delete is waited for before the load goes on (see `_replicated_delete`)."""
 
@@ -81,6 +82,17 @@ async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
             raise first from None
         raise
     return [t.result() for t in tasks]
+
+
+async def _remote_read(call: Awaitable[T]) -> T:
+    """A read through the entry (the Distributed table): a shard's node lost mid-read is transient, not fatal; the
+    next attempt reads from a live replica of that shard."""
+    try:
+        return await call
+    except TargetError as exc:
+        if exc.retriable or exc.code not in REMOTE_NODE_CODES:
+            raise
+        raise TransientTargetError(str(exc), exc.code) from None
 
 
 class ClusterSink:
@@ -335,7 +347,7 @@ class ClusterSink:
             raise
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
-        return await self.entry.count_range(ref, first_id, last_id)
+        return await _remote_read(self.entry.count_range(ref, first_id, last_id))
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         local = csql.local_ref(ref)
@@ -383,7 +395,7 @@ class ClusterSink:
             delay = min(1.0, delay * 2)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
-        return await self.entry.query(sql, settings)
+        return await _remote_read(self.entry.query(sql, settings))
 
     async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
         await self.entry.execute(sql, settings)

@@ -36,3 +36,17 @@ def test_all_bit_patterns_float16() -> None:
         block[:, lane] = values
         want = np.flatnonzero(~np.isfinite(values))
         np.testing.assert_array_equal(nonfinite_rows(block), want)
+
+
+def test_scan_of_a_file_finds_rows_in_every_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The whole-file scan (reused buffers, windows of 7 rows, a short last window) against np.isfinite."""
+    from ingest.stages.npy import read_npy_header, scan_nonfinite
+
+    for dtype in (np.float16, np.float32):
+        rows = np.random.default_rng(1).normal(size=(30, 12)).astype(dtype)
+        for r, c, v in [(0, 0, np.nan), (6, 11, np.inf), (7, 3, -np.inf), (20, 5, np.nan), (29, 0, np.inf)]:
+            rows[r, c] = v
+        path = tmp_path / f"e_{np.dtype(dtype).name}.npy"
+        np.save(path, rows)
+        info = read_npy_header(path, 0, "img_emb", 12)
+        np.testing.assert_array_equal(scan_nonfinite(info, 7), np.flatnonzero(~np.isfinite(rows).all(axis=1)))

@@ -97,30 +97,71 @@ def read_rows(info: NpyInfo, start: int, stop: int, fd: int | None = None) -> np
     own = fd is None
     fdn = os.open(info.path, os.O_RDONLY) if fd is None else fd
     try:
-        view = memoryview(buf)
-        done = 0
-        while done < nbytes:
-            got = os.preadv(fdn, [view[done:]], offset + done)
-            if got <= 0:
-                raise OSError(f"short read in {info.path}")
-            done += got
+        _pread_exact(fdn, memoryview(buf), offset, info.path)
     finally:
         if own:
             os.close(fdn)
     return np.frombuffer(buf, dtype=info.dtype).reshape(n, info.dim)
 
 
-def nonfinite_rows(block: np.ndarray) -> np.ndarray:
+def _pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    done = 0
+    while done < view.nbytes:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"short read in {path}")
+        done += got
+
+
+EXPONENT_MASK = {2: 0x7C00, 4: 0x7F800000}
+"""All-ones exponent of float16 / float32: NaN or Inf."""
+UINT_OF_WIDTH: dict[int, np.dtype[np.unsignedinteger]] = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
+
+
+class NonfiniteScratch:
+    """Buffers reused across the windows of one scan: a fresh buffer per window costs its zero-fill and page
+    faults, which measured 3× the arithmetic on a 1 GB float16 file."""
+
+    def __init__(self, rows: int, dim: int, itemsize: int) -> None:
+        self.bits = np.empty(rows * dim, dtype=UINT_OF_WIDTH[itemsize])
+        self.masked = np.empty_like(self.bits)
+        self.flags = np.empty(rows * dim, dtype=bool)
+
+
+def nonfinite_rows(block: np.ndarray, scratch: NonfiniteScratch | None = None) -> np.ndarray:
     """Row positions holding NaN or Inf, found by an all-ones exponent.
 
     Integer ops on the raw bits: measured ~2x cheaper than `np.isfinite` on float16 (and cheaper than a 64-bit
     SWAR variant, whose temporaries cost more than they save), which matters because every shard is scanned
-    before any of its rows is sent.
+    before any of its rows is sent. With `scratch` the temporaries are written into reused buffers.
     """
-    if block.dtype.itemsize == 2:
-        bits16 = block.view(np.uint16)
-        bad = ((bits16 & np.uint16(0x7C00)) == np.uint16(0x7C00)).any(axis=1)
-    else:
-        bits32 = block.view(np.uint32)
-        bad = ((bits32 & np.uint32(0x7F800000)) == np.uint32(0x7F800000)).any(axis=1)
-    return np.flatnonzero(bad)
+    rows, dim = block.shape
+    width = block.dtype.itemsize
+    bits = block.view(UINT_OF_WIDTH[width]).reshape(-1)
+    mask = UINT_OF_WIDTH[width].type(EXPONENT_MASK[width])
+    if scratch is None:
+        scratch = NonfiniteScratch(rows, dim, width)
+    masked = np.bitwise_and(bits, mask, out=scratch.masked[: bits.size])
+    flags = np.equal(masked, mask, out=scratch.flags[: bits.size])
+    return np.flatnonzero(flags.reshape(rows, dim).any(axis=1))
+
+
+def scan_nonfinite(info: NpyInfo, window_rows: int) -> np.ndarray:
+    """Rows of the whole file holding NaN or Inf, read `window_rows` at a time into one reused buffer."""
+    window = min(window_rows, max(1, info.rows))
+    scratch = NonfiniteScratch(window, info.dim, info.dtype.itemsize)
+    row_bytes = info.dim * info.dtype.itemsize
+    found = []
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+        for start in range(0, info.rows, window):
+            n = min(window, info.rows - start)
+            view = memoryview(scratch.bits.data).cast("B")[: n * row_bytes]
+            _pread_exact(fd, view, info.data_offset + start * row_bytes, info.path)
+            block = scratch.bits[: n * info.dim].view(info.dtype).reshape(n, info.dim)
+            bad = nonfinite_rows(block, scratch)
+            if len(bad):
+                found.append(bad + start)
+    finally:
+        os.close(fd)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ingest.core.layout import LAION400M, Layout
 from ingest.core.plan import BatchPlan, SegmentPlan
 from ingest.core.schema import STRING_COLUMNS, TableSchema, column_for
 from ingest.stages.batch import build_batch
-from ingest.stages.npy import NpyInfo, nonfinite_rows, read_npy_header, read_rows
+from ingest.stages.npy import NpyInfo, read_npy_header, read_rows, scan_nonfinite
 
 SCAN_ROWS = 16_384
 
@@ -104,20 +105,6 @@ def _check_parquet(files: ShardFiles, pf: pq.ParquetFile, schema: TableSchema) -
     return decoded
 
 
-def _scan_nonfinite(info: NpyInfo) -> np.ndarray:
-    found = []
-    fd = os.open(info.path, os.O_RDONLY)
-    try:
-        for start in range(0, info.rows, SCAN_ROWS):
-            stop = min(start + SCAN_ROWS, info.rows)
-            bad = nonfinite_rows(read_rows(info, start, stop, fd))
-            if len(bad):
-                found.append(bad + start)
-    finally:
-        os.close(fd)
-    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
-
-
 def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPolicy) -> ValidShard:
     """Every check a shard must pass before any of its rows is sent; raises BadShardError naming the cause."""
     if isinstance(schema, int):
@@ -134,10 +121,12 @@ def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPoli
         raise BadShardError(files.shard, f"img_emb row count {img.rows} != metadata {meta_rows}")
     if txt.rows != meta_rows:
         raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
-    decoded = _check_parquet(files, pf, schema)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as pool:  # numpy and pread drop the GIL
+        scans = [pool.submit(scan_nonfinite, info, SCAN_ROWS) for info in (img, txt)]
+        decoded = _check_parquet(files, pf, schema)
+        bad_img, bad_txt = (scan.result() for scan in scans)
     if decoded != meta_rows:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {meta_rows}")
-    bad_img, bad_txt = _scan_nonfinite(img), _scan_nonfinite(txt)
     drop = np.union1d(bad_img, bad_txt).astype(np.int64)
     if len(drop) and on_nan == "fail-shard":
         which = "img_emb" if len(bad_img) else "text_emb"

@@ -97,3 +97,20 @@ def test_unsafe_table_name_refused(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "invalid table name" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_merge_policy_defers_only_a_run_into_the_embedded_engine() -> None:
+    import pytest
+
+    from ingest.cli.flags import merge_policy
+    from ingest.core.errors import ConfigError
+    from ingest.core.target import parse_target
+
+    chdb, server = parse_target("chdb:./x"), parse_target("http://127.0.0.1:8123")
+    assert merge_policy("auto", chdb, steady=False) == "deferred"
+    assert merge_policy("auto", chdb, steady=True) == "during"  # the daemon
+    assert merge_policy("auto", server, steady=False) == "during"
+    assert merge_policy("during", chdb, steady=False) == "during"
+    assert merge_policy("deferred", chdb, steady=True) == "deferred"
+    with pytest.raises(ConfigError, match="if the run were killed"):
+        merge_policy("deferred", server, steady=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ingest.clickhouse.wire import ABORT_BLOCK, encode_native
+from ingest.core.errors import ConfigError
 
 PIPE_BYTES = 1 << 20
 """Pipe buffer asked for (Linux's default unprivileged maximum): fewer wake-ups per block than the 64 KiB default."""
@@ -36,7 +37,12 @@ def fifo_path() -> Iterator[Path]:
     """A fresh named pipe in a private temporary directory, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="laion-ingest-") as tmp:
         path = Path(tmp) / "segment.native"
-        os.mkfifo(path, 0o600)
+        try:
+            os.mkfifo(path, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot make a named pipe in {tmp} for the embedded insert ({exc.strerror}); set TMPDIR elsewhere"
+            ) from None
         yield path
 
 

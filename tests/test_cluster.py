@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,12 @@ def run_cluster(cluster: Cluster, src: Path, db: str, state: Path, *extra: str) 
     return res.returncode, res.stdout, res.stderr
 
 
+def bytes_per_row(summary: str) -> int:
+    m = re.search(r"([\d,]+) bytes/row sent", summary)
+    assert m, summary
+    return int(m.group(1).replace(",", ""))
+
+
 def local_ids(node: ServerHandle, db: str) -> np.ndarray:
     raw = node.query(f"SELECT id FROM {db}.laion_local ORDER BY id FORMAT RowBinary")
     return np.frombuffer(raw, dtype="<i8")
@@ -138,6 +145,7 @@ def test_distributed_insert_lands_exactly_across_both_nodes(
     assert f"cluster two has no ZooKeeper/Keeper: {db}.laion_local is a plain MergeTree on each node" in err
     total = ROWS * len(SHARDS)
     assert f"{total:,} rows inserted" in out
+    assert bytes_per_row(out) > 2 * 64 * 4  # the bodies sent through the entry are counted (two 64-d Float32 arrays)
     want = expected_rows(src, SHARDS)
     assert_table_equals(server_table(cluster.a, db), want)  # db.laion on the entry is the Distributed table
     assert_table_equals(server_table(cluster.b, db), want)  # and node B has one too
@@ -168,6 +176,7 @@ def test_local_insert_mode_places_each_batch_on_its_node(
     assert code == 0, err
     total = ROWS * len(SHARDS)
     assert f"{total:,} rows inserted" in out
+    assert bytes_per_row(out) > 2 * 64 * 4  # counted on the node sinks the segments went to
     assert_table_equals(server_table(cluster.a, db), expected_rows(src, SHARDS))
     ids_a, ids_b = assert_spread(cluster, db, total)
     # the documented placement: whole batches, on the node `placement` names (shard 1 = node A, 2 = node B)

@@ -400,6 +400,12 @@ class ClusterSink:
     async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
         await self.entry.execute(sql, settings)
 
+    @property
+    def bytes_sent(self) -> int:
+        """Insert body bytes on the wire over every sink this one sends through (entry, nodes, dedup-off clones)."""
+        sinks = {id(s): s for s in [self.entry, *self._nodes.values(), *self._fresh.values()]}
+        return sum(s.bytes_sent for s in sinks.values())
+
     async def close(self) -> None:
         for sink in [self.entry, *self._nodes.values(), *self._fresh.values()]:
             await sink.close()

@@ -53,18 +53,26 @@ def _write_all(fd: int, parts: list[memoryview] | list[bytes]) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _open_writer(path: Path) -> int:
-    """Blocks until the engine opens the pipe for reading."""
-    fd = os.open(path, os.O_WRONLY)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
-    return fd
-
-
-def _unblock_writer(path: Path) -> None:
-    """Let a writer waiting in open() through when the engine never opened the pipe (its statement failed)."""
-    with contextlib.suppress(OSError):
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+async def _open_writer(path: Path, statement: asyncio.Future[None]) -> int | None:
+    """Our end of the pipe once the engine has opened its end; None when the statement ended without opening it
+    (it failed first). Opened non-blocking and polled, so no thread ever waits in open() for a reader that will
+    not come; then made blocking for the writes."""
+    delay = 0.001
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            if statement.done():
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+            continue
+        os.set_blocking(fd, True)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+        return fd
 
 
 class BodySourceError(Exception):
@@ -84,12 +92,9 @@ async def feed_fifo(
     returns early, writing nothing more, when the statement ended on its own (its error is the caller's).
     """
     loop = asyncio.get_running_loop()
-    opening = loop.run_in_executor(pool, _open_writer, path)
-    waiting: set[asyncio.Future[int] | asyncio.Future[None]] = {opening, statement}
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if not opening.done():  # the statement failed before it opened the pipe
-        _unblock_writer(path)
-    fd = await opening
+    fd = await _open_writer(path, statement)
+    if fd is None:
+        return
     finished = False
     writing: asyncio.Future[None] | None = None
     try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,6 +47,18 @@ def expected_rows(
         "image_embedding": np.concatenate(imgs) if imgs else np.empty((0, dim), np.float32),
         "text_embedding": np.concatenate(txts) if txts else np.empty((0, dim), np.float32),
     }
+
+
+def chdb_rows(db: Path, sql: str) -> list[dict[str, Any]]:
+    """An independent look into a chdb data directory (open, query, close: never while a CLI run holds it)."""
+    from chdb import session
+
+    s = session.Session(str(db))
+    try:
+        data = s.query(sql, "JSONEachRow").bytes()
+    finally:
+        s.close()
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def chdb_table(path: Path, table: str = "laion", database: str = "default") -> pa.Table:

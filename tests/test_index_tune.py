@@ -9,12 +9,12 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
-from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 from cli_run import cli
+from exact import chdb_rows
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
 from ingest.clickhouse.vector_sql import vector_literal
@@ -77,17 +77,6 @@ def ok(res: CompletedProcess[str]) -> str:
     assert res.returncode == 0, res.stderr + res.stdout
     assert "Traceback" not in res.stderr
     return res.stdout
-
-
-def chdb_rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    from chdb import session
-
-    s = session.Session(str(db))  # type: ignore[no-untyped-call]
-    try:
-        data = s.query(sql, "JSONEachRow").bytes()  # type: ignore[no-untyped-call]
-    finally:
-        s.close()  # type: ignore[no-untyped-call]
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from cli_run import cli
-from exact import assert_table_equals, chdb_table, expected_rows, server_table
+from exact import assert_table_equals, chdb_rows, chdb_table, expected_rows, server_table
 from server_fixtures import ServerHandle
 from test_http_sink import small_batch
 
@@ -65,17 +65,8 @@ def test_chdb_one_segment_is_one_part(make_shards, tmp_path: Path) -> None:  # t
     res = cli(*run_args(src, f"chdb:{db}", tmp_path / "ledger.json"))
     assert res.returncode == 0, res.stderr
     assert_table_equals(chdb_table(db), expected_rows(src, [0, 1]))
-    from chdb import session
-
-    s = session.Session(str(db))
-    try:
-        raw = s.query(PARTS_SQL.format(db="default"), "JSONEachRow").bytes()
-    finally:
-        s.close()
-    import json
-
     # 2 shards × 4 segments (1000, 1000, 1000, 300 rows) in 250-row blocks: 8 parts, not 28
-    assert inserted_parts([json.loads(raw.splitlines()[0])]) == 8
+    assert inserted_parts(chdb_rows(db, PARTS_SQL.format(db="default"))) == 8
 
 
 @pytest.mark.server

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pytest
 from cli_run import cli
+from exact import chdb_rows
 
 from ingest.clickhouse.vector_sql import (
     ExistingIndex,
@@ -63,18 +64,6 @@ def one_line_error(res: CompletedProcess[str]) -> str:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     return lines[0]
-
-
-def chdb_rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    """An independent look into the data directory (open, query, close: never while a CLI run holds it)."""
-    from chdb import session
-
-    s = session.Session(str(db))  # type: ignore[no-untyped-call]
-    try:
-        data = s.query(sql, "JSONEachRow").bytes()  # type: ignore[no-untyped-call]
-    finally:
-        s.close()  # type: ignore[no-untyped-call]
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def source_vectors(src: Path, shards: tuple[int, ...], column: str = "img") -> tuple[np.ndarray, np.ndarray]:

@@ -109,12 +109,10 @@ async def feed_fifo(
             writing = loop.run_in_executor(pool, _write_all, fd, parts)
             await writing
         finished = True
-    except BrokenPipeError:
-        return  # the engine stopped reading: the statement failed, and says why
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise BodySourceError(exc) from None
-        return
+        return  # the engine stopped reading: the statement failed, and says why
     except BodySourceError:
         raise
     except Exception as exc:

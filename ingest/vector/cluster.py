@@ -24,8 +24,6 @@ from ingest.clickhouse.sql import count_sql
 from ingest.clickhouse.vector_sql import (
     VectorIndex,
     add_index_sql,
-    explain_sql,
-    explain_used_index,
     is_materialize_of,
     materialize_index_sql,
     search_sql,
@@ -35,7 +33,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.sinks.cluster import ClusterSink, all_of
 from ingest.sinks.http import HttpSink
-from ingest.vector.index import BuildDisplay, DisplayFactory, IndexOutcome, IndexRequest, plan_index
+from ingest.vector.index import BuildDisplay, DisplayFactory, IndexOutcome, IndexRequest, index_used, plan_index
 
 POLL_SECONDS = 0.5
 
@@ -179,11 +177,6 @@ def choose_route(distributed_index: str | None, shard_indexes: Sequence[str | No
     return "shards"
 
 
-async def _plan_index(sink: HttpSink | ClusterSink, sql: str, settings: dict[str, str | int]) -> str | None:
-    plan = await sink.query(explain_sql(sql), settings)
-    return explain_used_index("\n".join(str(r.get("explain", "")) for r in plan))
-
-
 async def cluster_search(
     sink: ClusterSink,
     ref: TableRef,
@@ -200,9 +193,9 @@ async def cluster_search(
     shards = sink.shard_sinks()
     explains = sink.info.vector_index and not brute
     shard_idx: list[str | None] = (
-        await all_of([_plan_index(s, local_sql, settings) for s in shards]) if explains else [None] * len(shards)
+        await all_of([index_used(s, local_sql, settings) for s in shards]) if explains else [None] * len(shards)
     )
-    dist_idx = await _plan_index(sink, dist_sql, settings) if explains and any(shard_idx) else None
+    dist_idx = await index_used(sink, dist_sql, settings) if explains and any(shard_idx) else None
     route = choose_route(dist_idx, shard_idx, brute)
     start = time.perf_counter()
     if route == "distributed":

@@ -30,9 +30,9 @@ from ingest.core.config import QueryConfig
 from ingest.core.errors import UsageError
 from ingest.sinks.base import Sink
 from ingest.vector.cluster import as_cluster, cluster_search, index_table
-from ingest.vector.index import connected_sink, require_table, require_vector_index
+from ingest.vector.index import connected_sink, index_used, require_table, require_vector_index
 from ingest.vector.metadata import recorded_for
-from ingest.vector.search import column_index, index_used
+from ingest.vector.search import column_index
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ from ingest.clickhouse.vector_sql import (
     default_index_name,
     dimension_sql,
     drop_index_sql,
+    explain_sql,
+    explain_used_index,
     index_columns,
     indexes_sql,
     is_materialize_of,
@@ -299,3 +301,11 @@ def requests_for(
     return [
         IndexRequest(col, name or default_index_name(col), metric, quantization, m, ef_construction) for col in columns
     ]
+
+
+async def index_used(sink: Sink, sql: str, settings: dict[str, str | int]) -> str | None:
+    """The vector index the plan of this exact query reads, if any (from its EXPLAIN indexes = 1)."""
+    if not sink.info.vector_index:
+        return None
+    plan = await sink.query(explain_sql(sql), settings)
+    return explain_used_index("\n".join(str(r.get("explain", "")) for r in plan))

@@ -15,8 +15,6 @@ from ingest.clickhouse.vector_sql import (
     DEFAULT_METRIC,
     ExistingIndex,
     column_dim_sql,
-    explain_sql,
-    explain_used_index,
     parse_vector_json,
     row_vector_sql,
     search_settings,
@@ -29,7 +27,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.clip_client import encode
 from ingest.vector.cluster import as_cluster, cluster_search, index_table
-from ingest.vector.index import connected_sink, require_table, require_vector_index, vector_indexes
+from ingest.vector.index import connected_sink, index_used, require_table, require_vector_index, vector_indexes
 from ingest.vector.metadata import recorded_for
 
 Column = Literal["image_embedding", "text_embedding"]
@@ -116,14 +114,6 @@ async def timed_search(sink: Sink, sql: str, settings: dict[str, str | int]) -> 
     start = time.perf_counter()
     rows = await sink.query(sql, settings)
     return rows, time.perf_counter() - start
-
-
-async def index_used(sink: Sink, sql: str, settings: dict[str, str | int]) -> str | None:
-    """The vector index the plan of this exact query reads, if any."""
-    if not sink.info.vector_index:
-        return None
-    plan = await sink.query(explain_sql(sql), settings)
-    return explain_used_index("\n".join(str(r.get("explain", "")) for r in plan))
 
 
 async def run_search(

@@ -208,12 +208,15 @@ class ChdbSink:
             return
         if ref not in self._merges_seen:
             self._merges_seen.add(ref)
-            self._raw(background_merges_sql(ref, run=False))
-            self._merges_stopped.add(ref)
+            self._stop_merges(ref)
             return
         if ref in self._merges_stopped and int(self._rows(active_parts_sql(ref))[0]["n"]) > self.max_deferred_parts:
             log.info("%s: over %d parts, background merges resume", ref.key, self.max_deferred_parts)
             self._resume_merges(ref)
+
+    def _stop_merges(self, ref: TableRef) -> None:
+        self._raw(background_merges_sql(ref, run=False))
+        self._merges_stopped.add(ref)
 
     def _resume_merges(self, ref: TableRef) -> None:
         self._raw(background_merges_sql(ref, run=True))
@@ -232,8 +235,7 @@ class ChdbSink:
                 self._resume_merges(ref)
             self._raw(sql)
             if stopped:
-                self._raw(background_merges_sql(ref, run=False))
-                self._merges_stopped.add(ref)
+                self._stop_merges(ref)
 
         await self._call(work)
 

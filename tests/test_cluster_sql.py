@@ -133,6 +133,7 @@ class FakeNode:
 
     def __init__(self, plan: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         self.plan, self.rows, self.asked = plan, rows, []  # type: list[dict[str, Any]], list[dict[str, Any]], list[str]
+        self.info = server_info("25.8.1")  # a node with vector indexes (the Sink protocol's `info`)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
         self.asked.append(sql)
@@ -142,7 +143,6 @@ class FakeNode:
 class FakeCluster(FakeNode):
     def __init__(self, plan: list[dict[str, Any]], shards: list[FakeNode]) -> None:
         super().__init__(plan, [{"id": 1, "distance": 0.0}])
-        self.info = server_info("25.8.1")
         self.shards = shards
 
     def shard_sinks(self) -> list[FakeNode]:

@@ -92,3 +92,34 @@ def test_a_shard_that_breaks_while_streaming_is_removed_and_quarantined(
     assert res.shards_done == [0]
     assert "read failed after validation (Input/output error)" in res.shards_bad[1]
     assert sink.ids == set(range(1000))  # nothing of shard 1 is left
+
+
+def test_segments_are_sized_from_the_shards_own_texts(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """validate_shard measures the text bytes a row of the heaviest scan window (read here independently with
+    pyarrow), and a shard with heavier texts is cut into smaller segments under the same byte bound."""
+    import pyarrow.parquet as pq
+
+    from ingest.core.plan import plan_segments, row_bytes
+    from ingest.stages.shard import SCAN_ROWS, ShardFiles, validate_shard
+
+    src = make_shards([0], rows=SCAN_ROWS + 5000, dim=16)
+    files = ShardFiles.in_dir(src, 0)
+    table = pq.read_table(files.meta)
+    caption = table.column("caption").to_pylist()
+    caption[SCAN_ROWS + 10] = "x" * 200_000  # one heavy caption in the second window
+    pq.write_table(table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(caption)), files.meta)
+
+    def window_bytes(lo: int, hi: int) -> int:
+        cols = [table.column(c).to_pylist() for c in ("url", "NSFW")] + [caption]
+        return sum(len((col[i] or "").encode()) for col in cols for i in range(lo, hi))
+
+    n = table.num_rows
+    expected = max(
+        -(-window_bytes(lo, min(lo + SCAN_ROWS, n)) // (min(lo + SCAN_ROWS, n) - lo)) for lo in (0, SCAN_ROWS)
+    )
+    valid = validate_shard(files, 16, "fail-shard")
+    assert valid.text_bytes == expected > 200_000 // (n - SCAN_ROWS)
+    budget = 1000 * row_bytes(16, 60)
+    light = plan_segments(0, n, 100_000, 1, segment_bytes=budget, dim=16, text_bytes=60)
+    heavy = plan_segments(0, n, 100_000, 1, segment_bytes=budget, dim=16, text_bytes=valid.text_bytes)
+    assert light[0].rows == 1000 and heavy[0].rows == budget // row_bytes(16, valid.text_bytes) < 1000

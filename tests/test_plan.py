@@ -13,6 +13,7 @@ from ingest.core.ids import TableRef, quote_ident
 from ingest.core.plan import (
     ID_STRIDE,
     SEGMENT_BYTES,
+    SEGMENT_ROWS,
     parse_shard_spec,
     plan_batches,
     plan_segments,
@@ -114,20 +115,21 @@ def test_targets() -> None:
     st.integers(1, 20_000),
     st.integers(1, 1024),
     st.integers(1 << 16, 1 << 29),
+    st.integers(0, 1 << 16),
 )
 def test_segments_cover_rows_once_in_whole_blocks_under_the_byte_bound(
-    rows: int, segment_rows: int, block_rows: int, dim: int, segment_bytes: int
+    rows: int, segment_rows: int, block_rows: int, dim: int, segment_bytes: int, text: int
 ) -> None:
-    if segment_bytes < row_bytes(dim):
+    if segment_bytes < row_bytes(dim, text):
         with pytest.raises(UsageError, match="--segment-bytes"):
-            plan_segments(0, rows, segment_rows, block_rows, segment_bytes=segment_bytes, dim=dim)
+            plan_segments(0, rows, segment_rows, block_rows, segment_bytes=segment_bytes, dim=dim, text_bytes=text)
         return
-    segs = plan_segments(7, rows, segment_rows, block_rows, segment_bytes=segment_bytes, dim=dim)
+    segs = plan_segments(7, rows, segment_rows, block_rows, segment_bytes=segment_bytes, dim=dim, text_bytes=text)
     assert sum(s.rows for s in segs) == rows
     assert [s.index for s in segs] == list(range(len(segs)))
     for s in segs:
         assert 0 < s.rows <= min(segment_rows, s.cut)
-        assert s.rows * row_bytes(dim) <= segment_bytes  # the byte bound holds for every segment
+        assert s.rows * row_bytes(dim, text) <= segment_bytes  # the byte bound holds for every segment
         blocks = s.blocks()
         assert blocks[0].start == s.start and blocks[-1].stop == s.stop
         assert all(0 < b.rows <= s.block_rows for b in blocks)
@@ -139,15 +141,18 @@ def test_segments_cover_rows_once_in_whole_blocks_under_the_byte_bound(
 
 
 def test_segment_defaults_and_tokens() -> None:
-    # LAION (dim 512): 49,152 rows = 6 blocks of 8,192, ~211 MB estimated, under ClickHouse's 256 MiB squash
-    assert segment_size(49_152, SEGMENT_BYTES, 8192, 512) == (49_152, 8192)
-    assert 49_152 * row_bytes(512) < SEGMENT_BYTES
+    # dim 512: the 256 MiB byte bound cuts, not the row cap; texts of ~56 bytes a row (our synth) give 15 blocks
+    # of 4,096, the 512-byte allowance (texts not measured) 14
+    assert segment_size(SEGMENT_ROWS, SEGMENT_BYTES, 4096, 512, 56) == (61_440, 4096)
+    assert segment_size(SEGMENT_ROWS, SEGMENT_BYTES, 4096, 512) == (57_344, 4096)
+    assert 61_440 * row_bytes(512, 56) < SEGMENT_BYTES < 65_536 * row_bytes(512, 56)
+    assert segment_size(SEGMENT_ROWS, SEGMENT_BYTES, 4096, 64, 56) == (SEGMENT_ROWS, 4096)  # small rows: the cap
     # a tight byte bound shrinks the segment to whole blocks; a segment smaller than a block is one block
     assert segment_size(49_152, 100 * row_bytes(512), 30, 512) == (90, 30)
     assert segment_size(500, SEGMENT_BYTES, 8192, 512) == (500, 500)
     segs = plan_segments(2, 1_000_000)
-    assert len(segs) == 21 and segs[-1].rows == 1_000_000 - 20 * 49_152
-    assert segs[3].blocks()[0].index == 36  # blocks (4,096 rows by default) keep their shard-wide numbers
+    assert len(segs) == 18 and segs[-1].rows == 1_000_000 - 17 * 57_344
+    assert segs[3].blocks()[0].index == 42  # blocks (4,096 rows by default) keep their shard-wide numbers
     a, b = segs[:2]
     assert a.token("db.t") == plan_segments(2, 1_000_000)[0].token("db.t")
     other_cut = plan_segments(2, 1_000_000, 24_576)[0]

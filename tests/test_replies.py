@@ -48,14 +48,14 @@ def test_setting_names_are_checked_once_for_both_sinks() -> None:
 
 
 def test_insert_settings_send_squashing_everywhere_and_only_known_settings() -> None:
-    squash = Squash(rows=49_152, max_bytes=256 << 20)
+    squash = Squash(rows=49_152)
     old = server_info("18.16.1")
     got = insert_settings(
         token="t", squash=squash, dedup_token=old.dedup_token, async_insert=old.async_insert, skip_indexes=False
     )
     assert got == {
         "min_insert_block_size_rows": 49_152,
-        "min_insert_block_size_bytes": 256 << 20,
+        "min_insert_block_size_bytes": 0,  # bytes take no part: a segment is one part whatever it weighs
         "max_insert_block_size": 49_152,
     }
     new = server_info("26.9.2.1")

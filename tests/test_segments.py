@@ -28,7 +28,7 @@ from ingest.clickhouse.wire import encode_native
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
-from ingest.core.plan import SEGMENT_BYTES, plan_segments
+from ingest.core.plan import plan_segments
 from ingest.core.schema import TableSchema
 from ingest.core.target import parse_target
 from ingest.sinks.base import server_info
@@ -81,13 +81,39 @@ def test_server_one_segment_is_one_part(make_shards, ch_server: ServerHandle, ch
     assert inserted_parts([json.loads(raw.splitlines()[0])]) == 8
 
 
+@pytest.mark.server
+def test_a_segment_is_one_part_whatever_it_weighs_on_18_16(ch_server: ServerHandle, ch_db: str) -> None:
+    """We send min_insert_block_size_bytes = 0 ("takes no part"): only the segment's rows close the squashed
+    block, so a segment heavier than the estimate that sized it is still one part. The control sends a byte
+    threshold that every block passes and gets a part per block."""
+    import json
+    import urllib.request
+
+    ref = TableRef(ch_db, "laion")
+    ch_server.query(create_table_sql(ref, None))
+    ours = insert_settings(server_info("18.16.1"), None, Squash(rows=4 * BLOCK))
+    assert ours["min_insert_block_size_bytes"] == 0
+
+    def parts_after(settings: dict[str, str | int], first_id: int) -> int:
+        req = build_request(ch_server.http_url, Credentials(), ch_db, insert_sql(ref, "native"), settings, insert=True)
+        body = b"".join(bytes(p) for i in range(4) for p in encode_native(block(first_id + i * BLOCK)))
+        with urllib.request.urlopen(urllib.request.Request(req.url, body, req.headers, method="POST"), timeout=60):
+            pass
+        raw = ch_server.query(PARTS_SQL.format(db=ch_db) + " FORMAT JSONEachRow")
+        return inserted_parts([json.loads(raw.splitlines()[0])])
+
+    assert parts_after(ours, 0) == 1
+    assert parts_after({**ours, "min_insert_block_size_bytes": 1}, STRIDE) == 1 + 4
+    assert _count(ch_server, ch_db, 0, 2 * STRIDE) == 8 * BLOCK
+
+
 def _post_chunked_then_cut(
     server: ServerHandle, db: str, squash_rows: int, blocks: list[pa.RecordBatch], keep_last: float = 0.5
 ) -> None:
     """POST the blocks as one chunked Native body, stop `keep_last` of the way through the last one (0: right
     after the block before it) and drop the connection."""
     ref = TableRef(db, "laion")
-    settings = insert_settings(server_info("18.16.1"), None, Squash(rows=squash_rows, max_bytes=SEGMENT_BYTES))
+    settings = insert_settings(server_info("18.16.1"), None, Squash(rows=squash_rows))
     req = build_request(server.http_url, Credentials(), db, insert_sql(ref, "native"), settings, insert=True)
     path = req.url.split(str(server.http_port), 1)[1]
     bodies = [b"".join(bytes(p) for p in encode_native(b)) for b in blocks]

@@ -12,10 +12,11 @@ SourceOpt = Annotated[
 ]
 BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per block: the unit read and encoded")]
 SegmentRowsOpt = Annotated[
-    int, typer.Option("--segment-rows", min=1, help="Rows per segment: one INSERT = one part, the unit committed")
+    int, typer.Option("--segment-rows", min=1, help="Most rows in a segment: one INSERT = one part, the unit committed")
 ]
 SegmentBytesOpt = Annotated[
-    int, typer.Option("--segment-bytes", min=1, help="Byte bound of a segment (under ClickHouse's 256 MiB squash)")
+    int,
+    typer.Option("--segment-bytes", min=1, help="Byte bound of a segment, estimated from dim and the shard's texts"),
 ]
 QueueDepthOpt = Annotated[int, typer.Option("--queue-depth", min=1, help="Blocks read ahead, over all inserts")]
 DownloadConcurrencyOpt = Annotated[int, typer.Option("--download-concurrency", min=1)]

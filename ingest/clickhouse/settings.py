@@ -2,8 +2,9 @@
 
 An insert sends only settings its server knows: 18.16 refuses a whole request over one unknown name.
 Squashing: the server concatenates the blocks of one INSERT until `min_insert_block_size_rows` or
-`min_insert_block_size_bytes` is reached, then writes a part. Sending the segment's rows and byte bound makes one
-segment exactly one squashed block, hence one part, atomic: a body cut before its end commits nothing.
+`min_insert_block_size_bytes` is reached, then writes a part. Sending the segment's rows, and 0 bytes ("does not
+take part"), makes one segment exactly one squashed block whatever it weighs, hence one part, atomic: a body cut
+before its end commits nothing. (Its weight is bounded by the plan, from the shard's measured text bytes.)
 18.16 and chdb 26.9 both know `min_insert_block_size_rows`, `min_insert_block_size_bytes` and
 `max_insert_block_size` (checked in `system.settings`).
 """
@@ -40,10 +41,9 @@ def settings_clause(settings: dict[str, str | int] | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Squash:
-    """Squash an INSERT's streamed blocks into one block of up to `rows` rows / `max_bytes` bytes."""
+    """Squash an INSERT's streamed blocks into one block of `rows` rows, with no byte threshold."""
 
     rows: int
-    max_bytes: int
 
 
 def insert_settings(
@@ -59,7 +59,7 @@ def insert_settings(
     if squash is not None:
         rows = max(1, squash.rows)
         settings["min_insert_block_size_rows"] = rows
-        settings["min_insert_block_size_bytes"] = squash.max_bytes
+        settings["min_insert_block_size_bytes"] = 0
         settings["max_insert_block_size"] = rows
     if async_insert:
         settings["async_insert"] = 0

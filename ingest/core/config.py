@@ -124,7 +124,7 @@ class LoadConfig:
     segment_rows: int = SEGMENT_ROWS
     """Rows per segment: the unit committed (one INSERT = one part), tracked by the ledger and reconciled."""
     segment_bytes: int = SEGMENT_BYTES
-    """Byte bound of a segment (estimated from dim); sent as min_insert_block_size_bytes."""
+    """Byte bound of a segment, estimated from dim and the shard's measured text bytes a row."""
     queue_depth: int = 2
     insert_concurrency: int = 2
     on_nan: NanPolicy = "fail-shard"

@@ -88,17 +88,20 @@ def plan_batches(shard: int, rows: int, batch_rows: int) -> list[BatchPlan]:
 
 BLOCK_ROWS = 4096
 """Default rows per block (the unit read, encoded and streamed): ~17 MB of LAION rows; what bounds our memory."""
-SEGMENT_ROWS = 49_152
-"""Default rows per segment (one INSERT = one part): 12 blocks of 4,096; ClickHouse advises 10k–100k per INSERT."""
+SEGMENT_ROWS = 65_536
+"""Default cap on rows per segment (one INSERT = one part); at dim 512 the byte bound below is what cuts (~61k LAION
+rows). ClickHouse advises 10k–100k rows per INSERT."""
 SEGMENT_BYTES = 256 << 20
-"""Default byte bound of a segment: ClickHouse's own `min_insert_block_size_bytes` default (256 MiB)."""
+"""Default byte bound of a segment: ClickHouse's own `min_insert_block_size_bytes` default (256 MiB), so a segment
+is no larger than a part the server would make of one big INSERT (fewer, larger parts: fewer merges)."""
 TEXT_BYTES_PER_ROW = 512
-"""Allowance for url + caption + NSFW per row when sizing a segment (LAION averages ~150 bytes)."""
+"""Allowance for url + caption + NSFW per row when a shard's own text bytes are not known (LAION averages ~150)."""
 
 
-def row_bytes(dim: int) -> int:
-    """What one row weighs in a ClickHouse block: id, similarity, two Array(Float32) with offsets, three Strings."""
-    return 8 + 4 + 2 * (4 * dim + 8) + 3 * 8 + TEXT_BYTES_PER_ROW
+def row_bytes(dim: int, text_bytes: int = TEXT_BYTES_PER_ROW) -> int:
+    """What one row weighs in a ClickHouse block: id, similarity, two Array(Float32) with offsets, three Strings
+    (offsets, `text_bytes` of values, a terminator each)."""
+    return 8 + 4 + 2 * (4 * dim + 8) + 3 * 9 + text_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,6 @@ class SegmentPlan(RowRange):
     """One committed unit of a shard: rows [start, stop), sent as one INSERT (one part) in blocks of `block_rows`.
 
     The id range, the dedup token and the ledger entry are per segment; the blocks only bound memory.
-    `max_bytes` is the byte bound the segment was sized under (sent as `min_insert_block_size_bytes`).
     """
 
     shard: int
@@ -116,7 +118,6 @@ class SegmentPlan(RowRange):
     block_rows: int
     cut: int
     """Rows per segment of the plan this segment belongs to (the last segment of a shard may be shorter)."""
-    max_bytes: int = SEGMENT_BYTES
 
     def blocks(self) -> list[BatchPlan]:
         """The segment's blocks, numbered within the shard (block i covers rows i*block_rows...)."""
@@ -131,14 +132,16 @@ class SegmentPlan(RowRange):
         return f"laion-ingest:{table_key}:s{self.shard}:g{self.cut}x{self.block_rows}:i{self.index}"
 
 
-def segment_size(segment_rows: int, segment_bytes: int, block_rows: int, dim: int) -> tuple[int, int]:
+def segment_size(
+    segment_rows: int, segment_bytes: int, block_rows: int, dim: int, text_bytes: int = TEXT_BYTES_PER_ROW
+) -> tuple[int, int]:
     """(rows per segment, rows per block) for a cut: at most `segment_rows` rows and `segment_bytes` estimated
-    bytes, a whole number of blocks when a segment holds more than one block."""
+    bytes (`text_bytes` a row for the texts), a whole number of blocks when a segment holds more than one block."""
     if block_rows < 1:
         raise UsageError(f"--batch-rows must be >= 1, got {block_rows}")
     if segment_rows < 1:
         raise UsageError(f"--segment-rows must be >= 1, got {segment_rows}")
-    per_row = row_bytes(dim)
+    per_row = row_bytes(dim, text_bytes)
     if segment_bytes < per_row:
         raise UsageError(f"--segment-bytes {segment_bytes} is less than one row ({per_row} bytes at dim {dim})")
     rows = min(segment_rows, segment_bytes // per_row)
@@ -155,12 +158,13 @@ def plan_segments(
     *,
     segment_bytes: int = SEGMENT_BYTES,
     dim: int = 512,
+    text_bytes: int = TEXT_BYTES_PER_ROW,
 ) -> list[SegmentPlan]:
-    """Cut `rows` into segments (the last one shorter), each read and sent in blocks. Pure."""
+    """Cut `rows` into segments (the last one shorter), each read and sent in blocks. Pure. `text_bytes`: the
+    shard's measured text bytes a row (ValidShard.text_bytes), else an allowance."""
     if rows >= ID_STRIDE:
         raise UsageError(f"shard {shard}: {rows} rows do not fit the id stride {ID_STRIDE}")
-    per, block = segment_size(segment_rows, segment_bytes, block_rows, dim)
+    per, block = segment_size(segment_rows, segment_bytes, block_rows, dim, text_bytes)
     return [
-        SegmentPlan(shard, i, start, min(start + per, rows), block, per, segment_bytes)
-        for i, start in enumerate(range(0, rows, per))
+        SegmentPlan(shard, i, start, min(start + per, rows), block, per) for i, start in enumerate(range(0, rows, per))
     ]

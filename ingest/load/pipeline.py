@@ -3,7 +3,7 @@
     fetch (download_concurrency) → ready shards → validate + plan segments (executor) → segment queue
     → insert workers (insert_concurrency), each streaming one segment: blocks read (executor) → sink → ledger
 
-A segment is the committed unit (one INSERT = one part, ~48k rows); a block is the unit read and encoded (~8k
+A segment is the committed unit (one INSERT = one part, ~61k LAION rows); a block is the unit read and encoded (4,096
 rows). An insert worker owns one segment's stream: a producer reads its blocks into a small queue that the sink
 consumes as the INSERT body, so memory is bounded by workers × (queue depth + 2) × block size whatever the shard
 or segment size. A retried segment is read again from the shard files, never buffered.
@@ -185,6 +185,7 @@ class Pipeline:
             cfg.batch_rows,
             segment_bytes=cfg.segment_bytes,
             dim=valid.schema.dim,
+            text_bytes=valid.text_bytes,
         )
         cut = plans[0].cut if plans else cfg.segment_rows
         done = self.ledger.done_segments(valid.shard, valid.rows, cut)

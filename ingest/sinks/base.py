@@ -105,4 +105,4 @@ class CountsBytes(Protocol):
 
 def squash_of(segment: SegmentPlan) -> Squash:
     """The squashing that makes `segment` one block on the server."""
-    return Squash(rows=segment.rows, max_bytes=segment.max_bytes)
+    return Squash(rows=segment.rows)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ingest.core.config import NanPolicy
 from ingest.core.errors import BadShardError
 from ingest.core.layout import LAION400M, Layout
-from ingest.core.plan import BatchPlan, SegmentPlan
+from ingest.core.plan import TEXT_BYTES_PER_ROW, BatchPlan, SegmentPlan
 from ingest.core.schema import STRING_COLUMNS, TableSchema, column_for
 from ingest.stages.batch import build_batch
 from ingest.stages.npy import NpyInfo, read_npy_header, read_rows, scan_nonfinite
@@ -54,6 +55,8 @@ class ValidShard:
     text: NpyInfo
     schema: TableSchema = field(default_factory=TableSchema)
     drop_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    text_bytes: int = TEXT_BYTES_PER_ROW
+    """Text bytes a row (url, caption, NSFW, string extras) in the shard's heaviest scan window: sizes segments."""
 
     @property
     def shard(self) -> int:
@@ -76,8 +79,18 @@ def _open_parquet(files: ShardFiles) -> pq.ParquetFile:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: unreadable parquet ({exc})") from exc
 
 
-def _check_parquet(files: ShardFiles, pf: pq.ParquetFile, schema: TableSchema) -> int:
-    """Needed columns present with usable types, and every page of them decodes."""
+def _text_bytes(batch: pa.RecordBatch) -> int:
+    """Bytes of string values in one batch (what its texts add to a ClickHouse block, offsets aside)."""
+    total = 0
+    for arr in batch.columns:
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_binary(arr.type):
+            total += pc.sum(pc.binary_length(arr)).as_py() or 0
+    return total
+
+
+def _check_parquet(files: ShardFiles, pf: pq.ParquetFile, schema: TableSchema) -> tuple[int, int]:
+    """Needed columns present with usable types, and every page of them decodes. Returns the rows decoded and
+    the text bytes a row of the heaviest window (rounded up)."""
     names = set(pf.schema_arrow.names)
     missing = [c for c in schema.meta_columns if c not in names]
     if missing:
@@ -98,11 +111,15 @@ def _check_parquet(files: ShardFiles, pf: pq.ParquetFile, schema: TableSchema) -
                 f"metadata {files.meta.name}: column {extra.name} has type {t}, the table has {extra.ch_type}",
             )
     columns = list(schema.meta_columns)
+    decoded, heaviest = 0, 0
     try:
-        decoded: int = sum(b.num_rows for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=columns))
+        for b in pf.iter_batches(batch_size=SCAN_ROWS, columns=columns):
+            decoded += b.num_rows
+            if b.num_rows:
+                heaviest = max(heaviest, -(-_text_bytes(b) // b.num_rows))
     except (pa.ArrowException, OSError) as exc:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: corrupt parquet ({exc})") from exc
-    return decoded
+    return decoded, heaviest
 
 
 def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPolicy) -> ValidShard:
@@ -123,7 +140,7 @@ def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPoli
         raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as pool:  # numpy and pread drop the GIL
         scans = [pool.submit(scan_nonfinite, info, SCAN_ROWS) for info in (img, txt)]
-        decoded = _check_parquet(files, pf, schema)
+        decoded, text_bytes = _check_parquet(files, pf, schema)
         bad_img, bad_txt = (scan.result() for scan in scans)
     if decoded != meta_rows:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {meta_rows}")
@@ -134,7 +151,9 @@ def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPoli
         raise BadShardError(
             files.shard, f"{which} has NaN/Inf in {len(drop)} row(s), first at row {first} (--on-nan fail-shard)"
         )
-    return ValidShard(files=files, rows=meta_rows, img=img, text=txt, schema=schema, drop_rows=drop)
+    return ValidShard(
+        files=files, rows=meta_rows, img=img, text=txt, schema=schema, drop_rows=drop, text_bytes=text_bytes
+    )
 
 
 class _MetaCursor:

@@ -2,8 +2,8 @@
 
 Once: copy a seeded sample of rows into a scratch MergeTree table with one INSERT (one part), take a fixed set
 of query rows that are *not* in the sample, and get their exact top-10 by brute force (`use_skip_indexes = 0`).
-Then per candidate: ADD INDEX, MATERIALIZE INDEX (mutations_sync = 2, timed), query at each search list size,
-DROP INDEX. The scratch table is dropped at the end, whatever happens.
+Then per candidate: ADD INDEX, MATERIALIZE INDEX (mutations_sync = 2, timed), query at each search list size up
+to the first that reaches the target, DROP INDEX. The scratch table is dropped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -85,7 +85,10 @@ async def measure_candidate(
     queries: Sequence[str],
     truth: Sequence[list[int]],
     lists: Sequence[int],
+    target: float,
 ) -> Measured:
+    """Build one candidate on the scratch table and measure recall@10 at each search list, smallest first; the
+    sweep stops at the first list that reaches `target` (the choice needs no larger one; the grid shows '-')."""
     index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, cand.quantization, cand.m, cand.ef_construction)
     await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
     await sink.execute(add_index_sql(scratch, index))
@@ -98,6 +101,8 @@ async def measure_candidate(
             opts = {**search_settings(False, size), **query_extras(cand.quantization)}
             got = [recall_at_k(await _top_ids(sink, q, opts), t, K) for q, t in zip(queries, truth, strict=True)]
             recall[size] = float(np.mean(got))
+            if recall[size] >= target:
+                break
         rows = await sink.query(index_bytes_sql(scratch, SCRATCH_INDEX))
         size_bytes = int(rows[0]["b"]) if rows else 0
     finally:
@@ -145,7 +150,7 @@ async def tune(
             f"neighbours in {time.perf_counter() - started:.1f} s; measuring the grid"
         )
         for i, cand in enumerate(grid):
-            m = await measure_candidate(sink, scratch, dim, metric, cand, queries, truth, lists)
+            m = await measure_candidate(sink, scratch, dim, metric, cand, queries, truth, lists, cfg.recall_target)
             measured.append(m)
             log.debug("%s: build %.1f s, recall %s", cand.label(), m.build_seconds, m.recall)
             if should_stop(m, cfg.recall_target):

@@ -114,36 +114,38 @@ def _pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
 
 
 EXPONENT_MASK = {2: 0x7C00, 4: 0x7F800000}
-"""All-ones exponent of float16 / float32: NaN or Inf."""
+"""All-ones exponent of float16 / float32: the value is NaN or Inf exactly when its bits without the sign are at
+least this."""
+SIGN_OFF = {2: 0x7FFF, 4: 0x7FFFFFFF}
 UINT_OF_WIDTH: dict[int, np.dtype[np.unsignedinteger]] = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
 
 
 class NonfiniteScratch:
-    """Buffers reused across the windows of one scan: a fresh buffer per window costs its zero-fill and page
+    """A buffer reused across the windows of one scan: a fresh buffer per window costs its zero-fill and page
     faults, which measured 3× the arithmetic on a 1 GB float16 file."""
 
     def __init__(self, rows: int, dim: int, itemsize: int) -> None:
         self.bits = np.empty(rows * dim, dtype=UINT_OF_WIDTH[itemsize])
         self.masked = np.empty_like(self.bits)
-        self.flags = np.empty(rows * dim, dtype=bool)
 
 
 def nonfinite_rows(block: np.ndarray, scratch: NonfiniteScratch | None = None) -> np.ndarray:
-    """Row positions holding NaN or Inf, found by an all-ones exponent.
+    """Row positions holding NaN or Inf: the bits without the sign at or above the all-ones exponent.
 
-    Integer ops on the raw bits: measured ~2x cheaper than `np.isfinite` on float16 (and cheaper than a 64-bit
-    SWAR variant, whose temporaries cost more than they save), which matters because every shard is scanned
-    before any of its rows is sent. With `scratch` the temporaries are written into reused buffers.
+    Integer ops on the raw bits, and one max over the block for the common clean case (rows are located only
+    when it says there is something): measured 2.2× cheaper than an equality test reduced per row, which was ~2×
+    cheaper than `np.isfinite` on float16. It matters because every shard is scanned before any of its rows is
+    sent. With `scratch` the sign-cleared bits are written into a reused buffer.
     """
     rows, dim = block.shape
     width = block.dtype.itemsize
     bits = block.view(UINT_OF_WIDTH[width]).reshape(-1)
-    mask = UINT_OF_WIDTH[width].type(EXPONENT_MASK[width])
     if scratch is None:
         scratch = NonfiniteScratch(rows, dim, width)
-    masked = np.bitwise_and(bits, mask, out=scratch.masked[: bits.size])
-    flags = np.equal(masked, mask, out=scratch.flags[: bits.size])
-    return np.flatnonzero(flags.reshape(rows, dim).any(axis=1))
+    magnitude = np.bitwise_and(bits, UINT_OF_WIDTH[width].type(SIGN_OFF[width]), out=scratch.masked[: bits.size])
+    if not bits.size or magnitude.max() < EXPONENT_MASK[width]:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero((magnitude.reshape(rows, dim) >= EXPONENT_MASK[width]).any(axis=1))
 
 
 def scan_nonfinite(info: NpyInfo, window_rows: int) -> np.ndarray:

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.core.schema import is_text
+
 Format = Literal["native", "rowbinary"]
 
 FORMAT_NAMES: dict[Format, str] = {"native": "Native", "rowbinary": "RowBinary"}
@@ -65,20 +67,11 @@ def clickhouse_type(dtype: pa.DataType) -> str:
     """The ClickHouse column type a Native block declares for an Arrow type."""
     if dtype in _PRIMITIVES:
         return _PRIMITIVES[dtype]
-    if _is_text(dtype):
+    if is_text(dtype):
         return "String"
     if _is_list(dtype) and dtype.value_type in _PRIMITIVES:
         return f"Array({_PRIMITIVES[dtype.value_type]})"
     raise ValueError(f"no ClickHouse encoding for Arrow type {dtype}")
-
-
-def _is_text(dtype: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_string(dtype)
-        or pa.types.is_large_string(dtype)
-        or pa.types.is_binary(dtype)
-        or pa.types.is_large_binary(dtype)
-    )
 
 
 def _is_list(dtype: pa.DataType) -> bool:
@@ -167,7 +160,7 @@ def _list_parts(arr: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
 def _native_column(arr: pa.Array, name: str) -> list[memoryview]:
     if arr.type in _PRIMITIVES:
         return [_bytes_view(_primitive(arr, name))]
-    if _is_text(arr.type):
+    if is_text(arr.type):
         text = _text_array(arr)
         if not len(text):
             return []
@@ -207,7 +200,7 @@ def _rowbinary_fields(arr: pa.Array, name: str) -> list[pa.Array]:
     n = len(arr)
     if arr.type in _PRIMITIVES:
         return [_fixed_rows(_primitive(arr, name), n)]
-    if _is_text(arr.type):
+    if is_text(arr.type):
         text = _text_array(arr)
         return [_varints(_lengths(text)), text]
     if _is_list(arr.type):

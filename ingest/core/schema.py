@@ -55,15 +55,19 @@ def column_for(name: str, source_type: pa.DataType) -> Column | None:
         return Column(name, "UInt8", pa.uint8())  # Bool is not a type on older servers
     if pa.types.is_float16(source_type):
         return Column(name, "Float32", pa.float32())
-    if (
-        pa.types.is_string(source_type)
-        or pa.types.is_large_string(source_type)
-        or pa.types.is_null(source_type)
-        or pa.types.is_binary(source_type)
-        or pa.types.is_large_binary(source_type)
-    ):
+    if is_text(source_type) or pa.types.is_null(source_type):
         return Column(name, "String", pa.string() if not pa.types.is_binary(source_type) else pa.binary())
     return None
+
+
+def is_text(dtype: pa.DataType) -> bool:
+    """Arrow string or binary, large or not: what becomes a ClickHouse String."""
+    return bool(
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_binary(dtype)
+        or pa.types.is_large_binary(dtype)
+    )
 
 
 def parse_extra_columns(flag: str | None) -> tuple[str, ...]:

@@ -140,9 +140,8 @@ def nonfinite_rows(block: np.ndarray, scratch: NonfiniteScratch | None = None) -
     rows, dim = block.shape
     width = block.dtype.itemsize
     bits = block.view(UINT_OF_WIDTH[width]).reshape(-1)
-    if scratch is None:
-        scratch = NonfiniteScratch(rows, dim, width)
-    magnitude = np.bitwise_and(bits, UINT_OF_WIDTH[width].type(SIGN_OFF[width]), out=scratch.masked[: bits.size])
+    out = scratch.masked[: bits.size] if scratch is not None else None
+    magnitude = np.bitwise_and(bits, UINT_OF_WIDTH[width].type(SIGN_OFF[width]), out=out)
     if not bits.size or magnitude.max() < EXPONENT_MASK[width]:
         return np.empty(0, dtype=np.int64)
     return np.flatnonzero((magnitude.reshape(rows, dim) >= EXPONENT_MASK[width]).any(axis=1))

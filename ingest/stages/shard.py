@@ -20,7 +20,7 @@ from ingest.core.config import NanPolicy
 from ingest.core.errors import BadShardError
 from ingest.core.layout import LAION400M, Layout
 from ingest.core.plan import TEXT_BYTES_PER_ROW, BatchPlan, SegmentPlan
-from ingest.core.schema import STRING_COLUMNS, TableSchema, column_for
+from ingest.core.schema import STRING_COLUMNS, TableSchema, column_for, is_text
 from ingest.stages.batch import build_batch
 from ingest.stages.npy import NpyInfo, read_npy_header, read_rows, scan_nonfinite
 
@@ -83,7 +83,7 @@ def _text_bytes(batch: pa.RecordBatch) -> int:
     """Bytes of string values in one batch (what its texts add to a ClickHouse block, offsets aside)."""
     total = 0
     for arr in batch.columns:
-        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_binary(arr.type):
+        if is_text(arr.type):
             total += pc.sum(pc.binary_length(arr)).as_py() or 0
     return total
 

@@ -30,9 +30,7 @@ from ingest.clickhouse.vector_sql import (
     DEFAULT_QUANTIZATION,
     EF_SEARCH_SETTING,
     VectorIndex,
-    recall_at_k,
     sample_queries_sql,
-    search_settings,
     vector_literal,
 )
 from ingest.core.config import QueryConfig, TuneConfig
@@ -55,7 +53,7 @@ from ingest.vector.index import (
 )
 from ingest.vector.sizing import FORMULA, MemoryBudget, cheaper_that_fit, check_fit, human_bytes, index_bytes
 from ingest.vector.tune import TuneReport, query_extras
-from ingest.vector.tune_run import exact_top_ids, tune
+from ingest.vector.tune_run import exact_top_ids, recall_at_list, tune
 
 log = logging.getLogger(__name__)
 MAX_SEARCH_LIST = 4096
@@ -189,16 +187,10 @@ async def verify_recall(
     truth = await exact_top_ids(sink, ref, index.column, index.metric, literals, 10)
     goal = cfg.recall_target + VERIFY_MARGIN
 
-    async def recall_at(size: int, queries: int) -> float:
-        opts = {**search_settings(False, size), **query_extras(index.quantization)}
-        got = [[int(r["id"]) for r in await sink.query(s, opts)] for s in sqls[:queries]]
-        pairs = zip(got, truth[:queries], strict=True)
-        return float(np.mean([recall_at_k(a, t, 10) for a, t in pairs])) if got else 1.0
-
     async def doubling(size: int, queries: int) -> tuple[int, float]:
         previous = -1.0
         while True:
-            recall = await recall_at(size, queries)
+            recall = await recall_at_list(sink, sqls[:queries], truth[:queries], size, index.quantization)
             if recall >= goal or size >= MAX_SEARCH_LIST or recall - previous < PLATEAU:
                 return size, recall
             previous = recall

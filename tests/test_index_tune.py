@@ -17,15 +17,26 @@ from cli_run import cli
 from exact import chdb_rows
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
-from ingest.clickhouse.vector_sql import vector_literal
+from ingest.clickhouse.vector_sql import VectorIndex, add_index_sql, vector_literal
 from ingest.core.config import TargetConfig
 from ingest.core.ids import TableRef
 from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector import tune_run
+from ingest.vector.index import poll_interval
 from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
-from ingest.vector.tune import Candidate, Measured, choose, chunks_under, default_grid, project_seconds, should_stop
+from ingest.vector.tune import (
+    Candidate,
+    GraphSize,
+    Measured,
+    choose,
+    chunks_under,
+    default_grid,
+    graph_size,
+    project_seconds,
+    should_stop,
+)
 from ingest.vector.tune_run import exact_top_ids
 
 # ---- pure --------------------------------------------------------------------------------------------------
@@ -56,6 +67,33 @@ def test_grid_is_ordered_by_cost_and_stops_early() -> None:
 def test_build_projection_is_n_log_n() -> None:
     assert project_seconds(2.0, 10_000, 10_000) == pytest.approx(2.0)
     assert project_seconds(2.0, 10_000, 100_000) == pytest.approx(2.0 * 10 * 11.5129 / 9.2103, rel=1e-3)
+    # graphs of a fixed size cost the same per row however many there are
+    assert project_seconds(2.0, 10_000, 100_000, fixed_graphs=True) == pytest.approx(20.0)
+
+
+def test_graphs_smaller_than_a_part_stay_within_max_graphs() -> None:
+    parts = [(61_440, 24), (38_560, 16)]  # 100k rows as our loader leaves them: 2,560 rows a granule
+    assert graph_size(parts, 16) == GraphSize(3, 2560, 14)  # 8 + 6 graphs of 3 granules
+    assert graph_size(parts, 100) == GraphSize(1, 2560, 40)
+    assert graph_size(parts, 2) is None  # no size below a whole part keeps it to 2: one graph per part
+    assert graph_size([], 16) is None and graph_size(parts, 0) is None
+    small = GraphSize(3, 2560, 14)
+    grid = default_grid(("bf16",), (16,), (32, 64), small)
+    assert grid == [
+        Candidate("bf16", 16, 32, 3, 7680),
+        Candidate("bf16", 16, 32),
+        Candidate("bf16", 16, 64, 3, 7680),
+        Candidate("bf16", 16, 64),
+    ]
+    assert grid[0].label() == "bf16 M=16 ef_c=32, graphs of 7,680 rows" and grid[1].label() == "bf16 M=16 ef_c=32"
+    assert [c.ef_construction for c in default_grid(("bf16",), (32,), (32, 64))] == [64]  # ef_c < 2·M left out
+    ref = TableRef("default", "laion")
+    one_per_part = VectorIndex("ix", "image_embedding", 512, m=16, ef_construction=32)
+    assert "GRANULARITY" not in add_index_sql(ref, one_per_part)
+    smaller = VectorIndex("ix", "image_embedding", 512, m=16, ef_construction=32, granularity=3)
+    assert add_index_sql(ref, smaller).endswith("'bf16', 16, 32) GRANULARITY 3")
+    # a short build is polled often, a long one every half second
+    assert poll_interval(0.0) == 0.05 and poll_interval(4.0) == pytest.approx(0.2) and poll_interval(600) == 0.5
 
 
 def test_sizing_formula_fit_and_alternatives() -> None:
@@ -184,6 +222,36 @@ def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: P
     assert struct.unpack(">II", head[16:24]) == (800, 500)
 
 
+def test_tuned_graphs_smaller_than_a_part_reach_the_target(tmp_path: Path) -> None:
+    """Two parts of 6,000 rows (3 granules each): with --max-graphs 4 the grid offers graphs of 2 granules, the
+    sample holds more than two of them, and the choice is built with that GRANULARITY and checked in full."""
+    src, db = tmp_path / "src", tmp_path / "db"
+    for s in (0, 1):
+        write_shard(src, s, SynthSpec(rows=6000, seed=5))
+    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
+    target = f"chdb:{db}"
+    args = ("--recall-target", "0.95", "--sample-rows", "9000", "--max-graphs", "4", "--no-progress")
+    out = ok(cli("index", "--target", target, *args))
+    assert re.search(r"chose bf16 M=\d+ ef_c=\d+, graphs of [\d,]+ rows, search list \d+", out), out
+    assert "4 graph(s) per search" in out, out
+    built = re.search(r"GRANULARITY (\d+) on image_embedding over 12,000 rows", out)
+    assert built, out
+    granules = int(built.group(1))
+    index = chdb_rows(db, "SELECT granularity FROM system.data_skipping_indices WHERE name = 'image_index'")
+    assert [int(r["granularity"]) for r in index] == [granules]
+    parts = chdb_rows(
+        db,
+        "SELECT marks - 1 AS g, secondary_indices_compressed_bytes AS b FROM system.parts "
+        "WHERE active AND table = 'laion'",
+    )
+    assert sum(-(-int(p["g"]) // granules) for p in parts) <= 4 and all(int(p["b"]) > 0 for p in parts)
+    m = re.search(r"recall@10 (\d\.\d+) on the full index at hnsw_candidate_list_size_for_search=(\d+)", out)
+    assert m and float(m.group(1)) >= 0.95, out
+    doc = orjson.loads(ok(cli("eval", "--target", target, "--queries", "40", "--seed", "5", "--json")))
+    assert doc["hnsw_candidate_list_size_for_search"] == int(m.group(2)) and doc["recall_at_10"] >= 0.9
+    assert chdb_rows(db, "SELECT name FROM system.tables WHERE name LIKE '_laion_tune%'") == []
+
+
 # ---- the daemon keeps a growing table indexed --------------------------------------------------------------
 
 
@@ -247,7 +315,7 @@ def test_a_table_of_few_parts_is_built_per_part_without_a_merge(tmp_path: Path) 
         write_shard(src, s, SynthSpec(rows=3000, seed=3))
     ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
     out = ok(cli("index", "--target", f"chdb:{db}", "--m", "8", "--ef-construction", "16", "--no-progress"))
-    assert "default.laion: 2 parts, few enough: one graph per part" in out, out
+    assert "default.laion: 2 parts, few enough: built as they are" in out, out
     parts = chdb_rows(
         db, "SELECT rows, secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
     )

@@ -64,14 +64,15 @@ def display_factory(enabled: bool) -> DisplayFactory:
 
 def render_grid(report: TuneReport) -> None:
     """The measured grid as a table, then the choice and its reason (stdout: it is the command's answer)."""
-    console = Console(width=160)
+    console = Console(width=200)
     view = Table(title=f"{report.column}: candidates on {report.sample_rows:,} sampled rows")
-    view.add_column("config")
+    view.add_column("config", no_wrap=True)
     for size in report.search_lists:
         view.add_column(f"recall@10 L={size}", justify="right")
     view.add_column("build s", justify="right")
     view.add_column(f"projected s ({report.rows:,} rows)", justify="right")
     view.add_column("projected memory", justify="right")
+    view.add_column("graphs per search", justify="right")
     for row in report.rows_for_print():
         cells = [f"{row.recall[s]:.3f}" if s in row.recall else "-" for s in report.search_lists]
         view.add_row(
@@ -80,6 +81,7 @@ def render_grid(report: TuneReport) -> None:
             f"{row.build_seconds:.1f}",
             f"{row.projected_seconds:.0f}",
             human_bytes(row.projected_bytes),
+            str(row.graphs),
         )
     console.print(view)
     for line in (report.sample_line(), *report.notes, report.choice_line()):
@@ -108,6 +110,15 @@ def index_command(
         float, typer.Option("--recall-target", min=0.0, max=1.0, help="Recall@10 the tuned index must reach")
     ] = 0.95,
     sample_rows: Annotated[int, typer.Option("--sample-rows", min=100, help="Rows sampled for tuning")] = 20_000,
+    max_graphs: Annotated[
+        int,
+        typer.Option(
+            "--max-graphs",
+            min=1,
+            help="Most HNSW graphs one search may visit: tuning also tries graphs smaller than a part "
+            "(they build faster and recall more) as small as this allows; 1 = one graph per part only",
+        ),
+    ] = TuneConfig.max_graphs,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Tune and size, print the choice, build nothing")] = False,
     max_memory: Annotated[
         str | None, typer.Option("--max-memory", help="Memory the index may take, e.g. 8G (default: the target's)")
@@ -125,6 +136,7 @@ def index_command(
     cfg = TuneConfig(
         recall_target=recall_target,
         sample_rows=sample_rows,
+        max_graphs=max_graphs,
         quantizations=(quantization,) if quantization else TuneConfig.quantizations,
         max_memory=parse_bytes(max_memory) if max_memory else None,
         force=force,

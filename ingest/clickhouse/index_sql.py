@@ -30,8 +30,12 @@ def scratch_ref(ref: TableRef) -> TableRef:
     return TableRef(ref.database, validate_ident(f"_laion_tune_{ref.table}"[:200], "table"))
 
 
-def create_scratch_sql(scratch: TableRef) -> str:
-    return f"CREATE TABLE {scratch.sql} (id Int64, v Array(Float32)) ENGINE = MergeTree ORDER BY id"
+def create_scratch_sql(scratch: TableRef, rows_per_granule: int | None = None) -> str:
+    """Given `rows_per_granule`: granules of the table's own row count, so that GRANULARITY g makes graphs of
+    the same rows in both (the scratch rows are lighter: by bytes alone its granules would hold about twice the
+    rows)."""
+    settings = f" SETTINGS index_granularity = {max(1, int(rows_per_granule))}" if rows_per_granule else ""
+    return f"CREATE TABLE {scratch.sql} (id Int64, v Array(Float32)) ENGINE = MergeTree ORDER BY id{settings}"
 
 
 def drop_table_sql(ref: TableRef) -> str:
@@ -70,6 +74,14 @@ def parts_summary_sql(ref: TableRef) -> str:
         "sumIf(rows, secondary_indices_uncompressed_bytes = 0) AS uncovered_rows, "
         "sum(secondary_indices_uncompressed_bytes) AS index_bytes "
         f"FROM system.parts WHERE {_where(ref)} AND active"
+    )
+
+
+def part_granules_sql(ref: TableRef) -> str:
+    """Rows and granules of each active part (a wide part's last mark is the final one and holds no rows)."""
+    return (
+        "SELECT rows, greatest(toInt64(marks) - 1, 1) AS granules "
+        f"FROM system.parts WHERE {_where(ref)} AND active ORDER BY name"
     )
 
 
@@ -165,10 +177,16 @@ def exact_top_ids_sql(ref: TableRef, column: str, metric: str, literals: list[st
     column once per query): one distance column per query, unrolled with ARRAY JOIN, the k nearest kept per
     query by `groupArraySorted` over (distance, id) tuples. Rows come back as (qi, top) with qi from 1."""
     col = quote_ident(validate_ident(column, "column"))
-    if metric not in ("cosineDistance", "L2Distance"):
+    if metric == "cosineDistance":
+        # ordered as cosineDistance orders them (1 - v·q / |v||q|, |q| fixed per query) with the row's norm
+        # computed once instead of once per query: 0.23 against 0.30 s per scan of 20 queries over 100k rows
+        dists = ", ".join(f"-dotProduct({col}, {lit}) / n" for lit in literals)
+        inner = f"SELECT id, L2Norm({col}) AS n, [{dists}] AS ds FROM {ref.sql}"
+    elif metric == "L2Distance":
+        inner = f"SELECT id, [{', '.join(f'{metric}({col}, {lit})' for lit in literals)}] AS ds FROM {ref.sql}"
+    else:
         raise ValueError(f"unknown metric {metric!r}")
-    dists = ", ".join(f"{metric}({col}, {lit})" for lit in literals)
     return (
-        f"SELECT qi, groupArraySorted({int(k)})((d, id)) AS top FROM (SELECT id, [{dists}] AS ds FROM {ref.sql}) "
+        f"SELECT qi, groupArraySorted({int(k)})((d, id)) AS top FROM ({inner}) "
         "ARRAY JOIN ds AS d, arrayEnumerate(ds) AS qi GROUP BY qi ORDER BY qi"
     )

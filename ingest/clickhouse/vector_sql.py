@@ -2,7 +2,9 @@
 
 Facts these builders rely on (checked on chdb 26.9, documented for ClickHouse >= 25.8):
 - `vector_similarity` is a skip index; leaving out GRANULARITY gives its default (100 million granules, i.e.
-  one index per part), which ClickHouse's docs recommend keeping.
+  one HNSW graph per part). `GRANULARITY g` builds one graph per g granules instead; a search visits every
+  graph with its own candidate list and keeps the best k of all (ClickHouse's 02354_vector_search_queries
+  test: "12 rows, index_granularity = 3, GRANULARITY = 2 --> 4 granules, 2 indexed block").
 - The index serves `ORDER BY <metric>(column, constant) LIMIT k` only when the metric is the index's own, the
   ORDER BY has nothing after the distance (a tie-breaker column disables it) and k is at most
   `max_limit_for_vector_search_queries` (1000).
@@ -47,6 +49,8 @@ class VectorIndex:
     quantization: str = DEFAULT_QUANTIZATION
     m: int = DEFAULT_M
     ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    granularity: int | None = None
+    """Granules per HNSW graph (the index's GRANULARITY); None = ClickHouse's default, one graph per part."""
 
     def __post_init__(self) -> None:
         validate_ident(self.name, "index")
@@ -55,9 +59,10 @@ class VectorIndex:
             raise UsageError(f"unknown metric {self.metric!r}: use one of {', '.join(METRICS)}")
         if self.quantization not in QUANTIZATIONS:
             raise UsageError(f"unknown quantization {self.quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
-        if self.dim < 1 or self.m < 2 or self.ef_construction < 1:
+        if self.dim < 1 or self.m < 2 or self.ef_construction < 1 or (self.granularity or 1) < 1:
             raise UsageError(
-                f"bad index parameters: dim={self.dim}, m={self.m}, ef_construction={self.ef_construction}"
+                f"bad index parameters: dim={self.dim}, m={self.m}, ef_construction={self.ef_construction}, "
+                f"granularity={self.granularity}"
             )
 
     @property
@@ -67,8 +72,12 @@ class VectorIndex:
             f"{quote_string(self.quantization)}, {int(self.m)}, {int(self.ef_construction)})"
         )
 
+    @property
+    def granularity_sql(self) -> str:
+        return f" GRANULARITY {int(self.granularity)}" if self.granularity is not None else ""
+
     def describe(self) -> str:
-        return f"{self.type_full} on {self.column}"
+        return f"{self.type_full}{self.granularity_sql} on {self.column}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +130,10 @@ def same_definition(existing: ExistingIndex, wanted: VectorIndex) -> bool:
 
 
 def add_index_sql(ref: TableRef, index: VectorIndex) -> str:
-    """No GRANULARITY clause: the vector index default (one index per part) is what ClickHouse recommends."""
+    """GRANULARITY only when the index asks for smaller graphs than one per part (ClickHouse's default)."""
     return (
-        f"ALTER TABLE {ref.sql} ADD INDEX {quote_ident(index.name)} {quote_ident(index.column)} TYPE {index.type_full}"
+        f"ALTER TABLE {ref.sql} ADD INDEX {quote_ident(index.name)} {quote_ident(index.column)} "
+        f"TYPE {index.type_full}{index.granularity_sql}"
     )
 
 

@@ -13,6 +13,7 @@ Both encoders accept sliced arrays (nonzero offsets) and string or large_string 
 from __future__ import annotations
 
 import sys
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -40,7 +41,12 @@ _PRIMITIVES: dict[pa.DataType, str] = {
 }
 
 _VARINT_LIMITS = np.array([1 << 7, 1 << 14, 1 << 21, 1 << 28, 1 << 35, 1 << 42, 1 << 49, 1 << 56], dtype=np.uint64)
-_EMPTY = pa.scalar(b"", pa.large_binary())
+
+
+@cache
+def _empty() -> pa.Scalar:
+    """Built on first use: any pyarrow constructor imports pandas (0.16 s), which `index` and `search` never need."""
+    return pa.scalar(b"", pa.large_binary())
 
 
 def varint(value: int) -> bytes:
@@ -95,7 +101,7 @@ def _primitive(arr: pa.Array, name: str) -> np.ndarray:
 def _text_array(arr: pa.Array) -> pa.LargeBinaryArray:
     """Any string/binary array as large_binary (data not copied) with nulls as '' (String is not nullable)."""
     binary = arr.cast(pa.large_binary())
-    return pc.fill_null(binary, _EMPTY) if binary.null_count else binary
+    return pc.fill_null(binary, _empty()) if binary.null_count else binary
 
 
 def _lengths(arr: pa.LargeBinaryArray) -> np.ndarray:
@@ -131,7 +137,7 @@ def _varints(values: np.ndarray) -> pa.LargeBinaryArray:
 
 def _join(columns: list[pa.Array]) -> memoryview:
     """Concatenate per-row byte strings across columns, row after row, in one C++ pass."""
-    joined = pc.binary_join_element_wise(*columns, _EMPTY)
+    joined = pc.binary_join_element_wise(*columns, _empty())
     total = int(np.frombuffer(joined.buffers()[1], dtype="<i8", count=1, offset=len(joined) * 8)[0])
     data = joined.buffers()[2]
     return memoryview(data).cast("B")[:total] if data is not None else memoryview(b"")

@@ -186,8 +186,8 @@ class TuneConfig:
     queries: int = 50
     search_lists: tuple[int, ...] = (32, 64, 128, 256, 512)
     quantizations: tuple[str, ...] = ("bf16", "i8")
-    ms: tuple[int, ...] = (16, 32)
-    efs: tuple[int, ...] = (32, 64, 128)
+    ms: tuple[int, ...] = (12, 16, 32)
+    efs: tuple[int, ...] = (24, 32, 64, 128)
     seed: int = 0
     max_memory: int | None = None
     """Bytes the index may take (--max-memory); None = the target's memory and vector index cache."""
@@ -195,6 +195,8 @@ class TuneConfig:
     dry_run: bool = False
     verify_queries: int = 100
     """Query rows for the check on the full index after the build (the search list grows until it reaches R)."""
+    max_graphs: int = 16
+    """The most HNSW graphs a search may visit when the grid offers graphs smaller than a part (--max-graphs)."""
 
 
 def parse_node(text: str) -> NodeEndpoint:

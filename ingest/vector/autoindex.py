@@ -157,7 +157,7 @@ async def merge_before_build(sink: Sink, ref: TableRef, report: Callable[[str], 
     if parts <= 1:
         return
     if parts <= FEW_PARTS:
-        report(f"{ref.key}: {parts} parts, few enough: one graph per part, built side by side, no merge first")
+        report(f"{ref.key}: {parts} parts, few enough: built as they are (a graph never spans parts), no merge first")
         return
     cap = await _value(sink, merge_tree_setting_sql("max_bytes_to_merge_at_max_space_in_pool"))
     if cap is not None and size > cap:
@@ -219,7 +219,7 @@ async def plan_request(
         return Plan(_from_existing(base, existing.type_full), True, rows, None, None)
     tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report)
     c = tuned.choice.candidate
-    chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction)
+    chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, c.granules)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
 
 

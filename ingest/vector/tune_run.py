@@ -23,6 +23,7 @@ from ingest.clickhouse.index_sql import (
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
+    part_granules_sql,
     query_setting_exists_sql,
     scratch_ref,
     tune_queries_sql,
@@ -42,11 +43,13 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.tune import (
     Candidate,
+    GraphSize,
     Measured,
     TuneReport,
     choose,
     chunks_under,
     default_grid,
+    graph_size,
     query_extras,
     should_stop,
 )
@@ -99,7 +102,7 @@ async def measure_candidate(
 ) -> Measured:
     """Build one candidate on the scratch table and measure recall@10 at each search list, smallest first; the
     sweep stops at the first list that reaches `target` (the choice needs no larger one; the grid shows '-')."""
-    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, cand.quantization, cand.m, cand.ef_construction)
+    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, cand.quantization, cand.m, cand.ef_construction, cand.granules)
     await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
     await sink.execute(add_index_sql(scratch, index))
     try:
@@ -142,10 +145,12 @@ async def tune(
         notes.append(f"b1 left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
     if not quants:
         raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
-    grid = default_grid(quants, cfg.ms, cfg.efs)
+    parts = [(int(r["rows"]), int(r["granules"])) for r in await sink.query(part_granules_sql(ref))]
+    small = _small_graphs(parts, sample, cfg.max_graphs, notes)
+    grid = default_grid(quants, cfg.ms, cfg.efs, small)
     started = time.perf_counter()
     await sink.execute(drop_table_sql(scratch))
-    await sink.execute(create_scratch_sql(scratch))
+    await sink.execute(create_scratch_sql(scratch, small.rows_per_granule if small else None))
     measured: list[Measured] = []
     try:
         await sink.execute(fill_scratch_sql(scratch, ref, column, rows, sample, queries_n, cfg.seed))
@@ -184,4 +189,19 @@ async def tune(
         choose(measured, cfg.recall_target),
         skipped,
         tuple(notes),
+        len(parts),
+        small,
     )
+
+
+def _small_graphs(parts: list[tuple[int, int]], sample: int, max_graphs: int, notes: list[str]) -> GraphSize | None:
+    """Smaller graphs than one per part, if the parts are large enough for them and the sample holds at least
+    two (so that it measures graphs of the size that will be built)."""
+    small = graph_size(parts, max_graphs)
+    if small is not None and 2 * small.rows > sample:
+        notes.append(
+            f"graphs of {small.rows:,} rows not tried: the sample of {sample:,} rows holds fewer than two "
+            "(raise --sample-rows or --max-graphs)"
+        )
+        return None
+    return small

@@ -79,13 +79,20 @@ async def _top_ids(sink: Sink, sql: str, settings: dict[str, str | int]) -> list
     return [int(r["id"]) for r in await sink.query(sql, settings)]
 
 
+async def recalls_at_list(
+    sink: Sink, searches: Sequence[str], truth: Sequence[list[int]], size: int, quantization: str
+) -> list[float]:
+    """Recall@10 of each of `searches` (ORDER BY distance LIMIT 10) at search list `size` against its exact
+    top-10; the sample's grid and the full index's check both measure with it."""
+    opts = {**search_settings(False, size), **query_extras(quantization)}
+    return [recall_at_k(await _top_ids(sink, q, opts), t, K) for q, t in zip(searches, truth, strict=True)]
+
+
 async def recall_at_list(
     sink: Sink, searches: Sequence[str], truth: Sequence[list[int]], size: int, quantization: str
 ) -> float:
-    """Mean recall@10 of `searches` (ORDER BY distance LIMIT 10) at search list `size` against their exact
-    top-10; the sample's grid and the full index's check both measure with it."""
-    opts = {**search_settings(False, size), **query_extras(quantization)}
-    got = [recall_at_k(await _top_ids(sink, q, opts), t, K) for q, t in zip(searches, truth, strict=True)]
+    """The mean of `recalls_at_list` (1.0 for no searches)."""
+    got = await recalls_at_list(sink, searches, truth, size, quantization)
     return float(np.mean(got)) if got else 1.0
 
 

@@ -24,19 +24,10 @@ from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector import tune_run
+from ingest.vector.graphs import GraphSize, PartStats, graph_size, plan_layout
 from ingest.vector.index import poll_interval
 from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
-from ingest.vector.tune import (
-    Candidate,
-    GraphSize,
-    Measured,
-    choose,
-    chunks_under,
-    default_grid,
-    graph_size,
-    project_seconds,
-    should_stop,
-)
+from ingest.vector.tune import Candidate, Measured, choose, chunks_under, default_grid, project_seconds, should_stop
 from ingest.vector.tune_run import exact_top_ids
 
 # ---- pure --------------------------------------------------------------------------------------------------
@@ -67,25 +58,32 @@ def test_grid_is_ordered_by_cost_and_stops_early() -> None:
 def test_build_projection_is_n_log_n() -> None:
     assert project_seconds(2.0, 10_000, 10_000) == pytest.approx(2.0)
     assert project_seconds(2.0, 10_000, 100_000) == pytest.approx(2.0 * 10 * 11.5129 / 9.2103, rel=1e-3)
-    # graphs of a fixed size cost the same per row however many there are
-    assert project_seconds(2.0, 10_000, 100_000, fixed_graphs=True) == pytest.approx(20.0)
+    # graphs of a fixed size cost the same per row however many there are; larger ones by log of their size
+    assert project_seconds(2.0, 10_000, 100_000, 5_000, 5_000) == pytest.approx(20.0)
+    assert project_seconds(2.0, 10_000, 100_000, 50_000, 10_000) == pytest.approx(20.0 * 10.8198 / 9.2103, rel=1e-3)
 
 
-def test_graphs_smaller_than_a_part_stay_within_max_graphs() -> None:
+def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None:
     parts = [(61_440, 24), (38_560, 16)]  # 100k rows as our loader leaves them: 2,560 rows a granule
     assert graph_size(parts, 16) == GraphSize(3, 2560, 14)  # 8 + 6 graphs of 3 granules
     assert graph_size(parts, 100) == GraphSize(1, 2560, 40)
-    assert graph_size(parts, 2) is None  # no size below a whole part keeps it to 2: one graph per part
+    assert graph_size(parts, 2) is None  # nothing below a whole part keeps it to 2: one graph per part
     assert graph_size([], 16) is None and graph_size(parts, 0) is None
-    small = GraphSize(3, 2560, 14)
-    grid = default_grid(("bf16",), (16,), (32, 64), small)
-    assert grid == [
-        Candidate("bf16", 16, 32, 3, 7680),
-        Candidate("bf16", 16, 32),
-        Candidate("bf16", 16, 64, 3, 7680),
-        Candidate("bf16", 16, 64),
-    ]
-    assert grid[0].label() == "bf16 M=16 ef_c=32, graphs of 7,680 rows" and grid[1].label() == "bf16 M=16 ef_c=32"
+
+    stats = [PartStats("all", r, g, r * 4000) for r, g in parts]
+    kept = plan_layout(stats, 16, None, indexed=False)
+    assert (kept.merge, kept.graphs, kept.graph_rows) == (False, 14, 7680) and "built as they are" in kept.why
+    assert kept.describe() == "graphs of 7,680 rows, 14 per search"
+    many = [PartStats("all", 6000, 3, 24_000_000)] * 20  # more parts than --max-graphs: merged first
+    merged = plan_layout(many, 16, None, indexed=False)
+    assert merged.merge and merged.after == ((120_000, 60),) and merged.graph == GraphSize(4, 2000, 15)
+    assert plan_layout(many, 16, 100_000_000, indexed=False).merge is False  # over the server's largest merge
+    assert plan_layout(many, 16, None, indexed=True).merge is False  # a merge would rebuild the index it has
+    per_partition = plan_layout([PartStats(str(i % 2), 6000, 3, 1) for i in range(20)], 4, None, False)
+    assert per_partition.after == ((60_000, 30), (60_000, 30)) and per_partition.graphs <= 4
+    one = plan_layout(stats, 1, None, indexed=False)
+    assert one.merge and one.graph is None and one.describe() == "one graph per part, 1 per search"
+
     assert [c.ef_construction for c in default_grid(("bf16",), (32,), (32, 64))] == [64]  # ef_c < 2·M left out
     ref = TableRef("default", "laion")
     one_per_part = VectorIndex("ix", "image_embedding", 512, m=16, ef_construction=32)
@@ -193,8 +191,10 @@ def test_unreachable_target_is_refused_unless_forced(table: Path) -> None:
 
 def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: Path, tmp_path: Path) -> None:
     target = f"chdb:{table}"
-    out = ok(cli("index", "--target", target, "--recall-target", "0.95", *TUNE))
-    # built once, over one final part (8 parts after the load: merged first, by `index` or by background merges)
+    out = ok(cli("index", "--target", target, "--recall-target", "0.95", "--max-graphs", "4", *TUNE))
+    # built once, over one final part (8 parts after the load, more than --max-graphs: merged first)
+    assert "8 parts, more than --max-graphs 4: merged first" in out or "1 part, within" in out, out
+    assert "the sample holds fewer than two graphs of" in out, out  # 4,000 sampled rows, graphs of ~5k
     m = re.search(r"recall@10 (\d\.\d+) on the full index at hnsw_candidate_list_size_for_search=(\d+)", out)
     assert m and float(m.group(1)) >= 0.95, out
     listed = int(m.group(2))
@@ -232,8 +232,9 @@ def test_tuned_graphs_smaller_than_a_part_reach_the_target(tmp_path: Path) -> No
     target = f"chdb:{db}"
     args = ("--recall-target", "0.95", "--sample-rows", "9000", "--max-graphs", "4", "--no-progress")
     out = ok(cli("index", "--target", target, *args))
-    assert re.search(r"chose bf16 M=\d+ ef_c=\d+, graphs of [\d,]+ rows, search list \d+", out), out
-    assert "4 graph(s) per search" in out, out
+    chose = re.search(r"chose bf16 M=\d+ ef_c=\d+, search list \d+: .* in graphs of ([\d,]+) rows, 4 per search", out)
+    assert chose, out
+    assert f"(dropped afterwards, graphs of {chose.group(1)} rows)" in out, out  # the sample measured that size
     built = re.search(r"GRANULARITY (\d+) on image_embedding over 12,000 rows", out)
     assert built, out
     granules = int(built.group(1))
@@ -315,7 +316,7 @@ def test_a_table_of_few_parts_is_built_per_part_without_a_merge(tmp_path: Path) 
         write_shard(src, s, SynthSpec(rows=3000, seed=3))
     ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
     out = ok(cli("index", "--target", f"chdb:{db}", "--m", "8", "--ef-construction", "16", "--no-progress"))
-    assert "default.laion: 2 parts, few enough: built as they are" in out, out
+    assert "default.laion: 2 parts, within --max-graphs 16: built as they are" in out, out
     parts = chdb_rows(
         db, "SELECT rows, secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
     )

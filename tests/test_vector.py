@@ -117,11 +117,11 @@ def search_json(loaded: Loaded, *args: str) -> dict[str, Any]:
 def test_index_builds_reports_and_covers_every_part(loaded: Loaded) -> None:
     out = ok(loaded.index_run)
     m = re.search(
-        r"image_index: built vector_similarity\('hnsw', 'cosineDistance', 512, 'bf16', 16, 64\) on image_embedding "
-        r"over 20,000 rows in (\d+\.\d) s",
+        r"image_index: built vector_similarity\('hnsw', 'cosineDistance', 512, 'bf16', 16, 64\) GRANULARITY (\d+) "
+        r"on image_embedding over 20,000 rows in (\d+\.\d) s",
         out,
     )
-    assert m, out
+    assert m, out  # graphs of a few granules: 2 parts, as small as --max-graphs 16 allows (vector/graphs.py)
     rows = chdb_rows(
         loaded.db,
         "SELECT name, type_full, expr, granularity FROM system.data_skipping_indices "
@@ -132,7 +132,7 @@ def test_index_builds_reports_and_covers_every_part(loaded: Loaded) -> None:
             "name": "image_index",
             "type_full": "vector_similarity('hnsw', 'cosineDistance', 512, 'bf16', 16, 64)",
             "expr": "image_embedding",
-            "granularity": 100_000_000,
+            "granularity": int(m.group(1)),
         }
     ]
     parts = chdb_rows(

@@ -64,7 +64,7 @@ def display_factory(enabled: bool) -> DisplayFactory:
 
 def render_grid(report: TuneReport) -> None:
     """The measured grid as a table, then the choice and its reason (stdout: it is the command's answer)."""
-    console = Console(width=200)
+    console = Console(width=160)
     view = Table(title=f"{report.column}: candidates on {report.sample_rows:,} sampled rows")
     view.add_column("config", no_wrap=True)
     for size in report.search_lists:
@@ -72,7 +72,6 @@ def render_grid(report: TuneReport) -> None:
     view.add_column("build s", justify="right")
     view.add_column(f"projected s ({report.rows:,} rows)", justify="right")
     view.add_column("projected memory", justify="right")
-    view.add_column("graphs per search", justify="right")
     for row in report.rows_for_print():
         cells = [f"{row.recall[s]:.3f}" if s in row.recall else "-" for s in report.search_lists]
         view.add_row(
@@ -81,7 +80,6 @@ def render_grid(report: TuneReport) -> None:
             f"{row.build_seconds:.1f}",
             f"{row.projected_seconds:.0f}",
             human_bytes(row.projected_bytes),
-            str(row.graphs),
         )
     console.print(view)
     for line in (report.sample_line(), *report.notes, report.choice_line()):
@@ -115,8 +113,8 @@ def index_command(
         typer.Option(
             "--max-graphs",
             min=1,
-            help="Most HNSW graphs one search may visit: tuning also tries graphs smaller than a part "
-            "(they build faster and recall more) as small as this allows; 1 = one graph per part only",
+            help="Most HNSW graphs one search visits: graphs are made as small as this allows (they build "
+            "faster and recall more), a table of more parts is merged first; 1 = one graph over the merged table",
         ),
     ] = TuneConfig.max_graphs,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Tune and size, print the choice, build nothing")] = False,

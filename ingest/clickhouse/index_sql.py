@@ -77,11 +77,11 @@ def parts_summary_sql(ref: TableRef) -> str:
     )
 
 
-def part_granules_sql(ref: TableRef) -> str:
-    """Rows and granules of each active part (a wide part's last mark is the final one and holds no rows)."""
+def part_stats_sql(ref: TableRef) -> str:
+    """Partition, rows, granules and bytes of each active part (a part's last mark is the final one, no rows)."""
     return (
-        "SELECT rows, greatest(toInt64(marks) - 1, 1) AS granules "
-        f"FROM system.parts WHERE {_where(ref)} AND active ORDER BY name"
+        "SELECT partition_id AS partition, rows, greatest(toInt64(marks) - 1, 1) AS granules, "
+        f"bytes_on_disk AS bytes FROM system.parts WHERE {_where(ref)} AND active ORDER BY name"
     )
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ingest.clickhouse.index_sql import (
     merge_tree_setting_sql,
     optimize_final_sql,
     os_memory_sql,
+    part_stats_sql,
     parts_summary_sql,
     server_setting_sql,
 )
@@ -38,6 +39,7 @@ from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector import metadata
+from ingest.vector.graphs import Layout, PartStats, plan_layout
 from ingest.vector.index import (
     DisplayFactory,
     IndexOutcome,
@@ -138,35 +140,28 @@ def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, re
 # ---- building once --------------------------------------------------------------------------------------------
 
 
-FEW_PARTS = 4
-"""Parts a table may have and still be built as it is. Measured on 100k rows in 3 segment-sized parts (chdb, 2
-cores): the per-part graphs build side by side in the same time as one graph over the merged part, the merge
-first cost 2.3 s more, and recall@10 at search list 128 was 0.956 over three graphs against 0.864 over one (each
-part's graph is searched with its own list). More parts than this cost search latency: merge them first."""
-
-
-async def merge_before_build(sink: Sink, ref: TableRef, report: Callable[[str], None]) -> None:
-    """Bring a table of many parts to one part per partition before the first vector index, so each HNSW graph
-    is built once over a final part (not once per small part, then again per merge). A table of a few parts is
-    built as it is (FEW_PARTS). Bounded: skipped when the table is larger than the server's largest merge
-    (max_bytes_to_merge_at_max_space_in_pool)."""
-    if any(ix.is_vector for ix in await vector_indexes(sink, ref)):
-        return  # merging now would rebuild the existing indexes
-    row = (await sink.query(parts_summary_sql(ref)))[0]
-    parts, size = int(row["parts"] or 0), int(row["total_bytes"] or 0)
-    if parts <= 1:
-        return
-    if parts <= FEW_PARTS:
-        report(f"{ref.key}: {parts} parts, few enough: built as they are (a graph never spans parts), no merge first")
-        return
+async def table_layout(sink: Sink, ref: TableRef, max_graphs: int) -> Layout:
+    """The table's parts as they stand, the server's largest merge, and whether it has a vector index already:
+    what plan_layout decides the merge and the graph size from."""
+    parts = [
+        PartStats(str(r["partition"]), int(r["rows"]), int(r["granules"]), int(r["bytes"]))
+        for r in await sink.query(part_stats_sql(ref))
+    ]
     cap = await _value(sink, merge_tree_setting_sql("max_bytes_to_merge_at_max_space_in_pool"))
-    if cap is not None and size > cap:
-        report(f"{ref.key}: {parts} parts, {human_bytes(size)}: larger than one merge may be, building per part")
+    indexed = any(ix.is_vector for ix in await vector_indexes(sink, ref))
+    return plan_layout(parts, max_graphs, cap, indexed)
+
+
+async def merge_before_build(sink: Sink, ref: TableRef, layout: Layout, report: Callable[[str], None]) -> None:
+    """Bring a table of more parts than --max-graphs to one part per partition before the first vector index,
+    so each graph is built once over a final part (not once per small part, then again per merge)."""
+    if not layout.merge:
+        report(f"{ref.key}: {layout.why}")
         return
     start = time.monotonic()
     await sink.execute(optimize_final_sql(ref))
     after = int((await sink.query(parts_summary_sql(ref)))[0]["parts"] or 0)
-    report(f"{ref.key}: merged {parts} parts into {after} in {time.monotonic() - start:.1f} s before the build")
+    report(f"{ref.key}: {layout.why}: {layout.parts} parts into {after} in {time.monotonic() - start:.1f} s")
 
 
 SCREEN_SHARE = 4
@@ -211,22 +206,30 @@ async def verify_recall(
 
 
 async def plan_request(
-    sink: Sink, ref: TableRef, req: IndexRequest, auto: bool, cfg: TuneConfig, report: Callable[[str], None]
+    sink: Sink,
+    ref: TableRef,
+    req: IndexRequest,
+    auto: bool,
+    cfg: TuneConfig,
+    layout: Layout,
+    report: Callable[[str], None],
 ) -> Plan:
     """Given parameters: as before (an index of the same name but another definition is refused). Tuned: an
-    existing index of that name is kept whatever its parameters (it is only materialized where missing)."""
+    existing index of that name is kept whatever its parameters (it is only materialized where missing). A
+    new index is built in the layout's graphs."""
+    granularity = layout.graph.granules if layout.graph is not None else None
     if not auto:
         index, existed, rows = await plan_index(sink, ref, req)
-        return Plan(index, existed, rows, None, None)
+        return Plan(index if existed else replace(index, granularity=granularity), existed, rows, None, None)
     rows, dim = await data_dimension(sink, ref, req.column)
     existing = next((ix for ix in await vector_indexes(sink, ref) if ix.name == req.name), None)
     if existing is not None:
         report(f"{req.name}: exists already ({existing.type_full}); not tuning (drop it to tune again)")
         base = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
         return Plan(_from_existing(base, existing.type_full), True, rows, None, None)
-    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report)
+    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout)
     c = tuned.choice.candidate
-    chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, c.granules)
+    chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, granularity)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
 
 
@@ -254,7 +257,8 @@ async def build_tuned_indexes(
         require_vector_index(sink, q)
         await require_table(sink, q)
         start = time.monotonic()
-        plans = [await plan_request(sink, ref, req, auto, cfg, report) for req in requests]
+        layout = await table_layout(sink, ref, cfg.max_graphs)
+        plans = [await plan_request(sink, ref, req, auto, cfg, layout, report) for req in requests]
         for p in plans:
             if p.tuned is not None:
                 show_grid(p.tuned)
@@ -271,7 +275,7 @@ async def build_tuned_indexes(
                     "--recall-target, give --m/--ef-construction, or pass --force to build the best one"
                 )
         if any(not p.existed for p in plans):
-            await merge_before_build(sink, ref, report)
+            await merge_before_build(sink, ref, layout, report)
         outcomes = []
         for p in plans:
             outcome = await ensure_index(sink, ref, p.index, p.existed, p.rows, display_for)

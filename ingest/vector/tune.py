@@ -6,13 +6,8 @@ Projected full build time (stated in the output): HNSW inserts each vector with 
 
     seconds(N) ≈ seconds(n_sample) × (N / n_sample) × (ln N / ln n_sample).
 
-Graphs of a fixed size (GRANULARITY g) cost the same per row however large the table: seconds(N) ≈
-seconds(n_sample) × N / n_sample. Smaller graphs build faster and recall more at the same search list, and
-every search visits each of them, so the grid offers them only as small as keeps a search within
-`--max-graphs` graphs. Measured on 100k synthetic rows (chdb, 2 cores, bf16 M=16 ef_c=32, 100 queries): one
-graph per part (2 parts) built in 7.1–7.3 s, recall@10 0.81–0.83 at search list 32 and 0.955–0.975 at 256, mean
-search 4.3–5.4 ms at 32; graphs of ~20k rows 4.3 s, 0.92 and 0.99, 5.1 ms; graphs of ~5k rows 3.3 s, 0.99 and
-0.99, 5.9–6.8 ms. (Per row, a build over a larger graph misses the cache more and searches longer.)
+Graphs of a fixed size (vector/graphs.py) cost the same per row however many there are, so with graphs of G
+rows in the table and of g in the sample: seconds(N) ≈ seconds(n_sample) × (N / n_sample) × (ln G / ln g).
 """
 
 from __future__ import annotations
@@ -22,11 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ingest.clickhouse.index_sql import RESCORING_SETTING
+from ingest.vector.graphs import Layout
 from ingest.vector.sizing import index_bytes
 
 BUILD_MODEL = (
-    "sample build s × (N/n) × (ln N / ln n): HNSW insert cost ~ log n (Malkov & Yashunin 2018); "
-    "graphs of a fixed size: × N/n"
+    "sample build s × (N/n) × (ln G / ln g), G and g the rows of a graph in the table and in the sample: "
+    "HNSW insert cost ~ log of the graph's size (Malkov & Yashunin 2018)"
 )
 DEFAULT_SEARCH_LISTS = (32, 64, 128, 256, 512)
 REASONABLE_LIST = 256
@@ -39,73 +35,44 @@ def query_extras(quantization: str) -> dict[str, int]:
     return {RESCORING_SETTING: 1} if quantization == "b1" else {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Candidate:
     quantization: str
     m: int
     ef_construction: int
-    granules: int | None = None
-    """Granules per graph (GRANULARITY); None = one graph per part."""
-    graph_rows: int = 0
-    """About how many rows one graph holds when `granules` is set (for the reader)."""
 
     def label(self) -> str:
-        graphs = f", graphs of {self.graph_rows:,} rows" if self.granules is not None else ""
-        return f"{self.quantization} M={self.m} ef_c={self.ef_construction}{graphs}"
-
-
-@dataclass(frozen=True, slots=True)
-class GraphSize:
-    """Smaller graphs than one per part, as the table's granules allow: g granules of ~rows_per_granule rows,
-    `graphs` of them over the table."""
-
-    granules: int
-    rows_per_granule: int
-    graphs: int
-
-    @property
-    def rows(self) -> int:
-        return self.granules * self.rows_per_granule
-
-
-def graph_size(parts: Sequence[tuple[int, int]], max_graphs: int) -> GraphSize | None:
-    """The fewest granules per graph that keep the graphs over all parts, given as (rows, granules), within
-    `max_graphs`; None when that is a whole part anyway (or the table has no rows). Rows per granule are the
-    densest part's (a part's last granule is usually partly filled)."""
-    part_granules = [g for _, g in parts if g > 0]
-    if not part_granules or max_graphs < 1:
-        return None
-    total, largest = sum(part_granules), max(part_granules)
-    per = max(1, max(round(r / g) for r, g in parts if g > 0))
-    for g in range(max(1, math.ceil(total / max_graphs)), largest):
-        graphs = sum(math.ceil(p / g) for p in part_granules)
-        if graphs <= max_graphs:
-            return GraphSize(g, per, graphs)
-    return None
+        return f"{self.quantization} M={self.m} ef_c={self.ef_construction}"
 
 
 def default_grid(
     quantizations: Sequence[str] = ("bf16", "i8"),
     ms: Sequence[int] = (12, 16, 32),
     efs: Sequence[int] = (24, 32, 64, 128),
-    small: GraphSize | None = None,
 ) -> list[Candidate]:
     """Candidates in the order of their expected build cost (M × ef_construction), so the grid can stop at the
-    first that reaches the target. At equal cost smaller graphs come first (they build faster and recall
-    more, see above), then bf16: measured here, i8 builds no faster and recalls less (it only saves memory,
-    which the sizing step weighs), and b1 needs rescoring. An ef_construction under 2·M is left out: each node
-    would choose its M links from barely more candidates than it keeps."""
+    first that reaches the target. At equal cost bf16 comes first: measured here, i8 builds no faster and
+    recalls less (it only saves memory, which the sizing step weighs), and b1 needs rescoring. An
+    ef_construction under 2·M is left out: each node would choose its M links from barely more candidates than
+    it keeps."""
     rank = {"bf16": 0, "f16": 1, "i8": 2, "b1": 3, "f32": 4, "f64": 5}
-    sizes: list[tuple[int | None, int]] = [(small.granules, small.rows)] if small is not None else []
-    sizes.append((None, 0))
-    grid = [Candidate(q, m, ef, g, r) for g, r in sizes for q in quantizations for m in ms for ef in efs if ef >= 2 * m]
-    return sorted(grid, key=lambda c: (c.m * c.ef_construction, c.granules is None, rank.get(c.quantization, 9), c.m))
+    grid = [Candidate(q, m, ef) for q in quantizations for m in ms for ef in efs if ef >= 2 * m]
+    return sorted(grid, key=lambda c: (c.m * c.ef_construction, rank.get(c.quantization, 9), c.m))
 
 
-def project_seconds(sample_seconds: float, sample_rows: int, rows: int, fixed_graphs: bool = False) -> float:
-    if fixed_graphs or sample_rows <= 1 or rows <= sample_rows:
-        return sample_seconds * rows / max(sample_rows, 1)
-    return sample_seconds * (rows / sample_rows) * (math.log(rows) / math.log(sample_rows))
+def project_seconds(
+    sample_seconds: float,
+    sample_rows: int,
+    rows: int,
+    graph_rows: int | None = None,
+    sample_graph_rows: int | None = None,
+) -> float:
+    """Full build seconds from the sample's (graphs of all the rows unless told otherwise)."""
+    full, sampled = graph_rows or rows, sample_graph_rows or sample_rows
+    scale = rows / max(sample_rows, 1)
+    if full <= sampled or sampled <= 1:
+        return sample_seconds * scale
+    return sample_seconds * scale * (math.log(full) / math.log(sampled))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +143,6 @@ class GridRow:
     build_seconds: float
     projected_seconds: float
     projected_bytes: int
-    graphs: int
-    """HNSW graphs over the full table, each visited by every search."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +158,9 @@ class TuneReport:
     choice: Choice
     skipped: tuple[Candidate, ...] = ()
     notes: tuple[str, ...] = ()
-    parts: int = 1
-    small: GraphSize | None = None
-
-    def graphs(self, c: Candidate) -> int:
-        return self.small.graphs if c.granules is not None and self.small is not None else self.parts
+    layout: Layout | None = None
+    sample_graph_rows: int | None = None
+    """Rows of a graph in the scratch table (None: one graph over the whole sample)."""
 
     def rows_for_print(self) -> list[GridRow]:
         return [
@@ -205,9 +168,14 @@ class TuneReport:
                 m.candidate.label(),
                 m.recall,
                 m.build_seconds,
-                project_seconds(m.build_seconds, self.sample_rows, self.rows, m.candidate.granules is not None),
+                project_seconds(
+                    m.build_seconds,
+                    self.sample_rows,
+                    self.rows,
+                    self.layout.graph_rows if self.layout else None,
+                    self.sample_graph_rows,
+                ),
                 index_bytes(self.rows, self.dim, m.candidate.quantization, m.candidate.m),
-                self.graphs(m.candidate),
             )
             for m in self.measured
         ]
@@ -217,13 +185,15 @@ class TuneReport:
         proj = next(r for r in self.rows_for_print() if r.label == c.candidate.label())
         return (
             f"chose {c.candidate.label()}, search list {c.search_list}: {c.reason}; projected full build "
-            f"{proj.projected_seconds:.0f} s over {self.rows:,} rows, {proj.graphs} graph(s) per search"
+            f"{proj.projected_seconds:.0f} s over {self.rows:,} rows"
+            + (f" in {self.layout.describe()}" if self.layout else "")
         )
 
     def sample_line(self) -> str:
+        graphs = f"graphs of {self.sample_graph_rows:,} rows" if self.sample_graph_rows else "one graph"
         return (
-            f"{self.column}: tuned on {self.sample_rows:,} sampled rows in a scratch table (dropped afterwards), "
-            f"{self.queries} query rows excluded from the sample, recall@10 against brute force; "
+            f"{self.column}: tuned on {self.sample_rows:,} sampled rows in a scratch table (dropped afterwards, "
+            f"{graphs}), {self.queries} query rows excluded from the sample, recall@10 against brute force; "
             f"projected build time = {BUILD_MODEL}"
         )
 

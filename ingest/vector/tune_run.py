@@ -23,7 +23,6 @@ from ingest.clickhouse.index_sql import (
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
-    part_granules_sql,
     query_setting_exists_sql,
     scratch_ref,
     tune_queries_sql,
@@ -41,15 +40,14 @@ from ingest.core.config import TuneConfig
 from ingest.core.errors import TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
+from ingest.vector.graphs import GraphSize, Layout
 from ingest.vector.tune import (
     Candidate,
-    GraphSize,
     Measured,
     TuneReport,
     choose,
     chunks_under,
     default_grid,
-    graph_size,
     query_extras,
     should_stop,
 )
@@ -106,10 +104,12 @@ async def measure_candidate(
     truth: Sequence[list[int]],
     lists: Sequence[int],
     target: float,
+    granules: int | None = None,
 ) -> Measured:
-    """Build one candidate on the scratch table and measure recall@10 at each search list, smallest first; the
-    sweep stops at the first list that reaches `target` (the choice needs no larger one; the grid shows '-')."""
-    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, cand.quantization, cand.m, cand.ef_construction, cand.granules)
+    """Build one candidate on the scratch table (graphs of `granules` granules; None: one) and measure recall@10
+    at each search list, smallest first; the sweep stops at the first list that reaches `target` (the choice
+    needs no larger one; the grid shows '-')."""
+    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, cand.quantization, cand.m, cand.ef_construction, granules)
     await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
     await sink.execute(add_index_sql(scratch, index))
     try:
@@ -137,8 +137,10 @@ async def tune(
     metric: str,
     cfg: TuneConfig,
     report: Callable[[str], None],
+    layout: Layout | None = None,
 ) -> TuneReport:
-    """Sample, measure the grid (stopping early), choose. Needs enough rows for a sample and its queries."""
+    """Sample, measure the grid (stopping early), choose. Needs enough rows for a sample and its queries. The
+    scratch table is built in graphs of the size `layout` will build, when the sample holds two of them."""
     queries_n = min(cfg.queries, max(1, rows // 10))
     sample = min(cfg.sample_rows, rows - queries_n)
     if sample < 2 * K:
@@ -152,12 +154,11 @@ async def tune(
         notes.append(f"b1 left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
     if not quants:
         raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
-    parts = [(int(r["rows"]), int(r["granules"])) for r in await sink.query(part_granules_sql(ref))]
-    small = _small_graphs(parts, sample, cfg.max_graphs, notes)
-    grid = default_grid(quants, cfg.ms, cfg.efs, small)
+    graph = _sample_graphs(layout, sample, notes)
+    grid = default_grid(quants, cfg.ms, cfg.efs)
     started = time.perf_counter()
     await sink.execute(drop_table_sql(scratch))
-    await sink.execute(create_scratch_sql(scratch, small.rows_per_granule if small else None))
+    await sink.execute(create_scratch_sql(scratch, graph.rows_per_granule if graph else None))
     measured: list[Measured] = []
     try:
         await sink.execute(fill_scratch_sql(scratch, ref, column, rows, sample, queries_n, cfg.seed))
@@ -170,7 +171,18 @@ async def tune(
             f"neighbours in {time.perf_counter() - started:.1f} s; measuring the grid"
         )
         for i, cand in enumerate(grid):
-            m = await measure_candidate(sink, scratch, dim, metric, cand, queries, truth, lists, cfg.recall_target)
+            m = await measure_candidate(
+                sink,
+                scratch,
+                dim,
+                metric,
+                cand,
+                queries,
+                truth,
+                lists,
+                cfg.recall_target,
+                graph.granules if graph else None,
+            )
             measured.append(m)
             log.debug("%s: build %.1f s, recall %s", cand.label(), m.build_seconds, m.recall)
             if should_stop(m, cfg.recall_target):
@@ -196,19 +208,19 @@ async def tune(
         choose(measured, cfg.recall_target),
         skipped,
         tuple(notes),
-        len(parts),
-        small,
+        layout,
+        graph.rows if graph else None,
     )
 
 
-def _small_graphs(parts: list[tuple[int, int]], sample: int, max_graphs: int, notes: list[str]) -> GraphSize | None:
-    """Smaller graphs than one per part, if the parts are large enough for them and the sample holds at least
-    two (so that it measures graphs of the size that will be built)."""
-    small = graph_size(parts, max_graphs)
-    if small is not None and 2 * small.rows > sample:
+def _sample_graphs(layout: Layout | None, sample: int, notes: list[str]) -> GraphSize | None:
+    """The table's graph size for the scratch table too, if the sample holds at least two such graphs (so it
+    measures graphs of the size that will be built); otherwise one graph over the sample, said so."""
+    graph = layout.graph if layout is not None else None
+    if graph is not None and 2 * graph.rows > sample:
         notes.append(
-            f"graphs of {small.rows:,} rows not tried: the sample of {sample:,} rows holds fewer than two "
-            "(raise --sample-rows or --max-graphs)"
+            f"the sample holds fewer than two graphs of {graph.rows:,} rows: it is measured as one graph of "
+            f"{sample:,} (the build projection scales by log of the graph size; raise --sample-rows to measure them)"
         )
         return None
-    return small
+    return graph

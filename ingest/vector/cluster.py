@@ -33,14 +33,16 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.sinks.cluster import ClusterSink, all_of
 from ingest.sinks.http import HttpSink
-from ingest.vector.index import BuildDisplay, DisplayFactory, IndexOutcome, IndexRequest, index_used, plan_index
+from ingest.vector.index import (
+    BuildDisplay,
+    DisplayFactory,
+    IndexOutcome,
+    IndexRequest,
+    index_used,
+    plan_index,
+)
 
 POLL_SECONDS = 0.5
-
-
-def index_table(q: QueryConfig) -> TableRef:
-    """Where the vector index lives: the local table behind the Distributed one on a cluster."""
-    return csql.local_ref(q.table) if q.target.cluster is not None else q.table
 
 
 def as_cluster(sink: Sink) -> ClusterSink | None:

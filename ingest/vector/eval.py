@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -29,10 +29,12 @@ from ingest.clickhouse.vector_sql import (
 from ingest.core.config import QueryConfig
 from ingest.core.errors import UsageError
 from ingest.sinks.base import Sink
-from ingest.vector.cluster import as_cluster, cluster_search, index_table
-from ingest.vector.index import connected_sink, index_used, require_table, require_vector_index
+from ingest.vector.index import connected_sink, index_table, index_used, require_table, require_vector_index
 from ingest.vector.metadata import recorded_for
 from ingest.vector.search import column_index
+
+if TYPE_CHECKING:
+    from ingest.sinks.cluster import ClusterSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,20 +154,24 @@ async def run_eval(
             raise UsageError(f"table {ref.key} is empty: nothing to evaluate")
         literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in samples]
         sqls = [ids_search_sql(ref, column, metric, lit, top) for lit in literals]
-        cluster = as_cluster(sink)
+        cluster: ClusterSink | None = None
+        if q.target.cluster is not None:
+            from ingest.vector import cluster as on_cluster  # (it needs aiohttp: imported for clusters only)
+
+            cluster = on_cluster.as_cluster(sink)
 
         async def approx(i: int, opts: dict[str, str | int]) -> tuple[list[int], float]:
             if cluster is None:
                 return await _ids(sink, sqls[i], opts)
             # a cluster: the route (Distributed or per-shard fan-out) and index use come from vector/cluster.py
-            found = await cluster_search(cluster, ref, column, metric, literals[i], top, opts)
+            found = await on_cluster.cluster_search(cluster, ref, column, metric, literals[i], top, opts)
             return [int(r["id"]) for r in found.rows], found.elapsed
 
         first_opts = {**search_settings(False, lists[0]), **extras}
         if cluster is None:
             used = await index_used(sink, sqls[0], first_opts)
         else:
-            used = (await cluster_search(cluster, ref, column, metric, literals[0], top, first_opts)).index
+            used = (await on_cluster.cluster_search(cluster, ref, column, metric, literals[0], top, first_opts)).index
         exact = [await _ids(sink, s, search_settings(True, None)) for s in sqls]
         points = []
         for size in lists:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+from ingest.clickhouse.cluster_sql import local_ref
 from ingest.clickhouse.vector_sql import (
     DEFAULT_EF_CONSTRUCTION,
     DEFAULT_M,
@@ -69,6 +70,11 @@ async def connected_sink(q: QueryConfig) -> AsyncIterator[Sink]:
         yield sink
     finally:
         await sink.close()
+
+
+def index_table(q: QueryConfig) -> TableRef:
+    """Where the vector index lives: the local table behind the Distributed one on a cluster."""
+    return local_ref(q.table) if q.target.cluster is not None else q.table
 
 
 def require_vector_index(sink: Sink, q: QueryConfig) -> None:

@@ -26,8 +26,14 @@ from ingest.core.errors import UnsupportedFeatureError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.clip_client import encode
-from ingest.vector.cluster import as_cluster, cluster_search, index_table
-from ingest.vector.index import connected_sink, index_used, require_table, require_vector_index, vector_indexes
+from ingest.vector.index import (
+    connected_sink,
+    index_table,
+    index_used,
+    require_table,
+    require_vector_index,
+    vector_indexes,
+)
 from ingest.vector.metadata import recorded_for
 
 Column = Literal["image_embedding", "text_embedding"]
@@ -152,9 +158,12 @@ async def run_search(
         if ef_search is None and not brute_force and index is not None:
             rec = await recorded_for(sink, ref, index)  # the search list the index was tuned for
             opts.update(rec.settings if rec is not None else {})
-        cluster = as_cluster(sink)
         shards: list[dict[str, Any]] = []
-        if cluster is not None:  # per-shard index use, fan-out where Distributed loses it: vector/cluster.py
+        if q.target.cluster is not None:  # per-shard index use, fan-out where Distributed loses it
+            from ingest.vector.cluster import as_cluster, cluster_search  # (it needs aiohttp: only for clusters)
+
+            cluster = as_cluster(sink)
+            assert cluster is not None
             found = await cluster_search(cluster, ref, column, metric, vector_literal(vector), limit, opts)
             rows, elapsed, used = found.rows, found.elapsed, found.index
             shards = [{**u.to_json(), "route": found.route} for u in found.shards]

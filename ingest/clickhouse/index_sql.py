@@ -2,7 +2,8 @@
 
 Facts relied on (chdb 26.9; ClickHouse >= 25.8 documents the same):
 - `INSERT ... SELECT` of a few tens of thousands of rows lands as one part, so a scratch table built by one
-  INSERT holds one HNSW graph per candidate index, as the full table will after `OPTIMIZE ... FINAL`.
+  INSERT holds one part, as a merged table does; with the table's rows per granule (`index_granularity`) an
+  index of the same GRANULARITY builds graphs of the same rows in both.
 - `system.parts.secondary_indices_uncompressed_bytes` is 0 for a part that carries no skip index: it tells
   which parts an index does not cover yet.
 - `materialize_skip_indexes_on_merge` (MergeTree, 25.1+) = 0 makes merges drop the vector index instead of

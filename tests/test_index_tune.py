@@ -24,7 +24,7 @@ from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector import tune_run
-from ingest.vector.graphs import GraphSize, PartStats, graph_size, plan_layout
+from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.index import poll_interval
 from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
 from ingest.vector.tune import Candidate, Measured, choose, chunks_under, default_grid, project_seconds, should_stop
@@ -84,6 +84,14 @@ def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None
     one = plan_layout(stats, 1, None, indexed=False)
     assert one.merge and one.graph is None and one.describe() == "one graph per part, 1 per search"
 
+    # the sample grows to hold two of the table's graphs (up to a cap), else it is one graph, said so
+    g = GraphSize(25, 2558, 16)  # 1M rows in graphs of 63,950
+    assert plan_sample(None, 20_000, 999_950) == SamplePlan(20_000, None, None)
+    assert plan_sample(GraphSize(3, 2560, 14), 20_000, 99_950) == SamplePlan(20_000, GraphSize(3, 2560, 14), None)
+    grown = plan_sample(g, 20_000, 999_950)
+    assert (grown.rows, grown.graph) == (127_900, g) and grown.note and "grown to 127,900" in grown.note
+    capped = plan_sample(g, 20_000, 999_950, cap=50_000)
+    assert (capped.rows, capped.graph) == (50_000, None) and capped.note and "less than one graph" in capped.note
     assert [c.ef_construction for c in default_grid(("bf16",), (32,), (32, 64))] == [64]  # ef_c < 2·M left out
     ref = TableRef("default", "laion")
     one_per_part = VectorIndex("ix", "image_embedding", 512, m=16, ef_construction=32)
@@ -194,7 +202,7 @@ def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: P
     out = ok(cli("index", "--target", target, "--recall-target", "0.95", "--max-graphs", "4", *TUNE))
     # built once, over one final part (8 parts after the load, more than --max-graphs: merged first)
     assert "8 parts, more than --max-graphs 4: merged first" in out or "1 part, within" in out, out
-    assert "the sample holds fewer than two graphs of" in out, out  # 4,000 sampled rows, graphs of ~5k
+    assert re.search(r"sample grown to [\d,]+ rows to hold graphs of [\d,]+ rows", out), out  # past 4,000
     m = re.search(r"recall@10 (\d\.\d+) on the full index at hnsw_candidate_list_size_for_search=(\d+)", out)
     assert m and float(m.group(1)) >= 0.95, out
     listed = int(m.group(2))

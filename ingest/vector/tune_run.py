@@ -40,7 +40,7 @@ from ingest.core.config import TuneConfig
 from ingest.core.errors import TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
-from ingest.vector.graphs import GraphSize, Layout
+from ingest.vector.graphs import Layout, plan_sample
 from ingest.vector.tune import (
     Candidate,
     Measured,
@@ -140,9 +140,10 @@ async def tune(
     layout: Layout | None = None,
 ) -> TuneReport:
     """Sample, measure the grid (stopping early), choose. Needs enough rows for a sample and its queries. The
-    scratch table is built in graphs of the size `layout` will build, when the sample holds two of them."""
+    scratch table is built in graphs of the size `layout` will build (graphs.plan_sample)."""
     queries_n = min(cfg.queries, max(1, rows // 10))
-    sample = min(cfg.sample_rows, rows - queries_n)
+    planned = plan_sample(layout.graph if layout is not None else None, cfg.sample_rows, rows - queries_n)
+    sample, graph = planned.rows, planned.graph
     if sample < 2 * K:
         raise UsageError(f"table {ref.key} has {rows} rows: too few to tune an index (give --m/--ef-construction)")
     scratch = scratch_ref(ref)
@@ -154,7 +155,7 @@ async def tune(
         notes.append(f"b1 left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
     if not quants:
         raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
-    graph = _sample_graphs(layout, sample, notes)
+    notes.extend([planned.note] if planned.note else [])
     grid = default_grid(quants, cfg.ms, cfg.efs)
     started = time.perf_counter()
     await sink.execute(drop_table_sql(scratch))
@@ -211,16 +212,3 @@ async def tune(
         layout,
         graph.rows if graph else None,
     )
-
-
-def _sample_graphs(layout: Layout | None, sample: int, notes: list[str]) -> GraphSize | None:
-    """The table's graph size for the scratch table too, if the sample holds at least two such graphs (so it
-    measures graphs of the size that will be built); otherwise one graph over the sample, said so."""
-    graph = layout.graph if layout is not None else None
-    if graph is not None and 2 * graph.rows > sample:
-        notes.append(
-            f"the sample holds fewer than two graphs of {graph.rows:,} rows: it is measured as one graph of "
-            f"{sample:,} (the build projection scales by log of the graph size; raise --sample-rows to measure them)"
-        )
-        return None
-    return graph

@@ -19,6 +19,7 @@ from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
 from ingest.clickhouse.vector_sql import VectorIndex, add_index_sql, vector_literal
 from ingest.core.config import TargetConfig
+from ingest.core.errors import UsageError
 from ingest.core.ids import TableRef
 from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
@@ -98,6 +99,8 @@ def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None
     assert "GRANULARITY" not in add_index_sql(ref, one_per_part)
     smaller = VectorIndex("ix", "image_embedding", 512, m=16, ef_construction=32, granularity=3)
     assert add_index_sql(ref, smaller).endswith("'bf16', 16, 32) GRANULARITY 3")
+    with pytest.raises(UsageError, match="granularity=0"):
+        VectorIndex("ix", "image_embedding", 512, granularity=0)
     # a short build is polled often, a long one every half second
     assert poll_interval(0.0) == 0.05 and poll_interval(4.0) == pytest.approx(0.2) and poll_interval(600) == 0.5
 

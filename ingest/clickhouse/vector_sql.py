@@ -59,7 +59,8 @@ class VectorIndex:
             raise UsageError(f"unknown metric {self.metric!r}: use one of {', '.join(METRICS)}")
         if self.quantization not in QUANTIZATIONS:
             raise UsageError(f"unknown quantization {self.quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
-        if self.dim < 1 or self.m < 2 or self.ef_construction < 1 or (self.granularity or 1) < 1:
+        bad_granularity = self.granularity is not None and self.granularity < 1
+        if self.dim < 1 or self.m < 2 or self.ef_construction < 1 or bad_granularity:
             raise UsageError(
                 f"bad index parameters: dim={self.dim}, m={self.m}, ef_construction={self.ef_construction}, "
                 f"granularity={self.granularity}"

@@ -196,7 +196,8 @@ class TuneConfig:
     verify_queries: int = 100
     """Query rows for the check on the full index after the build (the search list grows until it reaches R)."""
     max_graphs: int = 16
-    """The most HNSW graphs a search may visit when the grid offers graphs smaller than a part (--max-graphs)."""
+    """The most HNSW graphs a search visits (--max-graphs): new indexes get graphs as small as this allows, and
+    a table of more parts is merged first (vector/graphs.py)."""
 
 
 def parse_node(text: str) -> NodeEndpoint:

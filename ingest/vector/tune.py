@@ -156,9 +156,10 @@ class TuneReport:
     search_lists: tuple[int, ...]
     measured: tuple[Measured, ...]
     choice: Choice
+    layout: Layout
+    """How the table's graphs will be laid out."""
     skipped: tuple[Candidate, ...] = ()
     notes: tuple[str, ...] = ()
-    layout: Layout | None = None
     sample_graph_rows: int | None = None
     """Rows of a graph in the scratch table (None: one graph over the whole sample)."""
 
@@ -172,7 +173,7 @@ class TuneReport:
                     m.build_seconds,
                     self.sample_rows,
                     self.rows,
-                    self.layout.graph_rows if self.layout else None,
+                    self.layout.graph_rows,
                     self.sample_graph_rows,
                 ),
                 index_bytes(self.rows, self.dim, m.candidate.quantization, m.candidate.m),
@@ -185,8 +186,7 @@ class TuneReport:
         proj = next(r for r in self.rows_for_print() if r.label == c.candidate.label())
         return (
             f"chose {c.candidate.label()}, search list {c.search_list}: {c.reason}; projected full build "
-            f"{proj.projected_seconds:.0f} s over {self.rows:,} rows"
-            + (f" in {self.layout.describe()}" if self.layout else "")
+            f"{proj.projected_seconds:.0f} s over {self.rows:,} rows" + f" in {self.layout.describe()}"
         )
 
     def sample_line(self) -> str:

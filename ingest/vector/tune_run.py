@@ -137,12 +137,12 @@ async def tune(
     metric: str,
     cfg: TuneConfig,
     report: Callable[[str], None],
-    layout: Layout | None = None,
+    layout: Layout,
 ) -> TuneReport:
     """Sample, measure the grid (stopping early), choose. Needs enough rows for a sample and its queries. The
     scratch table is built in graphs of the size `layout` will build (graphs.plan_sample)."""
     queries_n = min(cfg.queries, max(1, rows // 10))
-    planned = plan_sample(layout.graph if layout is not None else None, cfg.sample_rows, rows - queries_n)
+    planned = plan_sample(layout.graph, cfg.sample_rows, rows - queries_n)
     sample, graph = planned.rows, planned.graph
     if sample < 2 * K:
         raise UsageError(f"table {ref.key} has {rows} rows: too few to tune an index (give --m/--ef-construction)")
@@ -207,8 +207,8 @@ async def tune(
         lists,
         tuple(measured),
         choose(measured, cfg.recall_target),
+        layout,
         skipped,
         tuple(notes),
-        layout,
         graph.rows if graph else None,
     )

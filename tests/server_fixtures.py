@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -277,3 +278,57 @@ def ch_db(ch_server: ServerHandle) -> Iterator[str]:
             ch_server.start()
         with contextlib.suppress(RuntimeError, OSError):
             ch_server.query(f"DROP DATABASE IF EXISTS {name}")
+
+
+# -- ClickHouse 26.9 (from chdb-core) beside 18.16: the `server` parameter ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ch26_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One ClickHouse 26.9 server (chdb-core's LocalServer listening on loopback) for the session."""
+    from chdb_server import chdb_available, start_ch26
+
+    reason = chdb_available()
+    if reason is not None:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("ch26")
+    handle = start_ch26(root)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        if os.environ.get("KEEP_CLICKHOUSE_DIR") is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+SERVERS = ["18.16", "26.9"]
+"""The real servers every HTTP test runs on: Debian's 18.16 and 26.9 from chdb-core (DESIGN.md §3c)."""
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest) -> Any:
+    """A running server of each version in turn (18.16's ServerHandle, 26.9's Ch26Handle: the same surface)."""
+    name = "ch_server" if request.param == "18.16" else "ch26_server"
+    handle = request.getfixturevalue(name)
+    if not handle.running:
+        handle.start()
+    return handle
+
+
+@pytest.fixture
+def server_db(server: Any) -> Iterator[str]:
+    """A fresh database in `server` per test (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server.query(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        if not server.running:
+            server.start()
+        with contextlib.suppress(RuntimeError, OSError):
+            server.query(f"DROP DATABASE IF EXISTS {name}")
+
+
+def server_version(handle: Any) -> str:
+    """"18.16" or "26.9": which kind of server a `server` handle is."""
+    return str(getattr(handle, "version", "18.16"))

@@ -39,6 +39,7 @@ from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode, split_head, 
 from ingest.core import metrics
 from ingest.core.config import TargetConfig
 from ingest.core.errors import (
+    CUT_BODY_CLICKHOUSE_CODES,
     ConfigError,
     SchemaMismatchError,
     TargetError,
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 """Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
 CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 900.0
-"""Seconds without a byte of reply; wait_end_of_query=1 means nothing arrives until a statement is done."""
 KEEPALIVE_SECONDS = 2.0
 """Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
 MUTATION_TIMEOUT = 300.0
@@ -132,7 +131,7 @@ class HttpSink:
                 ssl=self._ssl if self._ssl is not None else True,
             )
             timeout = aiohttp.ClientTimeout(
-                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=self._target.read_timeout
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
@@ -230,9 +229,11 @@ class HttpSink:
         failure: list[Exception] = []
         try:
             await self._send(*self._wire(req, codec, self._body(ref, blocks, failure)))
-        except Exception:
+        except Exception as exc:
             if failure:  # the body's own source failed (a read or encode error): that is the cause, not the cut
                 raise failure[0] from None
+            if isinstance(exc, TargetError) and exc.code in CUT_BODY_CLICKHOUSE_CODES:
+                raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None
             raise
 
     async def _body(

@@ -42,8 +42,8 @@ BODY_SPAN = SEGMENT_ROWS * 700
 READ_TIMEOUT = 3.0
 DONE = 'laion_ingest_shards_total{status="done"}'
 LOAD_FLAGS = [
-    "--dim", str(DIM), "--batch-rows", "250", "--segment-rows", str(SEGMENT_ROWS), "--max-retries", "6",
-    "--retry-max-seconds", "1.5", "--read-timeout", str(READ_TIMEOUT),
+    "--dim", str(DIM), "--batch-rows", "250", "--segment-rows", str(SEGMENT_ROWS), "--max-retries", "8",
+    "--retry-max-seconds", "2", "--read-timeout", str(READ_TIMEOUT),
 ]  # fmt: skip
 
 

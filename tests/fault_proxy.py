@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 NET_FAULTS = ("reset_body", "reset_response", "stall", "half_close", "trickle", "refuse")
 REPLY_18 = "Code: {code}, e.displayText() = DB::Exception: {text}, e.what() = DB::Exception\n"
-REPLY_26 = "Code: {code}. DB::Exception: {text}. ({name}) (version 26.9.1.1)\n"
+REPLY_26 = "Code: {code}. DB::Exception: {text}. ({name}) (version 26.9.2.1)\n"
 REPLIES: dict[str, tuple[int, str, str]] = {
     "reply_202": (202, "TOO_MANY_SIMULTANEOUS_QUERIES", "Too many simultaneous queries. Maximum: 4"),
     "reply_252": (

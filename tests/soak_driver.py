@@ -99,8 +99,8 @@ class FaultDriver(threading.Thread):
         start = self.proxy.now()
         self.server.kill()
         time.sleep(downtime)
+        self.down.append((start, self.proxy.now()))  # down until it is started again (it answers soon after)
         self.server.start()
-        self.down.append((start, self.proxy.now()))
 
     def hold_queries(self) -> None:
         """Take every query slot with sleeping SELECTs (straight to the server, not through the proxy)."""

@@ -247,7 +247,7 @@ def outage_seen(driver: FaultDriver, proxy: FaultProxy, probes: list[tuple[float
     with driver.busy:
         driver.kill9()
     down_from, down_to = driver.down[-1]
-    assert wait_until(lambda: any(t > down_to and s == 200 for t, s in probes), 30), "/readyz never ready again"
+    assert wait_until(lambda: any(t > down_to and s == 200 for t, s in probes), 60), "/readyz never ready again"
     during = [s for t, s in probes if down_from + 0.5 < t < down_to]
     assert during and all(s == 503 for s in during), f"/readyz while the server was down: {during}"
     return f"503 x{len(during)} down, 200 after"

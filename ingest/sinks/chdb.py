@@ -37,10 +37,13 @@ from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, server_info, squash_of
-from ingest.sinks.fifo_body import BodySourceError, feed_fifo, fifo_path
+from ingest.sinks.body_pump import pumped
+from ingest.sinks.fifo_body import encoded_blocks, feed_fifo, fifo_path
 
 log = logging.getLogger(__name__)
 
+PUMP_DEPTH = 1
+"""Encoded blocks queued between the insert's body pump and the pipe writer: encoding runs one block ahead."""
 MAX_DEFERRED_PARTS = 300
 """Active parts a table may gather while its merges wait for the end of a run; past it merges resume (chdb 26.9
 delays inserts at 1,000 parts in a partition and refuses them at 3,000)."""
@@ -66,7 +69,7 @@ class ChdbSink:
         self.info = server_info("0")
         self._insert_sessions = max(1, target.connections)
         self._insert_pool = ThreadPoolExecutor(self._insert_sessions, thread_name_prefix="chdb-insert")
-        self._write_pool = ThreadPoolExecutor(self._insert_sessions, thread_name_prefix="chdb-body")
+        self._write_pool = ThreadPoolExecutor(2 * self._insert_sessions, thread_name_prefix="chdb-body")
         self._idle: asyncio.Queue[Any] | None = None
         self._opened: list[Any] = []
         self._defer_merges = target.merges == "deferred"
@@ -159,14 +162,12 @@ class ChdbSink:
             statement = loop.run_in_executor(self._insert_pool, self._query_on, session, sql)
             statement.add_done_callback(lambda _: self._release(session))
             try:
-                await feed_fifo(path, blocks, statement, self._write_pool)
-            except BodySourceError as exc:
-                with contextlib.suppress(Exception):
-                    await statement  # fails on the unparsable block: nothing of the segment is committed
-                raise exc.cause from None
+                pieces = encoded_blocks(blocks, self._write_pool, ref.key)
+                async with pumped(pieces, PUMP_DEPTH) as feed:
+                    await feed_fifo(path, feed, statement, self._write_pool)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(statement)
+                    await asyncio.shield(statement)  # fails on the unparsable block: nothing of it is committed
                 raise
             await statement
 

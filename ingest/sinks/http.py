@@ -48,11 +48,14 @@ from ingest.core.errors import (
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, parse_version, server_info, squash_of
+from ingest.sinks.body_pump import pumped
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 """Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
+PUMP_DEPTH = 2
+"""Body pieces (each at most CHUNK_BYTES) queued between the insert's body pump and aiohttp's writer."""
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 900.0
 """Seconds without a byte of reply; wait_end_of_query=1 means nothing arrives until a statement is done."""
@@ -227,27 +230,21 @@ class HttpSink:
             {**insert_settings(self.info, token, squash_of(segment)), **self.insert_extra, **codec.params},
             insert=True,
         )
-        failure: list[Exception] = []
-        try:
-            await self._send(*self._wire(req, codec, self._body(ref, blocks, failure)))
-        except Exception:
-            if failure:  # the body's own source failed (a read or encode error): that is the cause, not the cut
-                raise failure[0] from None
-            raise
+        async with pumped(self._wire_body(codec, self._body(ref, blocks)), PUMP_DEPTH) as feed:
+            await self._send(self._wired(req, codec), feed)
 
-    async def _body(
-        self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch], failure: list[Exception]
-    ) -> AsyncIterator[memoryview | bytes]:
+    async def _body(self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[memoryview | bytes]:
         """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in pieces.
 
-        The one place an insert body is produced: a wrapper (compression) wraps this iterator.
+        The one place an insert body is produced: a wrapper (compression) wraps this iterator, and a pump task
+        owned by the insert (ingest/sinks/body_pump.py) iterates both, never aiohttp's writer task.
 
         A server reading a body that ends exactly between two blocks sees a clean end of data and commits the
         blocks before it (18.16 does, chunked or not). So no piece ever ends on a block boundary: the last
         SEAM_BYTES of a block travel in one piece with the first SEAM_BYTES of the next, and a cut (a kill, a
         lost connection, a cancelled insert) always leaves the server a truncated block, which fails the INSERT.
         When the block source fails, the rest of the current block goes out with an unparsable block header, for
-        the same reason; the source's error is kept in `failure` before the transport turns it into a cut.
+        the same reason; the pump keeps the source's error as the cause before the transport turns it into a cut.
         """
         loop = asyncio.get_running_loop()
         carry = b""  # the held-back end of the last block sent
@@ -267,8 +264,7 @@ class HttpSink:
                 rest, carry = split_tail(rest, SEAM_BYTES)
                 for chunk in _chunks(rest):
                     yield chunk
-        except Exception as exc:
-            failure.append(exc)
+        except Exception:
             yield carry + ABORT_BLOCK
             raise
         if carry:
@@ -283,13 +279,16 @@ class HttpSink:
         self.bytes_sent += n
         metrics.BYTES_SENT.inc(n)
 
-    def _wire(
-        self, req: HttpRequest, codec: BodyCodec, body: AsyncIterator[memoryview | bytes]
-    ) -> tuple[HttpRequest, AsyncIterator[memoryview | bytes]]:
-        """The request with the codec's headers and the body compressed (in the pool) and counted."""
+    def _wired(self, req: HttpRequest, codec: BodyCodec) -> HttpRequest:
+        """The request with the codec's headers."""
+        return HttpRequest(req.url, {**req.headers, **codec.headers}, req.body)
+
+    def _wire_body(
+        self, codec: BodyCodec, body: AsyncIterator[memoryview | bytes]
+    ) -> AsyncIterator[memoryview | bytes]:
+        """The body compressed (in the pool) and counted."""
         offload = partial(asyncio.get_running_loop().run_in_executor, self._pool)
-        wired = HttpRequest(req.url, {**req.headers, **codec.headers}, req.body)
-        return wired, compressed_body(body, codec, self._count, offload)
+        return compressed_body(body, codec, self._count, offload)
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))

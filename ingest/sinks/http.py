@@ -33,6 +33,7 @@ from ingest.clickhouse.sql import (
     create_table_sql,
     delete_range_sql,
     describe_sql,
+    running_query_sql,
     table_problem,
 )
 from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode, split_head, split_tail
@@ -44,6 +45,7 @@ from ingest.core.errors import (
     TargetError,
     TransientTargetError,
     UncertainInsertError,
+    UnreachableTargetError,
 )
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
@@ -62,6 +64,8 @@ READ_TIMEOUT = 900.0
 KEEPALIVE_SECONDS = 2.0
 """Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
 MUTATION_TIMEOUT = 300.0
+SETTLE_TIMEOUT = 60.0
+"""Seconds an INSERT of a segment left running by a dead run is waited for before the landing retries later."""
 
 MUTATIONS_SYNC_SINCE = (20, 1)
 """The `mutations_sync` setting (wait for ALTER DELETE) exists from 20.1; older servers are polled."""
@@ -196,7 +200,7 @@ class HttpSink:
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or type(exc.os_error).__name__
-            return TransientTargetError(f"cannot connect to ClickHouse at {self._where}: {reason}")
+            return UnreachableTargetError(f"cannot connect to ClickHouse at {self._where}: {reason}")
         what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({type(exc).__name__})"
         if insert:
             return UncertainInsertError(f"insert into ClickHouse at {self._where}: {what}")
@@ -218,7 +222,12 @@ class HttpSink:
             raise SchemaMismatchError(f"table {ref.key} {problem}")
 
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         """One POST per segment; its chunked body is encoded block by block as `blocks` yields them."""
         codec = self._codec()
@@ -229,6 +238,7 @@ class HttpSink:
             insert_sql(ref, self._format),
             {**insert_settings(self.info, token, squash_of(segment)), **self.insert_extra, **codec.params},
             insert=True,
+            query_id=query_id,
         )
         async with pumped(self._wire_body(codec, self._body(ref, blocks)), PUMP_DEPTH) as feed:
             await self._send(self._wired(req, codec), feed)
@@ -293,6 +303,26 @@ class HttpSink:
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))
         return int(rows[0]["n"])
+
+    async def wait_query_gone(self, query_id: str) -> None:
+        """Poll `system.processes` until nothing runs under `query_id` (a dead client's INSERT is finished or
+        failed by the server within seconds); a server that cannot be reached runs nothing of ours."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        delay = 0.05
+        while True:
+            try:
+                rows = await self.query(running_query_sql(query_id), database="default")
+            except UnreachableTargetError:
+                return
+            if int(rows[0]["n"]) == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TransientTargetError(
+                    f"an INSERT with query_id {query_id} still runs on ClickHouse at {self._where} after "
+                    f"{SETTLE_TIMEOUT:.0f}s (see system.processes); its range is counted once it ends"
+                )
+            await asyncio.sleep(delay)
+            delay = min(0.5, delay * 2)
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id)

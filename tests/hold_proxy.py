@@ -41,9 +41,13 @@ class HoldProxy:
 
     def release(self) -> None:
         """Deliver the held tail to the server (it then finishes the INSERT)."""
-        self._loop.call_soon_threadsafe(lambda: self._release.set() if self._release else None)
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lambda: self._release.set() if self._release else None)
 
     def close(self) -> None:
+        """Stop the proxy (idempotent)."""
+        if not self._thread.is_alive():
+            return
         self.release()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -84,6 +84,10 @@ class TransientTargetError(TargetError):
     exit_code = EXIT_TRANSIENT
 
 
+class UnreachableTargetError(TransientTargetError):
+    """No connection could be made (refused, no route): nothing was sent, and nothing of ours runs there now."""
+
+
 class UncertainInsertError(TransientTargetError):
     """An insert whose outcome is unknown (connection lost after the body was sent): reconcile before retrying."""
 
@@ -156,6 +160,7 @@ class ClickHouseCode(IntEnum):
     REQUIRED_PASSWORD = 194
     IP_ADDRESS_NOT_ALLOWED = 195
     TOO_MANY_SIMULTANEOUS_QUERIES = 202
+    QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING = 216
     SOCKET_TIMEOUT = 209
     NETWORK_ERROR = 210
     ABORTED = 236
@@ -178,6 +183,7 @@ RETRIABLE_CLICKHOUSE_CODES = frozenset(
         _C.TIMEOUT_EXCEEDED,
         _C.READONLY,
         _C.TOO_MANY_SIMULTANEOUS_QUERIES,
+        _C.QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,  # an insert of the same segment still runs: count again, later
         _C.SOCKET_TIMEOUT,
         _C.NETWORK_ERROR,
         _C.ABORTED,

@@ -153,6 +153,8 @@ class SoakStats:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     wall: float = 0.0
     extra: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Why runs ended 4 (for the summary file)."""
 
     def add_recovery(self, proxy: FaultProxy, since: float, until: float) -> None:
         """Count the faults that fired in [since, until) and how long each took to recover: until the next

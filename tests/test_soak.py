@@ -36,6 +36,7 @@ pytestmark = pytest.mark.soak
 DB = "soak"
 DIM = 64
 ROWS = 6000
+DAEMON_ROWS = 3000
 SEGMENT_ROWS = 1000
 BODY_SPAN = SEGMENT_ROWS * 700
 """About one segment's INSERT body (dim 64, two vectors, short texts): faults land anywhere inside one."""
@@ -127,13 +128,16 @@ def run_once(args: list[str], server: Any, stats: SoakStats, label: str) -> int:
     bad = res.returncode not in (0, 4) or "Traceback" in res.stderr or "internal error" in res.stderr
     if bad:
         stats.failures.append(f"{label}: exit {res.returncode}: {res.stderr.strip()[-1500:]}")
+    if res.returncode == 4:  # which fault outlived the retries: in the summary file, not the table
+        last = [line for line in res.stderr.splitlines() if line.startswith("error:")][-1:]
+        stats.notes.append(f"{label}: exit 4: {last[0] if last else res.stderr.strip()[-300:]}")
     return res.returncode
 
 
 def report(stats: SoakStats, out_dir: Path) -> None:
     text = stats.table()
     path = out_dir / f"soak-{stats.what}-{stats.server}-seed{stats.seed}.txt"
-    path.write_text(text + "\n" + "\n".join(stats.failures) + "\n")
+    path.write_text("\n".join([text, *stats.failures, *stats.notes]) + "\n")
     print(f"\n{text}\n(summary written to {path})")
 
 
@@ -182,13 +186,13 @@ def test_daemon_survives_the_soak(
 ) -> None:
     """The daemon under the same faults with a growing source: never exits, /readyz follows the server, /metrics
     counts retries and poll errors, the table ends exact."""
-    target = max(10, soak_faults(request.config) // 2)
+    target = soak_faults(request.config)
     seed = soak_seed()
     stats = SoakStats(seed=seed, server=server_version(soak_server), what="daemon")
     src = tmp_path / "src"
-    shards = list(range(2 + target // 3))
-    for s in shards[:2]:
-        write_shard(src, s, SynthSpec(rows=ROWS, dim=DIM))
+    shards = [0, 1]
+    for s in shards:
+        write_shard(src, s, SynthSpec(rows=DAEMON_ROWS, dim=DIM))
     for k, v in env_for(soak_server).items():
         monkeypatch.setenv(k, v)
     started = time.monotonic()
@@ -203,10 +207,11 @@ def test_daemon_survives_the_soak(
             prober.start()
             d.wait_for("the first rows", lambda m: m.get("laion_ingest_rows_inserted_total", 0) > 0)
             driver.active.set()
-            for s in shards[2:]:  # the source grows while faults fly
-                time.sleep(random.Random(seed + s).uniform(1.0, 3.0))
-                write_shard(src, s, SynthSpec(rows=ROWS, dim=DIM))
-            assert wait_until(lambda: stats_faults(proxy) >= target or d.proc.poll() is not None, 600)
+            grow = random.Random(seed + 2)
+            while stats_faults(proxy) < target and d.proc.poll() is None:  # the source grows while faults fly
+                time.sleep(grow.uniform(0.5, 2.0))
+                shards.append(len(shards))
+                write_shard(src, shards[-1], SynthSpec(rows=DAEMON_ROWS, dim=DIM))
             driver.quiet()
             assert d.proc.poll() is None, f"the daemon exited ({d.proc.returncode}):\n{d.logs()[-3000:]}"
             outage = outage_seen(driver, proxy, probes)  # one more kill, watched by /readyz

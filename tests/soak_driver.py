@@ -93,8 +93,8 @@ class FaultDriver(threading.Thread):
         elif kind == "parts_252":
             self.too_many_parts()
 
-    def kill9(self) -> None:
-        downtime = self.rng.uniform(1.0, 4.0)
+    def kill9(self, downtime: float | None = None) -> None:
+        downtime = self.rng.uniform(1.0, 4.0) if downtime is None else downtime
         self.proxy.record("kill9", detail=f"down {downtime:.1f} s")
         start = self.proxy.now()
         self.server.kill()

@@ -38,6 +38,7 @@ DIM = 64
 ROWS = 6000
 DAEMON_ROWS = 3000
 OUTAGE_SECONDS = 15.0
+BURN_SECONDS = 20.0
 """Longer than 8 retries capped at 2 s wait: the daemon's poll fails once, then the next one loads the shard."""
 SEGMENT_ROWS = 1000
 BODY_SPAN = SEGMENT_ROWS * 700
@@ -210,10 +211,11 @@ def test_daemon_survives_the_soak(
             d.wait_for("the first rows", lambda m: m.get("laion_ingest_rows_inserted_total", 0) > 0)
             driver.active.set()
             grow = random.Random(seed + 2)
-            while stats_faults(proxy) < target and d.proc.poll() is None:  # the source grows while faults fly
-                time.sleep(grow.uniform(0.5, 2.0))
-                shards.append(len(shards))
-                write_shard(src, shards[-1], SynthSpec(rows=DAEMON_ROWS, dim=DIM))
+            with busy_cores(seconds=BURN_SECONDS):  # both cores busy for the first BURN_SECONDS of the faults
+                while stats_faults(proxy) < target and d.proc.poll() is None:  # the source grows while faults fly
+                    time.sleep(grow.uniform(0.5, 2.0))
+                    shards.append(len(shards))
+                    write_shard(src, shards[-1], SynthSpec(rows=DAEMON_ROWS, dim=DIM))
             driver.quiet()
             assert d.proc.poll() is None, f"the daemon exited ({d.proc.returncode}):\n{d.logs()[-3000:]}"
             shards.append(len(shards))  # one more kill, long enough to fail a poll, watched by /readyz

@@ -142,11 +142,12 @@ def run_once(args: list[str], server: Any, stats: SoakStats, label: str, log: Pa
     return res.returncode
 
 
-def report(stats: SoakStats, out_dir: Path) -> None:
+def report(stats: SoakStats, out_dir: Path, logs: Path) -> None:
+    """Print the summary and write it (with the failures and why runs ended 4) next to `logs` (stderr, faults)."""
     text = stats.table()
     path = out_dir / f"soak-{stats.what}-{stats.server}-seed{stats.seed}.txt"
     path.write_text("\n".join([text, *stats.failures, *stats.notes]) + "\n")
-    print(f"\n{text}\n(summary written to {path}; each run's stderr and faults: {out_dir / 'runs.log'})")
+    print(f"\n{text}\n(summary written to {path}; logs: {logs})")
 
 
 def test_runs_survive_the_soak(
@@ -186,7 +187,7 @@ def test_runs_survive_the_soak(
             soak_server.query(f"DROP TABLE IF EXISTS {DB}.{table}")
         stats.failures += driver.errors
     stats.wall = time.monotonic() - started
-    report(stats, tmp_path)
+    report(stats, tmp_path, log)
     assert not stats.failures, "\n".join(stats.failures)
     assert stats.faults >= target, f"only {stats.faults} faults fired in the time allowed (seed {seed})"
     assert stats.rows_lost == 0 and stats.rows_duplicated == 0
@@ -247,7 +248,7 @@ def test_daemon_survives_the_soak(
     stats.exits[d.proc.returncode] += 1
     check_table(soak_server, "laion", expected_rows(src, shards), stats, f"seed {seed} daemon")
     stats.wall = time.monotonic() - started
-    report(stats, tmp_path)
+    report(stats, tmp_path, d.log_path)
     assert not stats.failures, "\n".join(stats.failures)
 
 

@@ -33,6 +33,7 @@ from ingest.load.ledger import Ledger
 from ingest.stages.shard import ShardFiles
 from ingest.stages.synth import SynthSpec, write_shard
 
+REPO = Path(__file__).resolve().parent.parent
 WAIT_LIMIT = 120.0
 """Guard against a hung daemon only (never an assertion about speed)."""
 
@@ -57,7 +58,9 @@ class DaemonProc:
             "--drain-seconds", str(drain), "--log-format", "json", *extra,
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # cwd is the test's dir: PYTHONPATH makes `-m ingest` this checkout's package, not an installed one
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def get(self, path: str) -> tuple[int, str, str]:
@@ -214,6 +217,19 @@ def test_daemon_loads_new_shards_serves_health_and_stops_on_sigterm(
     assert any(msg.startswith("SIGTERM") for msg in messages)
     assert "daemon: stopped cleanly (ledger flushed)" in messages
     assert_table_exact(db, src, [0, 1])
+
+
+def test_dim_flag_sets_the_tables_dimension(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    """`--dim 64` makes a 64-d table (the daemon used to create the default 512-d one and quarantine every shard)."""
+    src = make_shards([0], rows=1000, dim=64)
+    db = tmp_path / "db"
+    d = daemons(tmp_path, src, f"chdb:{db}", "--dim", "64")
+    d.wait_for("shard 0 loaded", lambda m: m.get(DONE) == 1)
+    assert d.metrics()[QUARANTINED] == 0
+    assert d.terminate() == 0
+    assert_table_exact(db, src, [0])
 
 
 def test_sigterm_during_long_ingest_then_run_completes_exactly(

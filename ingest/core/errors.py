@@ -140,6 +140,7 @@ class ClickHouseCode(IntEnum):
     CANNOT_PARSE_TEXT = 6
     CANNOT_PARSE_QUOTED_STRING = 26
     CANNOT_PARSE_INPUT_ASSERTION_FAILED = 27
+    ATTEMPT_TO_READ_AFTER_EOF = 32
     CANNOT_READ_ALL_DATA = 33
     CANNOT_PARSE_DATE = 38
     TYPE_MISMATCH = 53
@@ -214,6 +215,12 @@ BAD_DATA_CLICKHOUSE_CODES = frozenset(
         _C.SIZES_OF_ARRAYS_DONT_MATCH,
     }
 )
+CUT_BODY_CLICKHOUSE_CODES = frozenset(
+    {_C.UNEXPECTED_END_OF_FILE, _C.ATTEMPT_TO_READ_AFTER_EOF, _C.CANNOT_READ_ALL_DATA}
+)
+"""What a server says when an insert body ends mid-block. Our encoder writes whole blocks only and every cut of
+the stream lands mid-block (HttpSink._body), so to one of our inserts these mean the body was cut on the way (a
+half-closed socket, a proxy giving up): the insert failed, is reconciled and sent again, not a bad shard."""
 
 
 def classify_clickhouse_error(code: int | None, message: str, http_status: int | None = None) -> TargetError:

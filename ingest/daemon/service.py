@@ -221,6 +221,7 @@ class Daemon:
         False if stopped while waiting."""
         assert self.source is not None
         if not needs_probe(self.s.load):
+            self.s = await resolve_schema(self.s, self.source, [])  # --dim given: the flags' schema, no probe
             return True
         await self.source.check_root()
         while not self.stop.is_set():

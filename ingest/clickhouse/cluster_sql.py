@@ -206,3 +206,26 @@ def replica_health_sql(ref: TableRef) -> str:
 def replicas_down(rows: list[dict[str, object]]) -> int:
     row = rows[0]
     return max(0, int(str(row["total_replicas"])) - int(str(row["active_replicas"])))
+
+
+def explain_distributed_sql(sql: str) -> str:
+    """The plan of a query through a Distributed table including each remote shard's own plan (`distributed = 1`,
+    ClickHouse 24.x+), with the indexes every read uses."""
+    return f"EXPLAIN distributed = 1, indexes = 1 {sql}"
+
+
+def explain_reads(plan: str) -> list[str | None]:
+    """Per `ReadFromMergeTree` in a plan (the entry's own shard and every remote one), the vector_similarity index
+    it reads, or None: the plan names a used skip index as `Name: X` then `Description: vector_similarity ...`."""
+    reads: list[str | None] = []
+    name: str | None = None
+    for raw in plan.splitlines():
+        line = raw.strip(" │├└─\t")
+        if line.startswith("ReadFromMergeTree"):
+            reads.append(None)
+            name = None
+        elif line.startswith("Name:"):
+            name = line[len("Name:") :].strip()
+        elif reads and name and line.startswith("Description:") and "vector_similarity" in line:
+            reads[-1] = name
+    return reads

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -191,6 +192,11 @@ class ClusterSink:
     def mutation_sinks(self) -> list[HttpSink]:
         """Where an ALTER of `{table}_local` runs: once per shard when replicated (it replicates), else every node."""
         return self.shard_sinks() if self.replicated else list(self._nodes.values())
+
+    def node_name(self, sink: HttpSink) -> str:
+        """`host:port` of a node's HTTP endpoint, for messages (the entry's if `sink` is none of the nodes)."""
+        url = next((u for u, s in self._nodes.items() if s is sink), self._target.spec.base_url)
+        return urlsplit(url).netloc
 
     # -- tables -----------------------------------------------------------------------------------------------
     async def ensure_table(self, ref: TableRef) -> None:

@@ -57,7 +57,9 @@ class DaemonProc:
             "--drain-seconds", str(drain), "--log-format", "json", *extra,
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # cwd is the work dir, so `-m ingest` must find this checkout's package (not an installed one) by path
+        path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def get(self, path: str) -> tuple[int, str, str]:

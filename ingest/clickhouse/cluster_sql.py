@@ -164,37 +164,6 @@ def engine_problem(ref: TableRef, cluster: str, engines: dict[str, tuple[str, st
     return None
 
 
-def alter_on_cluster_sql(sql: str, ref: TableRef, cluster: str) -> str:
-    """An `ALTER TABLE ref ...` statement sent once through the distributed DDL queue to every node."""
-    head = f"ALTER TABLE {ref.sql}"
-    if not sql.startswith(head + " "):
-        raise ValueError(f"not an ALTER of {ref.key}: {sql[:80]}")
-    return head + _on_cluster(cluster) + sql[len(head) :]
-
-
-def mutation_status_sql(ref: TableRef) -> str:
-    """Mutations of one table in columns every server has (18.16 lacks parts_to_do_names, latest_fail_reason)."""
-    return (
-        "SELECT mutation_id, command, parts_to_do, is_done FROM system.mutations "
-        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)}"
-    )
-
-
-def active_parts_sql(ref: TableRef) -> str:
-    return (
-        "SELECT count() AS parts, sum(rows) AS rows FROM system.parts "
-        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)} AND active"
-    )
-
-
-def node_rows_done(rows: int, parts: int, parts_to_do: int) -> int:
-    """Rows one node has rewritten, estimated from the parts its mutation still has to do (clamped)."""
-    if parts <= 0:
-        return rows
-    left = min(max(parts_to_do, 0), parts)
-    return rows - rows * left // parts
-
-
 def replica_health_sql(ref: TableRef) -> str:
     """How many replicas of a replicated table ZooKeeper knows, and how many are alive (18.16 has both)."""
     return (

@@ -17,6 +17,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import server_info
 from ingest.sinks.cluster_topology import ClusterNode, check_topology, node_urls
 from ingest.vector.cluster import ClusterHits, choose_route, cluster_search, merge_top_k
+from ingest.vector.cluster_index import SummedDisplay
 
 REF = TableRef("db", "laion")
 LOCAL = csql.local_ref(REF)
@@ -180,3 +181,30 @@ def test_search_goes_through_distributed_when_its_plan_uses_the_index() -> None:
     brute = search(FakeCluster(DIST_PLAN_BOTH, [FakeNode(PLAN_WITH_INDEX, [])]), {"use_skip_indexes": 0})
     assert brute.route == "distributed" and brute.index is None
     assert [u.index for u in brute.shards] == [None]
+
+
+def test_build_progress_is_summed_over_shards_and_closed_once() -> None:
+    seen: list[object] = []
+
+    class Recorder:
+        def update(self, rows_done: int, rows_total: int) -> None:
+            seen.append((rows_done, rows_total))
+
+        def close(self) -> None:
+            seen.append("closed")
+
+    made: list[tuple[str, int]] = []
+
+    def display_for(name: str, total: int) -> Recorder:
+        made.append((name, total))
+        return Recorder()
+
+    summed = SummedDisplay(display_for, "image_index", 30, 2)
+    a, b = summed.part(0)("image_index", 10), summed.part(1)("image_index", 20)
+    a.update(5, 10)
+    b.update(20, 20)
+    a.close()
+    assert made == [("image_index", 30)] and seen == [(5, 30), (25, 30)]  # one display, the shards' rows added
+    b.close()
+    summed.close()  # after a failure path: never a second close
+    assert seen[-1] == "closed" and seen.count("closed") == 1

@@ -101,12 +101,19 @@ class SummedDisplay:
 
         return make
 
+    def close(self) -> None:
+        """Close the display if a shard's build never got to (it failed before materializing)."""
+        if self._open > 0:
+            self._open = 0
+            self._display.close()
+
 
 async def homes_of(cluster: ClusterSink, local: TableRef, cfg: TuneConfig) -> list[Home]:
     sinks = cluster.mutation_sinks()
     layouts = await all_of([table_layout(s, local, cfg.max_graphs) for s in sinks])
+    what = "shard" if len(sinks) == len(cluster.shard_sinks()) else "node"  # unreplicated replicas: every node
     pairs = zip(sinks, layouts, strict=True)
-    return [Home(s, f"shard {i + 1} ({cluster.node_name(s)})", lay) for i, (s, lay) in enumerate(pairs)]
+    return [Home(s, f"{what} {i + 1} ({cluster.node_name(s)})", lay) for i, (s, lay) in enumerate(pairs)]
 
 
 async def plan_on_cluster(
@@ -231,9 +238,12 @@ async def _build_everywhere(
     """ADD + MATERIALIZE on every shard at once, each with its own graph size; one line per shard."""
     start = time.monotonic()
     summed = SummedDisplay(display_for, p.index.name, sum(h.rows for h in homes), len(homes))
-    done = await all_of(
-        [ensure_index(h.sink, local, h.sized(p.index), existed[i], h.rows, summed.part(i)) for i, h in enumerate(homes)]
-    )
+    ix = p.index
+    builds = [ensure_index(h.sink, local, h.sized(ix), existed[i], h.rows, summed.part(i)) for i, h in enumerate(homes)]
+    try:
+        done = await all_of(builds)
+    finally:
+        summed.close()
     for h, outcome in zip(homes, done, strict=True):
         report(f"{h.name}: {outcome.line()}")
     rows = sum(h.rows for h in homes)

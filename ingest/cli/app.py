@@ -99,10 +99,11 @@ def run(
         result = await run_ingest(settings, stop, make_reporter(settings.progress, len(settings.shards)))
         typer.echo(summary_line(result))
         if settings.finalize and not result.interrupted:
-            from ingest.cli.index_command import display_factory, render_grid
+            from ingest.cli.index_command import builder, display_factory, render_grid
             from ingest.vector.autoindex import finalize_after_load
 
-            await finalize_after_load(settings.query, display_factory(settings.progress), typer.echo, render_grid)
+            display = display_factory(settings.progress)
+            await finalize_after_load(settings.query, display, typer.echo, render_grid, builder(settings.query))
         unfinished = len(settings.shards) - len(result.shards_done) - len(result.shards_bad)
         if result.interrupted and unfinished > 0:
             return interrupt_exit_code

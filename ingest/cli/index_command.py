@@ -16,8 +16,8 @@ from ingest.cli.support import (
     setup_logging,
 )
 from ingest.clickhouse.vector_sql import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, DEFAULT_QUANTIZATION
-from ingest.core.config import TuneConfig
-from ingest.vector.autoindex import build_tuned_indexes
+from ingest.core.config import QueryConfig, TuneConfig
+from ingest.vector.autoindex import BuildFn, build_tuned_indexes
 from ingest.vector.index import BuildDisplay, DisplayFactory, LogBuildDisplay, requests_for
 from ingest.vector.sizing import human_bytes, parse_bytes
 from ingest.vector.tune import TuneReport
@@ -60,6 +60,15 @@ def display_factory(enabled: bool) -> DisplayFactory:
         return LogBuildDisplay(name)
 
     return make
+
+
+def builder(q: QueryConfig) -> BuildFn:
+    """How `index` builds on this target: per shard on a cluster (vector/cluster_index.py), else on the table."""
+    if q.target.cluster is None:
+        return build_tuned_indexes
+    from ingest.vector.cluster_index import build_cluster_indexes  # (it needs aiohttp: only for clusters)
+
+    return build_cluster_indexes
 
 
 def render_grid(report: TuneReport) -> None:
@@ -148,4 +157,4 @@ def index_command(
         m or DEFAULT_M,
         ef_construction or DEFAULT_EF_CONSTRUCTION,
     )
-    run_async(build_tuned_indexes(q, requests, auto, cfg, display_factory(progress), typer.echo, render_grid))
+    run_async(builder(q)(q, requests, auto, cfg, display_factory(progress), typer.echo, render_grid))

@@ -9,8 +9,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -170,22 +171,32 @@ of them (the screened rows' answers are reused): on 100k rows the list doubled f
 100 searches, where three of them only had to say "not yet"."""
 
 
+Searcher = Callable[[Sequence[str], Sequence[list[int]], int], Awaitable[list[float]]]
+"""Recall@10 of each query vector (literal) against its exact top-10 at a search list size: how a search is
+answered decides it (one server: the table itself; a cluster: its route, vector/cluster_index.py)."""
+
+
 async def verify_recall(
-    sink: Sink, ref: TableRef, index: VectorIndex, start_list: int, cfg: TuneConfig
+    sink: Sink, ref: TableRef, index: VectorIndex, start_list: int, cfg: TuneConfig, searcher: Searcher | None = None
 ) -> tuple[int, float]:
     """Recall@10 of the built index on query rows from the full table, from the chosen search list doubling
     until it reaches the target (the sample's graph was smaller than the real one). A share of the query rows
     finds the list; all of them confirm it, and the doubling goes on if they fall short."""
     rows = await sink.query(sample_queries_sql(ref, index.column, cfg.verify_queries, cfg.seed + 1))
     literals = [vector_literal(np.asarray(r["v"], np.float32)) for r in rows]
-    sqls = [ids_search_sql(ref, index.column, index.metric, lit, 10) for lit in literals]
     truth = await exact_top_ids(sink, ref, index.column, index.metric, literals, 10)
     goal = cfg.recall_target + VERIFY_MARGIN
     measured: dict[tuple[int, int], float] = {}  # (search list, query row) → recall: the screen's are reused
 
+    async def on_table(lits: Sequence[str], exact: Sequence[list[int]], size: int) -> list[float]:
+        sqls = [ids_search_sql(ref, index.column, index.metric, lit, 10) for lit in lits]
+        return await recalls_at_list(sink, sqls, exact, size, index.quantization)
+
+    recalls = searcher or on_table
+
     async def mean_recall(size: int, queries: int) -> float:
         todo = [i for i in range(queries) if (size, i) not in measured]
-        got = await recalls_at_list(sink, [sqls[i] for i in todo], [truth[i] for i in todo], size, index.quantization)
+        got = await recalls([literals[i] for i in todo], [truth[i] for i in todo], size)
         measured.update(zip(((size, i) for i in todo), got, strict=True))
         return float(np.mean([measured[(size, i)] for i in range(queries)])) if queries else 1.0
 
@@ -198,8 +209,8 @@ async def verify_recall(
             previous = recall
             size *= 2
 
-    screened, _ = await doubling(start_list, max(1, len(sqls) // SCREEN_SHARE))
-    return await doubling(screened, len(sqls))
+    screened, _ = await doubling(start_list, max(1, len(literals) // SCREEN_SHARE))
+    return await doubling(screened, len(literals))
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
@@ -226,20 +237,32 @@ async def plan_request(
     if existing is not None:
         report(f"{req.name}: exists already ({existing.type_full}); not tuning (drop it to tune again)")
         base = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
-        return Plan(_from_existing(base, existing.type_full), True, rows, None, None)
+        return Plan(from_existing(base, existing.type_full), True, rows, None, None)
     tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout)
     c = tuned.choice.candidate
     chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, granularity)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
 
 
-def _from_existing(index: VectorIndex, type_full: str) -> VectorIndex:
+def from_existing(index: VectorIndex, type_full: str) -> VectorIndex:
     """The parameters of an index that exists (for sizing and reporting), parsed from its type_full."""
     m = re.match(r"vector_similarity\('hnsw',\s*'(\w+)',\s*(\d+)(?:,\s*'(\w+)',\s*(\d+),\s*(\d+))?", type_full)
     if not m:
         return index
     q, mm, ef = m.group(3) or "bf16", int(m.group(4) or 32), int(m.group(5) or 128)
     return VectorIndex(index.name, index.column, int(m.group(2)), m.group(1), q, mm, ef)
+
+
+def check_reached(plans: list[Plan], cfg: TuneConfig) -> None:
+    """Refuse to build a tuned index no candidate reached the target with (unless --force)."""
+    for p in plans:
+        if p.tuned is not None and not p.tuned.choice.reached and not cfg.force:
+            c = p.tuned.choice
+            raise UsageError(
+                f"{p.index.name}: no candidate reaches recall@10 {cfg.recall_target:.2f} on the sample (best "
+                f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}): lower "
+                "--recall-target, give --m/--ef-construction, or pass --force to build the best one"
+            )
 
 
 async def build_tuned_indexes(
@@ -266,14 +289,7 @@ async def build_tuned_indexes(
         if cfg.dry_run:
             report("--dry-run: nothing built")
             return []
-        for p in plans:
-            if p.tuned is not None and not p.tuned.choice.reached and not cfg.force:
-                c = p.tuned.choice
-                raise UsageError(
-                    f"{p.index.name}: no candidate reaches recall@10 {cfg.recall_target:.2f} on the sample (best "
-                    f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}): lower "
-                    "--recall-target, give --m/--ef-construction, or pass --force to build the best one"
-                )
+        check_reached(plans, cfg)
         if any(not p.existed for p in plans):
             await merge_before_build(sink, ref, layout, report)
         outcomes = []
@@ -295,9 +311,21 @@ async def build_tuned_indexes(
         return outcomes
 
 
+Report = Callable[[str], None]
+BuildFn = Callable[
+    [QueryConfig, list[IndexRequest], bool, TuneConfig, DisplayFactory, Report, Callable[[TuneReport], None]],
+    Coroutine[Any, Any, list[IndexOutcome]],
+]
+"""`build_tuned_indexes`, or on a cluster vector/cluster_index.py's `build_cluster_indexes`."""
+
+
 async def finalize_after_load(
-    q: QueryConfig, display_for: DisplayFactory, report: Callable[[str], None], show_grid: Callable[[TuneReport], None]
+    q: QueryConfig,
+    display_for: DisplayFactory,
+    report: Callable[[str], None],
+    show_grid: Callable[[TuneReport], None],
+    build: BuildFn = build_tuned_indexes,
 ) -> list[IndexOutcome]:
     """`run --index`: both embedding columns, tuned to the default recall target."""
     requests = requests_for("all", None, DEFAULT_METRIC, DEFAULT_QUANTIZATION, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
-    return await build_tuned_indexes(q, requests, True, TuneConfig(), display_for, report, show_grid)
+    return await build(q, requests, True, TuneConfig(), display_for, report, show_grid)

@@ -330,5 +330,19 @@ def server_db(server: Any) -> Iterator[str]:
 
 
 def server_version(handle: Any) -> str:
-    """"18.16" or "26.9": which kind of server a `server` handle is."""
+    """Which kind ("18.16" or "26.9") of server a `server` handle is."""
     return str(getattr(handle, "version", "18.16"))
+
+
+NO_VECTOR_1816 = "18.16 has no vector_similarity index and no cosineDistance (both need ClickHouse >= 25.8)"
+NO_DEDUP_TOKEN_1816 = "18.16 has no insert_deduplication_token (22.2+): a retried insert there is found by counting"
+NO_ZSTD_ENCODING_1816 = "18.16 has no Content-Encoding: zstd (21.1+): it gets ClickHouse's framing with decompress=1"
+NO_ASYNC_INSERT_1816 = "18.16 has no async_insert setting (21.11+): nothing to turn off"
+
+
+def servers_with(absent: dict[str, str]) -> list[Any]:
+    """`server` parameters (use with indirect=True), each version in `absent` skipped with its stated reason."""
+    return [
+        pytest.param(v, id=v, marks=pytest.mark.skip(reason=absent[v])) if v in absent else pytest.param(v, id=v)
+        for v in SERVERS
+    ]

@@ -293,14 +293,14 @@ def test_missing_source_root_is_one_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.server
 @pytest.mark.parametrize("fmt", ["native", "rowbinary"])
-def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, tmp_path: Path, fmt: str) -> None:
+def test_laion5b_extra_columns_into_18_16_over_http(server: Any, server_db: str, tmp_path: Path, fmt: str) -> None:
     """The wire encoders carry the extra columns; the 18.16 table is created with them and checked on reuse."""
     src = tmp_path / "src"
     metas = []
     for s in (0, 1):
         write_shard(src, s, SynthSpec(rows=1000, dim=768), parse_layout("laion5b"))
         metas.append(_with_nulls(src / laion5b_paths(s)[2]))
-    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": ch_server.password}
+    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
     args = [
         "run",
         "--no-progress",
@@ -311,9 +311,9 @@ def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, 
         "--shards",
         "0-1",
         "--target",
-        ch_server.http_url,
+        server.http_url,
         "--database",
-        ch_db,
+        server_db,
         "--format",
         fmt,
         "--state",
@@ -323,9 +323,9 @@ def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, 
     ]
     res = cli(*args, env=env)
     assert res.returncode == 0, res.stderr
-    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1], laion5b_paths))
-    raw = ch_server.query(
-        f"SELECT key, width, watermark, aesthetic, exif FROM {ch_db}.laion ORDER BY id FORMAT JSONEachRow"
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1], laion5b_paths))
+    raw = server.query(
+        f"SELECT key, width, watermark, aesthetic, exif FROM {server_db}.laion ORDER BY id FORMAT JSONEachRow"
     )
     rows = [orjson.loads(line) for line in raw.splitlines()]
     want = pa.concat_tables(metas)

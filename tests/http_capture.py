@@ -12,6 +12,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +28,8 @@ class Request:
     target: str
     headers: dict[str, str]
     body_start: bytes
+    at: float = 0.0
+    """When its first bytes arrived (monotonic): orders requests across connections."""
 
     @property
     def params(self) -> dict[str, str]:
@@ -41,6 +44,8 @@ class Request:
 class _Conn:
     sent: bytearray = field(default_factory=bytearray)
     insert_pending: bool = False
+    arrivals: list[tuple[int, float]] = field(default_factory=list)
+    """(offset in `sent`, monotonic time) of every piece received."""
 
 
 class Capture:
@@ -110,6 +115,7 @@ class Capture:
                 break
             if to_server:
                 with self._lock:
+                    conn.arrivals.append((len(conn.sent), time.monotonic()))
                     conn.sent += data
                     last = conn.sent.rfind(b"POST /?")
                     if last >= 0 and b"INSERT" in bytes(conn.sent[last : last + 200]):
@@ -132,11 +138,11 @@ class Capture:
                 s.shutdown(socket.SHUT_RDWR)
 
     def requests(self, body_bytes: int = 64) -> list[Request]:
-        """Every request head seen, in order per connection, with up to `body_bytes` of its body."""
+        """Every request head seen, in the order they arrived, with up to `body_bytes` of its body."""
         out: list[Request] = []
         with self._lock:
-            records = [bytes(c.sent) for c in self._conns]
-        for raw in records:
+            records = [(bytes(c.sent), list(c.arrivals)) for c in self._conns]
+        for raw, arrivals in records:
             for m in _HEAD.finditer(raw):
                 headers = {}
                 for line in m.group(3).split(b"\r\n"):
@@ -146,8 +152,9 @@ class Capture:
                 if headers.get("transfer-encoding", "").lower() == "chunked":
                     size_line, _, rest = body.partition(b"\r\n")
                     body = rest if re.fullmatch(rb"[0-9a-fA-F]+", size_line) else body
-                out.append(Request(m.group(1).decode(), m.group(2).decode("latin-1"), headers, body))
-        return out
+                at = max((t for off, t in arrivals if off <= m.start()), default=0.0)
+                out.append(Request(m.group(1).decode(), m.group(2).decode("latin-1"), headers, body, at))
+        return sorted(out, key=lambda r: r.at)
 
     def inserts(self, body_bytes: int = 64) -> list[Request]:
         return [r for r in self.requests(body_bytes) if r.is_insert]

@@ -35,6 +35,14 @@ from ingest.stages.synth import SynthSpec, write_shard
 
 WAIT_LIMIT = 120.0
 """Guard against a hung daemon only (never an assertion about speed)."""
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
+def checkout_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `python -m ingest` run from another directory: the checkout under test first on
+    sys.path (else an installed `ingest` package would be the code that runs)."""
+    path = os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **(extra or {}), "PYTHONPATH": path}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -47,7 +55,15 @@ def free_port() -> int:
 class DaemonProc:
     """`python -m ingest daemon ...` with logs captured to a file (a full pipe would stall it)."""
 
-    def __init__(self, workdir: Path, source: Path | str, target: str, *extra: str, drain: float = 10.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        source: Path | str,
+        target: str,
+        *extra: str,
+        drain: float = 10.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.drain = drain
         self.log_path = workdir / f"daemon-{self.port}.log"
@@ -57,8 +73,8 @@ class DaemonProc:
             "--drain-seconds", str(drain), "--log-format", "json", *extra,
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        full_env = checkout_env({**(env or {}), "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def get(self, path: str) -> tuple[int, str, str]:
         """(status, content type, body) of a GET on the daemon's loopback port."""
@@ -119,7 +135,7 @@ class DaemonProc:
 def daemons() -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
-    def start(*args: object, **kw: float) -> DaemonProc:
+    def start(*args: object, **kw: Any) -> DaemonProc:
         d = DaemonProc(*args, **kw)  # type: ignore[arg-type]
         started.append(d)
         return d
@@ -232,7 +248,7 @@ def test_sigterm_during_long_ingest_then_run_completes_exactly(
     run = subprocess.run(
         [sys.executable, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--target", f"chdb:{db}",
          "--batch-rows", "100", "--segment-rows", "500", "--no-progress"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT, env=checkout_env(),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert_table_exact(db, src, [0])
@@ -306,7 +322,7 @@ def test_foreign_table_schema_ends_the_daemon_with_one_line(tmp_path: Path, make
     proc = subprocess.run(
         [sys.executable, "-m", "ingest", "daemon", "--source", str(src), "--target", f"chdb:{db}",
          "--http-host", "127.0.0.1", "--http-port", str(free_port())],
-        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT, env=checkout_env(),
     )  # fmt: skip
     assert proc.returncode == EXIT_FATAL
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -323,7 +339,7 @@ def test_port_in_use_is_a_config_error(tmp_path: Path, make_shards: Callable[...
         proc = subprocess.run(
             [sys.executable, "-m", "ingest", "daemon", "--source", str(src), "--target", f"chdb:{tmp_path / 'db'}",
              "--http-host", "127.0.0.1", "--http-port", str(port)],
-            cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+            cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT, env=checkout_env(),
         )  # fmt: skip
     assert proc.returncode == EXIT_USAGE
     assert f"error: cannot listen on 127.0.0.1:{port} for /metrics" in proc.stderr

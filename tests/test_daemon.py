@@ -400,3 +400,24 @@ def test_daemon_shares_runs_flags() -> None:
         a, b = run[name], daemon[name]
         assert (a.opts, a.secondary_opts, a.default) == (b.opts, b.secondary_opts, b.default), name
         assert (a.min, a.max, a.type_descriptor.annotation) == (b.min, b.max, b.type_descriptor.annotation), name
+
+
+@pytest.mark.server
+def test_daemon_loads_new_shards_into_each_server(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc], server: Any, server_db: str
+) -> None:
+    """The daemon over HTTP (18.16 and 26.9), as the `ingest` user with a password from the environment."""
+    from exact import assert_table_equals, expected_rows, server_table
+
+    src = make_shards([0], rows=2000, dim=32)
+    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
+    d = daemons(tmp_path, src, server.http_url, "--database", server_db, "--state", str(tmp_path / "l.json"), env=env)
+    d.wait_for("shard 0 loaded", lambda m: m.get(DONE) == 1)
+    write_shard(src, 1, SynthSpec(rows=1500, dim=32))
+    m = d.wait_for("shard 1 loaded", lambda m: m.get(DONE) == 2)
+    assert m[ROWS] == 3500 and m[QUARANTINED] == 0
+    assert d.get("/readyz")[0::2] == (200, "ready\n")
+    assert d.terminate() == 0
+    assert "daemon: stopped cleanly (ledger flushed)" in d.messages()
+    assert server.password not in d.logs()
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
@@ -111,3 +112,28 @@ async def _one(batch: Any) -> Any:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+@pytest.mark.server
+def test_a_read_only_user_is_refused_a_load_in_one_line_and_may_search(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
+) -> None:
+    """`reader` (readonly=2) cannot create or insert: exit 1 (not a transient failure to retry), one line naming
+    the cause, no secret, nothing created. Where the server has vector search it may search with its settings."""
+    src = make_shards([0, 1], rows=300, dim=32)
+    reader = {"CLICKHOUSE_USER": "reader", "CLICKHOUSE_PASSWORD": server.reader_password}
+    res = cli(*load_args(src, server.http_url, server_db, tmp_path / "l.json"), env=reader)
+    assert res.returncode == 1, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "readonly" in errors[0].lower() and "Code: 164" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr and server.reader_password not in res.stderr + res.stdout
+    assert server.query(f"EXISTS TABLE {server_db}.laion") == b"0\n"
+    ok = cli(*load_args(src, server.http_url, server_db, tmp_path / "l.json"), env=creds(server))
+    assert ok.returncode == 0, ok.stderr
+    if server_version(server) == "26.9":
+        found = cli(
+            "search", "--target", server.http_url, "--database", server_db, "--like-id", "10000005", "--brute-force",
+            "--limit", "3", "--json", env=reader,
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert orjson.loads(found.stdout)["hits"][0]["id"] == 10_000_005

@@ -177,11 +177,12 @@ class ClickHouseCode(IntEnum):
 _C = ClickHouseCode
 
 # ClickHouse server error codes, classified once. Anything not listed is fatal unless its HTTP status is 5xx.
+# READONLY (164) is the user's profile (readonly=1|2), which no retry changes: fatal. A replica that lost its
+# coordinator answers TABLE_IS_READ_ONLY (242): that one passes.
 RETRIABLE_CLICKHOUSE_CODES = frozenset(
     {
         _C.UNEXPECTED_END_OF_FILE,
         _C.TIMEOUT_EXCEEDED,
-        _C.READONLY,
         _C.TOO_MANY_SIMULTANEOUS_QUERIES,
         _C.QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,  # an insert of the same segment still runs: count again, later
         _C.SOCKET_TIMEOUT,

@@ -35,7 +35,7 @@ import run as bench  # noqa: E402 - bench/run.py's process measuring and command
 DB = "bench"
 LOGS = "".join(
     f"<{name}><database>system</database><table>{name}</table>"
-    "<flush_interval_milliseconds>1000</flush_interval_milliseconds></{name}>"
+    f"<flush_interval_milliseconds>1000</flush_interval_milliseconds></{name}>"
     for name in ("query_log", "part_log")
 )
 """query_log (bytes received per INSERT) and part_log (parts written and merged), which the 26.9 config lacks."""

@@ -108,6 +108,7 @@ class Searcher:
         sink, ref = self.sink, self.ref
         if not sink.info.cosine_distance:
             raise UsageError(f"ClickHouse {sink.info.version} has no cosineDistance: serve needs ClickHouse >= 25.8")
+        await sink.query("SELECT 1 AS ok", {"vector_search_filter_strategy": "prefilter"})  # settings allowed?
         cols = await sink.query(columns_sql(ref))
         if not cols:
             raise UsageError(f"no table {ref.key}: load it first (laion-ingest run)")

@@ -213,7 +213,11 @@ def test_metadata_and_indices_list_and_cors(setup: Setup) -> None:
     assert meta[1]["metadata"]["NSFW"] == src.nsfw[4000]
     pre = served.get(
         "/knn-service",
-        {"Origin": "http://x", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+        {
+            "Origin": "http://x",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
         method="OPTIONS",
     )
     assert pre.status == 200 and "POST" in pre.headers["Access-Control-Allow-Methods"]

@@ -311,3 +311,24 @@ def test_image_bytes_that_are_not_an_image_are_400(setup: Setup) -> None:
     body = {"image": base64.b64encode(io.BytesIO(b"GIF89a-not-really").getvalue()).decode(), "modality": "image"}
     reply = setup.served.post("/knn-service", {**body, "num_images": 3})
     assert reply.status == 400 and "image" in reply.json()["error"]
+
+
+def test_filtered_search_recall_against_exact_filtered_brute_force(setup: Setup) -> None:
+    """use_safety_model filters inside the query (postfilter with a fetch multiplier sized by the share of rows that
+    pass, exact prefilter when that kept too few): num_images rows come back and recall@k is high."""
+    src, k = setup.src, 40
+    rng = np.random.default_rng(5)
+    recalls = []
+    for pos in rng.choice(len(src.ids), size=20, replace=False):
+        q = src.img[pos]
+        body = {"embedding_input": q.tolist(), "modality": "image", "num_images": k, "use_safety_model": True}
+        got = setup.served.post("/knn-service", body).json()
+        assert len(got) == k and all(r["NSFW"] == SAFE for r in got)
+        exact = set(src.exact(q.astype(np.float64), "image", k, safe_only=True))
+        recalls.append(len({r["id"] for r in got} & exact) / k)
+    mean = float(np.mean(recalls))
+    print(
+        f"\n[{setup.engine}] filtered recall@{k} (use_safety_model, {len(recalls)} queries): "
+        f"mean {mean:.3f}, min {min(recalls):.3f}"
+    )
+    assert mean >= 0.9 and min(recalls) >= 0.75

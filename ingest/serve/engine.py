@@ -142,8 +142,11 @@ class Searcher:
             raise BadRequestError(f"modality {req.modality}: {self.ref.key} has no {req.column} column")
         return req.column
 
-    def check_vector(self, column: str, vector: npt.NDArray[np.float32] | tuple[float, ...]) -> str:
+    def check_vector(self, column: str, vector: npt.NDArray[np.float32] | tuple[float, ...]) -> str | None:
+        """The vector as a literal; None while the table has no rows (a daemon before its first shard)."""
         dim = self.facts.dims[column]
+        if dim == 0:
+            return None
         if len(vector) != dim:
             raise BadRequestError(f"the query vector has {len(vector)} values; {column} holds {dim}-d vectors")
         try:
@@ -151,8 +154,10 @@ class Searcher:
         except UsageError as exc:
             raise BadRequestError(str(exc)) from None
 
-    async def knn(self, req: KnnRequest, column: str, literal: str) -> KnnAnswer:
+    async def knn(self, req: KnnRequest, column: str, literal: str | None) -> KnnAnswer:
         facts = self.facts
+        if literal is None:
+            return KnnAnswer([], None, False)
         limit = min(req.num_result_ids, facts.max_limit)
         capped = limit if limit < req.num_result_ids else None
         safe_only = req.use_safety_model and facts.has_safety

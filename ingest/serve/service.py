@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from ingest.core.config import QueryConfig
-from ingest.core.errors import ConfigError
+from ingest.core.errors import ConfigError, IngestError
 from ingest.serve.app import DEFAULT_BODY_LIMIT, Service, make_app
 from ingest.serve.encoder import ClipEncoder
 from ingest.serve.engine import Searcher, ServeOptions
@@ -38,6 +38,28 @@ class HttpOptions:
     body_limit: int = DEFAULT_BODY_LIMIT
     connections: int = 16
     """Queries in flight to ClickHouse at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSpec:
+    """Everything `serve` needs besides the table: what `daemon --serve` hands over."""
+
+    opts: ServeOptions
+    http: HttpOptions
+
+    @property
+    def parts(self) -> tuple[ServeOptions, HttpOptions]:
+        return self.opts, self.http
+
+
+async def refresh_quietly(searcher: Searcher | None) -> None:
+    """Learn the table's facts again (if serving); on failure keep serving with the old ones."""
+    if searcher is None:
+        return
+    try:
+        await searcher.refresh()
+    except IngestError as exc:
+        log.warning("search keeps its old view of the table: %s", exc)
 
 
 async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
@@ -112,10 +134,7 @@ async def refresh_every(searcher: Searcher, stop: asyncio.Event, seconds: float 
             await asyncio.wait_for(stop.wait(), seconds)
         if stop.is_set():
             return
-        try:
-            await searcher.refresh()
-        except Exception as exc:  # keep serving with what we know
-            log.warning("refreshing the served table's facts failed: %s", exc)
+        await refresh_quietly(searcher)
 
 
 async def serve_until(q: QueryConfig, opts: ServeOptions, http: HttpOptions, stop: asyncio.Event) -> int:

@@ -154,6 +154,24 @@ class Searcher:
         except UsageError as exc:
             raise BadRequestError(str(exc)) from None
 
+    def first_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
+        """The SQL and settings a request is answered with first (the bench sends the same to ClickHouse)."""
+        facts = self.facts
+        limit = min(req.num_result_ids, facts.max_limit)
+        safe_only = req.use_safety_model and facts.has_safety
+        plan = KnnPlan(column, literal, limit, safe_only, facts.metadata, req.deduplicate)
+        settings = knn_settings(
+            filtered=safe_only,
+            prefilter=False,
+            multiplier=facts.multiplier,
+            rescore=self.rescores(column),
+            search_list=facts.search_list.get(column),
+        )
+        return knn_sql(self.ref, plan), settings
+
+    def rescores(self, column: str) -> bool:
+        return self.opts.rescore and not self.facts.exact_index.get(column, False)
+
     async def knn(self, req: KnnRequest, column: str, literal: str | None) -> KnnAnswer:
         facts = self.facts
         if literal is None:
@@ -161,18 +179,14 @@ class Searcher:
         limit = min(req.num_result_ids, facts.max_limit)
         capped = limit if limit < req.num_result_ids else None
         safe_only = req.use_safety_model and facts.has_safety
-        plan = KnnPlan(column, literal, limit, safe_only, facts.metadata, req.deduplicate)
-        sql = knn_sql(self.ref, plan)
-        rescore = self.opts.rescore and not facts.exact_index.get(column, False)
-        search_list = facts.search_list.get(column)
-        settings = knn_settings(
-            filtered=safe_only, prefilter=False, multiplier=facts.multiplier, rescore=rescore, search_list=search_list
-        )
+        sql, settings = self.first_query(req, column, literal)
         rows = await self.sink.query(sql, settings)
         prefiltered = False
         if safe_only and len(rows) < limit and facts.safe_rows > len(rows):
             # the postfilter kept too few: the exact prefiltered search returns every passing row there is
-            settings = knn_settings(filtered=True, prefilter=True, multiplier=1, rescore=rescore, search_list=None)
+            settings = knn_settings(
+                filtered=True, prefilter=True, multiplier=1, rescore=self.rescores(column), search_list=None
+            )
             rows = await self.sink.query(sql, settings)
             prefiltered = True
         if req.deduplicate and rows:

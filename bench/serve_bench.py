@@ -134,9 +134,8 @@ def wrk(url: str, lua: Path, lines: Path, conns: int, seconds: int) -> dict[str,
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "30s", "-s", str(lua)]
     out = subprocess.run([*cmd, url, "--", str(lines)], capture_output=True, text=True, check=True).stdout
     doc = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-    if doc["errors"]:
-        raise SystemExit(f"wrk saw {doc['errors']} errors against {url}:\n{out}")
     return {
+        "errors": doc["errors"],
         "p50": doc["p50"] / 1000,
         "p95": doc["p95"] / 1000,
         "p99": doc["p99"] / 1000,
@@ -183,14 +182,16 @@ def run(work: Path, args: argparse.Namespace, url: str) -> None:
         f"serve bench: {args.rows:,} rows, HNSW M=16 ef_c=64 bf16, k=40, {QUERIES} query rows, wrk {args.seconds} s "
         f"× {args.rounds} rounds (median), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
-    print("| num_result_ids | conc | path | p50 ms | p95 ms | p99 ms | QPS |")
-    print("|---:|---:|---|---:|---:|---:|---:|")
+    print("| num_result_ids | conc | path | p50 ms | p95 ms | p99 ms | QPS | errors |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
     med: dict[tuple[int, int, str], dict[str, float]] = {}
     for key, runs in results.items():
         med[key] = {m: statistics.median(r[m] for r in runs) for m in ("p50", "p95", "p99", "qps")}
         n, conns, arm = key
-        r = med[key]
-        print(f"| {n} | {conns} | {arm} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['qps']:.1f} |")
+        r, errors = med[key], sum(int(x["errors"]) for x in runs)
+        print(
+            f"| {n} | {conns} | {arm} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['qps']:.1f} | {errors} |"
+        )
     for n in (40, 3000):
         over = med[(n, 1, "/knn-service")]["p50"] - med[(n, 1, "raw SQL")]["p50"]
         ratio = med[(n, 8, "/knn-service")]["qps"] / med[(n, 8, "raw SQL")]["qps"]

@@ -8,6 +8,7 @@ The daemon's served table grows: `refresh()` learns them again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,10 @@ from ingest.vector.search import index_on
 log = logging.getLogger(__name__)
 
 READONLY_CODE = 164
+BUSY_INDEX_CODE = 117
+BUSY_INDEX_TRIES = 8
+"""ClickHouse's HNSW graph has a fixed number of search slots (usearch's thread limit): concurrent searches over
+it can be refused with code 117 "Too many threads". The refusal is momentary: such a query is retried, briefly."""
 EF_SETTING = "hnsw_candidate_list_size_for_search"
 
 
@@ -180,19 +185,29 @@ class Searcher:
         capped = limit if limit < req.num_result_ids else None
         safe_only = req.use_safety_model and facts.has_safety
         sql, settings = self.first_query(req, column, literal)
-        rows = await self.sink.query(sql, settings)
+        rows = await self.search(sql, settings)
         prefiltered = False
         if safe_only and len(rows) < limit and facts.safe_rows > len(rows):
             # the postfilter kept too few: the exact prefiltered search returns every passing row there is
             settings = knn_settings(
                 filtered=True, prefilter=True, multiplier=1, rescore=self.rescores(column), search_list=None
             )
-            rows = await self.sink.query(sql, settings)
+            rows = await self.search(sql, settings)
             prefiltered = True
         if req.deduplicate and rows:
             drop = duplicates(np.asarray([r["vector"] for r in rows], dtype=np.float32))
             rows = [r for i, r in enumerate(rows) if i not in drop]
         return KnnAnswer(shape(rows, req.num_images, facts.metadata), capped, prefiltered)
+
+    async def search(self, sql: str, settings: dict[str, str | int]) -> list[dict[str, Any]]:
+        for attempt in range(BUSY_INDEX_TRIES):
+            try:
+                return await self.sink.query(sql, settings)
+            except TargetError as exc:
+                if exc.code != BUSY_INDEX_CODE or "Too many threads" not in str(exc) or attempt == BUSY_INDEX_TRIES - 1:
+                    raise
+                await asyncio.sleep(min(0.1, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
 
     async def metadata(self, ids: tuple[int, ...]) -> list[dict[str, Any]]:
         """`[{"id", "metadata"}]` in the order asked; an unknown id gets `metadata: null`, as clip-back's does."""

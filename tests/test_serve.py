@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,3 +333,55 @@ def test_filtered_search_recall_against_exact_filtered_brute_force(setup: Setup)
         f"mean {mean:.3f}, min {min(recalls):.3f}"
     )
     assert mean >= 0.9 and min(recalls) >= 0.75
+
+
+def test_image_url_only_when_allowed_within_size_and_time(setup: Setup, tmp_path: Path) -> None:
+    """--allow-image-urls: an image on loopback is fetched and searched; one over the size limit and one that
+    never answers are 400s in one line; the service stays up."""
+    if setup.engine == "chdb":
+        pytest.skip("a chdb directory is one process at a time; the 26.9 run covers a second service")
+    import socket
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from server_fixtures import free_ports
+
+    files = tmp_path / "files"
+    files.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(files / "ok.png")
+    (files / "big.png").write_bytes(b"\x89PNG" + b"\0" * 300_000)
+    port = free_ports(1)[0]
+    static = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(files), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    mute = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    args = list(setup.served.proc.args[4:])  # type: ignore[index]
+    drop = args.index("--port")
+    args = args[:drop] + args[drop + 2 :]
+    limits = ["--allow-image-urls", "--image-url-max-bytes", "200000", "--image-url-timeout", "2"]
+    try:
+        with serving([*args, *limits], tmp_path / "serve.log") as second:
+            body = {"modality": "image", "num_images": 3, "indice_name": setup.index}
+            deadline = time.monotonic() + 30
+            while True:
+                ok = second.post("/knn-service", {**body, "image_url": f"http://127.0.0.1:{port}/ok.png"})
+                if ok.status == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)  # the static server may still be starting
+            assert ok.status == 200 and len(ok.json()) == 3, ok.body
+            big = second.post("/knn-service", {**body, "image_url": f"http://127.0.0.1:{port}/big.png"})
+            assert big.status == 400 and "200000-byte limit" in big.json()["error"]
+            slow = second.post("/knn-service", {**body, "image_url": f"http://127.0.0.1:{mute.getsockname()[1]}/x"})
+            assert slow.status == 400 and "within 2 s" in slow.json()["error"]
+            gopher = second.post("/knn-service", {**body, "image_url": "file:///etc/passwd"})
+            assert gopher.status == 400 and "http://" in gopher.json()["error"]
+            assert second.get("/healthz").status == 200
+    finally:
+        mute.close()
+        static.kill()
+        static.wait()

@@ -40,6 +40,8 @@ IndexDistancesOpt = Annotated[
 AllowUrlsOpt = Annotated[
     bool, typer.Option("--allow-image-urls", help="Fetch image_url queries (off: it lets clients make us fetch URLs)")
 ]
+UrlBytesOpt = Annotated[int, typer.Option("--image-url-max-bytes", min=1, help="Largest image_url download")]
+UrlTimeoutOpt = Annotated[float, typer.Option("--image-url-timeout", min=0.1, help="Seconds an image_url may take")]
 BodyLimitOpt = Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body accepted")]
 ConnectionsOpt = Annotated[int, typer.Option("--connections", min=1, help="Queries in flight to ClickHouse at once")]
 
@@ -60,6 +62,8 @@ def serve_command(
     ef_search: EfOpt = None,
     index_distances: IndexDistancesOpt = False,
     allow_image_urls: AllowUrlsOpt = False,
+    image_url_max_bytes: UrlBytesOpt = 10 * 1024 * 1024,
+    image_url_timeout: UrlTimeoutOpt = 10.0,
     max_body_bytes: BodyLimitOpt = 8 * 1024 * 1024,
     connections: ConnectionsOpt = 16,
     *,
@@ -75,6 +79,8 @@ def serve_command(
         port=port,
         weights=weights,
         allow_image_urls=allow_image_urls,
+        image_max_bytes=image_url_max_bytes,
+        image_timeout=image_url_timeout,
         body_limit=max_body_bytes,
         connections=connections,
     )

@@ -385,3 +385,11 @@ def test_image_url_only_when_allowed_within_size_and_time(setup: Setup, tmp_path
         mute.close()
         static.kill()
         static.wait()
+
+
+def test_old_server_is_refused_in_one_line(ch_server: Any) -> None:
+    """ClickHouse 18.16 has no cosineDistance and no vector index: serve says so at start, in one line."""
+    res = cli("serve", "--port", "0", "--target", ch_server.http_url, "--user", "default", timeout=120)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and ">= 25.8" in lines[0], res.stderr

@@ -111,8 +111,10 @@ class Searcher:
 
     async def _learn(self) -> TableFacts:
         sink, ref = self.sink, self.ref
-        if not sink.info.cosine_distance:
-            raise UsageError(f"ClickHouse {sink.info.version} has no cosineDistance: serve needs ClickHouse >= 25.8")
+        if not sink.info.vector_index:  # the settings every query sends (filter strategy, rescoring) came in 25.8
+            raise UsageError(
+                f"ClickHouse {sink.info.version} has no vector search: serve needs ClickHouse >= 25.8 (or chdb)"
+            )
         await sink.query("SELECT 1 AS ok", {"vector_search_filter_strategy": "prefilter"})  # settings allowed?
         cols = await sink.query(columns_sql(ref))
         if not cols:

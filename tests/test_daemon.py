@@ -408,6 +408,7 @@ def test_daemon_shares_runs_flags() -> None:
     run = {p.name: p for p in commands["run"].params}
     daemon = {p.name: p for p in commands["daemon"].params}
     only_daemon = {"poll_seconds", "http_host", "http_port", "index_every"}
+    only_daemon |= {"serve", "serve_host", "serve_port", "index_name", "weights", "allow_image_urls"}
     assert set(daemon) - set(run) == only_daemon
     for name in set(daemon) - only_daemon - {"shards"}:
         a, b = run[name], daemon[name]

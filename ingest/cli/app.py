@@ -152,11 +152,13 @@ def _register_later_commands() -> None:
     from ingest.cli.daemon_command import daemon_command
     from ingest.cli.index_command import index_command
     from ingest.cli.search_command import eval_command, search_command
+    from ingest.cli.serve_command import serve_command
 
     app.command("index")(cli_errors(index_command))
     app.command("search")(cli_errors(search_command))
     app.command("eval")(cli_errors(eval_command))
     app.command("daemon")(cli_errors(daemon_command))
+    app.command("serve")(cli_errors(serve_command))
 
 
 _register_later_commands()

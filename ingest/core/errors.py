@@ -104,6 +104,14 @@ class UnsupportedFeatureError(TargetError):
     """The server is too old for a feature (vector index, cosineDistance...)."""
 
 
+class BadRequestError(UsageError):
+    """A search-service client sent a request we cannot answer: it gets a 4xx with this one line."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class LedgerError(IngestError):
     """The resume ledger cannot be read or written."""
 

@@ -45,6 +45,8 @@ from ingest.load.ledger import Ledger
 from ingest.load.pipeline import Pipeline
 from ingest.load.progress import LogReporter
 from ingest.load.runner import ledger_for, prepare_sink, resolve_schema
+from ingest.serve.engine import Searcher
+from ingest.serve.service import ServeSpec, refresh_quietly, running_service
 from ingest.sinks.base import Sink
 from ingest.stages.probe import needs_probe
 from ingest.stages.shard import ShardFiles
@@ -113,6 +115,8 @@ class DaemonOptions:
     """The whole shutdown budget; the pipeline gets most of it (LoadConfig.drain_seconds), closing the rest."""
     index_every: float = 0.0
     """Seconds between re-materializations of the vector indexes over new parts (0 = never)."""
+    serve: ServeSpec | None = None
+    """`--serve`: answer clip-retrieval searches on the loaded table from this process (ingest/serve)."""
 
 
 # -- pure decisions -------------------------------------------------------------------------------------------
@@ -170,6 +174,7 @@ class Daemon:
         self.last_error = ""
         self.next_index = 0.0
         self.table_prepared = False
+        self.searcher: Searcher | None = None
 
     async def run(self) -> int:
         from ingest.daemon.health import make_app, start_server
@@ -178,7 +183,7 @@ class Daemon:
         runner = await start_server(
             make_app(self.readiness, READY_TIMEOUT_SECONDS), self.opts.http_host, self.opts.http_port
         )
-        deadline = asyncio.create_task(self._arm_hard_deadline())
+        deadline, stack = asyncio.create_task(self._arm_hard_deadline()), contextlib.AsyncExitStack()
         try:
             self.source = open_source(self.s.source)
             if await self._learn_schema():
@@ -193,13 +198,18 @@ class Daemon:
                 )
                 if self.opts.index_every > 0:  # before any load: merges of its parts must not build the index
                     await self._index_guarded(prepare_only=True)
+                if (spec := self.opts.serve) is not None:  # search on the daemon's sink: one process, one chdb dir
+                    served = await stack.enter_async_context(running_service(self.s.query, *spec.parts, self.sink))
+                    self.searcher = served[0].searcher
                 while not self.stop.is_set():
                     await self._poll_guarded()
+                    await refresh_quietly(self.searcher)  # new rows: search learns the table's facts again
                     if self.opts.index_every > 0 and not self.stop.is_set():
                         await self._index_guarded()
                     await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
         finally:
             deadline.cancel()
+            await stack.aclose()  # the search service stops before the sink it shares
             self.ledger.flush()
             if self.source is not None:
                 await self.source.close()

@@ -98,7 +98,9 @@ def index_command(
     ] = "cosineDistance",
     quantization: Annotated[
         Literal["bf16", "f16", "f32", "i8", "b1"] | None,
-        typer.Option("--quantization", help="Storage of vectors in the index (default: tuned among bf16, i8)"),
+        typer.Option(
+            "--quantization", help="Storage of vectors in the index (default: tuned among bf16, i8, b1 with rescoring)"
+        ),
     ] = None,
     m: Annotated[int | None, typer.Option("--m", min=2, help="HNSW connections per node (skips tuning)")] = None,
     ef_construction: Annotated[

@@ -185,8 +185,8 @@ class TuneConfig:
     sample_rows: int = 20_000
     queries: int = 50
     search_lists: tuple[int, ...] = (32, 64, 128, 256, 512)
-    quantizations: tuple[str, ...] = ("bf16", "i8")
-    ms: tuple[int, ...] = (12, 16, 32)
+    quantizations: tuple[str, ...] = ("bf16", "i8", "b1")
+    ms: tuple[int, ...] = (8, 12, 16, 32)
     efs: tuple[int, ...] = (24, 32, 64, 128)
     seed: int = 0
     max_memory: int | None = None

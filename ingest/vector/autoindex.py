@@ -39,6 +39,7 @@ from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector import metadata
+from ingest.vector.capacity_run import record_grid
 from ingest.vector.graphs import Layout, PartStats, plan_layout
 from ingest.vector.index import (
     DisplayFactory,
@@ -54,13 +55,13 @@ from ingest.vector.index import (
     vector_indexes,
 )
 from ingest.vector.sizing import FORMULA, MemoryBudget, cheaper_that_fit, check_fit, human_bytes, index_bytes
-from ingest.vector.tune import TuneReport, query_extras
+from ingest.vector.tune import PLATEAU, Candidate, TuneReport
 from ingest.vector.tune_run import exact_top_ids, recalls_at_list, tune
 
 log = logging.getLogger(__name__)
 MAX_SEARCH_LIST = 4096
-PLATEAU = 0.005
-"""Stop growing the search list once doubling it gains less recall than this."""
+MAX_FETCH_MULTIPLIER = 1000
+"""ClickHouse's own bound on vector_search_index_fetch_multiplier."""
 VERIFY_MARGIN = 0.02
 """The full-index check aims this far above the target, so that another sample of queries (an independent
 `eval`) also clears it: per-query recall varies by cluster, and on 100k synthetic rows two samples of 100 query
@@ -171,35 +172,63 @@ of them (the screened rows' answers are reused): on 100k rows the list doubled f
 
 
 async def verify_recall(
-    sink: Sink, ref: TableRef, index: VectorIndex, start_list: int, cfg: TuneConfig
-) -> tuple[int, float]:
+    sink: Sink, ref: TableRef, index: VectorIndex, start: Candidate, start_list: int, cfg: TuneConfig
+) -> tuple[dict[str, int], float]:
     """Recall@10 of the built index on query rows from the full table, from the chosen search list doubling
-    until it reaches the target (the sample's graph was smaller than the real one). A share of the query rows
-    finds the list; all of them confirm it, and the doubling goes on if they fall short."""
+    until it reaches the target (the sample's graph was smaller than the real one); a rescored candidate doubles
+    its fetch multiplier with it. A share of the query rows finds the settings; all of them confirm them, and
+    the doubling goes on if they fall short. Returns the search settings to record and their recall."""
     rows = await sink.query(sample_queries_sql(ref, index.column, cfg.verify_queries, cfg.seed + 1))
     literals = [vector_literal(np.asarray(r["v"], np.float32)) for r in rows]
     sqls = [ids_search_sql(ref, index.column, index.metric, lit, 10) for lit in literals]
     truth = await exact_top_ids(sink, ref, index.column, index.metric, literals, 10)
     goal = cfg.recall_target + VERIFY_MARGIN
-    measured: dict[tuple[int, int], float] = {}  # (search list, query row) → recall: the screen's are reused
+    measured: dict[tuple[int, int, int], float] = {}  # (list, multiplier, query row) → recall: reused
 
-    async def mean_recall(size: int, queries: int) -> float:
-        todo = [i for i in range(queries) if (size, i) not in measured]
-        got = await recalls_at_list(sink, [sqls[i] for i in todo], [truth[i] for i in todo], size, index.quantization)
-        measured.update(zip(((size, i) for i in todo), got, strict=True))
-        return float(np.mean([measured[(size, i)] for i in range(queries)])) if queries else 1.0
+    async def mean_recall(c: Candidate, size: int, queries: int) -> float:
+        f = c.fetch_multiplier
+        todo = [i for i in range(queries) if (size, f, i) not in measured]
+        got = await recalls_at_list(sink, [sqls[i] for i in todo], [truth[i] for i in todo], size, c.extras())
+        measured.update(zip(((size, f, i) for i in todo), got, strict=True))
+        return float(np.mean([measured[(size, f, i)] for i in range(queries)])) if queries else 1.0
 
-    async def doubling(size: int, queries: int) -> tuple[int, float]:
+    async def doubling(c: Candidate, size: int, queries: int) -> tuple[Candidate, int, float]:
         previous = -1.0
         while True:
-            recall = await mean_recall(size, queries)
+            recall = await mean_recall(c, size, queries)
             if recall >= goal or size >= MAX_SEARCH_LIST or recall - previous < PLATEAU:
-                return size, recall
+                return c, size, recall
             previous = recall
             size *= 2
+            if c.fetch_multiplier:
+                c = replace(c, fetch_multiplier=min(MAX_FETCH_MULTIPLIER, 2 * c.fetch_multiplier))
 
-    screened, _ = await doubling(start_list, max(1, len(sqls) // SCREEN_SHARE))
-    return await doubling(screened, len(sqls))
+    screened, size, _ = await doubling(start, start_list, max(1, len(sqls) // SCREEN_SHARE))
+    final, size, recall = await doubling(screened, size, len(sqls))
+    return {EF_SEARCH_SETTING: size} | final.extras(), recall
+
+
+def unreached_error(name: str, tuned: TuneReport, cfg: TuneConfig, budget: MemoryBudget) -> UsageError:
+    """No candidate reaches the target (within the budget): the best reachable recall, and, when a larger
+    structure measured does reach it, the memory it would need."""
+    c = tuned.choice
+    limit, source = budget.limit()
+    within = f" within {source} {human_bytes(limit)}" if cfg.max_memory is not None else ""
+    best = index_bytes(tuned.rows, tuned.dim, c.candidate.quantization, c.candidate.m)
+    text = (
+        f"{name}: no candidate{within} reaches recall@10 {cfg.recall_target:.2f} on the sample (best reachable "
+        f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}, {human_bytes(best)})"
+    )
+    if c.needed is not None:
+        n = c.needed
+        text += (
+            f"; {n.candidate.label()} reaches {n.recall:.3f} and needs {human_bytes(n.memory_bytes)} "
+            "(--max-memory at least that)"
+        )
+        return IndexTooLargeError(text)
+    return UsageError(
+        text + ": lower --recall-target, give --m/--ef-construction, or pass --force to build the best one"
+    )
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
@@ -213,10 +242,11 @@ async def plan_request(
     cfg: TuneConfig,
     layout: Layout,
     report: Callable[[str], None],
+    limit: int | None = None,
 ) -> Plan:
     """Given parameters: as before (an index of the same name but another definition is refused). Tuned: an
     existing index of that name is kept whatever its parameters (it is only materialized where missing). A
-    new index is built in the layout's graphs."""
+    new index is built in the layout's graphs, tuned within `limit` bytes when given."""
     granularity = layout.graph.granules if layout.graph is not None else None
     if not auto:
         index, existed, rows = await plan_index(sink, ref, req)
@@ -227,7 +257,7 @@ async def plan_request(
         report(f"{req.name}: exists already ({existing.type_full}); not tuning (drop it to tune again)")
         base = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
         return Plan(_from_existing(base, existing.type_full), True, rows, None, None)
-    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout)
+    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout, limit)
     c = tuned.choice.candidate
     chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, granularity)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
@@ -258,22 +288,21 @@ async def build_tuned_indexes(
         await require_table(sink, q)
         start = time.monotonic()
         layout = await table_layout(sink, ref, cfg.max_graphs)
-        plans = [await plan_request(sink, ref, req, auto, cfg, layout, report) for req in requests]
+        budget = await memory_budget(sink, q, cfg.max_memory)
+        limit = None if cfg.force else budget.limit()[0]
+        share = limit // len(requests) if limit is not None else None  # columns share the budget
+        plans = [await plan_request(sink, ref, req, auto, cfg, layout, report, share) for req in requests]
         for p in plans:
             if p.tuned is not None:
                 show_grid(p.tuned)
-        refuse_if_too_large(plans, await memory_budget(sink, q, cfg.max_memory), cfg.force, report)
+                await record_grid(sink, ref, p.tuned)  # what `plan --target` projects from
+        refuse_if_too_large(plans, budget, cfg.force, report)
         if cfg.dry_run:
             report("--dry-run: nothing built")
             return []
         for p in plans:
             if p.tuned is not None and not p.tuned.choice.reached and not cfg.force:
-                c = p.tuned.choice
-                raise UsageError(
-                    f"{p.index.name}: no candidate reaches recall@10 {cfg.recall_target:.2f} on the sample (best "
-                    f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}): lower "
-                    "--recall-target, give --m/--ef-construction, or pass --force to build the best one"
-                )
+                raise unreached_error(p.index.name, p.tuned, cfg, budget)
         if any(not p.existed for p in plans):
             await merge_before_build(sink, ref, layout, report)
         outcomes = []
@@ -282,11 +311,11 @@ async def build_tuned_indexes(
             report(outcome.line())
             if p.search_list is not None and p.tuned is not None:
                 checked = time.monotonic()
-                size, recall = await verify_recall(sink, ref, p.index, p.search_list, cfg)
-                settings = {EF_SEARCH_SETTING: size} | query_extras(p.index.quantization)
+                settings, recall = await verify_recall(sink, ref, p.index, p.tuned.choice.candidate, p.search_list, cfg)
                 await metadata.record(sink, ref, p.index.name, p.index.type_full, settings, cfg.recall_target, recall)
+                said = ", ".join(f"{k}={v}" for k, v in settings.items())
                 report(
-                    f"{p.index.name}: recall@10 {recall:.3f} on the full index at {EF_SEARCH_SETTING}={size} "
+                    f"{p.index.name}: recall@10 {recall:.3f} on the full index at {said} "
                     f"({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
                     "recorded for search and eval"
                 )

@@ -8,6 +8,8 @@ Sections:
   rss       peak RSS of ours (→ HTTP server, so the database's memory is another process's) at 50k vs 400k rows
   big       the real-size shard (--big-rows, 1,000,000): ours vs embedding-reader vs Native file in chdb; ours vs
             curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
+  growth    1M, 2M and 4M rows on chdb and a 26.9 server: load, index phases, memory, recall, latency, and the
+            projection from 1M checked at 4M (bench/growth.py; 4 × 1M-row shards cached in $LAION_GROWTH_DATA)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -326,6 +328,13 @@ def section_big(work: Path, rows: int, repeat: int) -> None:
     big(work, rows, max(3, repeat))
 
 
+def section_growth(work: Path, rows: int, repeat: int) -> None:
+    from growth import DEFAULT_DATA
+    from growth import section_growth as growth
+
+    growth(work, [1, 2, 4], ["chdb", "http"], DEFAULT_DATA, 50)
+
+
 SECTIONS = {
     "chdb": section_chdb,
     "http": section_http,
@@ -333,6 +342,7 @@ SECTIONS = {
     "rss": section_rss,
     "index": section_index,
     "big": section_big,
+    "growth": section_growth,
 }
 
 
@@ -342,7 +352,7 @@ def main() -> None:
     ap.add_argument(
         "--sections",
         default="chdb,http,tutorial,rss,index",
-        help="comma list of: " + ", ".join(SECTIONS) + " (big, the 1M-row shard, only when named)",
+        help="comma list of: " + ", ".join(SECTIONS) + " (big and growth, the 1M-row shards, only when named)",
     )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)

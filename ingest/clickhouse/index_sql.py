@@ -118,6 +118,14 @@ def table_setting_sql(ref: TableRef) -> str:
     return f"SELECT create_table_query AS q FROM system.tables WHERE {_where(ref, 'name')}"
 
 
+def index_cache_sql() -> str:
+    """Bytes and entries (one per graph loaded) of the vector index cache: the memory loaded indexes take."""
+    return (
+        "SELECT sumIf(value, metric = 'VectorSimilarityIndexCacheBytes') AS bytes, "
+        "sumIf(value, metric = 'VectorSimilarityIndexCacheCells') AS cells FROM system.metrics"
+    )
+
+
 def index_bytes_sql(ref: TableRef, name: str) -> str:
     return (
         "SELECT data_uncompressed_bytes AS b FROM system.data_skipping_indices "

@@ -54,7 +54,25 @@ from ingest.vector.index import (
     require_vector_index,
     vector_indexes,
 )
-from ingest.vector.sizing import FORMULA, MemoryBudget, cheaper_that_fit, check_fit, human_bytes, index_bytes
+from ingest.vector.index_report import (
+    CacheState,
+    IndexEntry,
+    IndexRunLog,
+    cache_state,
+    disk_bytes,
+    memory_bytes,
+    projection,
+)
+from ingest.vector.sizing import (
+    FORMULA,
+    MeasuredBuild,
+    MemoryBudget,
+    Projection,
+    cheaper_that_fit,
+    check_fit,
+    human_bytes,
+    index_bytes,
+)
 from ingest.vector.tune import PLATEAU, Candidate, TuneReport
 from ingest.vector.tune_run import exact_top_ids, recalls_at_list, tune
 
@@ -280,9 +298,12 @@ async def build_tuned_indexes(
     display_for: DisplayFactory,
     report: Callable[[str], None],
     show_grid: Callable[[TuneReport], None],
+    run_log: IndexRunLog | None = None,
 ) -> list[IndexOutcome]:
-    """Tune (when `auto`), size, stop on --dry-run, merge, build, verify and record; one line per step."""
+    """Tune (when `auto`), size, stop on --dry-run, merge, build, verify and record; one line per step, and the
+    seconds of each phase, the structure and its memory in `run_log`."""
     ref = q.table
+    log_ = run_log if run_log is not None else IndexRunLog()
     async with connected_sink(q) as sink:
         require_vector_index(sink, q)
         await require_table(sink, q)
@@ -292,23 +313,32 @@ async def build_tuned_indexes(
         limit = None if cfg.force else budget.limit()[0]
         share = limit // len(requests) if limit is not None else None  # columns share the budget
         plans = [await plan_request(sink, ref, req, auto, cfg, layout, report, share) for req in requests]
+        log_.add("tuning", time.monotonic() - start)
         for p in plans:
             if p.tuned is not None:
                 show_grid(p.tuned)
                 await record_grid(sink, ref, p.tuned)  # what `plan --target` projects from
         refuse_if_too_large(plans, budget, cfg.force, report)
         if cfg.dry_run:
+            for p in plans:
+                if p.tuned is not None and (proj := sample_projection(p.tuned, cfg)) is not None:
+                    report(f"{p.index.name}: {proj.line()}")
+                    log_.indexes.append({"name": p.index.name, "projection": proj.as_dict()})
             report("--dry-run: nothing built")
             return []
         for p in plans:
             if p.tuned is not None and not p.tuned.choice.reached and not cfg.force:
                 raise unreached_error(p.index.name, p.tuned, cfg, budget)
         if any(not p.existed for p in plans):
+            merging = time.monotonic()
             await merge_before_build(sink, ref, layout, report)
+            log_.add("merge", time.monotonic() - merging)
         outcomes = []
         for p in plans:
             outcome = await ensure_index(sink, ref, p.index, p.existed, p.rows, display_for)
+            log_.add("build", outcome.seconds)
             report(outcome.line())
+            cache_before = await cache_state(sink)
             if p.search_list is not None and p.tuned is not None:
                 checked = time.monotonic()
                 settings, recall = await verify_recall(sink, ref, p.index, p.tuned.choice.candidate, p.search_list, cfg)
@@ -319,9 +349,38 @@ async def build_tuned_indexes(
                     f"({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
                     "recorded for search and eval"
                 )
+                log_.add("check", time.monotonic() - checked)
+            entry = await measured_entry(sink, ref, p, outcome, layout, cache_before)
+            log_.indexes.append(entry.as_dict(p.search_list))
+            if (proj := projection(entry.measured, cfg.project_rows, layout, cfg.max_graphs)) is not None:
+                report(f"{p.index.name}: {proj.line()}")
+                log_.indexes[-1]["projection"] = proj.as_dict()
             outcomes.append(outcome)
-        report(f"total (tuning, merge, build, check) {time.monotonic() - start:.1f} s")
+        log_.total_seconds = time.monotonic() - start
+        report(f"total (tuning, merge, build, check) {log_.total_seconds:.1f} s")
         return outcomes
+
+
+async def measured_entry(
+    sink: Sink, ref: TableRef, p: Plan, outcome: IndexOutcome, layout: Layout, before: CacheState
+) -> IndexEntry:
+    """The built index as ClickHouse reports it: loaded memory (after the check's searches), bytes on disk."""
+    ix = p.index
+    memory = memory_bytes(before, await cache_state(sink), layout.graphs)
+    disk = await disk_bytes(sink, ref, ix.name)
+    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, layout.graph_rows, outcome.seconds, memory or disk)
+    return IndexEntry(ix, built, layout.graphs, memory, disk)
+
+
+def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
+    """--dry-run --project-rows: the chosen candidate's sample build scaled (no full build to scale from)."""
+    m = next((x for x in tuned.measured if x.candidate == tuned.choice.candidate), None)
+    if m is None or not cfg.project_rows:
+        return None
+    c = m.candidate
+    graph_rows = tuned.sample_graph_rows or tuned.sample_rows
+    built = MeasuredBuild(tuned.sample_rows, tuned.dim, c.quantization, c.m, graph_rows, m.build_seconds, m.index_bytes)
+    return projection(built, cfg.project_rows, tuned.layout, cfg.max_graphs)
 
 
 async def finalize_after_load(

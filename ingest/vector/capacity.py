@@ -4,9 +4,9 @@ Every figure is projected from measured constants (`Constants`): per structure, 
 latency measured on a sample (the tuner's grid recorded on the user's table, or DEFAULTS measured here), a load
 rate per worker and the bytes a row takes on disk. The projections reuse the project's own models, so they change
 with them: index memory is vector/sizing.index_bytes (ClickHouse's formula with its safety factor), build time is
-vector/tune.project_seconds (n log n in the graph size), per node, nodes building in parallel. Each node holds
-rows / nodes (a Distributed table's shards); its index is laid out in graphs of rows / (nodes × max_graphs) rows
-(vector/graphs.py's policy: a search visits at most max_graphs graphs).
+vector/sizing.scale_build_seconds (n log n in the graph size), per node, nodes building in parallel. Each node
+holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged table
+(sizing.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ingest.vector.sizing import index_bytes
-from ingest.vector.tune import Candidate, project_seconds
+from ingest.vector.sizing import index_bytes, merged_graph_rows, scale_build_seconds
+from ingest.vector.tune import Candidate
 
 MEASURED_CORES = 2
 """The cores the default constants were measured on (this machine)."""
@@ -65,6 +65,8 @@ class Ask:
     workers_per_node: int = 1
     cores: int = MEASURED_CORES
     max_graphs: int = 16
+    rows_per_granule: int = 2400
+    """LAION rows (~4.2 KB) in ClickHouse's adaptive 10 MiB granules."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +123,13 @@ def node_counts(most: int) -> list[int]:
 
 def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
     per_node = math.ceil(ask.rows / nodes)
-    graph = max(1, math.ceil(per_node / ask.max_graphs))
-    graphs = math.ceil(per_node / graph)
+    graph, graphs = merged_graph_rows(per_node, ask.rows_per_granule, ask.max_graphs)
     c = s.candidate
     memory = index_bytes(per_node, ask.dim, c.quantization, c.m)
     stored = per_node * (k.disk_bytes_per_value * ask.dim + k.disk_bytes_other)
     disk = int(stored + index_bytes(per_node, ask.dim, c.quantization, c.m, safety=1.0))
     speed = k.cores / max(ask.cores, 1)  # builds and searches spread over the node's cores
-    build = project_seconds(s.build_seconds, s.sample_rows, per_node, graph, s.graph_rows) * speed
+    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph) * speed
     log_ratio = math.log(max(graph, 2)) / math.log(max(s.graph_rows, 2))
     latency = s.latency_ms * log_ratio * max(1.0, graphs / max(ask.cores, 1))
     one = ask.rows / k.load_rows_per_second / 3600

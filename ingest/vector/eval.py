@@ -72,6 +72,7 @@ class EvalResult:
     points: tuple[SweepPoint, ...]
     list_source: str
     """Where the search list came from: the sweep asked for, the recorded tuning, or the server default."""
+    brute_force_p99_ms: float = 0.0
 
     def lines(self) -> list[str]:
         used = "" if self.index_used else " (warning: the plan did not use the index)"
@@ -97,6 +98,7 @@ class EvalResult:
                 "search_list_source": self.list_source,
                 "index_median_ms": first.p50_ms,
                 "brute_force_median_ms": self.brute_force_p50_ms,
+                "brute_force_p99_ms": self.brute_force_p99_ms,
                 "concurrency": self.concurrency,
                 "sweep": [p.as_dict() for p in self.points],
             }
@@ -201,6 +203,7 @@ async def run_eval(
         percentile_ms([t for _, t in exact], 50),
         tuple(points),
         source,
+        percentile_ms([t for _, t in exact], 99),
     )
 
 

@@ -43,7 +43,8 @@ CONFIGS: tuple[tuple[str, str, int, dict[str, int]], ...] = (
     ("b1 M=16 rescore×1", "b1", 16, {RESCORE: 1}),
     ("b1 M=16 rescore×4", "b1", 16, {RESCORE: 1, FETCH: 4}),
     ("b1 M=16 rescore×16", "b1", 16, {RESCORE: 1, FETCH: 16}),
-    ("b1 M=8 rescore×16", "b1", 8, {RESCORE: 1, FETCH: 16}),
+    ("b1 M=16 rescore×64", "b1", 16, {RESCORE: 1, FETCH: 64}),
+    ("b1 M=8 rescore×64", "b1", 8, {RESCORE: 1, FETCH: 64}),
 )
 LISTS = (64, 256)
 
@@ -218,7 +219,7 @@ def main() -> None:
             got = measure(db, rows.shape[1], queries, truth)
         norm, same_sign = uncentred_stats(rows)
         table.append((shape, rows.shape[1], norm, same_sign, got))
-        print(f"{shape}: done at {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        print(f"{shape}: done at {time.monotonic() - started:.0f} s: {got}", file=sys.stderr, flush=True)
     print(
         f"recall@10 vs brute force, {args.rows:,} rows, {args.queries} held-out queries, HNSW ef_c=64, one graph, "
         "chdb 26.9; L = hnsw_candidate_list_size_for_search; rescore×F = vector_search_with_rescoring=1 over "

@@ -68,6 +68,8 @@ def test_variants_rescore_quantized_builds_and_a_plateau_skips_the_quantization(
     flat = Measured(Candidate("i8", 8, 24), 1.0, {32: 0.861, 64: 0.863})
     rising = Measured(Candidate("bf16", 8, 24), 1.0, {32: 0.80, 64: 0.90})
     assert ceilinged([flat, rising], 0.95) == {("i8", 0)}
+    graph_bound = Measured(Candidate("bf16", 8, 24), 1.0, {32: 0.801, 64: 0.803})  # a larger M lifts it
+    assert ceilinged([graph_bound], 0.95) == set()
     # under a budget: smallest projected memory first, then build cost
     order = by_memory(
         default_grid(("bf16", "i8", "b1"), (8, 16), (32,)), lambda c: index_bytes(10**6, 512, c.quantization, c.m)

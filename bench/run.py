@@ -10,6 +10,8 @@ Sections:
             curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
   server26  the 1,000,000-row shard into a ClickHouse 26.9 server (chdb-core): ours vs a clickhouse-connect script
             vs curl's one POST of the pre-encoded Native shard (bench/server26.py)
+  growth    1M, 2M and 4M rows on chdb and a 26.9 server: load, index phases, memory, recall, latency, and the
+            projection from 1M checked at 4M (bench/growth.py; 4 × 1M-row shards cached in $LAION_GROWTH_DATA)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -218,6 +220,13 @@ def section_server26(work: Path, rows: int, repeat: int) -> None:
     server26(work, rows, max(3, repeat))
 
 
+def section_growth(work: Path, rows: int, repeat: int) -> None:
+    from growth import DEFAULT_DATA
+    from growth import section_growth as growth
+
+    growth(work, [1, 2, 4], ["chdb", "http"], DEFAULT_DATA, 50)
+
+
 SECTIONS = {
     "chdb": section_chdb,
     "http": section_http,
@@ -226,6 +235,7 @@ SECTIONS = {
     "index": section_index,
     "big": section_big,
     "server26": section_server26,
+    "growth": section_growth,
 }
 
 
@@ -235,7 +245,7 @@ def main() -> None:
     ap.add_argument(
         "--sections",
         default="chdb,http,tutorial,rss,index",
-        help="comma list of: " + ", ".join(SECTIONS) + " (big and server26, the 1M-row shard, only when named)",
+        help="comma list of: " + ", ".join(SECTIONS) + " (big, server26, growth: 1M-row shards, only when named)",
     )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from ingest.clickhouse import cluster_sql as csql
 from ingest.clickhouse.index_sql import ids_search_sql
-from ingest.clickhouse.vector_sql import EF_SEARCH_SETTING, VectorIndex, recall_at_k, same_definition, search_settings
+from ingest.clickhouse.vector_sql import VectorIndex, recall_at_k, same_definition, search_settings
 from ingest.core.config import QueryConfig, TuneConfig
 from ingest.core.errors import SchemaMismatchError
 from ingest.core.ids import TableRef
@@ -29,15 +29,14 @@ from ingest.sinks.http import HttpSink
 from ingest.vector import metadata
 from ingest.vector.autoindex import (
     Plan,
-    Searcher,
     check_reached,
     from_existing,
     memory_budget,
     merge_before_build,
     refuse_if_too_large,
     table_layout,
-    verify_recall,
 )
+from ingest.vector.check import Searcher, verify_recall
 from ingest.vector.cluster import ClusterRoute, as_cluster, plan_route, run_route
 from ingest.vector.graphs import Layout
 from ingest.vector.index import (
@@ -52,7 +51,8 @@ from ingest.vector.index import (
     require_vector_index,
     vector_indexes,
 )
-from ingest.vector.tune import TuneReport, query_extras
+from ingest.vector.index_report import IndexRunLog
+from ingest.vector.tune import TuneReport
 from ingest.vector.tune_run import K, tune
 
 
@@ -158,20 +158,23 @@ async def plan_on_cluster(
 
 def cluster_searcher(cluster: ClusterSink, ref: TableRef, index: VectorIndex) -> Searcher:
     """Recall@10 per query the way `search` answers on this cluster: the route is read once per search list."""
-    routes: dict[int, ClusterRoute] = {}
+    routes: dict[tuple[object, ...], ClusterRoute] = {}
     local = csql.local_ref(ref)
 
-    async def recalls(literals: Sequence[str], exact: Sequence[list[int]], size: int) -> list[float]:
-        opts = {**search_settings(False, size), **query_extras(index.quantization)}
+    async def recalls(
+        literals: Sequence[str], exact: Sequence[list[int]], size: int, extras: dict[str, int]
+    ) -> list[float]:
+        opts = {**search_settings(False, size), **extras}
+        key = (size, *sorted(extras.items()))
         out = []
         for lit, truth in zip(literals, exact, strict=True):
-            if size not in routes:
-                routes[size] = await plan_route(cluster, ref, index.column, index.metric, lit, K, opts)
+            if key not in routes:
+                routes[key] = await plan_route(cluster, ref, index.column, index.metric, lit, K, opts)
             sqls = (
                 ids_search_sql(ref, index.column, index.metric, lit, K),
                 ids_search_sql(local, index.column, index.metric, lit, K),
             )
-            rows, _ = await run_route(cluster, routes[size], sqls, opts, K)
+            rows, _ = await run_route(cluster, routes[key], sqls, opts, K)
             out.append(recall_at_k([int(r["id"]) for r in rows], truth, K))
         return out
 
@@ -186,8 +189,10 @@ async def build_cluster_indexes(
     display_for: DisplayFactory,
     report: Callable[[str], None],
     show_grid: Callable[[TuneReport], None],
+    run_log: IndexRunLog | None = None,
 ) -> list[IndexOutcome]:
-    """autoindex.build_tuned_indexes on a cluster: the same steps, per shard (see the module's docstring)."""
+    """autoindex.build_tuned_indexes on a cluster: the same steps, per shard (see the module's docstring); the
+    total seconds go to `run_log` (the per-phase split is measured on one server)."""
     async with connected_sink(q) as sink:
         cluster = as_cluster(sink)
         assert cluster is not None, "build_cluster_indexes needs --cluster"
@@ -203,13 +208,12 @@ async def build_cluster_indexes(
             if p.tuned is not None:
                 show_grid(p.tuned)
         largest = max(homes, key=lambda h: h.rows)
-        refuse_if_too_large(
-            [p for p, _ in planned], await memory_budget(largest.sink, q, cfg.max_memory), cfg.force, report
-        )
+        budget = await memory_budget(largest.sink, q, cfg.max_memory)
+        refuse_if_too_large([p for p, _ in planned], budget, cfg.force, report)
         if cfg.dry_run:
             report("--dry-run: nothing built")
             return []
-        check_reached([p for p, _ in planned], cfg)
+        check_reached([p for p, _ in planned], cfg, budget)
         for i, h in enumerate(homes):
             if any(not existed[i] for _, existed in planned):
                 await merge_before_build(h.sink, local, h.layout, _prefixed(report, h.name))
@@ -220,6 +224,8 @@ async def build_cluster_indexes(
                 await _check_and_record(cluster, q.table, p, cfg, report)
             outcomes.append(outcome)
         report(f"total (tuning, merge, build, check) {time.monotonic() - start:.1f} s")
+        if run_log is not None:
+            run_log.total_seconds = time.monotonic() - start
         return outcomes
 
 
@@ -256,13 +262,15 @@ async def _check_and_record(
     """Recall@10 over the whole table as `search` answers, then the search list recorded on every node."""
     checked = time.monotonic()
     searcher = cluster_searcher(cluster, ref, p.index)
-    size, recall = await verify_recall(cluster, ref, p.index, p.search_list or 0, cfg, searcher)
-    settings = {EF_SEARCH_SETTING: size} | query_extras(p.index.quantization)
+    assert p.tuned is not None
+    start = p.tuned.choice.candidate
+    settings, recall = await verify_recall(cluster, ref, p.index, start, p.search_list or 0, cfg, searcher)
     nodes = {cluster.node_name(s): s for s in [cluster.entry, *cluster.mutation_sinks()]}
     ix, target = p.index, cfg.recall_target
     await all_of([metadata.record(s, ref, ix.name, ix.type_full, settings, target, recall) for s in nodes.values()])
+    said = ", ".join(f"{k}={v}" for k, v in settings.items())
     report(
-        f"{p.index.name}: recall@10 {recall:.3f} over the whole table (all shards, against brute force) at "
-        f"{EF_SEARCH_SETTING}={size} ({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
+        f"{p.index.name}: recall@10 {recall:.3f} over the whole table (all shards, against brute force) at {said} "
+        f"({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
         f"recorded for search and eval on {len(nodes)} node(s)"
     )

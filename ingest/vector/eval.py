@@ -81,6 +81,7 @@ class EvalResult:
     route: str | None = None
     """On a cluster: `distributed` or `shards` (fan-out, top-k merged here), read from the plans (or forced)."""
     shards: tuple[dict[str, Any], ...] = ()
+    brute_force_p99_ms: float = 0.0
 
     def lines(self) -> list[str]:
         used = "" if self.index_used else " (warning: the plan did not use the index)"
@@ -109,6 +110,7 @@ class EvalResult:
                 "search_list_source": self.list_source,
                 "index_median_ms": first.p50_ms,
                 "brute_force_median_ms": self.brute_force_p50_ms,
+                "brute_force_p99_ms": self.brute_force_p99_ms,
                 "concurrency": self.concurrency,
                 "sweep": [p.as_dict() for p in self.points],
                 **({"route": self.route, "shards": list(self.shards)} if self.route is not None else {}),
@@ -229,6 +231,7 @@ async def run_eval(
         source,
         routes[lists[0]].route if routes else None,
         tuple(u.to_json() for u in routes[lists[0]].shards) if routes else (),
+        percentile_ms([t for _, t in exact], 99),
     )
 
 

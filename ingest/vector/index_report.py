@@ -8,6 +8,7 @@ the cache (cells evicted) is still counted whole. Before any search has loaded i
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,14 +30,28 @@ class IndexRunLog:
     """Seconds per phase of one `index` run and one entry per index (structure, bytes, projection)."""
 
     phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    """CPU seconds of this process per phase: on chdb the engine's own work (it runs in-process), on a server
+    only the client's. Unlike wall time it does not grow with other processes' load."""
     indexes: list[dict[str, Any]] = field(default_factory=list)
     total_seconds: float = 0.0
+    _cpu_mark: float = field(default_factory=time.process_time)
 
-    def add(self, phase: str, seconds: float) -> None:
+    def add(self, phase: str, seconds: float) -> float:
+        """Count `seconds` of wall to `phase`, and the CPU since the previous phase ended; → that CPU."""
+        now = time.process_time()
+        cpu, self._cpu_mark = now - self._cpu_mark, now
         self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+        return cpu
 
     def to_json(self) -> bytes:
-        doc = {"phases_seconds": self.phases, "total_seconds": self.total_seconds, "indexes": self.indexes}
+        doc = {
+            "phases_seconds": self.phases,
+            "phases_cpu_seconds": self.cpu,
+            "total_seconds": self.total_seconds,
+            "indexes": self.indexes,
+        }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
@@ -65,6 +80,7 @@ class IndexEntry:
             "graphs": self.graphs,
             "graph_rows": self.measured.graph_rows,
             "build_seconds": self.measured.build_seconds,
+            "build_cpu_seconds": self.measured.build_cpu_seconds,
             "memory_bytes": self.memory_bytes,
             "disk_bytes": self.disk_bytes,
         }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # this checkout's `ingest` (sizing's projection), not an installed one
+
+from growth_report import Ran, Row, print_tables  # noqa: E402
 
 PY = sys.executable
 SHARD_ROWS = 1_000_000
@@ -43,17 +44,9 @@ DEFAULT_DATA = Path(os.environ.get("LAION_GROWTH_DATA", "/var/tmp/laion-growth22
 TIMEOUT = 3600.0
 CACHE_BYTES = 12 << 30
 CACHE_XML = f"<vector_similarity_index_cache_size>{CACHE_BYTES}</vector_similarity_index_cache_size>"
-TOLERANCE = 0.25
 
 
 # -- processes ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Ran:
-    seconds: float
-    peak_rss_mb: float
-    out: str
 
 
 def timed(cmd: list[str], cwd: Path) -> Ran:
@@ -76,7 +69,7 @@ def timed(cmd: list[str], cwd: Path) -> Ran:
     if os.waitstatus_to_exitcode(status) != 0:
         tail = (cwd / "stderr.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{tail}")
-    return Ran(time.monotonic() - t0, usage.ru_maxrss / 1024, out)
+    return Ran(time.monotonic() - t0, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime)
 
 
 def ingest(*args: str) -> list[str]:
@@ -110,8 +103,8 @@ class Chdb:
     def server_rss_mb(self) -> float | None:
         return None
 
-    def version(self) -> str:
-        return self.scalar("SELECT version()")
+    def server_cpu(self) -> float:
+        return 0.0
 
     def stop(self) -> None:
         shutil.rmtree(self.db, ignore_errors=True)
@@ -145,8 +138,10 @@ class Http:
         hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
         return int(hwm.split()[1]) / 1024 if hwm else None
 
-    def version(self) -> str:
-        return self.scalar("SELECT version()")
+    def server_cpu(self) -> float:
+        """utime + stime of the server process so far (from /proc)."""
+        fields = Path(f"/proc/{self.handle.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.handle is not None:
@@ -158,147 +153,31 @@ class Http:
 # -- one size -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    rows: int
-    load: Ran
-    server_rss_mb: float | None
-    parts: int
-    index: Ran
-    report: dict[str, Any]
-    evaluation: dict[str, Any]
-    entry: dict[str, Any] = field(default_factory=dict)
-
-    def phase(self, name: str) -> float:
-        return float(self.report["phases_seconds"].get(name, 0.0))
-
-
 def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int) -> Row:
     rows = shards * SHARD_ROWS
     t.fresh()
     state = t.work / "ledger.json"
     state.unlink(missing_ok=True)
     spec = "0" if shards == 1 else f"0-{shards - 1}"
-    load = timed(
-        ingest(
-            "run", "--source", str(src), "--shards", spec, "--no-progress", "--state", str(state), "--target", t.target
-        ),
-        t.work,
-    )
+    run = ["run", "--source", str(src), "--shards", spec, "--no-progress", "--state", str(state)]
+    load = timed(ingest(*run, "--target", t.target), t.work)
     parts = int(t.scalar("SELECT count() FROM system.parts WHERE database = 'default' AND table = 'laion' AND active"))
     print(f"  {rows:,} rows loaded in {load.seconds:.1f} s, {parts} parts; indexing", flush=True)
     report_path = t.work / f"index-{rows}.json"
     index_args = ["index", "--target", t.target, "--recall-target", "0.95", "--no-progress", "--report"]
     index_args += [str(report_path), *(["--project-rows", str(project)] if project > rows else [])]
+    cpu0 = t.server_cpu()
     index = timed(ingest(*index_args), t.work)
+    server_cpu = t.server_cpu() - cpu0
+    (t.work / f"index-{rows}.out").write_text(index.out)
     report = json.loads(report_path.read_text())
     print(f"  indexed in {index.seconds:.1f} s; eval", flush=True)
     ev = timed(ingest("eval", "--target", t.target, "--queries", str(queries), "--seed", "99", "--json"), t.work)
     evaluation = json.loads(ev.out.strip().splitlines()[-1])
-    row = Row(rows, load, t.server_rss_mb(), parts, index, report, evaluation, report["indexes"][0])
-    (t.work / f"index-{rows}.out").write_text(index.out)
-    return row
+    return Row(rows, load, t.server_rss_mb(), parts, index, server_cpu, report, evaluation)
 
 
 # -- printing -------------------------------------------------------------------------------------------------
-
-
-def mib(n: float | None) -> str:
-    return "—" if n is None else f"{n / (1 << 20):,.0f}"
-
-
-def formula_mib(e: dict[str, Any], safety: float) -> float:
-    from ingest.vector.sizing import index_bytes
-
-    return index_bytes(int(e["rows"]), 512, str(e["quantization"]), int(e["m"]), safety) / (1 << 20)
-
-
-def structure(e: dict[str, Any]) -> str:
-    return f"{e['quantization']} M={e['m']} ef_c={e['ef_construction']} {e['graphs']}×{e['graph_rows'] // 1000}k"
-
-
-def print_tables(title: str, rows: list[Row]) -> None:
-    print(f"\n## {title}")
-    print(
-        f"{'rows':>9} {'load s':>7} {'rows/s':>8} {'RSS MB':>7} {'srv MB':>7} {'parts':>5} {'index s':>8} "
-        f"{'tune s':>7} {'merge s':>7} {'build s':>7} {'check s':>7}  {'structure':<28}"
-    )
-    for r in rows:
-        print(
-            f"{r.rows:>9,} {r.load.seconds:>7.1f} {r.rows / r.load.seconds:>8,.0f} {r.load.peak_rss_mb:>7.0f} "
-            f"{r.server_rss_mb or 0:>7.0f} {r.parts:>5} {r.index.seconds:>8.1f} {r.phase('tuning'):>7.1f} "
-            f"{r.phase('merge'):>7.1f} {r.phase('build'):>7.1f} {r.phase('check'):>7.1f}  {structure(r.entry):<28}"
-        )
-    print(
-        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'×1.5':>7} {'L':>5} {'recall@10':>9} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'brute p50':>9} {'brute p99':>9}"
-    )
-    for r in rows:
-        e, ev = r.entry, r.evaluation
-        sweep = ev["sweep"][0]
-        print(
-            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e, 1.0):>8,.0f} "
-            f"{formula_mib(e, 1.5):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} {ev['recall_at_10']:>9.3f} "
-            f"{sweep['p50_ms']:>7.1f} {sweep['p99_ms']:>7.1f} {ev['brute_force_median_ms']:>9.1f} "
-            f"{ev['brute_force_p99_ms']:>9.1f}"
-        )
-    print_growth(rows)
-    print_projection(rows)
-
-
-def exponent(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of log y over log x: y ~ x^b."""
-    lx, ly = [math.log(x) for x in xs], [math.log(max(y, 1e-9)) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    den = sum((a - mx) ** 2 for a in lx)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den if den else 0.0
-
-
-def print_growth(rows: list[Row]) -> None:
-    if len(rows) < 2:
-        return
-    n = [float(r.rows) for r in rows]
-    graph = [float(r.entry["graph_rows"]) for r in rows]
-    build = [r.phase("build") for r in rows]
-    per = [b / (x * math.log(g)) * 1e6 for b, x, g in zip(build, n, graph, strict=True)]
-    series = {
-        "load rows/s": [r.rows / r.load.seconds for r in rows],
-        "peak RSS (ours)": [r.load.peak_rss_mb for r in rows],
-        "index build s": build,
-        "whole index s": [r.index.seconds for r in rows],
-        "index memory MiB": [float(r.entry["memory_bytes"] or 0) / (1 << 20) for r in rows],
-        "p50 indexed ms": [float(r.evaluation["sweep"][0]["p50_ms"]) for r in rows],
-        "p50 brute force ms": [float(r.evaluation["brute_force_median_ms"]) for r in rows],
-    }
-    print("growth, y ~ rows^b (least squares over the sizes; b = 0 flat, 1 linear):")
-    for name, ys in series.items():
-        print(f"  {name:<20} b = {exponent(n, ys):5.2f}   " + "  ".join(f"{y:,.1f}" for y in ys))
-    print(
-        "  build ÷ (n·ln G) µs: "
-        + "  ".join(f"{p:.2f}" for p in per)
-        + f"  (n log n holds if flat; G = rows of one graph: {', '.join(f'{g:,.0f}' for g in graph)})"
-    )
-
-
-def print_projection(rows: list[Row]) -> None:
-    first, last = rows[0], rows[-1]
-    proj = first.entry.get("projection")
-    if proj is None or int(proj["rows"]) != last.rows:
-        return
-    same = structure(first.entry).split(" ")[:3] == structure(last.entry).split(" ")[:3]
-    print(
-        f"projection from {first.rows:,} rows (`index --project-rows {last.rows}`) vs measured at {last.rows:,}"
-        + ("" if same else " (NB the tuner chose another structure at this size)")
-        + ":"
-    )
-    pairs = [
-        ("build s", float(proj["build_seconds"]), last.phase("build"), "{:,.0f}"),
-        ("index memory MiB", proj["index_bytes"] / (1 << 20), (last.entry["memory_bytes"] or 0) / (1 << 20), "{:,.0f}"),
-    ]
-    for name, p, m, fmt in pairs:
-        ratio = p / m if m else float("inf")
-        ok = "within" if abs(ratio - 1) <= TOLERANCE else "OUTSIDE"
-        print(f"  {name:<17} projected {fmt.format(p):>8}  measured {fmt.format(m):>8}  ratio {ratio:.2f} ({ok} ±25%)")
 
 
 # -- data and the section -------------------------------------------------------------------------------------
@@ -315,19 +194,26 @@ def ensure_shards(data: Path, shards: int) -> None:
 
 
 def section_growth(work: Path, sizes: list[int], targets: list[str], data: Path, queries: int) -> None:
+    """Each target through every size; the tables (all sizes so far) are printed after each size, and each
+    size's figures saved in WORK/TARGET-rows.json: a run given the same --work resumes after the last size."""
     ensure_shards(data, max(sizes))
     project = max(sizes) * SHARD_ROWS
     for name in targets:
         t: Chdb | Http = Chdb(work / "chdb") if name == "chdb" else Http(work / "http")
-        done: list[Row] = []
+        saved = work / f"{name}-rows.json"
+        done = [Row.from_dict(d) for d in json.loads(saved.read_text())] if saved.exists() else []
         try:
             for k in sizes:
+                if any(r.rows == k * SHARD_ROWS for r in done):
+                    continue
                 print(f"{t.name}: {k * SHARD_ROWS:,} rows", flush=True)
                 done.append(one_size(t, data, k, project, queries))
-            version = t.version()
+                done.sort(key=lambda r: r.rows)
+                saved.write_text(json.dumps([r.to_dict() for r in done]))
+                version = t.scalar("SELECT version()")
+                print_tables(f"growth: {t.name} {version}, {queries} eval queries, index --recall-target 0.95", done)
         finally:
             t.stop()
-        print_tables(f"growth: {t.name} {version}, {queries} eval queries, index --recall-target 0.95", done)
 
 
 def main() -> None:

@@ -84,8 +84,9 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     assert entry["name"] == "image_index" and entry["rows"] == 12_000 and entry["graphs"] <= 4
     assert entry["structure"].startswith("vector_similarity('hnsw', 'cosineDistance', 512, ")
     formula = index_bytes(12_000, 512, entry["quantization"], entry["m"], 1.0)
-    # loaded by the check's searches: ClickHouse's own count, in the range of the documented formula
-    assert formula * 0.8 < entry["memory_bytes"] < formula * 4
+    # loaded by the check's searches: ClickHouse's own count, at least the documented formula; a small graph
+    # takes more (26.9, bf16 M=12: 16.8 MB for a graph of 5,000 rows, 33.7 MB for 20,000, 151.6 MB for 80,000)
+    assert formula * 0.8 < entry["memory_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)
     assert formula * 0.8 < entry["disk_bytes"] < formula * 1.5
     proj = entry["projection"]
     assert proj["rows"] == 48_000 and proj["graphs"] == 4

@@ -288,7 +288,7 @@ async def build_tuned_indexes(
         outcomes = []
         for p in plans:
             outcome = await ensure_index(sink, ref, p.index, p.existed, p.rows, display_for)
-            log_.add("build", outcome.seconds)
+            build_cpu = log_.add("build", outcome.seconds)
             report(outcome.line())
             cache_before = await cache_state(sink)
             if p.search_list is not None and p.tuned is not None:
@@ -302,7 +302,7 @@ async def build_tuned_indexes(
                     "recorded for search and eval"
                 )
                 log_.add("check", time.monotonic() - checked)
-            entry = await measured_entry(sink, ref, p, outcome, layout, cache_before)
+            entry = await measured_entry(sink, ref, p, outcome, layout, cache_before, build_cpu)
             log_.indexes.append(entry.as_dict(p.search_list))
             if (proj := projection(entry.measured, cfg.project_rows, layout, cfg.max_graphs)) is not None:
                 report(f"{p.index.name}: {proj.line()}")
@@ -314,13 +314,15 @@ async def build_tuned_indexes(
 
 
 async def measured_entry(
-    sink: Sink, ref: TableRef, p: Plan, outcome: IndexOutcome, layout: Layout, before: CacheState
+    sink: Sink, ref: TableRef, p: Plan, outcome: IndexOutcome, layout: Layout, before: CacheState, cpu: float
 ) -> IndexEntry:
     """The built index as ClickHouse reports it: loaded memory (after the check's searches), bytes on disk."""
     ix = p.index
     memory = memory_bytes(before, await cache_state(sink), layout.graphs)
     disk = await disk_bytes(sink, ref, ix.name)
-    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, layout.graph_rows, outcome.seconds, memory or disk)
+    built = MeasuredBuild(
+        p.rows, ix.dim, ix.quantization, ix.m, layout.graph_rows, outcome.seconds, memory or disk, cpu
+    )
     return IndexEntry(ix, built, layout.graphs, memory, disk)
 
 

@@ -130,6 +130,8 @@ class MeasuredBuild:
     build_seconds: float
     index_bytes: int | None
     """The index as ClickHouse reports it (its vector index cache bytes once loaded, else its bytes on disk)."""
+    build_cpu_seconds: float | None = None
+    """CPU of the build where it is known (chdb: the engine runs in our process); scaled like the wall."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class Projection:
     formula_bytes: int
     """The documented formula, before the safety factor (what the sizing step multiplies by 1.5)."""
     measured_from: MeasuredBuild
+    build_cpu_seconds: float | None = None
 
     def line(self) -> str:
         f = self.measured_from
@@ -152,7 +155,7 @@ class Projection:
             f"formula {human_bytes(self.formula_bytes)} before the ×{SAFETY_FACTOR} margin)"
         )
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
         return {
             "rows": self.rows,
             "graph_rows": self.graph_rows,
@@ -160,6 +163,7 @@ class Projection:
             "build_seconds": self.build_seconds,
             "index_bytes": self.index_bytes,
             "formula_bytes": self.formula_bytes,
+            "build_cpu_seconds": self.build_cpu_seconds,
         }
 
 
@@ -171,4 +175,6 @@ def project_build(
     seconds = scale_build_seconds(measured.build_seconds, measured.rows, measured.graph_rows, rows, graph_rows)
     formula = index_bytes(rows, measured.dim, measured.quantization, measured.m, 1.0)
     per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
-    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows * safety), formula, measured)
+    cpu = measured.build_cpu_seconds
+    cpu_then = None if cpu is None else scale_build_seconds(cpu, measured.rows, measured.graph_rows, rows, graph_rows)
+    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows * safety), formula, measured, cpu_then)

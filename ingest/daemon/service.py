@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from prometheus_client import Counter, Gauge
-
 from ingest.core.config import RunConfig
 from ingest.core.errors import (
     EXIT_INTERRUPTED,
@@ -39,8 +37,17 @@ from ingest.core.errors import (
     first_error,
 )
 from ingest.core.layout import LAION400M, Layout
-from ingest.core.metrics import REGISTRY, SHARDS
+from ingest.core.metrics import SHARDS
 from ingest.core.retry import RetryPolicy, retrying
+from ingest.daemon.metrics import (
+    INDEX_BUILDS,
+    INDEX_ROWS_BUILT,
+    INDEX_UNCOVERED_PARTS,
+    INDEX_UNCOVERED_ROWS,
+    LAST_POLL,
+    POLL_ERRORS,
+    SHARDS_PENDING,
+)
 from ingest.load.ledger import Ledger
 from ingest.load.pipeline import Pipeline
 from ingest.load.progress import LogReporter
@@ -60,33 +67,6 @@ LAION_SHARDS = "0-409"
 """Candidates for an HTTP mirror when --shards is not given (a directory is simply listed)."""
 BACKOFF_CAP_SECONDS = 300.0
 READY_TIMEOUT_SECONDS = 3.0
-
-LAST_POLL = Gauge(
-    "laion_ingest_last_poll_timestamp_seconds", "Unix time the daemon last finished a poll", registry=REGISTRY
-)
-POLL_ERRORS = Counter(
-    "laion_ingest_poll_errors", "Polls that ended in an error (the daemon backs off, then retries)", registry=REGISTRY
-)
-SHARDS_PENDING = Gauge(
-    "laion_ingest_shards_pending",
-    "Shards available at the source that the last poll set out to load",
-    registry=REGISTRY,
-)
-
-INDEX_UNCOVERED_ROWS = Gauge(
-    "laion_ingest_index_uncovered_rows", "Rows in parts the vector index does not cover yet", registry=REGISTRY
-)
-INDEX_UNCOVERED_PARTS = Gauge(
-    "laion_ingest_index_uncovered_parts", "Active parts the vector index does not cover yet", registry=REGISTRY
-)
-INDEX_BUILDS = Counter(
-    "laion_ingest_index_rematerializations",
-    "Scheduled MATERIALIZE INDEX runs that built the index for uncovered parts",
-    registry=REGISTRY,
-)
-INDEX_ROWS_BUILT = Counter(
-    "laion_ingest_index_rows_built", "Rows whose parts got their vector index from a scheduled run", registry=REGISTRY
-)
 
 Signature = tuple[tuple[int, int], ...]
 """(size, mtime_ns) of a shard's three files: a changed signature is a reason to retry a quarantined shard."""

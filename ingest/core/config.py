@@ -191,8 +191,8 @@ class TuneConfig:
     sample_rows: int = 20_000
     queries: int = 50
     search_lists: tuple[int, ...] = (32, 64, 128, 256, 512)
-    quantizations: tuple[str, ...] = ("bf16", "i8")
-    ms: tuple[int, ...] = (12, 16, 32)
+    quantizations: tuple[str, ...] = ("bf16", "i8", "b1")
+    ms: tuple[int, ...] = (8, 12, 16, 32)
     efs: tuple[int, ...] = (24, 32, 64, 128)
     seed: int = 0
     max_memory: int | None = None
@@ -204,6 +204,8 @@ class TuneConfig:
     max_graphs: int = 16
     """The most HNSW graphs a search visits (--max-graphs): new indexes get graphs as small as this allows, and
     a table of more parts is merged first (vector/graphs.py)."""
+    project_rows: int | None = None
+    """--project-rows: also project the build seconds and index memory at this many rows (vector/sizing.py)."""
 
 
 def parse_node(text: str) -> NodeEndpoint:

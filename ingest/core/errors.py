@@ -104,6 +104,14 @@ class UnsupportedFeatureError(TargetError):
     """The server is too old for a feature (vector index, cosineDistance...)."""
 
 
+class BadRequestError(UsageError):
+    """A search-service client sent a request we cannot answer: it gets a 4xx with this one line."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class LedgerError(IngestError):
     """The resume ledger cannot be read or written."""
 
@@ -177,11 +185,12 @@ class ClickHouseCode(IntEnum):
 _C = ClickHouseCode
 
 # ClickHouse server error codes, classified once. Anything not listed is fatal unless its HTTP status is 5xx.
+# READONLY (164) is the user's profile (readonly=1|2), which no retry changes: fatal. A replica that lost its
+# coordinator answers TABLE_IS_READ_ONLY (242): that one passes.
 RETRIABLE_CLICKHOUSE_CODES = frozenset(
     {
         _C.UNEXPECTED_END_OF_FILE,
         _C.TIMEOUT_EXCEEDED,
-        _C.READONLY,
         _C.TOO_MANY_SIMULTANEOUS_QUERIES,
         _C.QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,  # an insert of the same segment still runs: count again, later
         _C.SOCKET_TIMEOUT,

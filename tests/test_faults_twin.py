@@ -97,4 +97,3 @@ def test_on_a_cluster_the_distributed_insert_of_a_dead_run_is_waited_for(make_sh
     finally:
         proxy.close()
         cluster.stop()
-

@@ -84,7 +84,9 @@ def part_a(h: ServerHandle, work: Path, tries: int) -> None:
         db = f"repro_a{t}"
         h.query(f"DROP DATABASE IF EXISTS {db}")
         h.query(f"CREATE DATABASE {db}")
-        args = run_args(src, h.http_url, db, work / f"ledger_a{t}.json", "0-2")
+        ledger = work / f"ledger_a{t}.json"
+        ledger.unlink(missing_ok=True)
+        args = run_args(src, h.http_url, db, ledger, "0-2")
         t0 = time.monotonic()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         wait_rows(h, db, proc)
@@ -106,7 +108,9 @@ def part_b(h: ServerHandle, work: Path, seed: int) -> None:
     db = "repro_b"
     h.query(f"DROP DATABASE IF EXISTS {db}")
     h.query(f"CREATE DATABASE {db}")
-    args = run_args(src, h.http_url, db, work / "ledger_b.json", "0-3")
+    ledger = work / "ledger_b.json"
+    ledger.unlink(missing_ok=True)
+    args = run_args(src, h.http_url, db, ledger, "0-3")
     for k in range(1, 5):
         at = rng.uniform(1.0, 4.0)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -134,6 +138,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     h = start_clickhouse(a.work / "ch")
     burners = [subprocess.Popen(["bash", "-c", BURN]) for _ in range(os.cpu_count() or 2)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop burners and server on SIGTERM too
     try:
         if "A" in a.part:
             part_a(h, a.work, a.tries)

@@ -1,12 +1,13 @@
 """A loopback TCP proxy that holds the end of one INSERT's body: the moment after a client sent a segment's last
 byte and before the server answered, made deterministic (issue #19).
 
-Everything is forwarded as it comes, except on the connection carrying the `hold`-th INSERT (counted from 1): there
-the last 5 bytes received are kept back. When they are the chunked body's end (`0\\r\\n\\r\\n`) the whole body has
-left the client and `held` is set. The test kills the client then; the proxy keeps the server's side of the
-connection open, and on `release()` delivers the tail, so the server finishes the INSERT the dead client started,
-as a server slowed by a big segment does. `answered` is set when the server's reply to it comes back.
-Runs its own event loop in a thread; `close()` stops it.
+Everything is forwarded as it comes, except on the connection carrying the `hold`-th INSERT (counted from 1; the
+next one if the server answers that one early, e.g. with an error): there the last 5 bytes of body received are
+kept back (the headers go whole). When they are the chunked body's end (`0\\r\\n\\r\\n`) the whole body has left
+the client and `held` is set. The test kills the client then; the proxy keeps the server's side of the connection
+open, and on `release()` delivers the tail, so the server finishes the INSERT the dead client started, as a server
+slowed by a big segment does. `answered` is set when the server's reply to it comes back. Runs its own event loop
+in a thread; `close()` stops it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class HoldProxy:
         self.port = free_ports(1)[0]
         self.hold = hold
         self.inserts = 0
+        self._taken = False
         self.held = threading.Event()
         self.answered = threading.Event()
         self._release: asyncio.Event | None = None
@@ -84,15 +86,22 @@ class HoldProxy:
         tail = b""
         with contextlib.suppress(OSError):
             while data := await src.read(1 << 16):
+                head = b""
                 if not holding.is_set() and data.startswith(b"POST /?query=INSERT"):
                     self.inserts += 1
-                    if self.inserts == self.hold:
+                    if self.inserts >= self.hold and not self._taken:
+                        self._taken = True
                         holding.set()
+                        # the headers go whole: a server waits only seconds for a request's headers
+                        split = data.find(b"\r\n\r\n") + 4
+                        head, data = data[:split], data[split:]
+                if not holding.is_set() and tail:
+                    data, tail = tail + data, b""  # an early reply ended the hold: the rest flows
                 if holding.is_set():
                     data, tail = (tail + data)[:-5], (tail + data)[-5:]
                     if tail == END:
                         self.held.set()
-                dst.write(data)
+                dst.write(head + data)
                 await dst.drain()
         if holding.is_set():
             assert self._release is not None
@@ -104,12 +113,13 @@ class HoldProxy:
         with contextlib.suppress(OSError):
             dst.write_eof()
 
-    async def _downstream(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, holding: asyncio.Event
-    ) -> None:
+    async def _downstream(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, holding: asyncio.Event) -> None:
         with contextlib.suppress(OSError):
             while data := await src.read(1 << 16):
-                if holding.is_set():
+                if holding.is_set() and not self.held.is_set():
+                    holding.clear()  # the server answered before the body's end (an error): hold the next INSERT
+                    self._taken = False
+                elif holding.is_set():
                     self.answered.set()
                 with contextlib.suppress(OSError, RuntimeError):
                     dst.write(data)

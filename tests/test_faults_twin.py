@@ -50,11 +50,13 @@ def kill_after_last_byte_then_rerun(args: list[str], proxy: HoldProxy, env: dict
     server only HOLD_SECONDS later (or when the rerun ended): the rerun must neither count it missing nor send it
     again. Returns the rerun's stderr (it must exit 0)."""
     first = start(args, env)
+    held = False
     try:
-        assert proxy.held.wait(90), "no INSERT body was held"
+        held = proxy.held.wait(120)
     finally:
         first.kill()
-        first.communicate()
+        _out, first_err = first.communicate()
+    assert held, f"no INSERT body was held (exit {first.returncode}): {first_err[-2000:]}"
     rerun = start(args, env)
     with contextlib.suppress(subprocess.TimeoutExpired):
         rerun.wait(timeout=HOLD_SECONDS)

@@ -310,7 +310,11 @@ class HttpSink:
 
     async def wait_query_gone(self, query_id: str) -> None:
         """Poll `system.processes` until nothing runs under `query_id` (a dead client's INSERT is finished or
-        failed by the server within seconds); a server that cannot be reached runs nothing of ours."""
+        failed by the server within seconds); a server that cannot be reached runs nothing of ours.
+
+        18.16 lists an HTTP INSERT once it has read the first MiB of its body (or all of it, if shorter): a short
+        body whose last bytes are still on the way is not seen, but they travel with the killed client's last write.
+        """
         deadline = time.monotonic() + SETTLE_TIMEOUT
         delay = 0.05
         while True:

@@ -3,6 +3,8 @@ faults the soak found or depends on, made deterministic (one armed fault, offset
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,10 @@ from exact import assert_table_equals, expected_rows, server_table
 from fault_proxy import FaultProxy
 from server_fixtures import ServerHandle
 from soak_driver import wait_until
+from test_http_sink import sink_settings
+
+from ingest.core.errors import TransientTargetError
+from ingest.sinks.http import HttpSink
 
 SHARDS = [0, 1]
 
@@ -87,3 +93,37 @@ def test_refused_connections_are_retried(
     t.join()
     assert [f.kind for f in proxy.injected] == ["refuse", "reset_body"]
     assert "cannot connect to ClickHouse" in err, err
+
+
+def test_a_refused_connection_does_not_hide_an_insert_still_running(
+    proxy: FaultProxy, ch_server: ServerHandle, ch_db: str
+) -> None:
+    """Behind a proxy or load balancer a refused connection says nothing about the server: an INSERT of ours may
+    still run there. Waiting for it must fail (and the landing retry), not report it gone: the soak (seed 190300,
+    18.16) saw a segment twice when a refusal window met an insert a timed-out attempt had left running."""
+    qid = "soak-held-insert"
+    ch_server.query(f"CREATE TABLE {ch_db}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    held = socket.create_connection(("127.0.0.1", ch_server.http_port))
+    try:  # an INSERT whose chunked body never ends: it runs on the server until its connection goes
+        query = f"INSERT INTO {ch_db}.t FORMAT TSV".replace(" ", "%20")
+        rows = b"1\n" * 2_000_000  # 18.16 reads the first MBs of a body before the query shows in processes
+        head = f"POST /?query_id={qid}&query={query} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        held.sendall(head.encode() + f"{len(rows):x}\r\n".encode() + rows + b"\r\n")
+        sql = f"SELECT count() FROM system.processes WHERE query_id = '{qid}'"
+        assert wait_until(lambda: ch_server.query(sql).strip() == b"1", 30)
+        proxy.refuse_seconds = 10.0
+        proxy.arm("refuse")
+        assert wait_until(lambda: bool(proxy.injected), 5)
+
+        async def wait_gone() -> None:
+            sink = HttpSink(sink_settings(f"http://127.0.0.1:{proxy.port}", ch_db))
+            try:
+                await sink.wait_query_gone(qid)
+            finally:
+                await sink.close()
+
+        with pytest.raises(TransientTargetError, match="cannot connect"):
+            asyncio.run(wait_gone())
+        assert ch_server.query(sql).strip() == b"1", "the INSERT was still running all along"
+    finally:
+        held.close()

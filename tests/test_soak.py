@@ -115,17 +115,22 @@ def check_table(server: Any, table: str, want: dict[str, Any], stats: SoakStats,
     """Byte-exact against the source; lost and duplicated rows counted for the summary."""
     got = server_table(server, DB, table)
     ids = got.column("id").to_numpy()
-    stats.rows_duplicated += len(ids) - len(np.unique(ids))
+    uniq, counts = np.unique(ids, return_counts=True)
+    stats.rows_duplicated += len(ids) - len(uniq)
     stats.rows_lost += len(np.setdiff1d(want["id"], ids))
     try:
         assert_table_equals(got, want)
     except AssertionError as exc:
-        stats.failures.append(f"{label}: table not exact: {exc}")
+        twice = uniq[counts > 1]
+        where = f"; ids twice: {twice.min()}..{twice.max()} ({len(twice)})" if len(twice) else ""
+        stats.failures.append(f"{label}: table not exact: {exc}{where}")
 
 
-def run_once(args: list[str], server: Any, stats: SoakStats, label: str) -> int:
+def run_once(args: list[str], server: Any, stats: SoakStats, label: str, log: Path) -> int:
     res = cli("run", *args, env=env_for(server), timeout=300)
     stats.runs += 1
+    with log.open("a") as f:  # every run's stderr, for a failure's post-mortem
+        f.write(f"== {label}: exit {res.returncode}\n{res.stderr}")
     stats.exits[res.returncode] += 1
     stats.retries += count_retries(res.stderr)
     bad = res.returncode not in (0, 4) or "Traceback" in res.stderr or "internal error" in res.stderr
@@ -137,11 +142,12 @@ def run_once(args: list[str], server: Any, stats: SoakStats, label: str) -> int:
     return res.returncode
 
 
-def report(stats: SoakStats, out_dir: Path) -> None:
+def report(stats: SoakStats, out_dir: Path, logs: Path) -> None:
+    """Print the summary and write it (with the failures and why runs ended 4) next to `logs` (stderr, faults)."""
     text = stats.table()
     path = out_dir / f"soak-{stats.what}-{stats.server}-seed{stats.seed}.txt"
     path.write_text("\n".join([text, *stats.failures, *stats.notes]) + "\n")
-    print(f"\n{text}\n(summary written to {path})")
+    print(f"\n{text}\n(summary written to {path}; logs: {logs})")
 
 
 def test_runs_survive_the_soak(
@@ -155,6 +161,7 @@ def test_runs_survive_the_soak(
     want = expected_rows(src, [0, 1, 2])
     stats = SoakStats(seed=seed, server=server_version(soak_server))
     wall_limit = time.monotonic() + target * SOAK_SECONDS_PER_FAULT * 0.8
+    log = tmp_path / "runs.log"
     started = time.monotonic()
     with soak_rig(soak_server, seed) as (proxy, driver):
         while stats.faults < target and time.monotonic() < wall_limit:
@@ -167,18 +174,20 @@ def test_runs_survive_the_soak(
             burn = busy_cores(seconds=120) if rng.random() < 0.5 else contextlib.nullcontext()
             with burn:
                 driver.active.set()
-                code = run_once(args, soak_server, stats, f"seed {seed} round {stats.rounds}")
+                code = run_once(args, soak_server, stats, f"seed {seed} round {stats.rounds}", log)
                 driver.quiet()
             if code != 0:  # 4: a fault outlived the retries; a rerun (faults off) must finish the job exactly
-                rerun = run_once(args, soak_server, stats, f"seed {seed} round {stats.rounds} rerun")
+                rerun = run_once(args, soak_server, stats, f"seed {seed} round {stats.rounds} rerun", log)
                 if rerun != 0:
                     stats.failures.append(f"seed {seed} round {stats.rounds}: rerun after exit {code} ended {rerun}")
             stats.add_recovery(proxy, since, proxy.now())
+            with log.open("a") as f:
+                f.writelines(f"   fault {i}\n" for i in proxy.injected if i.at >= since)
             check_table(soak_server, table, want, stats, f"seed {seed} round {stats.rounds}")
             soak_server.query(f"DROP TABLE IF EXISTS {DB}.{table}")
         stats.failures += driver.errors
     stats.wall = time.monotonic() - started
-    report(stats, tmp_path)
+    report(stats, tmp_path, log)
     assert not stats.failures, "\n".join(stats.failures)
     assert stats.faults >= target, f"only {stats.faults} faults fired in the time allowed (seed {seed})"
     assert stats.rows_lost == 0 and stats.rows_duplicated == 0
@@ -239,7 +248,7 @@ def test_daemon_survives_the_soak(
     stats.exits[d.proc.returncode] += 1
     check_table(soak_server, "laion", expected_rows(src, shards), stats, f"seed {seed} daemon")
     stats.wall = time.monotonic() - started
-    report(stats, tmp_path)
+    report(stats, tmp_path, d.log_path)
     assert not stats.failures, "\n".join(stats.failures)
 
 

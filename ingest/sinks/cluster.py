@@ -57,7 +57,7 @@ from ingest.sinks.cluster_topology import (
     parse_nodes,
     placement,
 )
-from ingest.sinks.fanout import REMOTE_NODE_CODES, all_of, remote_read
+from ingest.sinks.fanout import REMOTE_NODE_CODES, all_of, gone_or_down, remote_read
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
 REPLICATED_DELETE_WAIT = 15.0
@@ -264,8 +264,8 @@ class ClusterSink:
     async def wait_query_gone(self, query_id: str) -> None:
         """On the entry and every live node: a Distributed insert's parts run on the shards under its id as
         `initial_query_id` (18.16 has no clusterAllReplicas, so each node is asked; a node that refuses
-        connections runs nothing)."""
-        await all_of([s.wait_query_gone(query_id) for s in self._senders(fresh=False)])
+        connections runs nothing: a dead member must not stall the others)."""
+        await all_of([gone_or_down(s, query_id) for s in self._senders(fresh=False)])
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         return await remote_read(self.entry.count_range(ref, first_id, last_id))

@@ -8,6 +8,8 @@ Sections:
   rss       peak RSS of ours (→ HTTP server, so the database's memory is another process's) at 50k vs 400k rows
   big       the real-size shard (--big-rows, 1,000,000): ours vs embedding-reader vs Native file in chdb; ours vs
             curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
+  server26  the 1,000,000-row shard into a ClickHouse 26.9 server (chdb-core): ours vs a clickhouse-connect script
+            vs curl's one POST of the pre-encoded Native shard (bench/server26.py)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -210,6 +212,12 @@ def section_big(work: Path, rows: int, repeat: int) -> None:
     big(work, rows, max(3, repeat))
 
 
+def section_server26(work: Path, rows: int, repeat: int) -> None:
+    from server26 import section_server26 as server26
+
+    server26(work, rows, max(3, repeat))
+
+
 SECTIONS = {
     "chdb": section_chdb,
     "http": section_http,
@@ -217,6 +225,7 @@ SECTIONS = {
     "rss": section_rss,
     "index": section_index,
     "big": section_big,
+    "server26": section_server26,
 }
 
 
@@ -226,7 +235,7 @@ def main() -> None:
     ap.add_argument(
         "--sections",
         default="chdb,http,tutorial,rss,index",
-        help="comma list of: " + ", ".join(SECTIONS) + " (big, the 1M-row shard, only when named)",
+        help="comma list of: " + ", ".join(SECTIONS) + " (big and server26, the 1M-row shard, only when named)",
     )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)
@@ -239,7 +248,9 @@ def main() -> None:
     print(f"# laion-ingest bench — {stamp}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
     try:
         for name in args.sections.split(","):
-            rows = {"tutorial": args.tutorial_rows, "big": args.big_rows}.get(name, args.rows)
+            rows = {"tutorial": args.tutorial_rows, "big": args.big_rows, "server26": args.big_rows}.get(
+                name, args.rows
+            )
             SECTIONS[name](work / name, rows, args.repeat)
     finally:
         if not args.keep:

@@ -43,7 +43,8 @@ def chdb_available() -> str | None:
 
 def _users_xml(password: str, reader_password: str) -> str:
     """`default` (no password: LocalServer's own start-up session logs in as it), `ingest` with a password,
-    and `reader`, a read-only user (profile `readonly`), all from loopback only."""
+    and `reader`, a read-only user (readonly=2: it reads and sets per-query settings, never writes), all from
+    loopback only."""
     pw = xml.sax.saxutils.escape(password)
     rpw = xml.sax.saxutils.escape(reader_password)
     loop = "<networks><ip>127.0.0.1</ip><ip>::1</ip></networks>"
@@ -55,7 +56,7 @@ def _users_xml(password: str, reader_password: str) -> str:
         f"</{INGEST_USER}>"
         f"<{READER_USER}><password>{rpw}</password>{loop}<profile>readonly</profile><quota>default</quota>"
         f"</{READER_USER}>"
-        "</users><profiles><default/><readonly><readonly>1</readonly></readonly></profiles>"
+        "</users><profiles><default/><readonly><readonly>2</readonly></readonly></profiles>"
         "<quotas><default/></quotas></clickhouse>"
     )
 

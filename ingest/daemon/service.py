@@ -191,6 +191,8 @@ class Daemon:
                     self.s.target.display(),
                     self.s.table.key,
                 )
+                if self.opts.index_every > 0:  # before any load: merges of its parts must not build the index
+                    await self._index_guarded(prepare_only=True)
                 while not self.stop.is_set():
                     await self._poll_guarded()
                     if self.opts.index_every > 0 and not self.stop.is_set():
@@ -221,6 +223,7 @@ class Daemon:
         False if stopped while waiting."""
         assert self.source is not None
         if not needs_probe(self.s.load):
+            self.s = await resolve_schema(self.s, self.source, [])  # --dim given: the flags' schema, no probe
             return True
         await self.source.check_root()
         while not self.stop.is_set():
@@ -315,7 +318,7 @@ class Daemon:
                 SHARDS.labels(status="failed").inc(len(unfinished))
         SHARDS_PENDING.set(0)
 
-    async def _index_guarded(self) -> None:
+    async def _index_guarded(self, prepare_only: bool = False) -> None:
         """Count parts the vector index does not cover; every --index-every seconds, build it for them."""
         assert self.sink is not None
         try:
@@ -323,6 +326,8 @@ class Daemon:
                 for note in await prepare_growing_table(self.sink, self.s.table):
                     log.warning("daemon: %s", note)
                 self.table_prepared = True
+            if prepare_only:
+                return
             cov = await coverage(self.sink, self.s.table)
             INDEX_UNCOVERED_PARTS.set(cov.uncovered_parts)
             INDEX_UNCOVERED_ROWS.set(cov.uncovered_rows)

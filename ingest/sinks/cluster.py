@@ -47,7 +47,7 @@ from ingest.core.errors import (
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo
-from ingest.sinks.cluster_tables import TableSetup, all_of, ensure_tables
+from ingest.sinks.cluster_tables import TableSetup, ensure_tables
 from ingest.sinks.cluster_topology import (
     ClusterNode,
     check_topology,
@@ -57,28 +57,15 @@ from ingest.sinks.cluster_topology import (
     parse_nodes,
     placement,
 )
+from ingest.sinks.fanout import REMOTE_NODE_CODES, all_of, remote_read
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
-REMOTE_NODE_CODES = frozenset({32, 279, 285})
-"""A Distributed insert or read losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
-ALL_CONNECTION_TRIES_FAILED, TOO_FEW_LIVE_REPLICAS. Uncertain (an insert) or transient (a read), not fatal."""
 REPLICATED_DELETE_WAIT = 15.0
 """Seconds a replicated delete is waited for before the load goes on (see `_replicated_delete`)."""
 
 log = logging.getLogger("ingest")
 
 T = TypeVar("T")
-
-
-async def _remote_read(call: Awaitable[T]) -> T:
-    """A read through the entry (the Distributed table): a shard's node lost mid-read is transient, not fatal; the
-    next attempt reads from a live replica of that shard."""
-    try:
-        return await call
-    except TargetError as exc:
-        if exc.retriable or exc.code not in REMOTE_NODE_CODES:
-            raise
-        raise TransientTargetError(str(exc), exc.code) from None
 
 
 class ClusterSink:
@@ -245,11 +232,17 @@ class ClusterSink:
         return clone
 
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         if self._mode == "distributed":
             try:
-                await (await self._sender(self.entry, segment.first_id)).insert(ref, segment, blocks, token)
+                sender = await self._sender(self.entry, segment.first_id)
+                await sender.insert(ref, segment, blocks, token, query_id)
             except TargetError as exc:
                 if exc.retriable or exc.code not in REMOTE_NODE_CODES:
                     raise
@@ -260,15 +253,22 @@ class ClusterSink:
         pos = placement(segment.shard, segment.index, self._weights)
         sink = self._replicas[pos][self._preferred[pos]]
         try:
-            await (await self._sender(sink, segment.first_id)).insert(csql.local_ref(ref), segment, blocks, token)
+            sender = await self._sender(sink, segment.first_id)
+            await sender.insert(csql.local_ref(ref), segment, blocks, token, query_id)
         except TransientTargetError:
             # the segment's blocks are a one-pass stream: the landing's retry re-reads them, and goes to the
             # shard's next replica
             self._preferred[pos] = (self._preferred[pos] + 1) % len(self._replicas[pos])
             raise
 
+    async def wait_query_gone(self, query_id: str) -> None:
+        """On the entry and every live node: a Distributed insert's parts run on the shards under its id as
+        `initial_query_id` (18.16 has no clusterAllReplicas, so each node is asked; a node that refuses
+        connections runs nothing)."""
+        await all_of([s.wait_query_gone(query_id) for s in self._senders(fresh=False)])
+
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
-        return await _remote_read(self.entry.count_range(ref, first_id, last_id))
+        return await remote_read(self.entry.count_range(ref, first_id, last_id))
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         local = csql.local_ref(ref)
@@ -316,7 +316,7 @@ class ClusterSink:
             delay = min(1.0, delay * 2)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
-        return await _remote_read(self.entry.query(sql, settings))
+        return await remote_read(self.entry.query(sql, settings))
 
     async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
         await self.entry.execute(sql, settings)
@@ -324,8 +324,12 @@ class ClusterSink:
     @property
     def bytes_sent(self) -> int:
         """Insert body bytes on the wire over every sink this one sends through (entry, nodes, dedup-off clones)."""
-        sinks = {id(s): s for s in [self.entry, *self._nodes.values(), *self._fresh.values()]}
-        return sum(s.bytes_sent for s in sinks.values())
+        return sum(s.bytes_sent for s in self._senders(fresh=True))
+
+    def _senders(self, fresh: bool) -> list[HttpSink]:
+        """The entry and every live node once each (and the dedup-off clones if `fresh`)."""
+        sinks = [self.entry, *self._nodes.values(), *(self._fresh.values() if fresh else ())]
+        return list({id(s): s for s in sinks}.values())
 
     async def close(self) -> None:
         for sink in [self.entry, *self._nodes.values(), *self._fresh.values()]:

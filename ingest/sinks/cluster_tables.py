@@ -5,36 +5,19 @@ columns), as for one node. Split from `cluster.py` so each stays small; the deci
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ingest.clickhouse import cluster_sql as csql
 from ingest.clickhouse.sql import create_database_sql, describe_sql, table_problem
 from ingest.core.config import TargetConfig
-from ingest.core.errors import ConfigError, IngestError, SchemaMismatchError, TargetError
+from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError
 from ingest.core.ids import TableRef
+from ingest.sinks.fanout import all_of
 from ingest.sinks.http import HttpSink
 
 log = logging.getLogger("ingest")
-
-T = TypeVar("T")
-
-
-async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run coroutines concurrently; the first error of our tree leaves as itself, not as an ExceptionGroup."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(c) for c in calls]
-    except ExceptionGroup as group:
-        first = next((e for e in group.exceptions if isinstance(e, IngestError)), None)
-        if first is not None:
-            raise first from None
-        raise
-    return [t.result() for t in tasks]
 
 
 @dataclass(frozen=True, slots=True)

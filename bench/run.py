@@ -10,6 +10,8 @@ Sections:
             curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
   server26  the 1,000,000-row shard into a ClickHouse 26.9 server (chdb-core): ours vs a clickhouse-connect script
             vs curl's one POST of the pre-encoded Native shard (bench/server26.py)
+  cluster   vector search on a 2-shard 26.9 cluster, --rows split over 2 source shards: index --cluster, then
+            recall@10 and latency of both routes against brute force over the whole table (bench/cluster_bench.py)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -218,6 +220,12 @@ def section_server26(work: Path, rows: int, repeat: int) -> None:
     server26(work, rows, max(3, repeat))
 
 
+def section_cluster(work: Path, rows: int, repeat: int) -> None:
+    from cluster_bench import section_cluster as cluster
+
+    cluster(work, rows // 2, max(3, repeat))
+
+
 SECTIONS = {
     "chdb": section_chdb,
     "http": section_http,
@@ -226,6 +234,7 @@ SECTIONS = {
     "index": section_index,
     "big": section_big,
     "server26": section_server26,
+    "cluster": section_cluster,
 }
 
 

@@ -4,7 +4,8 @@ Run: python bench/peer_clickhouse_connect.py URL DATABASE SRC_ROOT SHARD [BATCH_
 
 What a competent user writes: both npy files memory-mapped, the parquet read with pyarrow in ~100k-row batches,
 float16 widened to the table's Float32, one `insert_arrow` per batch (the client's defaults: its own LZ4 Arrow
-compression). Same table, ids (shard × 10,000,000 + row) and nulls-as-'' as ours.
+compression), a timeout long enough for a bulk load on a busy machine.
+Same table, ids (shard × 10,000,000 + row) and nulls-as-'' as ours.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def vectors(x: np.ndarray) -> pa.Array:
 
 def load(url: str, database: str, root: str, shard: int, batch_rows: int) -> None:
     u = urlsplit(url)
-    client = clickhouse_connect.get_client(host=u.hostname, port=u.port, database=database)
+    client = clickhouse_connect.get_client(host=u.hostname, port=u.port, database=database, send_receive_timeout=1800)
     img = np.load(f"{root}/img_emb/img_emb_{shard}.npy", mmap_mode="r")
     txt = np.load(f"{root}/text_emb/text_emb_{shard}.npy", mmap_mode="r")
     meta = pq.ParquetFile(f"{root}/metadata/metadata_{shard}.parquet")

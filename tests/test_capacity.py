@@ -54,10 +54,10 @@ def test_one_option_is_the_projects_own_sizing_and_build_models() -> None:
 def test_plan_chooses_the_least_total_memory_that_fits_and_reaches_the_target() -> None:
     p = plan(Ask(400_000_000, 512, 8, 64 * GIB), consts())
     assert p.choice is not None
-    # b1 M=8 rescored reaches 0.96 and is the smallest; on 2 nodes it is already ≤ 64 GiB a node
-    assert p.choice.structure.candidate == Candidate("b1", 8, 64, 16)
-    assert p.choice.memory_per_node_bytes <= 64 * GIB
-    assert p.choice.total_memory == min(o.total_memory for o in p.options if o.fits and o.reaches)
+    # b1 M=8 rescored reaches 0.96 and is the smallest: 71.5 GiB on one node, 35.8 GiB a node on 2
+    assert (p.choice.structure.candidate, p.choice.nodes) == (Candidate("b1", 8, 64, 16), 2)
+    assert p.choice.memory_per_node_bytes == index_bytes(200_000_000, 512, "b1", 8) <= 64 * GIB
+    assert p.choice.nodes == min(o.nodes for o in p.options if o.fits and o.reaches)
     assert {o.nodes for o in p.options} == {1, 2, 4, 8} and len(p.options) == 16
     # i8 unrescored never reaches 0.95: weighed, never chosen
     assert all(not o.reaches for o in p.options if o.structure.candidate == Candidate("i8", 16, 64, 0))

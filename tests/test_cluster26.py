@@ -3,8 +3,9 @@
 `run --cluster` loads; `index --cluster` builds on each shard's `{table}_local` (never the Distributed table), sized
 and merged per shard, tuned on a sample of all shards' rows; `search` and `eval --cluster` use every shard's
 index and are checked against brute force over the whole table — ours (through Distributed) and an independent
-one (numpy over the source files). The daemon and `--insert-mode local` on the same cluster. Replicated tables are
-tested on 18.16 + ZooKeeper (tests/test_cluster_replicated.py): this server cannot replicate (DESIGN.md §3c).
+one (numpy over the source files); with one shard's index dropped, the plan says so and search fans out. The
+daemon and `--insert-mode local` on the same cluster. Replicated tables are tested on 18.16 + ZooKeeper
+(tests/test_cluster_replicated.py): this server cannot replicate (DESIGN.md §3c).
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ def test_index_search_eval_on_a_two_shard_cluster(c26: Cluster26, make_shards, c
 
     # a shard that lost its index (dropped there) gets it back with the definition the others have; no tuning
     c26.nodes[1].query(f"ALTER TABLE {db}.laion_local DROP INDEX image_index")
+    # meanwhile the Distributed plan shows shard 2 reading without it: search fans out, each shard as it can
+    doc = orjson.loads(ok(cli("search", "--like-id", str(hit_id), "--json", *target(c26, db), env=env)))
+    assert [(s["index_used"], s["route"]) for s in doc["shards"]] == [(True, "shards"), (False, "shards")]
+    assert doc["hits"][0]["id"] == hit_id and not doc["index_used"]
     out = ok(cli("index", "--no-progress", *target(c26, db), env=env))
     assert "exists already" in out and "candidates on" not in out, out
     assert re.search(r"shard 1 \S+: image_index: already exists", out) and re.search(

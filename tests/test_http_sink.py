@@ -1,4 +1,4 @@
-"""The HTTP target against a real loopback clickhouse-server 18.16: the sink's methods, then the CLI end to end."""
+"""The HTTP target against each real loopback server (18.16, 26.9): the sink's methods, then the CLI end to end."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What goes over the wire to each real server (18.16 and 26.9), read from a loopback capture: the dedup token of
-a segment and what a re-sent one does, `async_insert=0` to a server whose default is on, and a reply lost after
-the server committed an insert."""
+a segment and what a re-sent one does, `async_insert=0` to a server whose default is on, a reply lost after the
+server committed an insert; and what a read-only user may do."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def load_args(src: Path, url: str, db: str, ledger: Path, *extra: str) -> list[s
 
 def creds(server: Any) -> dict[str, str]:
     return {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
+
+
+async def _one(batch: Any) -> Any:
+    yield batch
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
 
 
 @pytest.mark.server
@@ -104,14 +112,6 @@ def test_inserts_are_synchronous_on_a_server_whose_default_is_async(
         assert r.params["async_insert"] == "0" and r.params["wait_end_of_query"] == "1", r.target
         assert r.params["materialize_skip_indexes_on_insert"] == "0", r.target  # the load never pays for an index
         assert "x-clickhouse-key" in r.headers and server.password not in r.target
-
-
-async def _one(batch: Any) -> Any:
-    yield batch
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 @pytest.mark.server

@@ -159,13 +159,13 @@ class Plan:
 
 
 def plan(ask: Ask, k: Constants) -> Plan:
-    """Every structure × node count up to ask.nodes; the choice is the one that fits and reaches the target with
-    the least memory over all its nodes, then the fewest build hours. None fits: the reason says what hardware
+    """Every structure × node count up to ask.nodes; the choice is the one that fits and reaches the target on
+    the fewest nodes, then with the least memory, then the fewest build hours. None fits: the reason says what hardware
     would (memory per node at ask.nodes, or nodes at ask.max_memory, for the smallest structure that reaches it)."""
     options = tuple(option(ask, k, s, n) for s in k.structures for n in node_counts(ask.nodes))
     good = [o for o in options if o.fits and o.reaches]
     if good:
-        best = min(good, key=lambda o: (o.total_memory, o.build_hours, o.nodes))
+        best = min(good, key=lambda o: (o.nodes, o.total_memory, o.build_hours))
         return Plan(ask, k, options, best, f"cheapest plan that fits and reaches recall@10 {ask.recall_target:.2f}")
     return Plan(ask, k, options, None, what_would_fit(ask, k, options))
 
@@ -223,20 +223,25 @@ def _s(q: str, m: int, f: int, recall: float, build_s: float, ms: float) -> Stru
 
 
 DEFAULTS_DIM = 512
-DEFAULTS_SAMPLE = 30_000
+DEFAULTS_SAMPLE = 10_000
 DEFAULTS = Constants(
     (
-        _s("bf16", 16, 0, 0.0, 0.0, 0.0),
-        _s("i8", 16, 0, 0.0, 0.0, 0.0),
-        _s("i8", 16, 4, 0.0, 0.0, 0.0),
-        _s("b1", 16, 16, 0.0, 0.0, 0.0),
-        _s("b1", 8, 16, 0.0, 0.0, 0.0),
+        _s("bf16", 16, 0, 0.984, 7.8, 3.0),
+        _s("i8", 16, 0, 0.726, 2.6, 3.0),
+        _s("i8", 16, 4, 0.990, 2.6, 155.0),
+        _s("b1", 16, 16, 0.786, 2.2, 228.0),
+        _s("b1", 16, 64, 0.996, 2.2, 233.0),
+        _s("b1", 8, 64, 0.994, 0.9, 185.0),
     ),
     load_rows_per_second=1_000_000 / 17.7,
-    disk_bytes_per_value=8.0,
-    disk_bytes_other=150.0,
-    source="defaults measured here: bench/shapes.py, offset shape (un-centred, as CLIP), PLACEHOLDER",
+    disk_bytes_per_value=2 * 1209.2 / 512,
+    disk_bytes_other=250.0,
+    source=(
+        "defaults measured here (2 cores, shared: load average 70–90): bench/shapes.py, 10,000 rows of 512-d, one "
+        "graph, ef_c=64; recall@10 at search list 256 on the offset shape (un-centred, as CLIP embeddings are); "
+        "build s and ms per search the fastest of its four synthetic shapes; disk 1,209 bytes per 512-d embedding "
+        "column as stored (LZ4, measured on our 1M-row shard) + 250 bytes of texts per LAION row (Segments)"
+    ),
     load_source="1,000,000 rows in 17.2–18.2 s per worker into ClickHouse 18.16 over HTTP (README, Benchmarks 6)",
 )
-"""Measured on this machine (2 cores): see the source strings; `plan --target` replaces them with the tuner's
-measurements on the user's table."""
+"""`plan` without --target projects from these; with it, from the tuner's measurements on the user's table."""

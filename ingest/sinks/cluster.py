@@ -36,12 +36,18 @@ import pyarrow as pa
 
 from ingest.clickhouse import cluster_sql as csql
 from ingest.clickhouse.http_request import pending_mutations_sql
-from ingest.clickhouse.sql import create_database_sql, delete_range_sql, describe_sql, table_problem
+from ingest.clickhouse.sql import delete_range_sql
 from ingest.core.config import TargetConfig, validate_zookeeper_path
-from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError, TransientTargetError, UncertainInsertError
+from ingest.core.errors import (
+    ConfigError,
+    TargetError,
+    TransientTargetError,
+    UncertainInsertError,
+)
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo
+from ingest.sinks.cluster_tables import TableSetup, ensure_tables
 from ingest.sinks.cluster_topology import (
     ClusterNode,
     check_topology,
@@ -51,7 +57,7 @@ from ingest.sinks.cluster_topology import (
     parse_nodes,
     placement,
 )
-from ingest.sinks.fanout import REMOTE_NODE_CODES, all_of, remote_read
+from ingest.sinks.fanout import REMOTE_NODE_CODES, all_of, gone_or_down, remote_read
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
 REPLICATED_DELETE_WAIT = 15.0
@@ -174,90 +180,25 @@ class ClusterSink:
         """Where an ALTER of `{table}_local` runs: once per shard when replicated (it replicates), else every node."""
         return self.shard_sinks() if self.replicated else list(self._nodes.values())
 
+    def node_name(self, sink: HttpSink) -> str:
+        """`host:port` of a node's HTTP endpoint, for messages (the entry's if `sink` is none of the nodes)."""
+        url = next((u for u, s in self._nodes.items() if s is sink), self._target.spec.base_url)
+        return urlsplit(url).netloc
+
     # -- tables -----------------------------------------------------------------------------------------------
     async def ensure_table(self, ref: TableRef) -> None:
         """Create the local tables and the Distributed table everywhere, then check every live node's tables."""
-        window = DEDUP_WINDOW if self.info.dedup_token else None
-        if not self.replicated:
-            log.info(
-                "cluster %s has no ZooKeeper/Keeper: %s is a plain MergeTree on each node, created node by node; "
-                "nothing is replicated",
-                self.cluster,
-                csql.local_ref(ref).key,
-            )
-        if self.replicated:
-            await all_of([self._check_macros(url, s) for url, s in self._nodes.items()])
-        if not (self.on_cluster and self.all_up and await self._create_on_cluster(ref, window)):
-            await all_of([self._create_on_node(s, ref, window) for s in self._nodes.values()])
-        entry_url = self._target.spec.base_url
-        if entry_url not in self._nodes:  # an entry outside the cluster still needs the Distributed table
-            await self.entry.execute(create_database_sql(ref.database), database="default")
-            await self.entry.execute(
-                csql.distributed_table_sql(ref, self.cluster, False, self._target.schema), database="default"
-            )
-            await self._verify(entry_url, self.entry, ref, node=False)
-        await all_of([self._verify(url, s, ref, node=True) for url, s in self._nodes.items()])
-
-    def _local_sql(self, ref: TableRef, window: int | None, on_cluster: bool) -> str:
-        local, cluster = csql.local_ref(ref), self.cluster if on_cluster else None
-        if self.replicated:
-            return csql.replicated_local_table_sql(local, self._zk_path, cluster, self._target.schema)
-        return csql.local_table_sql(local, window, cluster, self._target.schema)
-
-    async def _check_macros(self, url: str, sink: HttpSink) -> None:
-        rows = await sink.query(csql.macros_sql(), database="default")
-        missing = csql.missing_macros([(str(r["macro"]), str(r["substitution"])) for r in rows])
-        if missing:
-            raise ConfigError(
-                f"cluster {self.cluster!r} node {urlsplit(url).netloc} defines no <macros> {', '.join(missing)}: "
-                "a replicated table needs {shard} and {replica} on every node"
-            )
-
-    async def _create_on_cluster(self, ref: TableRef, window: int | None) -> bool:
-        """One DDL per object through the queue; False (after a warning) if the cluster refuses it."""
-        statements = [
-            csql.create_database_on_cluster_sql(ref.database, self.cluster),
-            self._local_sql(ref, window, on_cluster=True),
-            csql.distributed_table_sql(ref, self.cluster, True, self._target.schema),
-        ]
-        try:
-            for sql in statements:
-                await self.entry.execute(sql, database="default")
-        except TargetError as exc:
-            if exc.retriable:
-                raise
-            log.warning("cluster %s: ON CLUSTER DDL refused (%s); creating tables node by node", self.cluster, exc)
-            return False
-        return True
-
-    async def _create_on_node(self, sink: HttpSink, ref: TableRef, window: int | None) -> None:
-        await sink.execute(create_database_sql(ref.database), database="default")
-        await sink.execute(self._local_sql(ref, window, on_cluster=False), database="default")
-        await sink.execute(
-            csql.distributed_table_sql(ref, self.cluster, False, self._target.schema), database="default"
+        setup = TableSetup(
+            cluster=self.cluster,
+            zk_path=self._zk_path,
+            target=self._target,
+            entry=self.entry,
+            nodes=self._nodes,
+            replicated=self.replicated,
+            on_cluster=self.on_cluster and self.all_up,
+            max_replicas=max(self._replica_count),
         )
-
-    async def _verify(self, url: str, sink: HttpSink, ref: TableRef, node: bool) -> None:
-        """Engines and columns of our tables on one server; a mismatch is refused as for one node."""
-        where = urlsplit(url).netloc
-        rows = await sink.query(csql.engines_sql(ref), database="default")
-        engines = {str(r["name"]): (str(r["engine"]), str(r["engine_full"])) for r in rows}
-        problem = csql.engine_problem(ref, self.cluster, engines, node)
-        local = csql.local_ref(ref)
-        if not problem and node and self.replicated and max(self._replica_count) > 1:
-            engine = engines[local.table][0]
-            if not engine.startswith("Replicated"):
-                problem = (
-                    f"table {local.key} has engine {engine}, but cluster {self.cluster!r} has replicas and a "
-                    "coordinator: its replicas would diverge (recreate it as ReplicatedMergeTree)"
-                )
-        if problem:
-            raise SchemaMismatchError(f"on {where}: {problem}")
-        for table in (ref, csql.local_ref(ref)) if node else (ref,):
-            cols = await sink.query(describe_sql(table), database="default")
-            mismatch = table_problem(cols, self._target.schema)
-            if mismatch:
-                raise SchemaMismatchError(f"table {table.key} on {where} {mismatch}")
+        await ensure_tables(setup, ref, DEDUP_WINDOW if self.info.dedup_token else None)
 
     # -- data -------------------------------------------------------------------------------------------------
     async def _on_shard(self, pos: int, call: Callable[[HttpSink], Awaitable[T]]) -> T:
@@ -323,8 +264,8 @@ class ClusterSink:
     async def wait_query_gone(self, query_id: str) -> None:
         """On the entry and every live node: a Distributed insert's parts run on the shards under its id as
         `initial_query_id` (18.16 has no clusterAllReplicas, so each node is asked; a node that refuses
-        connections runs nothing)."""
-        await all_of([s.wait_query_gone(query_id) for s in self._senders(fresh=False)])
+        connections runs nothing: a dead member must not stall the others)."""
+        await all_of([gone_or_down(s, query_id) for s in self._senders(fresh=False)])
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         return await remote_read(self.entry.count_range(ref, first_id, last_id))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ingest.core.errors import IngestError, TargetError, TransientTargetError
+from ingest.core.errors import IngestError, TargetError, TransientTargetError, UnreachableTargetError
+
+if TYPE_CHECKING:
+    from ingest.sinks.http import HttpSink
 
 REMOTE_NODE_CODES = frozenset({32, 279, 285})
 """A Distributed insert or read losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
@@ -37,3 +41,10 @@ async def remote_read(call: Awaitable[T]) -> T:
         if exc.retriable or exc.code not in REMOTE_NODE_CODES:
             raise
         raise TransientTargetError(str(exc), exc.code) from None
+
+
+async def gone_or_down(node: HttpSink, query_id: str) -> None:
+    """`node.wait_query_gone`, where a member that refuses connections runs nothing: a dead node must not stall the
+    others (a single target is never assumed so: behind a proxy a refusal says nothing, see HttpSink)."""
+    with contextlib.suppress(UnreachableTargetError):
+        await node.wait_query_gone(query_id)

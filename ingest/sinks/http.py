@@ -40,6 +40,7 @@ from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode, split_head, 
 from ingest.core import metrics
 from ingest.core.config import TargetConfig
 from ingest.core.errors import (
+    CUT_BODY_CLICKHOUSE_CODES,
     ConfigError,
     SchemaMismatchError,
     TargetError,
@@ -59,8 +60,6 @@ CHUNK_BYTES = 1 << 20
 PUMP_DEPTH = 2
 """Body pieces (each at most CHUNK_BYTES) queued between the insert's body pump and aiohttp's writer."""
 CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 900.0
-"""Seconds without a byte of reply; wait_end_of_query=1 means nothing arrives until a statement is done."""
 KEEPALIVE_SECONDS = 2.0
 """Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
 MUTATION_TIMEOUT = 300.0
@@ -139,7 +138,7 @@ class HttpSink:
                 ssl=self._ssl if self._ssl is not None else True,
             )
             timeout = aiohttp.ClientTimeout(
-                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=self._target.read_timeout
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
@@ -240,8 +239,13 @@ class HttpSink:
             insert=True,
             query_id=query_id,
         )
-        async with pumped(self._wire_body(codec, self._body(ref, blocks)), PUMP_DEPTH) as feed:
-            await self._send(self._wired(req, codec), feed)
+        try:
+            async with pumped(self._wire_body(codec, self._body(ref, blocks)), PUMP_DEPTH) as feed:
+                await self._send(self._wired(req, codec), feed)
+        except TargetError as exc:
+            if exc.code in CUT_BODY_CLICKHOUSE_CODES:  # the server read a body cut short: the cut is the cause
+                raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None
+            raise
 
     async def _body(self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[memoryview | bytes]:
         """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in pieces.
@@ -306,7 +310,9 @@ class HttpSink:
 
     async def wait_query_gone(self, query_id: str) -> None:
         """Poll `system.processes` until nothing runs under `query_id` (a dead client's INSERT is finished or
-        failed by the server within seconds); a server that cannot be reached runs nothing of ours.
+        failed by the server within seconds). A refused connection is no answer: behind a proxy or a load balancer
+        the server may still be writing our INSERT (the soak saw a segment twice so), so it fails the attempt like
+        the count after it would; a cluster decides per member (fanout.gone_or_down).
 
         18.16 lists an HTTP INSERT once it has read the first MiB of its body (or all of it, if shorter): a short
         body whose last bytes are still on the way is not seen, but they travel with the killed client's last write.
@@ -314,10 +320,7 @@ class HttpSink:
         deadline = time.monotonic() + SETTLE_TIMEOUT
         delay = 0.05
         while True:
-            try:
-                rows = await self.query(running_query_sql(query_id), database="default")
-            except UnreachableTargetError:
-                return
+            rows = await self.query(running_query_sql(query_id), database="default")
             if int(rows[0]["n"]) == 0:
                 return
             if time.monotonic() > deadline:

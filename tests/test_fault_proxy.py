@@ -74,6 +74,19 @@ def test_one_fault_is_retried_and_the_table_is_exact(
     assert said in err and "; retry 1/" in err, err
 
 
+def test_a_request_head_cut_by_a_half_close_is_retried(
+    proxy: FaultProxy, ch_server: ServerHandle, ch_db: str, make_shards: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A half-close inside an INSERT's request head: 18.16's HTTP layer answers 400 with no ClickHouse code (the soak,
+    seed 190302 round 22, ended exit 1 so); it is a mangled request, retried, not a fatal error."""
+    src = make_shards(SHARDS, rows=3000, dim=64)
+    proxy.body_span = 150  # within the request line
+    proxy.arm("half_close")
+    err = run(src, proxy, ch_server, ch_db, tmp_path)
+    assert [f.kind for f in proxy.injected] == ["half_close"]
+    assert "HTTP 400; retry 1/" in err, err
+
+
 def test_refused_connections_are_retried(
     proxy: FaultProxy, ch_server: ServerHandle, ch_db: str, make_shards: Callable[..., Path], tmp_path: Path
 ) -> None:

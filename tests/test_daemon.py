@@ -232,6 +232,19 @@ def test_daemon_loads_new_shards_serves_health_and_stops_on_sigterm(
     assert_table_exact(db, src, [0, 1])
 
 
+def test_dim_flag_sets_the_tables_dimension(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    """`--dim 64` makes a 64-d table (the daemon used to create the default 512-d one and quarantine every shard)."""
+    src = make_shards([0], rows=1000, dim=64)
+    db = tmp_path / "db"
+    d = daemons(tmp_path, src, f"chdb:{db}", "--dim", "64")
+    d.wait_for("shard 0 loaded", lambda m: m.get(DONE) == 1)
+    assert d.metrics()[QUARANTINED] == 0
+    assert d.terminate() == 0
+    assert_table_exact(db, src, [0])
+
+
 def test_sigterm_during_long_ingest_then_run_completes_exactly(
     tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
 ) -> None:
@@ -395,6 +408,7 @@ def test_daemon_shares_runs_flags() -> None:
     run = {p.name: p for p in commands["run"].params}
     daemon = {p.name: p for p in commands["daemon"].params}
     only_daemon = {"poll_seconds", "http_host", "http_port", "index_every"}
+    only_daemon |= {"serve", "serve_host", "serve_port", "index_name", "weights", "allow_image_urls"}
     assert set(daemon) - set(run) == only_daemon
     for name in set(daemon) - only_daemon - {"shards"}:
         a, b = run[name], daemon[name]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import big  # noqa: E402 - the big shard's cache and the min–max table of bench/big.py
-import run as bench  # noqa: E402 - bench/run.py's process measuring and command lines
+import harness as bench  # noqa: E402 - the shared helpers (bench/harness.py): process measuring and command lines
 
 DB = "bench"
 LOGS = "".join(

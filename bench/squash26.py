@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import big  # noqa: E402 - the big shard's cache, /proc CPU and min–max helpers
-import run as bench  # noqa: E402
+import harness as bench  # noqa: E402 - the shared helpers (bench/harness.py)
 from server26 import DB, LOGS, Stats  # noqa: E402
 
 

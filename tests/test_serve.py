@@ -299,7 +299,7 @@ def test_readonly_1_user_is_refused_in_one_line(setup: Setup, tmp_path: Path) ->
     from cli_run import cli as run_cli
 
     args = list(setup.served.proc.args[4:])  # type: ignore[index]
-    args[args.index("searcher")] = "reader"
+    args[args.index("searcher")] = "strict"
     drop = args.index("--port")
     args = args[:drop] + args[drop + 2 :]
     res = run_cli("serve", "--port", "0", *args, timeout=120)

@@ -31,6 +31,7 @@ HIDDEN_COLUMNS = ("id", "similarity", *VECTOR_COLUMNS)
 """Not returned as metadata: the id is its own field, and the response's `similarity` is the query's, not the
 caption-image similarity LAION stored under that name (clip-back overwrites it the same way)."""
 MAX_FETCH_MULTIPLIER = 1000
+"""ClickHouse's own bound on vector_search_index_fetch_multiplier."""
 FILTER_HEADROOM = 2.0
 """Candidates fetched per wanted row, over the share of rows that pass the filter."""
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from prometheus_client import Counter, Gauge
-
 from ingest.core.config import RunConfig
 from ingest.core.errors import (
     EXIT_INTERRUPTED,
@@ -39,8 +37,17 @@ from ingest.core.errors import (
     first_error,
 )
 from ingest.core.layout import LAION400M, Layout
-from ingest.core.metrics import REGISTRY, SHARDS
+from ingest.core.metrics import SHARDS
 from ingest.core.retry import RetryPolicy, retrying
+from ingest.daemon.metrics import (
+    INDEX_BUILDS,
+    INDEX_ROWS_BUILT,
+    INDEX_UNCOVERED_PARTS,
+    INDEX_UNCOVERED_ROWS,
+    LAST_POLL,
+    POLL_ERRORS,
+    SHARDS_PENDING,
+)
 from ingest.load.ledger import Ledger
 from ingest.load.pipeline import Pipeline
 from ingest.load.progress import LogReporter
@@ -60,33 +67,6 @@ LAION_SHARDS = "0-409"
 """Candidates for an HTTP mirror when --shards is not given (a directory is simply listed)."""
 BACKOFF_CAP_SECONDS = 300.0
 READY_TIMEOUT_SECONDS = 3.0
-
-LAST_POLL = Gauge(
-    "laion_ingest_last_poll_timestamp_seconds", "Unix time the daemon last finished a poll", registry=REGISTRY
-)
-POLL_ERRORS = Counter(
-    "laion_ingest_poll_errors", "Polls that ended in an error (the daemon backs off, then retries)", registry=REGISTRY
-)
-SHARDS_PENDING = Gauge(
-    "laion_ingest_shards_pending",
-    "Shards available at the source that the last poll set out to load",
-    registry=REGISTRY,
-)
-
-INDEX_UNCOVERED_ROWS = Gauge(
-    "laion_ingest_index_uncovered_rows", "Rows in parts the vector index does not cover yet", registry=REGISTRY
-)
-INDEX_UNCOVERED_PARTS = Gauge(
-    "laion_ingest_index_uncovered_parts", "Active parts the vector index does not cover yet", registry=REGISTRY
-)
-INDEX_BUILDS = Counter(
-    "laion_ingest_index_rematerializations",
-    "Scheduled MATERIALIZE INDEX runs that built the index for uncovered parts",
-    registry=REGISTRY,
-)
-INDEX_ROWS_BUILT = Counter(
-    "laion_ingest_index_rows_built", "Rows whose parts got their vector index from a scheduled run", registry=REGISTRY
-)
 
 Signature = tuple[tuple[int, int], ...]
 """(size, mtime_ns) of a shard's three files: a changed signature is a reason to retry a quarantined shard."""
@@ -196,6 +176,8 @@ class Daemon:
                     self.s.target.display(),
                     self.s.table.key,
                 )
+                if self.opts.index_every > 0:  # before any load: merges of its parts must not build the index
+                    await self._index_guarded(prepare_only=True)
                 if (spec := self.opts.serve) is not None:  # search on the daemon's sink: one process, one chdb dir
                     served = await stack.enter_async_context(running_service(self.s.query, *spec.parts, self.sink))
                     self.searcher = served[0].searcher
@@ -231,6 +213,7 @@ class Daemon:
         False if stopped while waiting."""
         assert self.source is not None
         if not needs_probe(self.s.load):
+            self.s = await resolve_schema(self.s, self.source, [])  # --dim given: the flags' schema, no probe
             return True
         await self.source.check_root()
         while not self.stop.is_set():
@@ -325,7 +308,7 @@ class Daemon:
                 SHARDS.labels(status="failed").inc(len(unfinished))
         SHARDS_PENDING.set(0)
 
-    async def _index_guarded(self) -> None:
+    async def _index_guarded(self, prepare_only: bool = False) -> None:
         """Count parts the vector index does not cover; every --index-every seconds, build it for them."""
         assert self.sink is not None
         try:
@@ -333,6 +316,8 @@ class Daemon:
                 for note in await prepare_growing_table(self.sink, self.s.table):
                     log.warning("daemon: %s", note)
                 self.table_prepared = True
+            if prepare_only:
+                return
             cov = await coverage(self.sink, self.s.table)
             INDEX_UNCOVERED_PARTS.set(cov.uncovered_parts)
             INDEX_UNCOVERED_ROWS.set(cov.uncovered_rows)

@@ -13,6 +13,7 @@ than the cache is reloaded from disk on every query).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -91,3 +92,89 @@ def parse_bytes(text: str) -> int:
 
 def sizing_grid(quantizations: Sequence[str], ms: Sequence[int]) -> list[tuple[str, int]]:
     return [(q, m) for q in quantizations for m in ms]
+
+
+# ---- growth: a larger table projected from a build measured on this one ---------------------------------------
+
+BUILD_GROWTH = "build s × (N/n) × (ln G / ln g), G and g the rows of one graph at N and at n (HNSW insert ~ log G)"
+MEMORY_GROWTH = "index bytes as ClickHouse reported them at n rows × N/n (vectors and links are per row)"
+
+
+def scale_build_seconds(seconds: float, rows: int, graph_rows: int, rows_then: int, graph_rows_then: int) -> float:
+    """Build seconds over `rows_then` rows in graphs of `graph_rows_then`, from `seconds` measured over `rows` in
+    graphs of `graph_rows`: each insert searches its own graph (~ln of its size), so n·ln G per graph size."""
+    scale = rows_then / max(rows, 1)
+    if graph_rows <= 1 or graph_rows_then <= 1:
+        return seconds * scale
+    return seconds * scale * math.log(graph_rows_then) / math.log(graph_rows)
+
+
+def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
+    """(rows of a graph, graphs) of `rows` merged into one part and cut into at most `max_graphs` graphs, as
+    `index` lays out a table of more parts than --max-graphs (vector/graphs.py)."""
+    per = max(1, rows_per_granule)
+    granules = max(1, math.ceil(rows / per))
+    per_graph = max(1, math.ceil(granules / max(1, max_graphs)))
+    return min(rows, per_graph * per), math.ceil(granules / per_graph)
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredBuild:
+    """One index built on this table: what the projection scales from."""
+
+    rows: int
+    dim: int
+    quantization: str
+    m: int
+    graph_rows: int
+    build_seconds: float
+    index_bytes: int | None
+    """The index as ClickHouse reports it (its vector index cache bytes once loaded, else its bytes on disk)."""
+    build_cpu_seconds: float | None = None
+    """CPU of the build where it is known (chdb: the engine runs in our process); scaled like the wall."""
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    rows: int
+    graph_rows: int
+    graphs: int
+    build_seconds: float
+    index_bytes: int
+    formula_bytes: int
+    """The documented formula, before the safety factor (what the sizing step multiplies by 1.5)."""
+    measured_from: MeasuredBuild
+    build_cpu_seconds: float | None = None
+
+    def line(self) -> str:
+        f = self.measured_from
+        return (
+            f"projected at {self.rows:,} rows ({self.graphs} graphs of {self.graph_rows:,}): build "
+            f"{self.build_seconds:.0f} s, index memory {human_bytes(self.index_bytes)} (from {f.build_seconds:.1f} s "
+            f"and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of {f.graph_rows:,}; "
+            f"formula {human_bytes(self.formula_bytes)} before the ×{SAFETY_FACTOR} margin)"
+        )
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "rows": self.rows,
+            "graph_rows": self.graph_rows,
+            "graphs": self.graphs,
+            "build_seconds": self.build_seconds,
+            "index_bytes": self.index_bytes,
+            "formula_bytes": self.formula_bytes,
+            "build_cpu_seconds": self.build_cpu_seconds,
+        }
+
+
+def project_build(
+    measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int, safety: float = 1.0
+) -> Projection:
+    """Build seconds and index memory at `rows`, laid out as `index` would lay them out, from a measured build."""
+    graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
+    seconds = scale_build_seconds(measured.build_seconds, measured.rows, measured.graph_rows, rows, graph_rows)
+    formula = index_bytes(rows, measured.dim, measured.quantization, measured.m, 1.0)
+    per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
+    cpu = measured.build_cpu_seconds
+    cpu_then = None if cpu is None else scale_build_seconds(cpu, measured.rows, measured.graph_rows, rows, graph_rows)
+    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows * safety), formula, measured, cpu_then)

@@ -1,0 +1,249 @@
+"""Growth: the same synthetic 512-d rows at 1M, 2M and 4M, loaded and indexed as a user would, on the embedded
+target (chdb) and on a ClickHouse 26.9 server over HTTP; how each figure grows, and whether the projection
+`index --project-rows` makes from the smallest table holds at the largest.
+
+Run: python bench/growth.py [--sizes 1,2,4] [--targets chdb,http] [--data-dir DIR]   (or bench/run.py --sections growth)
+
+Per target and size, in a fresh database: `run` of the first k 1M-row shards (wall, rows/s, peak RSS of our
+process, and of the server for HTTP, active parts after the load); `index --recall-target 0.95 --report` (seconds of
+tuning, merge, build and check, the structure chosen, its memory as ClickHouse reports it once loaded:
+VectorSimilarityIndexCacheBytes per cache cell × graphs; the sizing formula beside it); an independent
+`eval --json` (recall@10 against brute force, p50/p99 of indexed and of brute-force search). The shards are
+synthesized once into --data-dir (4 × 1M rows, ~8 GB of float16 npy) and reused. The vector index cache is raised
+to 12 GiB (ClickHouse caps it at half this machine's 24 GB) on both targets, so that a 4M-row index is held whole
+(at the default 5 GiB, `index` refuses a bf16 index over 4M rows, projected 6.9 GiB with its 1.5 margin).
+This process only starts processes and reads small files: it never holds rows (its RSS is inherited at fork).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # this checkout's `ingest` (sizing's projection), not an installed one
+
+from growth_report import Ran, Row, print_tables  # noqa: E402
+
+PY = sys.executable
+SHARD_ROWS = 1_000_000
+"""Rows per synthesized shard (--shard-rows: smaller for a quick check of the bench itself)."""
+DEFAULT_DATA = Path(os.environ.get("LAION_GROWTH_DATA", "/var/tmp/laion-growth22/src"))
+TIMEOUT = 3600.0
+CACHE_BYTES = 12 << 30
+CACHE_XML = f"<vector_similarity_index_cache_size>{CACHE_BYTES}</vector_similarity_index_cache_size>"
+
+
+# -- processes ------------------------------------------------------------------------------------------------
+
+
+def timed(cmd: list[str], cwd: Path) -> Ran:
+    """Wall and peak RSS (ru_maxrss of the child) of one whole process; its output; a failure ends the bench."""
+    t0 = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with (cwd / "stderr.log").open("ab") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    timer = threading.Timer(TIMEOUT, proc.kill)
+    timer.start()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout else b""))
+    reader.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+        reader.join()
+    out = b"".join(chunks).decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = (cwd / "stderr.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{' '.join(cmd[:4])} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{tail}")
+    return Ran(time.monotonic() - t0, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime)
+
+
+def ingest(*args: str) -> list[str]:
+    return [PY, "-m", "ingest", *args]
+
+
+# -- targets --------------------------------------------------------------------------------------------------
+
+
+class Chdb:
+    """The embedded target: a chdb directory; our processes run in `work`, whose config.xml sets the cache."""
+
+    name = "embedded chdb"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.db = work / "db"
+
+    def fresh(self) -> None:
+        shutil.rmtree(self.db, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "config.xml").write_text(f"<clickhouse>{CACHE_XML}</clickhouse>")
+
+    @property
+    def target(self) -> str:
+        return f"chdb:{self.db}"
+
+    def scalar(self, sql: str) -> str:
+        return timed([PY, __file__, "sql", str(self.db), sql], self.work).out.strip()
+
+    def server_rss_mb(self) -> float | None:
+        return None
+
+    def server_cpu(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        shutil.rmtree(self.db, ignore_errors=True)
+
+
+class Http:
+    """A 26.9 server (tests/chdb_server.py) in a fresh directory per size, so its peak RSS is this size's."""
+
+    name = "ClickHouse 26.9 over HTTP"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.handle: Any = None
+
+    def fresh(self) -> None:
+        from chdb_server import start_ch26
+
+        self.stop()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.handle = start_ch26(self.work / "server", extra_config=CACHE_XML)
+
+    @property
+    def target(self) -> str:
+        return str(self.handle.http_url)
+
+    def scalar(self, sql: str) -> str:
+        return str(self.handle.query(sql, timeout=600).decode().strip())
+
+    def server_rss_mb(self) -> float | None:
+        status = Path(f"/proc/{self.handle.pid}/status").read_text()
+        hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        return int(hwm.split()[1]) / 1024 if hwm else None
+
+    def server_cpu(self) -> float:
+        """utime + stime of the server process so far (from /proc)."""
+        fields = Path(f"/proc/{self.handle.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.stop()
+            shutil.rmtree(self.work / "server", ignore_errors=True)
+            self.handle = None
+
+
+# -- one size -------------------------------------------------------------------------------------------------
+
+
+def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int) -> Row:
+    rows = shards * SHARD_ROWS
+    t.fresh()
+    state = t.work / "ledger.json"
+    state.unlink(missing_ok=True)
+    spec = "0" if shards == 1 else f"0-{shards - 1}"
+    run = ["run", "--source", str(src), "--shards", spec, "--no-progress", "--state", str(state)]
+    load = timed(ingest(*run, "--target", t.target), t.work)
+    parts = int(t.scalar("SELECT count() FROM system.parts WHERE database = 'default' AND table = 'laion' AND active"))
+    print(f"  {rows:,} rows loaded in {load.seconds:.1f} s, {parts} parts; indexing", flush=True)
+    report_path = t.work / f"index-{rows}.json"
+    index_args = ["index", "--target", t.target, "--recall-target", "0.95", "--no-progress", "--report"]
+    index_args += [str(report_path), *(["--project-rows", str(project)] if project > rows else [])]
+    cpu0 = t.server_cpu()
+    index = timed(ingest(*index_args), t.work)
+    server_cpu = t.server_cpu() - cpu0
+    (t.work / f"index-{rows}.out").write_text(index.out)
+    report = json.loads(report_path.read_text())
+    print(f"  indexed in {index.seconds:.1f} s; eval", flush=True)
+    ev = timed(ingest("eval", "--target", t.target, "--queries", str(queries), "--seed", "99", "--json"), t.work)
+    evaluation = json.loads(ev.out.strip().splitlines()[-1])
+    return Row(rows, load, t.server_rss_mb(), parts, index, server_cpu, report, evaluation)
+
+
+# -- printing -------------------------------------------------------------------------------------------------
+
+
+# -- data and the section -------------------------------------------------------------------------------------
+
+
+def ensure_shards(data: Path, shards: int) -> None:
+    from big import write_big_shard
+
+    for s in range(shards):
+        if not (data / "metadata" / f"metadata_{s}.parquet").exists():
+            t = time.monotonic()
+            write_big_shard(data, s, SHARD_ROWS)
+            print(f"(synthesized shard {s}: {SHARD_ROWS:,} rows in {time.monotonic() - t:.0f} s into {data})")
+
+
+def section_growth(work: Path, sizes: list[int], targets: list[str], data: Path, queries: int) -> None:
+    """Each target through every size; the tables (all sizes so far) are printed after each size, and each
+    size's figures saved in WORK/TARGET-rows.json: a run given the same --work resumes after the last size."""
+    ensure_shards(data, max(sizes))
+    project = max(sizes) * SHARD_ROWS
+    for name in targets:
+        t: Chdb | Http = Chdb(work / "chdb") if name == "chdb" else Http(work / "http")
+        saved = work / f"{name}-rows.json"
+        done = [Row.from_dict(d) for d in json.loads(saved.read_text())] if saved.exists() else []
+        try:
+            for k in sizes:
+                if any(r.rows == k * SHARD_ROWS for r in done):
+                    continue
+                print(f"{t.name}: {k * SHARD_ROWS:,} rows", flush=True)
+                done.append(one_size(t, data, k, project, queries))
+                done.sort(key=lambda r: r.rows)
+                saved.write_text(json.dumps([r.to_dict() for r in done]))
+                version = t.scalar("SELECT version()")
+                print_tables(f"growth: {t.name} {version}, {queries} eval queries, index --recall-target 0.95", done)
+        finally:
+            t.stop()
+
+
+def main() -> None:
+    global SHARD_ROWS
+    if len(sys.argv) > 1 and sys.argv[1] == "sql":  # child: one scalar from a chdb directory
+        from chdb import session
+
+        s = session.Session(sys.argv[2])
+        print(s.query(sys.argv[3], "TSV").bytes().decode().strip())
+        s.close()
+        return
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1,2,4", help="shards loaded per size (1M rows each), ascending")
+    ap.add_argument("--targets", default="chdb,http")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--queries", type=int, default=50, help="eval query rows per size")
+    ap.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per shard (size unit)")
+    ap.add_argument("--work", type=Path, default=None, help="work dir (default: a temp dir, removed)")
+    args = ap.parse_args()
+    SHARD_ROWS = args.shard_rows
+    work = args.work or Path(tempfile.mkdtemp(prefix="laion-growth-", dir="/var/tmp"))
+    print(f"# laion-ingest growth bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        section_growth(work, sizes, args.targets.split(","), args.data_dir, args.queries)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

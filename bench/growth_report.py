@@ -1,0 +1,177 @@
+"""The growth bench's figures (one Row per size, saved as JSON) and its printed tables, fits and projection
+lines (bench/growth.py runs the processes)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+TOLERANCE = 0.25
+"""The projection must land within ±25% of the measurement."""
+MAX_GRAPHS = 16
+"""`index`'s default --max-graphs, which the bench leaves as it is."""
+
+
+@dataclass
+class Ran:
+    seconds: float
+    peak_rss_mb: float
+    out: str = ""
+    cpu_seconds: float = 0.0
+    """User + system CPU of the process (chdb: the engine's work too, it runs in-process)."""
+
+
+@dataclass
+class Row:
+    """One size's figures, saved as JSON after each size (so a long run that is stopped keeps what it measured)."""
+
+    rows: int
+    load: Ran
+    server_rss_mb: float | None
+    parts: int
+    index: Ran
+    index_server_cpu: float
+    report: dict[str, Any]
+    evaluation: dict[str, Any]
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        return dict(self.report["indexes"][0])
+
+    def phase(self, name: str) -> float:
+        return float(self.report["phases_seconds"].get(name, 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["load"], d["index"] = {**self.load.__dict__, "out": ""}, {**self.index.__dict__, "out": ""}
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Row:
+        return Row(**{**d, "load": Ran(**d["load"]), "index": Ran(**d["index"])})
+
+
+def mib(n: float | None) -> str:
+    return "—" if n is None else f"{n / (1 << 20):,.0f}"
+
+
+def formula_mib(e: dict[str, Any], safety: float) -> float:
+    from ingest.vector.sizing import index_bytes
+
+    return index_bytes(int(e["rows"]), 512, str(e["quantization"]), int(e["m"]), safety) / (1 << 20)
+
+
+def structure(e: dict[str, Any]) -> str:
+    return f"{e['quantization']} M={e['m']} ef_c={e['ef_construction']} {e['graphs']}×{e['graph_rows'] // 1000}k"
+
+
+def print_tables(title: str, rows: list[Row]) -> None:
+    print(f"\n## {title}")
+    print(
+        f"{'rows':>9} {'load s':>7} {'rows/s':>8} {'RSS MB':>7} {'srv MB':>7} {'parts':>5} {'index s':>8} "
+        f"{'tune s':>7} {'merge s':>7} {'build s':>7} {'check s':>7} {'CPU s':>7}  {'structure':<28}"
+    )
+    for r in rows:
+        print(
+            f"{r.rows:>9,} {r.load.seconds:>7.1f} {r.rows / r.load.seconds:>8,.0f} {r.load.peak_rss_mb:>7.0f} "
+            f"{r.server_rss_mb or 0:>7.0f} {r.parts:>5} {r.index.seconds:>8.1f} {r.phase('tuning'):>7.1f} "
+            f"{r.phase('merge'):>7.1f} {r.phase('build'):>7.1f} {r.phase('check'):>7.1f} "
+            f"{r.index.cpu_seconds + r.index_server_cpu:>7.0f}  {structure(r.entry):<28}"
+        )
+    print(
+        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'×1.5':>7} {'L':>5} {'recall@10':>9} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'brute p50':>9} {'brute p99':>9}"
+    )
+    for r in rows:
+        e, ev = r.entry, r.evaluation
+        sweep = ev["sweep"][0]
+        print(
+            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e, 1.0):>8,.0f} "
+            f"{formula_mib(e, 1.5):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} {ev['recall_at_10']:>9.3f} "
+            f"{sweep['p50_ms']:>7.1f} {sweep['p99_ms']:>7.1f} {ev['brute_force_median_ms']:>9.1f} "
+            f"{ev['brute_force_p99_ms']:>9.1f}"
+        )
+    print(
+        "(RSS MB: peak of our `run`, with the engine in it for chdb; srv MB: the server's peak; CPU s: of `index` "
+        "and, over HTTP, of the server while it ran; mem MiB: the loaded index as ClickHouse reports it; formula: "
+        "rows × dim × bytes + rows × M × 8, and with the 1.5 margin `index` sizes with)"
+    )
+    print_growth(rows)
+    print_projection(rows)
+
+
+def exponent(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y over log x: y ~ x^b."""
+    lx, ly = [math.log(x) for x in xs], [math.log(max(y, 1e-9)) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den if den else 0.0
+
+
+def print_growth(rows: list[Row]) -> None:
+    if len(rows) < 2:
+        return
+    n = [float(r.rows) for r in rows]
+    graph = [float(r.entry["graph_rows"]) for r in rows]
+    build = [r.phase("build") for r in rows]
+    per = [b / (x * math.log(g)) * 1e6 for b, x, g in zip(build, n, graph, strict=True)]
+    series = {
+        "load rows/s": [r.rows / r.load.seconds for r in rows],
+        "peak RSS (ours)": [r.load.peak_rss_mb for r in rows],
+        "index build s": build,
+        "whole index s": [r.index.seconds for r in rows],
+        "index memory MiB": [float(r.entry["memory_bytes"] or 0) / (1 << 20) for r in rows],
+        "p50 indexed ms": [float(r.evaluation["sweep"][0]["p50_ms"]) for r in rows],
+        "p50 brute force ms": [float(r.evaluation["brute_force_median_ms"]) for r in rows],
+    }
+    print("growth, y ~ rows^b (least squares over the sizes; b = 0 flat, 1 linear):")
+    for name, ys in series.items():
+        print(f"  {name:<20} b = {exponent(n, ys):5.2f}   " + "  ".join(f"{y:,.1f}" for y in ys))
+    print(
+        "  build ÷ (n·ln G) µs: "
+        + "  ".join(f"{p:.2f}" for p in per)
+        + f"  (n log n holds if flat; G = rows of one graph: {', '.join(f'{g:,.0f}' for g in graph)})"
+    )
+
+
+def print_projection(rows: list[Row]) -> None:
+    """The projection `index --project-rows` makes from the smallest table (sizing.project_build), at each
+    larger size measured, against the measurement."""
+    from ingest.vector.sizing import MeasuredBuild, project_build
+
+    first = rows[0]
+    e = first.entry
+    rows_per_granule = int(e["graph_rows"]) // max(1, int(e["granularity"] or 1))
+    built = MeasuredBuild(
+        first.rows,
+        512,
+        str(e["quantization"]),
+        int(e["m"]),
+        int(e["graph_rows"]),
+        float(e["build_seconds"]),
+        e["memory_bytes"],
+        e.get("build_cpu_seconds"),
+    )
+    for last in rows[1:]:
+        proj = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS)
+        said = e.get("projection") or {}
+        same = structure(first.entry).split(" ")[:3] == structure(last.entry).split(" ")[:3]
+        print(
+            f"projection from {first.rows:,} rows vs measured at {last.rows:,}"
+            + (f" (`index --project-rows {last.rows}` printed it)" if int(said.get("rows", 0)) == last.rows else "")
+            + ("" if same else f" (NB the tuner chose {structure(last.entry)} at this size)")
+            + ":"
+        )
+        mem = last.entry["memory_bytes"] or 0
+        pairs = [
+            ("build s", proj.build_seconds, last.phase("build")),
+            ("build CPU s", proj.build_cpu_seconds or 0.0, float(last.entry.get("build_cpu_seconds") or 0.0)),
+            ("index memory MiB", proj.index_bytes / (1 << 20), mem / (1 << 20)),
+        ]
+        for name, pr, me in pairs:
+            if not pr or not me or (name == "build CPU s" and last.index_server_cpu):
+                continue  # CPU of the build is ours only on chdb (in-process engine)
+            ratio = pr / me
+            ok = "within" if abs(ratio - 1) <= TOLERANCE else "OUTSIDE"
+            print(f"  {name:<17} projected {pr:>8,.0f}  measured {me:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%)")

@@ -1,0 +1,131 @@
+"""What `index` measured, for machines (`--report FILE`) and for projecting a larger table (`--project-rows`).
+
+The memory an index takes is what ClickHouse reports once it is loaded: `VectorSimilarityIndexCacheBytes` over
+`VectorSimilarityIndexCacheCells` (one cell per graph), times the graphs the index has, so an index larger than
+the cache (cells evicted) is still counted whole. Before any search has loaded it, only its bytes on disk
+(`system.data_skipping_indices`) are known; they leave out usearch's in-memory overhead, which is large for
+small graphs (26.9, bf16 M=12, one graph: 16.8 MB loaded for 5,000 rows, 5.7 MB on disk; 33.7 MB and 22.8 MB
+for 20,000; 151.6 MB and 91.3 MB for 80,000).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ingest.clickhouse.index_sql import index_bytes_sql, index_cache_sql
+from ingest.clickhouse.vector_sql import VectorIndex
+from ingest.core.errors import TargetError
+from ingest.core.ids import TableRef
+from ingest.sinks.base import Sink
+from ingest.vector.graphs import Layout
+from ingest.vector.sizing import MeasuredBuild, Projection, project_build
+
+PHASES = ("tuning", "merge", "build", "check")
+
+
+@dataclass
+class IndexRunLog:
+    """Seconds per phase of one `index` run and one entry per index (structure, bytes, projection)."""
+
+    phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    """CPU seconds of this process per phase: on chdb the engine's own work (it runs in-process), on a server
+    only the client's. Unlike wall time it does not grow with other processes' load."""
+    indexes: list[dict[str, Any]] = field(default_factory=list)
+    total_seconds: float = 0.0
+    _cpu_mark: float = field(default_factory=time.process_time)
+
+    def add(self, phase: str, seconds: float) -> float:
+        """Count `seconds` of wall to `phase`, and the CPU since the previous phase ended; → that CPU."""
+        now = time.process_time()
+        cpu, self._cpu_mark = now - self._cpu_mark, now
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+        return cpu
+
+    def to_json(self) -> bytes:
+        doc = {
+            "phases_seconds": self.phases,
+            "phases_cpu_seconds": self.cpu,
+            "total_seconds": self.total_seconds,
+            "indexes": self.indexes,
+        }
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One built index: its structure, the build measured, and its bytes as ClickHouse reports them."""
+
+    index: VectorIndex
+    measured: MeasuredBuild
+    graphs: int
+    memory_bytes: int | None
+    disk_bytes: int | None
+
+    def as_dict(self, search_list: int | None) -> dict[str, Any]:
+        ix = self.index
+        return {
+            "name": ix.name,
+            "column": ix.column,
+            "structure": ix.describe(),
+            "quantization": ix.quantization,
+            "m": ix.m,
+            "ef_construction": ix.ef_construction,
+            "granularity": ix.granularity,
+            "search_list": search_list,
+            "rows": self.measured.rows,
+            "graphs": self.graphs,
+            "graph_rows": self.measured.graph_rows,
+            "build_seconds": self.measured.build_seconds,
+            "build_cpu_seconds": self.measured.build_cpu_seconds,
+            "memory_bytes": self.memory_bytes,
+            "disk_bytes": self.disk_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CacheState:
+    bytes: int
+    cells: int
+
+
+async def cache_state(sink: Sink) -> CacheState:
+    try:
+        rows = await sink.query(index_cache_sql())
+    except TargetError:
+        return CacheState(0, 0)
+    return CacheState(int(rows[0]["bytes"] or 0), int(rows[0]["cells"] or 0)) if rows else CacheState(0, 0)
+
+
+async def disk_bytes(sink: Sink, ref: TableRef, name: str) -> int | None:
+    rows = await sink.query(index_bytes_sql(ref, name))
+    return int(rows[0]["b"]) if rows else None
+
+
+def memory_bytes(before: CacheState, after: CacheState, graphs: int) -> int | None:
+    """The loaded index's memory: bytes per cell its searches added to the cache, times its graphs (all the
+    cache's cells when the loading evicted some: they are graphs of about one size too)."""
+    added, cells = after.bytes - before.bytes, after.cells - before.cells
+    if cells > 0 and added > 0:
+        return int(added / cells * graphs)
+    if after.cells > 0:
+        return int(after.bytes / after.cells * graphs)
+    return None
+
+
+def rows_per_granule(layout: Layout) -> int:
+    if layout.graph is not None:
+        return layout.graph.rows_per_granule
+    counted = [(r, g) for r, g in layout.after if g > 0]
+    return max((round(r / g) for r, g in counted), default=8192)
+
+
+def projection(measured: MeasuredBuild, rows: int | None, layout: Layout, max_graphs: int) -> Projection | None:
+    if not rows:
+        return None
+    return project_build(measured, rows, rows_per_granule(layout), max_graphs)

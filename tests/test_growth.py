@@ -1,0 +1,106 @@
+"""Projecting a larger table from a build measured on this one (`index --project-rows`, `--report`): the pure
+arithmetic, then the command on real chdb (12,000 rows) with its JSON report and the index's memory as ClickHouse
+reports it once loaded."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import orjson
+import pytest
+from cli_run import cli
+
+from ingest.stages.synth import SynthSpec, write_shard
+from ingest.vector.index_report import CacheState, memory_bytes
+from ingest.vector.sizing import MeasuredBuild, index_bytes, merged_graph_rows, project_build, scale_build_seconds
+
+
+def test_build_scales_by_rows_and_log_of_the_graph() -> None:
+    assert scale_build_seconds(10.0, 1000, 1000, 1000, 1000) == pytest.approx(10.0)
+    # 4× the rows in graphs 4× larger: 4 × ln(4000)/ln(1000)
+    assert scale_build_seconds(10.0, 1000, 1000, 4000, 4000) == pytest.approx(40.0 * math.log(4000) / math.log(1000))
+    # graphs of one size however many rows: linear
+    assert scale_build_seconds(10.0, 1000, 500, 4000, 500) == pytest.approx(40.0)
+
+
+def test_merged_graphs_are_cut_to_max_graphs() -> None:
+    assert merged_graph_rows(1_000_000, 2500, 16) == (62_500, 16)
+    assert merged_graph_rows(4_000_000, 2500, 16) == (250_000, 16)
+    assert merged_graph_rows(1000, 2500, 16) == (1000, 1)  # less than a granule: one graph of what there is
+    assert merged_graph_rows(10_000, 2500, 3) == (5000, 2)  # 4 granules, 3 graphs at most: 2 of 2 granules
+
+
+def test_projection_scales_measured_bytes_per_row_and_says_the_formula() -> None:
+    built = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, 1_300_000_000)
+    p = project_build(built, 4_000_000, 2500, 16)
+    assert (p.rows, p.graph_rows, p.graphs) == (4_000_000, 250_000, 16)
+    assert p.index_bytes == 5_200_000_000
+    assert p.build_seconds == pytest.approx(400.0 * math.log(250_000) / math.log(62_500))
+    assert p.formula_bytes == index_bytes(4_000_000, 512, "bf16", 16, 1.0)
+    assert "projected at 4,000,000 rows (16 graphs of 250,000)" in p.line()
+    # nothing measured: the formula is the projection
+    unknown = project_build(MeasuredBuild(1000, 512, "i8", 8, 1000, 1.0, None), 2000, 2500, 16)
+    assert unknown.index_bytes == unknown.formula_bytes
+
+
+def test_memory_of_a_loaded_index_is_bytes_per_cache_cell_times_graphs() -> None:
+    assert memory_bytes(CacheState(100, 1), CacheState(700, 4), 6) == 1200  # 3 cells of 200 added, 6 graphs
+    assert memory_bytes(CacheState(800, 4), CacheState(800, 4), 2) == 400  # nothing added (evicted): all cells
+    assert memory_bytes(CacheState(0, 0), CacheState(0, 0), 16) is None  # never loaded
+
+
+# ---- the command on chdb -----------------------------------------------------------------------------------
+
+
+def ok(res: CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("growth")
+    src = root / "src"
+    for s in (0, 1):
+        write_shard(src, s, SynthSpec(rows=6000, seed=11))
+    db = root / "db"
+    seg = ("--segment-rows", "1500")  # 8 parts: more than --max-graphs 4, so `index` merges them first
+    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress", *seg))
+    return db
+
+
+def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> None:
+    report = tmp_path / "index.json"
+    args = ("--recall-target", "0.9", "--sample-rows", "4000", "--max-graphs", "4", "--no-progress")
+    out = ok(cli("index", "--target", f"chdb:{table}", *args, "--project-rows", "48000", "--report", str(report)))
+    doc = orjson.loads(report.read_bytes())
+    phases = doc["phases_seconds"]
+    assert set(phases) == {"tuning", "merge", "build", "check"} and all(v > 0 for v in phases.values())
+    assert doc["total_seconds"] >= sum(phases.values()) * 0.99
+    (entry,) = doc["indexes"]
+    assert entry["name"] == "image_index" and entry["rows"] == 12_000 and entry["graphs"] <= 4
+    assert entry["structure"].startswith("vector_similarity('hnsw', 'cosineDistance', 512, ")
+    formula = index_bytes(12_000, 512, entry["quantization"], entry["m"], 1.0)
+    # loaded by the check's searches: ClickHouse's own count, at least the documented formula; a small graph
+    # takes more (26.9, bf16 M=12: 16.8 MB for a graph of 5,000 rows, 33.7 MB for 20,000, 151.6 MB for 80,000)
+    assert formula * 0.8 < entry["memory_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)
+    assert formula * 0.8 < entry["disk_bytes"] < formula * 1.5
+    proj = entry["projection"]
+    assert proj["rows"] == 48_000 and proj["graphs"] == 4
+    assert proj["index_bytes"] == pytest.approx(entry["memory_bytes"] * 4, rel=1e-6)
+    assert proj["build_seconds"] > entry["build_seconds"] * 4  # more rows, larger graphs
+    assert f"image_index: projected at 48,000 rows (4 graphs of {proj['graph_rows']:,})" in out
+    ev = orjson.loads(ok(cli("eval", "--target", f"chdb:{table}", "--queries", "20", "--seed", "3", "--json")))
+    assert 0 < ev["brute_force_median_ms"] <= ev["brute_force_p99_ms"]
+
+
+def test_dry_run_projects_from_the_sample(table: Path, tmp_path: Path) -> None:
+    report = tmp_path / "dry.json"
+    args = ("--recall-target", "0.9", "--sample-rows", "4000", "--no-progress", "--dry-run", "--name", "dry_index")
+    out = ok(cli("index", "--target", f"chdb:{table}", *args, "--project-rows", "1000000", "--report", str(report)))
+    assert "dry_index: projected at 1,000,000 rows" in out and "--dry-run: nothing built" in out
+    doc = orjson.loads(report.read_bytes())
+    assert doc["phases_seconds"]["build"] == 0 and doc["indexes"][0]["projection"]["rows"] == 1_000_000

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-import run as bench  # noqa: E402 - bench/run.py's helpers: measure, ours, start_server, reset_server_table
+import harness as bench  # noqa: E402 - the shared helpers: measure, ours, start_server, reset_server_table
 
 DEFAULT_DATA = Path(os.environ.get("LAION_BENCH_DATA", "/var/tmp/laion-bench-data"))
 CHUNK_ROWS = 100_000

@@ -8,8 +8,12 @@ Sections:
   rss       peak RSS of ours (→ HTTP server, so the database's memory is another process's) at 50k vs 400k rows
   big       the real-size shard (--big-rows, 1,000,000): ours vs embedding-reader vs Native file in chdb; ours vs
             curl -T of the whole shard as Native on the server; wall, CPU, RSS, parts, bytes (bench/big.py)
+  server26  the 1,000,000-row shard into a ClickHouse 26.9 server (chdb-core): ours vs a clickhouse-connect script
+            vs curl's one POST of the pre-encoded Native shard (bench/server26.py)
   growth    1M, 2M and 4M rows on chdb and a 26.9 server: load, index phases, memory, recall, latency, and the
             projection from 1M checked at 4M (bench/growth.py; 4 × 1M-row shards cached in $LAION_GROWTH_DATA)
+  cluster   vector search on a 2-shard 26.9 cluster, --rows split over 2 source shards: index --cluster, then
+            recall@10 and latency of both routes against brute force over the whole table (bench/cluster_bench.py)
 Every figure here is noisy on a shared 2-core machine; compare ratios from the same run, never absolute times.
 """
 
@@ -21,114 +25,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-PY = sys.executable
-PROCESS_TIMEOUT = 300.0
-
-
-@dataclass
-class Measure:
-    label: str
-    seconds: float
-    peak_rss_mb: float
-    cpu_seconds: float = 0.0
-    """User + system CPU of the process and its waited-for children."""
-
-
-def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Measure:
-    """Wall time and peak RSS (ru_maxrss of the child and its waited-for children) of one whole process.
-
-    ru_maxrss also keeps the high-water mark of the forking process's memory at exec, so this process must never
-    hold large data itself (it only starts processes and reads files' sizes).
-    """
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    timer = threading.Timer(PROCESS_TIMEOUT, proc.kill)  # a hung process fails the bench instead of stalling it
-    timer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-    seconds = time.monotonic() - t0
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{err[-2000:]}")
-    return Measure(label, seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
-
-
-def best_of(n: int, label: str, make_cmd, setup=None) -> Measure:  # type: ignore[no-untyped-def]
-    """Minimum time over n runs (setup() before each, e.g. a fresh database dir); peak RSS of that run."""
-    runs = []
-    for _ in range(n):
-        if setup is not None:
-            setup()
-        runs.append(measure(label, make_cmd()))
-    return min(runs, key=lambda m: m.seconds)
-
-
-def compare(rounds: int, entries: list[tuple[str, object, object]]) -> list[Measure]:  # type: ignore[type-arg]
-    """Interleaved rounds (A, B, C, A, B, C, ...) after one untimed warm-up round; the minimum per path.
-
-    Interleaving spreads the machine's drift over every path alike, and the warm-up takes first-run costs (a cold
-    server, cold page cache) out of whichever path happens to come first.
-    """
-    best: dict[str, Measure] = {}
-    for r in range(rounds + 1):
-        for label, make_cmd, setup in entries:
-            if setup is not None:
-                setup()  # type: ignore[operator]
-            m = measure(label, make_cmd())  # type: ignore[operator]
-            if r > 0 and (label not in best or m.seconds < best[label].seconds):
-                best[label] = m
-    return [best[label] for label, _, _ in entries]
-
-
-def synth(root: Path, shard: int, rows: int) -> None:
-    subprocess.run(
-        [PY, "-m", "ingest", "synth", "--out", str(root), "--shards", str(shard), "--rows", str(rows)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def fresh(path: Path):  # type: ignore[no-untyped-def]
-    def reset() -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-    return reset
-
-
-def ours(src: Path, shards: str, state: Path, *args: str) -> list[str]:
-    """Our whole program, as a user runs it."""
-    run = ["-m", "ingest", "run", "--source", str(src), "--shards", shards, "--no-progress", "--state", str(state)]
-    return [PY, *run, *args]
-
-
-def ours_chdb(src: Path, db: Path, shard: int, *extra: str) -> list[str]:
-    return ours(src, str(shard), Path(str(db) + ".ledger.json"), "--target", f"chdb:{db}", *extra)
-
-
-def print_table(title: str, rows: list[Measure], base: Measure) -> None:
-    print(f"\n## {title}")
-    print(f"{'path':58s} {'seconds':>8s} {'peak RSS MB':>12s} {'÷ ' + base.label[:20]:>24s}")
-    for m in rows:
-        print(f"{m.label:58s} {m.seconds:8.2f} {m.peak_rss_mb:12.0f} {m.seconds / base.seconds:24.2f}")
+from harness import (  # noqa: E402 - the shared helpers (bench/harness.py)
+    PY,
+    Measure,
+    best_of,
+    compare,
+    fresh,
+    measure,
+    ours_chdb,
+    ours_http,
+    print_table,
+    reset_server_table,
+    start_server,
+    synth,
+)
 
 
 def section_chdb(work: Path, rows: int, repeat: int) -> None:
@@ -210,35 +127,6 @@ def section_tutorial(work: Path, rows: int, repeat: int) -> None:
         f"tutorial / ours = {tutorial.seconds / ours.seconds:.1f}× (target ≥ 50×); "
         f"CSV size {csv.stat().st_size / 1e6:.0f} MB for {rows:,} rows"
     )
-
-
-def start_server(work: Path):  # type: ignore[no-untyped-def]
-    from server_fixtures import server_available, start_clickhouse
-
-    reason = server_available()
-    if reason is not None:
-        print(f"\n(server sections skipped: {reason})")
-        return None
-    return start_clickhouse(work / "clickhouse")
-
-
-def ours_http(src: Path, handle, db: str, shards: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return ours(src, shards, state, "--target", handle.http_url, "--database", db, *extra)
-
-
-def reset_server_table(handle, db: str, state: Path):  # type: ignore[no-untyped-def]
-    def reset() -> None:
-        handle.query(f"DROP TABLE IF EXISTS {db}.laion")
-        handle.query(f"CREATE TABLE {db}.laion ({COLUMNS_DDL}) ENGINE = MergeTree ORDER BY id")
-        state.unlink(missing_ok=True)
-
-    return reset
-
-
-COLUMNS_DDL = (
-    "id Int64, url String, caption String, NSFW String, similarity Float32, "
-    "image_embedding Array(Float32), text_embedding Array(Float32)"
-)
 
 
 def section_http(work: Path, rows: int, repeat: int) -> None:
@@ -328,11 +216,23 @@ def section_big(work: Path, rows: int, repeat: int) -> None:
     big(work, rows, max(3, repeat))
 
 
+def section_server26(work: Path, rows: int, repeat: int) -> None:
+    from server26 import section_server26 as server26
+
+    server26(work, rows, max(3, repeat))
+
+
 def section_growth(work: Path, rows: int, repeat: int) -> None:
     from growth import DEFAULT_DATA
     from growth import section_growth as growth
 
     growth(work, [1, 2, 4], ["chdb", "http"], DEFAULT_DATA, 50)
+
+
+def section_cluster(work: Path, rows: int, repeat: int) -> None:
+    from cluster_bench import section_cluster as cluster
+
+    cluster(work, rows // 2, max(3, repeat))
 
 
 SECTIONS = {
@@ -342,7 +242,9 @@ SECTIONS = {
     "rss": section_rss,
     "index": section_index,
     "big": section_big,
+    "server26": section_server26,
     "growth": section_growth,
+    "cluster": section_cluster,
 }
 
 
@@ -352,7 +254,7 @@ def main() -> None:
     ap.add_argument(
         "--sections",
         default="chdb,http,tutorial,rss,index",
-        help="comma list of: " + ", ".join(SECTIONS) + " (big and growth, the 1M-row shards, only when named)",
+        help="comma list of: " + ", ".join(SECTIONS) + " (big, server26, growth: 1M-row shards, only when named)",
     )
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the main shard")
     ap.add_argument("--tutorial-rows", type=int, default=10_000)
@@ -365,7 +267,9 @@ def main() -> None:
     print(f"# laion-ingest bench — {stamp}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
     try:
         for name in args.sections.split(","):
-            rows = {"tutorial": args.tutorial_rows, "big": args.big_rows}.get(name, args.rows)
+            rows = {"tutorial": args.tutorial_rows, "big": args.big_rows, "server26": args.big_rows}.get(
+                name, args.rows
+            )
             SECTIONS[name](work / name, rows, args.repeat)
     finally:
         if not args.keep:

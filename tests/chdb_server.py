@@ -28,6 +28,10 @@ from pathlib import Path
 
 INGEST_USER = "ingest"
 READER_USER = "reader"
+SEARCHER_USER = "searcher"
+"""Reads only but may set query settings (readonly=2): what `laion-ingest serve` needs."""
+STRICT_USER = "strict"
+"""readonly=1: may not set query settings either."""
 START_TIMEOUT = 60.0
 VERSION = "26.9"
 
@@ -43,7 +47,9 @@ def chdb_available() -> str | None:
 
 def _users_xml(password: str, reader_password: str) -> str:
     """`default` (no password: LocalServer's own start-up session logs in as it), `ingest` with a password,
-    and `reader`, a read-only user (profile `readonly`), all from loopback only."""
+    `reader` and `searcher` (readonly=2: they read and set per-query settings, never write; `searcher` is what
+    `laion-ingest serve` runs as) and `strict` (readonly=1: no settings either), sharing one password; all from
+    loopback only."""
     pw = xml.sax.saxutils.escape(password)
     rpw = xml.sax.saxutils.escape(reader_password)
     loop = "<networks><ip>127.0.0.1</ip><ip>::1</ip></networks>"
@@ -55,7 +61,12 @@ def _users_xml(password: str, reader_password: str) -> str:
         f"</{INGEST_USER}>"
         f"<{READER_USER}><password>{rpw}</password>{loop}<profile>readonly</profile><quota>default</quota>"
         f"</{READER_USER}>"
-        "</users><profiles><default/><readonly><readonly>1</readonly></readonly></profiles>"
+        f"<{SEARCHER_USER}><password>{rpw}</password>{loop}<profile>readonly</profile><quota>default</quota>"
+        f"</{SEARCHER_USER}>"
+        f"<{STRICT_USER}><password>{rpw}</password>{loop}<profile>strict</profile><quota>default</quota>"
+        f"</{STRICT_USER}>"
+        "</users><profiles><default/><readonly><readonly>2</readonly></readonly>"
+        "<strict><readonly>1</readonly></strict></profiles>"
         "<quotas><default/></quotas></clickhouse>"
     )
 

@@ -30,6 +30,7 @@ import pytest
 SERVER_BIN = Path("/usr/sbin/clickhouse-server")
 CONFIG_DIR = Path("/etc/clickhouse-server")
 INGEST_USER = "ingest"
+READER_USER = "reader"
 START_TIMEOUT = 60.0
 
 
@@ -67,7 +68,7 @@ def _set(root: ET.Element, path: str, value: str) -> None:
     node.text = value
 
 
-def write_config(root_dir: Path, password: str, extra_config: str = "") -> Path:
+def write_config(root_dir: Path, password: str, extra_config: str = "", reader_password: str = "") -> Path:
     """Copy the packaged config.xml/users.xml into `root_dir`, pointed at private dirs; returns config.xml."""
     conf_dir = root_dir / "etc"
     data = root_dir / "data"
@@ -106,6 +107,14 @@ def write_config(root_dir: Path, password: str, extra_config: str = "") -> Path:
     ET.SubElement(networks, "ip").text = "::1"
     ET.SubElement(ingest, "profile").text = "default"
     ET.SubElement(ingest, "quota").text = "default"
+    reader = ET.SubElement(users, READER_USER)  # read-only (readonly=2: reads and per-query settings)
+    ET.SubElement(reader, "password").text = reader_password
+    ET.SubElement(ET.SubElement(reader, "networks"), "ip").text = "127.0.0.1"
+    ET.SubElement(reader, "profile").text = READER_USER
+    ET.SubElement(reader, "quota").text = "default"
+    profiles = users_tree.getroot().find("profiles")
+    assert profiles is not None
+    ET.SubElement(ET.SubElement(profiles, READER_USER), "readonly").text = "2"
     users_tree.write(conf_dir / "users.xml", encoding="utf-8", xml_declaration=True)
     return conf_dir / "config.xml"
 
@@ -123,6 +132,7 @@ class ServerHandle:
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
     """Listen address: another loopback address (127.0.0.2) lets two nodes share one HTTP port."""
+    reader_password: str = field(repr=False, default="")
 
     @property
     def http_url(self) -> str:
@@ -241,9 +251,10 @@ def start_clickhouse(
         pytest.skip(reason)
     tmpdir.mkdir(parents=True, exist_ok=True)
     pw = password if password is not None else "pw-" + secrets.token_urlsafe(12)
-    write_config(tmpdir, pw, extra_config)
+    reader_pw = "rd-" + secrets.token_urlsafe(12)
+    write_config(tmpdir, pw, extra_config, reader_pw)
     http_port, tcp_port, inter_port = ports if ports is not None else free_ports(3)
-    handle = ServerHandle(tmpdir, http_port, tcp_port, inter_port, pw, host=host)
+    handle = ServerHandle(tmpdir, http_port, tcp_port, inter_port, pw, host=host, reader_password=reader_pw)
     handle.start()
     return handle
 
@@ -330,5 +341,19 @@ def server_db(server: Any) -> Iterator[str]:
 
 
 def server_version(handle: Any) -> str:
-    """"18.16" or "26.9": which kind of server a `server` handle is."""
+    """Which kind ("18.16" or "26.9") of server a `server` handle is."""
     return str(getattr(handle, "version", "18.16"))
+
+
+NO_VECTOR_1816 = "18.16 has no vector_similarity index and no cosineDistance (both need ClickHouse >= 25.8)"
+NO_DEDUP_TOKEN_1816 = "18.16 has no insert_deduplication_token (22.2+): a retried insert there is found by counting"
+NO_ZSTD_ENCODING_1816 = "18.16 has no Content-Encoding: zstd (21.1+): it gets ClickHouse's framing with decompress=1"
+NO_ASYNC_INSERT_1816 = "18.16 has no async_insert setting (21.11+): nothing to turn off"
+
+
+def servers_with(absent: dict[str, str]) -> list[Any]:
+    """`server` parameters (use with indirect=True), each version in `absent` skipped with its stated reason."""
+    return [
+        pytest.param(v, id=v, marks=pytest.mark.skip(reason=absent[v])) if v in absent else pytest.param(v, id=v)
+        for v in SERVERS
+    ]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from cli_run import cli
-from exact import assert_table_equals, chdb_table, expected_rows
+from exact import assert_table_equals, chdb_table, expected_rows, server_table
 
 from ingest.stages.synth import write_npy
 
@@ -123,3 +124,39 @@ def test_bad_shard_is_quarantined(
     assert message.split(": ", 1)[1] in doc["quarantined"][0]["reason"]
     # nothing of shard 1, all of shards 0 and 2
     assert_table_equals(chdb_table(db), expected_rows(src, [0, 2]))
+
+
+def break_nan_late(src: Path) -> None:
+    """A NaN in the last segment: the shard's earlier segments must not land either."""
+    txt = np.load(src / "text_emb" / "text_emb_1.npy")
+    txt[950, 2] = np.inf
+    write_npy(src / "text_emb" / "text_emb_1.npy", txt)
+
+
+HTTP_CASES: list[tuple[Callable[[Path], None], str]] = [
+    (break_truncated, "shard 1: img_emb img_emb_1.npy: truncated"),
+    (break_nan_late, "shard 1: text_emb has NaN/Inf in 1 row(s), first at row 950"),
+    (break_parquet, "shard 1: metadata metadata_1.parquet:"),
+]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("breaker", "message"), HTTP_CASES, ids=[c[0].__name__ for c in HTTP_CASES])
+def test_bad_shard_is_quarantined_over_http(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path, breaker: Callable[[Path], None], message: str
+) -> None:
+    """The same promise against each server, in 250-row segments (shard 1 is four INSERTs): the broken shard is
+    named with its cause, none of its rows land, the others load exactly."""
+    src = make_shards([0, 1, 2], rows=1000, dim=16, row_group_rows=300)
+    breaker(src)
+    report = tmp_path / "report.json"
+    res = cli(
+        "run", "--source", str(src), "--shards", "0-2", "--target", server.http_url, "--database", server_db,
+        "--dim", "16", "--batch-rows", "125", "--segment-rows", "250", "--no-progress", "--report", str(report),
+        "--state", str(tmp_path / "ledger.json"),
+        env={"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password},
+    )  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert [q["shard"] for q in json.loads(report.read_text())["quarantined"]] == [1]
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 2]))

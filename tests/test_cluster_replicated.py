@@ -6,7 +6,6 @@ One module-scoped cluster (four servers and a JVM take memory and seconds); few 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -18,16 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_run import cli
-from cluster_fixtures import CLUSTER, PASSWORD, ReplicatedCluster, start_replicated_cluster
+from cluster_fixtures import CLUSTER, ReplicatedCluster, start_replicated_cluster
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle
 
-from ingest.core.config import Credentials, TargetConfig, parse_node
-from ingest.core.ids import TableRef
 from ingest.core.plan import plan_batches
-from ingest.core.target import parse_target
-from ingest.sinks.cluster import ClusterSink
-from ingest.vector.cluster import ClusterAlter, alter_on_cluster
 
 ROWS = 12_000
 SHARDS = [0, 1, 2, 3]
@@ -244,61 +238,6 @@ def test_members_on_one_host_need_node_flags(repl: ReplicatedCluster, db: str, t
     res = cli(*args, "--node", "127.0.0.1:1=http://127.0.0.1:1", env=repl.env())
     assert res.returncode == 2
     assert "--node 127.0.0.1:1 names no member of cluster 'repl'" in res.stderr.strip().splitlines()[-1]
-
-
-def test_index_steps_run_on_cluster_once_per_shard(
-    repl: ReplicatedCluster,
-    db: str,
-    make_shards,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
-    """The index orchestration (vector/cluster.py: ADD … ON CLUSTER, one mutation per shard, progress summed over
-    shards) against the real cluster. 18.16 has no data-skipping indexes at all (`ADD INDEX` is a syntax error
-    there), so the two steps are the nearest statements it has: ADD COLUMN for ADD INDEX, UPDATE for MATERIALIZE.
-    """
-    src = make_shards(SHARDS, rows=ROWS, dim=32)
-    res = cli(*run_args(repl, src, db, tmp_path / "ledger.json"), env=repl.env())
-    assert res.returncode == 0, res.stderr
-    sync_replicas(repl, db)
-    ref = TableRef(db, "laion")
-    local = TableRef(db, "laion_local")
-    step = ClusterAlter(
-        add=f"ALTER TABLE {local.sql} ADD COLUMN probe UInt8 DEFAULT 0",
-        materialize=f"ALTER TABLE {local.sql} UPDATE probe = 1 WHERE 1",
-        is_ours=lambda command: "UPDATE" in command,
-    )
-    seen: list[tuple[int, int]] = []
-
-    class Recorder:
-        def update(self, rows_done: int, rows_total: int) -> None:
-            seen.append((rows_done, rows_total))
-
-        def close(self) -> None:
-            seen.append((-1, -1))
-
-    async def main() -> tuple[bool, bool]:
-        nodes = tuple(parse_node(f"127.0.0.1:{n.tcp_port}={n.http_url}") for n in repl.nodes)
-        creds = Credentials(repl.entry.user, PASSWORD)
-        target = TargetConfig(parse_target(repl.entry.http_url), db, creds, cluster=CLUSTER, nodes=nodes)
-        sink = ClusterSink(target)
-        try:
-            await sink.connect()
-            await alter_on_cluster(sink, local, step, lambda _total: Recorder())
-            return sink.on_cluster, sink.replicated
-        finally:
-            await sink.close()
-
-    assert asyncio.run(main()) == (True, True)
-    total = ROWS * len(SHARDS)
-    assert seen[-2:] == [(total, total), (-1, -1)]  # rows summed over both shards, display closed
-    sync_replicas(repl, db)
-    for node in repl.nodes:  # the column reached every replica, the update every row, as one mutation per shard
-        assert (
-            node.query(f"SELECT count() FROM {local.key} WHERE probe = 1").strip()
-            == node.query(f"SELECT count() FROM {local.key}").strip()
-        )
-        assert mutations(node, db) == 1
-    assert int(repl.entry.query(f"SELECT count() FROM {ref.key}")) == total
 
 
 def test_vector_commands_on_the_cluster_say_what_18_16_lacks(repl: ReplicatedCluster, db: str, tmp_path: Path) -> None:

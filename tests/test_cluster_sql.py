@@ -1,6 +1,6 @@
-"""Pure pieces of the cluster path: replicated DDL, ON CLUSTER ALTERs of the vector index, --node endpoints,
-topology refusals, per-shard search routing and top-k merging (an in-memory fake sink stands in for the shards:
-18.16 has neither cosineDistance, EXPLAIN nor vector indexes, so the real cluster cannot answer these queries).
+"""Pure pieces of the cluster path: replicated DDL, --node endpoints,
+topology refusals, per-shard search routing and top-k merging (an in-memory fake sink stands in for the shards, to
+reach the routes a 26.9 cluster does not take by itself; the real thing is tests/test_cluster26.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.clickhouse.vector_sql import VectorIndex, add_index_sql, materialize_index_sql
 from ingest.core.config import NodeEndpoint, parse_node, validate_zookeeper_path
 from ingest.core.errors import ConfigError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import server_info
 from ingest.sinks.cluster_topology import ClusterNode, check_topology, node_urls
 from ingest.vector.cluster import ClusterHits, choose_route, cluster_search, merge_top_k
+from ingest.vector.cluster_index import SummedDisplay
 
 REF = TableRef("db", "laion")
 LOCAL = csql.local_ref(REF)
@@ -47,27 +47,6 @@ def test_zookeeper_path_and_macros() -> None:
             validate_zookeeper_path(bad)
     assert csql.missing_macros([("shard", "01"), ("replica", "r1")]) == []
     assert csql.missing_macros([("shard", "01")]) == ["replica"]
-
-
-def test_vector_index_statements_on_cluster() -> None:
-    index = VectorIndex("image_index", "image_embedding", 512, m=16, ef_construction=64)
-    add = csql.alter_on_cluster_sql(add_index_sql(LOCAL, index), LOCAL, "repl")
-    assert add == (
-        "ALTER TABLE `db`.`laion_local` ON CLUSTER `repl` ADD INDEX `image_index` `image_embedding` "
-        "TYPE vector_similarity('hnsw', 'cosineDistance', 512, 'bf16', 16, 64)"
-    )
-    mat = csql.alter_on_cluster_sql(materialize_index_sql(LOCAL, "image_index"), LOCAL, "repl")
-    assert mat == "ALTER TABLE `db`.`laion_local` ON CLUSTER `repl` MATERIALIZE INDEX `image_index`"
-    with pytest.raises(ValueError, match=r"not an ALTER of db\.laion_local"):
-        csql.alter_on_cluster_sql(add_index_sql(REF, index), LOCAL, "repl")
-
-
-def test_progress_rows_per_node() -> None:
-    assert csql.node_rows_done(1000, 4, 4) == 0
-    assert csql.node_rows_done(1000, 4, 1) == 750
-    assert csql.node_rows_done(1000, 4, 0) == 1000
-    assert csql.node_rows_done(1000, 4, 9) == 0
-    assert csql.node_rows_done(0, 0, 0) == 0
 
 
 def test_node_flag_parsing() -> None:
@@ -110,22 +89,46 @@ def test_local_mode_serves_replicated_shards_only_when_replicated() -> None:
 
 
 def test_route_and_merge() -> None:
-    assert choose_route("image_index", ["image_index", "image_index"], brute_force=False) == "distributed"
-    assert choose_route(None, ["image_index", "image_index"], brute_force=False) == "shards"
-    assert choose_route("image_index", ["image_index", None], brute_force=False) == "shards"
-    assert choose_route(None, [None, None], brute_force=False) == "distributed"
-    assert choose_route(None, ["image_index"], brute_force=True) == "distributed"
+    both = ["image_index", "image_index"]
+    assert choose_route(both, both, brute=False) == "distributed"
+    assert choose_route([], both, brute=False) == "shards"  # the server could not EXPLAIN through Distributed
+    assert choose_route(["image_index", None], both, brute=False) == "shards"  # a remote shard read without it
+    assert choose_route(["image_index"], both, brute=False) == "shards"  # only the entry's own shard is known
+    assert choose_route(["image_index", "image_index"], ["image_index", None], brute=False) == "distributed"
+    assert choose_route([None, None], [None, None], brute=False) == "distributed"
+    assert choose_route([], ["image_index"], brute=True) == "distributed"
     a = [{"id": 5, "distance": 0.1}, {"id": 7, "distance": 0.3}]
     b = [{"id": 2, "distance": 0.2}, {"id": 9, "distance": 0.1}]
     assert [r["id"] for r in merge_top_k([a, b], 3)] == [5, 9, 2]
 
 
-PLAN_WITH_INDEX = [
-    {"explain": "Skip"},
-    {"explain": "  Name: image_index"},
-    {"explain": "  Description: vector_similarity GRANULARITY 100000000"},
-]
-PLAN_WITHOUT = [{"explain": "ReadFromRemote (Read from remote replica)"}]
+def _read(index: str | None) -> list[dict[str, Any]]:
+    """One ReadFromMergeTree of an `EXPLAIN indexes = 1` plan, reading `index` (None: no vector index)."""
+    rows = [{"explain": "      ReadFromMergeTree (db.laion_local)"}, {"explain": "      Indexes:"}]
+    rows += [{"explain": "        PrimaryKey"}, {"explain": "          Condition: true"}]
+    if index is not None:
+        rows += [
+            {"explain": "        Skip"},
+            {"explain": f"          Name: {index}"},
+            {"explain": "          Description: vector_similarity GRANULARITY 100000000"},
+        ]
+    return rows
+
+
+PLAN_WITH_INDEX = _read("image_index")
+"""A shard's own plan of the query on its local table."""
+DIST_PLAN_BOTH = [{"explain": "Union"}, *_read("image_index"), {"explain": "ReadFromRemote"}, *_read("image_index")]
+"""`EXPLAIN distributed = 1` through Distributed: the entry's shard, then the remote one, both on the index."""
+DIST_PLAN_ENTRY_ONLY = [{"explain": "Union"}, *_read("image_index"), {"explain": "ReadFromRemote (remote replica)"}]
+"""A plan that shows only the entry's own shard (the remote one's read unknown)."""
+
+
+def test_explain_reads_one_per_shard() -> None:
+    text = "\n".join(r["explain"] for r in DIST_PLAN_BOTH)
+    assert csql.explain_reads(text) == ["image_index", "image_index"]
+    mixed = "\n".join(r["explain"] for r in [*_read(None), *_read("text_index")])
+    assert csql.explain_reads(mixed) == [None, "text_index"]
+    assert csql.explain_reads("ReadFromRemote (Read from remote replica)") == []
 
 
 class FakeNode:
@@ -156,7 +159,7 @@ def search(cluster: FakeCluster, settings: dict[str, str | int]) -> ClusterHits:
 def test_search_fans_out_where_distributed_loses_the_index() -> None:
     s1 = FakeNode(PLAN_WITH_INDEX, [{"id": 10, "distance": 0.4}, {"id": 11, "distance": 0.5}])
     s2 = FakeNode(PLAN_WITH_INDEX, [{"id": 20, "distance": 0.1}, {"id": 21, "distance": 0.6}])
-    cluster = FakeCluster(PLAN_WITHOUT, [s1, s2])
+    cluster = FakeCluster(DIST_PLAN_ENTRY_ONLY, [s1, s2])
     hits = search(cluster, {})
     assert hits.route == "shards" and hits.index == "image_index"
     assert [r["id"] for r in hits.rows] == [20, 10]
@@ -166,14 +169,42 @@ def test_search_fans_out_where_distributed_loses_the_index() -> None:
     ]
     assert all("FROM `db`.`laion_local`" in q for q in s1.asked + s2.asked)
     assert not any(q.startswith("SELECT") for q in cluster.asked)  # only its EXPLAIN went through Distributed
+    assert any(q.startswith("EXPLAIN distributed = 1, indexes = 1 SELECT") for q in cluster.asked)
 
 
 def test_search_goes_through_distributed_when_its_plan_uses_the_index() -> None:
     shards = [FakeNode(PLAN_WITH_INDEX, []), FakeNode(PLAN_WITH_INDEX, [])]
-    cluster = FakeCluster(PLAN_WITH_INDEX, shards)
+    cluster = FakeCluster(DIST_PLAN_BOTH, shards)
     hits = search(cluster, {})
     assert hits.route == "distributed" and [r["id"] for r in hits.rows] == [1]
     assert any(q.startswith("SELECT") and "FROM `db`.`laion` " in q for q in cluster.asked)
-    brute = search(FakeCluster(PLAN_WITHOUT, [FakeNode(PLAN_WITH_INDEX, [])]), {"use_skip_indexes": 0})
+    brute = search(FakeCluster(DIST_PLAN_BOTH, [FakeNode(PLAN_WITH_INDEX, [])]), {"use_skip_indexes": 0})
     assert brute.route == "distributed" and brute.index is None
     assert [u.index for u in brute.shards] == [None]
+
+
+def test_build_progress_is_summed_over_shards_and_closed_once() -> None:
+    seen: list[object] = []
+
+    class Recorder:
+        def update(self, rows_done: int, rows_total: int) -> None:
+            seen.append((rows_done, rows_total))
+
+        def close(self) -> None:
+            seen.append("closed")
+
+    made: list[tuple[str, int]] = []
+
+    def display_for(name: str, total: int) -> Recorder:
+        made.append((name, total))
+        return Recorder()
+
+    summed = SummedDisplay(display_for, "image_index", 30, 2)
+    a, b = summed.part(0)("image_index", 10), summed.part(1)("image_index", 20)
+    a.update(5, 10)
+    b.update(20, 20)
+    a.close()
+    assert made == [("image_index", 30)] and seen == [(5, 30), (25, 30)]  # one display, the shards' rows added
+    b.close()
+    summed.close()  # after a failure path: never a second close
+    assert seen[-1] == "closed" and seen.count("closed") == 1

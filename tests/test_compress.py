@@ -1,4 +1,4 @@
-"""HTTP body compression: our ClickHouse block framing decoded back, the plan per server, and real loads into 18.16."""
+"""HTTP body compression: our ClickHouse block framing decoded back, the plan per server, loads into each server."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pytest
 import zstandard
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
+from http_capture import Capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
-from server_fixtures import ServerHandle
+from server_fixtures import server_version
 
 from ingest.clickhouse.compress import (
     METHOD_ZSTD,
@@ -31,6 +32,8 @@ from ingest.clickhouse.compress import (
     unframe,
 )
 from ingest.core.metrics import REGISTRY
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # -- the framing ----------------------------------------------------------------------------------------------
 
@@ -133,10 +136,10 @@ def test_the_async_wrapper_counts_exactly_the_bytes_it_yields_and_runs_steps_thr
     assert plain == b"".join(bytes(d) for d in data) and counted == len(plain) and steps == []
 
 
-# -- real loads into the loopback 18.16 -----------------------------------------------------------------------
+# -- real loads into each loopback server (18.16 and 26.9), the wire read from a capture -----------------------
 
 
-def load(src: Path, server: ServerHandle, db: str, table: str, tmp: Path, *extra: str) -> dict[str, Any]:
+def load(src: Path, server: Any, db: str, table: str, tmp: Path, *extra: str, url: str = "") -> dict[str, Any]:
     report = tmp / f"{table}.report.json"
     res = cli(
         "run",
@@ -145,7 +148,7 @@ def load(src: Path, server: ServerHandle, db: str, table: str, tmp: Path, *extra
         "--shards",
         "0",
         "--target",
-        server.http_url,
+        url or server.http_url,
         "--database",
         db,
         "--table",
@@ -166,23 +169,40 @@ def load(src: Path, server: ServerHandle, db: str, table: str, tmp: Path, *extra
 
 
 @pytest.mark.server
-def test_zstd_and_gzip_load_byte_exact_into_1816_and_zstd_sends_far_fewer_bytes(
-    make_shards: Any, ch_server: ServerHandle, ch_db: str, tmp_path: Path
+def test_zstd_and_gzip_load_byte_exact_and_zstd_sends_far_fewer_bytes(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
 ) -> None:
+    """`--compress zstd` is `Content-Encoding: zstd` (one zstd stream) to 26.9, ClickHouse's own framing with
+    `decompress=1` to 18.16 (no zstd encoding before 21.1); gzip is a Content-Encoding on both."""
     src = make_shards([0], rows=20_000)
     want = expected_rows(src, [0])
-    sent = {}
+    sent, wire = {}, {}
     for method in ("none", "zstd", "gzip", "auto"):
         table = f"laion_{method}"
-        sent[method] = load(src, ch_server, ch_db, table, tmp_path, "--compress", method)["bytes_sent"]
-        assert_table_equals(server_table(ch_server, ch_db, table), want)
+        with Capture(server.http_port) as cap:
+            doc = load(src, server, server_db, table, tmp_path, "--compress", method, url=cap.url)
+            sent[method] = doc["bytes_sent"]
+            wire[method] = cap.inserts()
+        assert_table_equals(server_table(server, server_db, table), want)
+        assert wire[method], method
     assert sent["none"] / sent["zstd"] >= 1.4, sent
     assert sent["none"] / sent["gzip"] >= 1.4, sent
     assert sent["auto"] == sent["none"]  # 127.0.0.1 is loopback: auto sends plain bodies
+    for r in wire["zstd"]:
+        if server_version(server) == "18.16":
+            assert r.params.get("decompress") == "1" and "content-encoding" not in r.headers, r
+            assert r.body_start[16] == METHOD_ZSTD  # a ClickHouse compressed block: checksum, then method byte
+        else:
+            assert r.headers.get("content-encoding") == "zstd" and "decompress" not in r.params, r
+            assert r.body_start[:4] == ZSTD_MAGIC
+    for r in wire["gzip"]:
+        assert r.headers.get("content-encoding") == "gzip" and r.body_start[:2] == b"\x1f\x8b", r
+    for r in wire["none"] + wire["auto"]:
+        assert "content-encoding" not in r.headers and "decompress" not in r.params, r
 
 
 @pytest.mark.server
-def test_the_sink_counts_wire_bytes_into_the_metrics(ch_server: ServerHandle, ch_db: str) -> None:
+def test_the_sink_counts_wire_bytes_into_the_metrics(server: Any, server_db: str) -> None:
     from dataclasses import replace
 
     from test_http_sink import insert_one, sink_settings, small_batch
@@ -191,11 +211,11 @@ def test_the_sink_counts_wire_bytes_into_the_metrics(ch_server: ServerHandle, ch
     from ingest.sinks.http import HttpSink
 
     async def go() -> int:
-        sink = HttpSink(replace(sink_settings(ch_server.http_url, ch_db), compress="zstd"))
+        sink = HttpSink(replace(sink_settings(server.http_url, server_db), compress="zstd"))
         try:
             await sink.connect()
-            await sink.ensure_table(TableRef(ch_db, "laion"))
-            await insert_one(sink, TableRef(ch_db, "laion"), small_batch(0, 3000), None)
+            await sink.ensure_table(TableRef(server_db, "laion"))
+            await insert_one(sink, TableRef(server_db, "laion"), small_batch(0, 3000), None)
             return sink.bytes_sent
         finally:
             await sink.close()
@@ -205,4 +225,4 @@ def test_the_sink_counts_wire_bytes_into_the_metrics(ch_server: ServerHandle, ch
     assert sent > 0
     assert REGISTRY.get_sample_value("laion_ingest_bytes_sent_total") == before + sent
     assert b"laion_ingest_bytes_sent_total" in generate_latest(REGISTRY)
-    assert ch_server.query(f"SELECT count() FROM {ch_db}.laion").strip() == b"3000"
+    assert server.query(f"SELECT count() FROM {server_db}.laion").strip() == b"3000"

@@ -35,6 +35,14 @@ from ingest.stages.synth import SynthSpec, write_shard
 
 WAIT_LIMIT = 120.0
 """Guard against a hung daemon only (never an assertion about speed)."""
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
+def checkout_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `python -m ingest` run from another directory: the checkout under test first on
+    sys.path (else an installed `ingest` package would be the code that runs)."""
+    path = os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **(extra or {}), "PYTHONPATH": path}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -47,7 +55,15 @@ def free_port() -> int:
 class DaemonProc:
     """`python -m ingest daemon ...` with logs captured to a file (a full pipe would stall it)."""
 
-    def __init__(self, workdir: Path, source: Path | str, target: str, *extra: str, drain: float = 10.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        source: Path | str,
+        target: str,
+        *extra: str,
+        drain: float = 10.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.drain = drain
         self.log_path = workdir / f"daemon-{self.port}.log"
@@ -57,8 +73,8 @@ class DaemonProc:
             "--drain-seconds", str(drain), "--log-format", "json", *extra,
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        full_env = checkout_env({**(env or {}), "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def get(self, path: str) -> tuple[int, str, str]:
         """(status, content type, body) of a GET on the daemon's loopback port."""
@@ -119,7 +135,7 @@ class DaemonProc:
 def daemons() -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
-    def start(*args: object, **kw: float) -> DaemonProc:
+    def start(*args: object, **kw: Any) -> DaemonProc:
         d = DaemonProc(*args, **kw)  # type: ignore[arg-type]
         started.append(d)
         return d
@@ -216,6 +232,19 @@ def test_daemon_loads_new_shards_serves_health_and_stops_on_sigterm(
     assert_table_exact(db, src, [0, 1])
 
 
+def test_dim_flag_sets_the_tables_dimension(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
+) -> None:
+    """`--dim 64` makes a 64-d table (the daemon used to create the default 512-d one and quarantine every shard)."""
+    src = make_shards([0], rows=1000, dim=64)
+    db = tmp_path / "db"
+    d = daemons(tmp_path, src, f"chdb:{db}", "--dim", "64")
+    d.wait_for("shard 0 loaded", lambda m: m.get(DONE) == 1)
+    assert d.metrics()[QUARANTINED] == 0
+    assert d.terminate() == 0
+    assert_table_exact(db, src, [0])
+
+
 def test_sigterm_during_long_ingest_then_run_completes_exactly(
     tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc]
 ) -> None:
@@ -232,7 +261,7 @@ def test_sigterm_during_long_ingest_then_run_completes_exactly(
     run = subprocess.run(
         [sys.executable, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--target", f"chdb:{db}",
          "--batch-rows", "100", "--segment-rows", "500", "--no-progress"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT, env=checkout_env(),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert_table_exact(db, src, [0])
@@ -306,7 +335,7 @@ def test_foreign_table_schema_ends_the_daemon_with_one_line(tmp_path: Path, make
     proc = subprocess.run(
         [sys.executable, "-m", "ingest", "daemon", "--source", str(src), "--target", f"chdb:{db}",
          "--http-host", "127.0.0.1", "--http-port", str(free_port())],
-        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT, env=checkout_env(),
     )  # fmt: skip
     assert proc.returncode == EXIT_FATAL
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -323,7 +352,7 @@ def test_port_in_use_is_a_config_error(tmp_path: Path, make_shards: Callable[...
         proc = subprocess.run(
             [sys.executable, "-m", "ingest", "daemon", "--source", str(src), "--target", f"chdb:{tmp_path / 'db'}",
              "--http-host", "127.0.0.1", "--http-port", str(port)],
-            cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT,
+            cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_LIMIT, env=checkout_env(),
         )  # fmt: skip
     assert proc.returncode == EXIT_USAGE
     assert f"error: cannot listen on 127.0.0.1:{port} for /metrics" in proc.stderr
@@ -379,8 +408,30 @@ def test_daemon_shares_runs_flags() -> None:
     run = {p.name: p for p in commands["run"].params}
     daemon = {p.name: p for p in commands["daemon"].params}
     only_daemon = {"poll_seconds", "http_host", "http_port", "index_every"}
+    only_daemon |= {"serve", "serve_host", "serve_port", "index_name", "weights", "allow_image_urls"}
     assert set(daemon) - set(run) == only_daemon
     for name in set(daemon) - only_daemon - {"shards"}:
         a, b = run[name], daemon[name]
         assert (a.opts, a.secondary_opts, a.default) == (b.opts, b.secondary_opts, b.default), name
         assert (a.min, a.max, a.type_descriptor.annotation) == (b.min, b.max, b.type_descriptor.annotation), name
+
+
+@pytest.mark.server
+def test_daemon_loads_new_shards_into_each_server(
+    tmp_path: Path, make_shards: Callable[..., Path], daemons: Callable[..., DaemonProc], server: Any, server_db: str
+) -> None:
+    """The daemon over HTTP (18.16 and 26.9), as the `ingest` user with a password from the environment."""
+    from exact import assert_table_equals, expected_rows, server_table
+
+    src = make_shards([0], rows=2000, dim=32)
+    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
+    d = daemons(tmp_path, src, server.http_url, "--database", server_db, "--state", str(tmp_path / "l.json"), env=env)
+    d.wait_for("shard 0 loaded", lambda m: m.get(DONE) == 1)
+    write_shard(src, 1, SynthSpec(rows=1500, dim=32))
+    m = d.wait_for("shard 1 loaded", lambda m: m.get(DONE) == 2)
+    assert m[ROWS] == 3500 and m[QUARANTINED] == 0
+    assert d.get("/readyz")[0::2] == (200, "ready\n")
+    assert d.terminate() == 0
+    assert "daemon: stopped cleanly (ledger flushed)" in d.messages()
+    assert server.password not in d.logs()
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))

@@ -1,4 +1,4 @@
-"""The encoders against ClickHouse's own parsers: the loopback 18.16 server (HTTP INSERT) and chdb 26.9 (file()).
+"""The encoders against ClickHouse's own parsers: each loopback server (18.16, 26.9: HTTP INSERT), chdb (file()).
 
 Read-back goes through `SELECT ... FORMAT RowBinary` decoded by a plain sequential reader written here, so the
 comparison is exact: strings byte for byte, floats bit for bit (-0.0 and subnormals included).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_fixtures import ServerHandle
+from server_fixtures import SERVERS
 
 from ingest.clickhouse.sql import COLUMNS, create_table_sql
 from ingest.clickhouse.wire import FORMAT_NAMES, clickhouse_type, encode, encode_native, encode_rowbinary, varint
@@ -180,21 +181,33 @@ def boundary_batch(dim: int = 512) -> pa.RecordBatch:
 # -- fixtures -------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tables(ch_server: ServerHandle) -> Iterator[dict[str, str]]:
-    """One table per format in a database of this module's own."""
-    if not ch_server.running:
-        ch_server.start()
+@dataclass
+class Tables:
+    """A server (18.16 or 26.9) and one table per format in a database of this module's own."""
+
+    server: Any
+    names: dict[str, str]
+
+    def __getitem__(self, fmt: str) -> str:
+        return self.names[fmt]
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def tables(request: pytest.FixtureRequest) -> Iterator[Tables]:
+    """Module-scoped (hypothesis runs many examples per test), one per server version."""
+    server = request.getfixturevalue("ch_server" if request.param == "18.16" else "ch26_server")
+    if not server.running:
+        server.start()
     db = f"enc_{uuid.uuid4().hex[:10]}"
-    ch_server.query(f"CREATE DATABASE {db}")
+    server.query(f"CREATE DATABASE {db}")
     refs = {fmt: TableRef(db, f"t_{fmt}") for fmt in FORMAT_NAMES}
     for ref in refs.values():
-        ch_server.query(create_table_sql(ref, None))
-    yield {fmt: ref.sql for fmt, ref in refs.items()}
-    ch_server.query(f"DROP DATABASE IF EXISTS {db}")
+        server.query(create_table_sql(ref, None))
+    yield Tables(server, {fmt: ref.sql for fmt, ref in refs.items()})
+    server.query(f"DROP DATABASE IF EXISTS {db}")
 
 
-def server_roundtrip(server: ServerHandle, table: str, batch: pa.RecordBatch, fmt: str) -> list[Row]:
+def server_roundtrip(server: Any, table: str, batch: pa.RecordBatch, fmt: str) -> list[Row]:
     server.query(f"TRUNCATE TABLE {table}")
     server.query(f"INSERT INTO {table} FORMAT {FORMAT_NAMES[fmt]}", data=body(batch, fmt))  # type: ignore[index]
     return read_rows(server.query(f"SELECT * FROM {table} ORDER BY id FORMAT RowBinary"))
@@ -216,12 +229,10 @@ def chdb_roundtrip(tmp: Path, batch: pa.RecordBatch, fmt: str) -> list[Row]:
 @pytest.mark.server
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=batches())
-def test_both_formats_roundtrip_through_clickhouse_18(
-    ch_server: ServerHandle, tables: dict[str, str], batch: pa.RecordBatch
-) -> None:
+def test_both_formats_roundtrip_through_each_server(tables: Tables, batch: pa.RecordBatch) -> None:
     want = sorted(expected_rows(batch))
     for fmt in ("native", "rowbinary"):
-        assert server_roundtrip(ch_server, tables[fmt], batch, fmt) == want, fmt
+        assert server_roundtrip(tables.server, tables[fmt], batch, fmt) == want, fmt
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -237,20 +248,16 @@ def test_both_formats_decode_identically_in_chdb_26(
 
 @pytest.mark.server
 @pytest.mark.parametrize("fmt", ["native", "rowbinary"])
-def test_dim_512_and_every_varint_width(
-    ch_server: ServerHandle, tables: dict[str, str], tmp_path: Path, fmt: str
-) -> None:
+def test_dim_512_and_every_varint_width(tables: Tables, tmp_path: Path, fmt: str) -> None:
     batch = boundary_batch()
     want = expected_rows(batch)
-    assert server_roundtrip(ch_server, tables[fmt], batch, fmt) == want
+    assert server_roundtrip(tables.server, tables[fmt], batch, fmt) == want
     assert chdb_roundtrip(tmp_path, batch, fmt) == want
     assert len(want[6][2]) == 100_000 and len(want[8][2]) == 2_097_152
 
 
 @pytest.mark.server
-def test_a_full_8192_row_batch_sliced_from_a_larger_one(
-    ch_server: ServerHandle, tables: dict[str, str], tmp_path: Path
-) -> None:
+def test_a_full_8192_row_batch_sliced_from_a_larger_one(tables: Tables, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     n = 8192 + 100
     caps: list[str | None] = [None if i % 17 == 0 else f"cap '{i}' \t é" * (i % 40) for i in range(n)]
@@ -267,7 +274,7 @@ def test_a_full_8192_row_batch_sliced_from_a_larger_one(
     batch = whole.slice(50, 8192)
     want = expected_rows(batch)
     for fmt in ("native", "rowbinary"):
-        assert server_roundtrip(ch_server, tables[fmt], batch, fmt) == want, fmt
+        assert server_roundtrip(tables.server, tables[fmt], batch, fmt) == want, fmt
 
 
 # -- small exact checks ---------------------------------------------------------------------------------------

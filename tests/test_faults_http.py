@@ -1,4 +1,4 @@
-"""Faults against a real clickhouse-server: kill -9 of the ingester, and of the server itself mid-run."""
+"""Faults against each real server (18.16 and 26.9): kill -9 of the ingester, and of the server itself mid-run."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+from chdb_server import start_ch26
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
-from server_fixtures import ServerHandle, start_clickhouse
+from server_fixtures import SERVERS, start_clickhouse
 from test_resume import done_segments, kill_when, start_run
 
 
-def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str) -> list[str]:
+def run_args(src: Path, handle: Any, db: str, ledger: Path, *extra: str) -> list[str]:
     return [
         "--source",
         str(src),
@@ -37,7 +40,7 @@ def run_args(src: Path, handle: ServerHandle, db: str, ledger: Path, *extra: str
     ]
 
 
-def assert_no_partial_segment(handle: ServerHandle, db: str, segment_rows: int = 500) -> None:
+def assert_no_partial_segment(handle: Any, db: str, segment_rows: int = 500) -> None:
     """Right after a kill -9, every segment's id range holds all of its rows or none: a cut commits nothing."""
     try:
         raw = handle.query(
@@ -53,23 +56,25 @@ def assert_no_partial_segment(handle: ServerHandle, db: str, segment_rows: int =
     assert not partial, f"segments half-present after a kill: {partial}"
 
 
-def test_kill_nine_ingester_repeatedly_http(make_shards, ch_server: ServerHandle, ch_db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_kill_nine_ingester_repeatedly_http(make_shards: Any, server: Any, server_db: str, tmp_path: Path) -> None:
     src = make_shards([0, 1, 2], rows=12_000, dim=128)
     ledger = tmp_path / "ledger.json"
-    args = run_args(src, ch_server, ch_db, ledger)
+    args = run_args(src, server, server_db, ledger)
     seen = [kill_when(start_run(args), ledger, 0)]
     for target in (5, 20, 40, 60):
         seen.append(kill_when(start_run(args), ledger, target))
-        assert_no_partial_segment(ch_server, ch_db)
+        assert_no_partial_segment(server, server_db)
     assert max(seen) > 0
     res = cli("run", *args)
     assert res.returncode == 0, res.stderr
-    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1, 2]))
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1, 2]))
 
 
-def test_server_killed_and_restarted_mid_run(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the server while segments are being inserted, bring it back 3 s later: exit 0, exact table."""
-    handle = start_clickhouse(tmp_path / "ch")
+@pytest.mark.parametrize("version", SERVERS)
+def test_server_killed_and_restarted_mid_run(make_shards: Any, tmp_path: Path, version: str) -> None:
+    """SIGKILL the server while segments are being inserted, bring it back on its data dir 3 s later: exit 0,
+    exact table. A server of its own (never the session's), started and stopped here by pid."""
+    handle: Any = start_clickhouse(tmp_path / "ch") if version == "18.16" else start_ch26(tmp_path / "ch26")
     try:
         handle.query("CREATE DATABASE faults")
         src = make_shards([0, 1, 2], rows=12_000, dim=128)

@@ -1,4 +1,4 @@
-"""The HTTP target against a real loopback clickhouse-server 18.16: the sink's methods, then the CLI end to end."""
+"""The HTTP target against each real loopback server (18.16, 26.9): the sink's methods, then the CLI end to end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
-from server_fixtures import ServerHandle, free_ports
+from server_fixtures import ServerHandle, free_ports, server_version
 
 from ingest.clickhouse.http_request import build_request, insert_sql, server_error
 from ingest.clickhouse.replies import one_line
@@ -34,7 +34,7 @@ from ingest.core.errors import (
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.core.target import parse_target
-from ingest.sinks.base import server_info
+from ingest.sinks.base import ServerInfo, server_info
 from ingest.sinks.http import HttpSink, insert_settings, ssl_context
 from ingest.stages.batch import batch_schema
 
@@ -153,39 +153,45 @@ def test_tls_verifies_by_default_and_skips_checks_only_when_asked(tmp_path: Path
 
 
 @pytest.mark.server
-def test_connect_detects_18_16_and_names_missing_features(ch_server: ServerHandle, ch_db: str) -> None:
-    async def go() -> list[str]:
-        sink = HttpSink(sink_settings(ch_server.http_url, ch_db, user="ingest", password=ch_server.password))
+def test_connect_detects_the_version_and_names_missing_features(server: Any, server_db: str) -> None:
+    async def go() -> ServerInfo:
+        sink = HttpSink(sink_settings(server.http_url, server_db, user="ingest", password=server.password))
         try:
-            info = await sink.connect()
+            return await sink.connect()
         finally:
             await sink.close()
+
+    info = run(go())
+    if server_version(server) == "18.16":
         assert info.version.startswith("18.16")
         assert not (info.dedup_token or info.vector_index or info.cosine_distance or info.query_parameters)
-        return info.missing
-
-    assert run(go()) == ["cosineDistance", "vector_similarity index", "insert_deduplication_token"]
+        assert not info.async_insert
+        assert info.missing == ["cosineDistance", "vector_similarity index", "insert_deduplication_token"]
+    else:
+        assert info.version.startswith("26.9")
+        assert info.dedup_token and info.vector_index and info.cosine_distance and info.query_parameters
+        assert info.async_insert and info.missing == []
 
 
 @pytest.mark.server
-def test_ensure_table_creates_is_idempotent_and_refuses_other_schemas(ch_server: ServerHandle, ch_db: str) -> None:
-    ch_server.query(f"CREATE TABLE {ch_db}.other (id Int64, url String) ENGINE = MergeTree ORDER BY id")
+def test_ensure_table_creates_is_idempotent_and_refuses_other_schemas(server: Any, server_db: str) -> None:
+    server.query(f"CREATE TABLE {server_db}.other (id Int64, url String) ENGINE = MergeTree ORDER BY id")
 
     async def go() -> None:
-        sink = HttpSink(sink_settings(ch_server.http_url, ch_db))
+        sink = HttpSink(sink_settings(server.http_url, server_db))
         try:
             await sink.connect()
-            await sink.ensure_table(TableRef(ch_db, "laion"))
-            await sink.ensure_table(TableRef(ch_db, "laion"))
-            await sink.ensure_table(TableRef(f"{ch_db}_new", "laion"))  # creates the database too
+            await sink.ensure_table(TableRef(server_db, "laion"))
+            await sink.ensure_table(TableRef(server_db, "laion"))
+            await sink.ensure_table(TableRef(f"{server_db}_new", "laion"))  # creates the database too
             with pytest.raises(SchemaMismatchError, match=r"other has columns \(id Int64, url String\)"):
-                await sink.ensure_table(TableRef(ch_db, "other"))
+                await sink.ensure_table(TableRef(server_db, "other"))
         finally:
-            await sink.execute(f"DROP DATABASE IF EXISTS {ch_db}_new")
+            await sink.execute(f"DROP DATABASE IF EXISTS {server_db}_new")
             await sink.close()
 
     run(go())
-    described = ch_server.query(f"DESCRIBE TABLE {ch_db}.laion").decode().splitlines()
+    described = server.query(f"DESCRIBE TABLE {server_db}.laion").decode().splitlines()
     assert [line.split("\t")[:2] for line in described] == [
         ["id", "Int64"],
         ["url", "String"],
@@ -199,11 +205,11 @@ def test_ensure_table_creates_is_idempotent_and_refuses_other_schemas(ch_server:
 
 @pytest.mark.server
 @pytest.mark.parametrize("fmt", ["native", "rowbinary"])
-def test_insert_count_and_delete_range(ch_server: ServerHandle, ch_db: str, fmt: str) -> None:
-    ref = TableRef(ch_db, "laion")
+def test_insert_count_and_delete_range(server: Any, server_db: str, fmt: str) -> None:
+    ref = TableRef(server_db, "laion")
 
     async def go() -> tuple[int, int, int, int]:
-        sink = HttpSink(sink_settings(ch_server.http_url, ch_db, user="ingest", password=ch_server.password, fmt=fmt))
+        sink = HttpSink(sink_settings(server.http_url, server_db, user="ingest", password=server.password, fmt=fmt))
         try:
             await sink.connect()
             await sink.ensure_table(ref)
@@ -220,7 +226,7 @@ def test_insert_count_and_delete_range(ch_server: ServerHandle, ch_db: str, fmt:
             await sink.close()
 
     assert run(go()) == (1200, 300, 150, 1050)
-    got = server_table(ch_server, ch_db)
+    got = server_table(server, server_db)
     batch = small_batch(3000, 300)
     assert got.column("caption").to_pylist()[-300:] == batch.column(2).to_pylist()
     assert np.asarray(got.column("image_embedding").to_pylist()[-1], np.float32).tobytes() == (
@@ -229,20 +235,20 @@ def test_insert_count_and_delete_range(ch_server: ServerHandle, ch_db: str, fmt:
 
 
 @pytest.mark.server
-def test_server_errors_and_refused_connections_are_ours(ch_server: ServerHandle, ch_db: str) -> None:
+def test_server_errors_and_refused_connections_are_ours(server: Any, server_db: str) -> None:
     async def go() -> None:
-        sink = HttpSink(sink_settings(ch_server.http_url, ch_db))
+        sink = HttpSink(sink_settings(server.http_url, server_db))
         try:
             await sink.connect()
             with pytest.raises(TargetError, match="Code: 60") as info:
-                await insert_one(sink, TableRef(ch_db, "missing"), small_batch(0, 3), None)
+                await insert_one(sink, TableRef(server_db, "missing"), small_batch(0, 3), None)
             assert not info.value.retriable and info.value.code == 60
             with pytest.raises(TargetError, match="Code: 62"):
                 await sink.query("SELEC 1")
         finally:
             await sink.close()
         (port,) = free_ports(1)
-        dead = HttpSink(sink_settings(f"http://127.0.0.1:{port}", ch_db))
+        dead = HttpSink(sink_settings(f"http://127.0.0.1:{port}", server_db))
         try:
             with pytest.raises(TransientTargetError, match=f"cannot connect to ClickHouse at 127.0.0.1:{port}"):
                 await dead.connect()
@@ -340,62 +346,62 @@ def run_args(src: Path, server: ServerHandle, db: str, state: Path, *extra: str)
 @pytest.mark.server
 @pytest.mark.parametrize("fmt", ["native", "rowbinary"])
 def test_cli_loads_three_shards_byte_exact_and_never_twice(
-    make_shards: Any, ch_server: ServerHandle, ch_db: str, tmp_path: Path, fmt: str
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path, fmt: str
 ) -> None:
     src = make_shards([0, 1, 2], rows=5000)
-    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": ch_server.password}
-    first = cli(*run_args(src, ch_server, ch_db, tmp_path / "a.json", "--format", fmt), env=env)
+    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
+    first = cli(*run_args(src, server, server_db, tmp_path / "a.json", "--format", fmt), env=env)
     assert first.returncode == 0, first.stderr
     assert "3 shards, 15,000 rows inserted" in first.stdout
     want = expected_rows(src, [0, 1, 2])
-    got = server_table(ch_server, ch_db)
+    got = server_table(server, server_db)
     assert_table_equals(got, want)
     ids = got.column("id").to_numpy()
     assert set(ids // STRIDE) == {0, 1, 2} and (ids % STRIDE).max() == 4999
 
-    again = cli(*run_args(src, ch_server, ch_db, tmp_path / "a.json", "--format", fmt), env=env)
+    again = cli(*run_args(src, server, server_db, tmp_path / "a.json", "--format", fmt), env=env)
     assert again.returncode == 0, again.stderr
-    fresh_ledger = cli(*run_args(src, ch_server, ch_db, tmp_path / "b.json", "--format", fmt), env=env)
+    fresh_ledger = cli(*run_args(src, server, server_db, tmp_path / "b.json", "--format", fmt), env=env)
     assert fresh_ledger.returncode == 0, fresh_ledger.stderr
     assert "15,000 rows already present" in fresh_ledger.stdout
-    assert_table_equals(server_table(ch_server, ch_db), want)
+    assert_table_equals(server_table(server, server_db), want)
 
 
 @pytest.mark.server
 def test_cli_password_from_env_or_file_and_a_wrong_one_fails_cleanly(
-    make_shards: Any, ch_server: ServerHandle, ch_db: str, tmp_path: Path
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
 ) -> None:
     src = make_shards([0, 1, 2], rows=300)
     base = ["--user", "ingest"]
     by_env = cli(
-        *run_args(src, ch_server, ch_db, tmp_path / "l1.json", *base), env={"CLICKHOUSE_PASSWORD": ch_server.password}
+        *run_args(src, server, server_db, tmp_path / "l1.json", *base), env={"CLICKHOUSE_PASSWORD": server.password}
     )
     assert by_env.returncode == 0, by_env.stderr
 
     pw_file = tmp_path / "pw"
-    pw_file.write_text(ch_server.password + "\n")
+    pw_file.write_text(server.password + "\n")
     by_file = cli(
-        *run_args(src, ch_server, f"{ch_db}", tmp_path / "l2.json", *base, "--password-file", str(pw_file)),
+        *run_args(src, server, f"{server_db}", tmp_path / "l2.json", *base, "--password-file", str(pw_file)),
         env={"CLICKHOUSE_PASSWORD": ""},
     )
     assert by_file.returncode == 0, by_file.stderr
     assert "900 rows already present" in by_file.stdout
 
-    wrong = "not-" + ch_server.password
-    bad = cli(*run_args(src, ch_server, ch_db, tmp_path / "l3.json", *base), env={"CLICKHOUSE_PASSWORD": wrong})
-    assert bad.returncode != 0
+    wrong = "not-" + server.password
+    bad = cli(*run_args(src, server, server_db, tmp_path / "l3.json", *base), env={"CLICKHOUSE_PASSWORD": wrong})
+    assert bad.returncode == 1
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: authentication failed for user 'ingest' at 127.0.0.1:{ch_server.http_port}"]
+    assert lines == [f"error: authentication failed for user 'ingest' at 127.0.0.1:{server.http_port}"]
     for text in (bad.stdout, bad.stderr):
-        assert wrong not in text and ch_server.password not in text and "Traceback" not in text
-    assert ch_server.query(f"SELECT count() FROM {ch_db}.laion") == b"900\n"
+        assert wrong not in text and server.password not in text and "Traceback" not in text
+    assert server.query(f"SELECT count() FROM {server_db}.laion") == b"900\n"
 
 
 @pytest.mark.server
 def test_cli_refuses_an_injected_table_name_before_sending_anything(
-    make_shards: Any, ch_server: ServerHandle, ch_db: str, tmp_path: Path
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
 ) -> None:
-    ch_server.query(f"CREATE TABLE {ch_db}.y (id Int64) ENGINE = MergeTree ORDER BY id")
+    server.query(f"CREATE TABLE {server_db}.y (id Int64) ENGINE = MergeTree ORDER BY id")
     src = make_shards([0], rows=10)
     res = cli(
         "run",
@@ -404,9 +410,9 @@ def test_cli_refuses_an_injected_table_name_before_sending_anything(
         "--shards",
         "0",
         "--target",
-        ch_server.http_url,
+        server.http_url,
         "--database",
-        ch_db,
+        server_db,
         "--table",
         "x; DROP TABLE y",
         "--no-progress",
@@ -416,6 +422,6 @@ def test_cli_refuses_an_injected_table_name_before_sending_anything(
     assert res.returncode == 2
     assert "invalid table name 'x; DROP TABLE y'" in res.stderr and "Traceback" not in res.stderr
     with pytest.raises(UsageError):
-        TableRef(ch_db, "x; DROP TABLE y")
-    assert ch_server.query(f"EXISTS TABLE {ch_db}.y") == b"1\n"
-    assert ch_server.query(f"SELECT count() FROM system.tables WHERE database = '{ch_db}'") == b"1\n"
+        TableRef(server_db, "x; DROP TABLE y")
+    assert server.query(f"EXISTS TABLE {server_db}.y") == b"1\n"
+    assert server.query(f"SELECT count() FROM system.tables WHERE database = '{server_db}'") == b"1\n"

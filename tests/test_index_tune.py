@@ -28,7 +28,15 @@ from ingest.vector import tune_run
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.index import poll_interval
 from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
-from ingest.vector.tune import Candidate, Measured, choose, chunks_under, default_grid, project_seconds, should_stop
+from ingest.vector.tune import (
+    Candidate,
+    Measured,
+    choose,
+    chunks_under,
+    default_grid,
+    project_seconds,
+    should_stop,
+)
 from ingest.vector.tune_run import exact_top_ids
 
 # ---- pure --------------------------------------------------------------------------------------------------
@@ -187,17 +195,6 @@ def test_too_large_for_max_memory_is_refused_in_one_line(table: Path) -> None:
     assert "over --max-memory 10.0 MiB" in lines[0] and "configurations that fit: --quantization" in lines[0]
     assert "--force" in lines[0]
     assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
-
-
-def test_unreachable_target_is_refused_unless_forced(table: Path) -> None:
-    """b1 (with rescoring) cannot reach 0.99 on these vectors: the grid is shown, then one refusal line."""
-    res = cli("index", "--target", f"chdb:{table}", "--quantization", "b1", "--recall-target", "0.99", *TUNE)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "b1 M=16 ef_c=32" in res.stdout
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "no candidate reaches recall@10 0.99 on the sample" in lines[0], res.stderr
-    assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
-    assert chdb_rows(table, "SELECT name FROM system.tables WHERE name LIKE '_laion_tune%'") == []
 
 
 def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: Path, tmp_path: Path) -> None:

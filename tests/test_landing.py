@@ -38,6 +38,9 @@ class FakeSink:
         self.deletes = 0
         self.counts = 0
         self.forget_tokens_on_delete = False
+        self.twin: tuple[str, set[int]] | None = None
+        self.waited: list[str] = []
+        self.query_ids: list[str | None] = []
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         self.counts += 1
@@ -47,10 +50,25 @@ class FakeSink:
         self.deletes += 1
         self.ids = {i for i in self.ids if not first_id <= i <= last_id}
 
+    async def wait_query_gone(self, query_id: str) -> None:
+        """A twin (an INSERT a dead run left running under `query_id`) ends while we wait: its rows land."""
+        self.waited.append(query_id)
+        if self.twin is not None and self.twin[0] == query_id:
+            self.ids |= self.twin[1]
+            self.twin = None
+
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         self.inserts.append(token)
+        self.query_ids.append(query_id)
+        if self.twin is not None and self.twin[0] == query_id:
+            raise TransientTargetError("Code: 216. Query with id = x is already running", 216)
         action = self.script.pop(0) if self.script else "ok"
         if action == "before":
             raise TransientTargetError("connection refused")
@@ -201,3 +219,38 @@ def test_dropped_rows_count_as_expected_rows() -> None:
     assert land(sink, blocks, expected=SEG.rows - 2) == SEG.rows - 2
     assert sink.ids == segment_ids() - drop
     assert land(sink, Blocks(SEG, drop), expected=SEG.rows - 2) == 0
+
+
+def test_an_insert_a_dead_run_left_running_is_waited_for_before_the_range_is_counted() -> None:
+    """Issue #19: a killed run had sent the whole segment; its INSERT still runs on the server. Counting now would
+    see 0 rows and send the segment again (twice on a server without dedup tokens). The landing waits for the
+    segment's query_id first, then counts the range full and sends nothing."""
+    for dedup in (False, True):
+        sink, blocks = FakeSink(dedup=dedup), Blocks(SEG)
+        sink.twin = (SEG.query_id(REF.key), segment_ids())
+        assert land(sink, blocks) == 0
+        assert sink.ids == segment_ids() and sink.inserts == [] and blocks.opened == 0
+        assert sink.waited == [SEG.query_id(REF.key)]
+
+
+def test_every_insert_of_a_segment_carries_its_query_id() -> None:
+    sink, blocks = FakeSink(), Blocks(SEG)
+    sink.script = ["midway", "before"]
+    assert land(sink, blocks) == SEG.rows
+    qid = SEG.query_id(REF.key)
+    assert sink.query_ids == [qid, qid, qid] and sink.waited == [qid, qid, qid]
+    assert qid == "laion-ingest:db.laion:30000400-30000799"
+
+
+def test_a_query_id_refused_as_running_is_transient_and_counted_again() -> None:
+    """Code 216: the server refuses an INSERT whose query_id a running one holds; the landing counts again."""
+
+    class Racing(FakeSink):
+        async def wait_query_gone(self, query_id: str) -> None:
+            self.waited.append(query_id)  # the twin is not seen here (it started after the look)
+
+    sink, blocks = Racing(dedup=False), Blocks(SEG)
+    sink.twin = (SEG.query_id(REF.key), segment_ids())
+    with pytest.raises(TransientTargetError, match="Code: 216"):
+        land(sink, blocks, retries=1)
+    assert sink.ids == set() and len(sink.inserts) == 2

@@ -15,6 +15,7 @@ import pytest
 from cli_run import cli
 from exact import assert_table_equals, chdb_table, expected_rows, server_table
 from http_mirror import HttpMirror
+from server_fixtures import server_version
 
 from ingest.clickhouse.sql import create_table_sql, table_problem
 from ingest.core.config import SourceConfig
@@ -293,14 +294,16 @@ def test_missing_source_root_is_one_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.server
 @pytest.mark.parametrize("fmt", ["native", "rowbinary"])
-def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, tmp_path: Path, fmt: str) -> None:
-    """The wire encoders carry the extra columns; the 18.16 table is created with them and checked on reuse."""
+def test_laion5b_extra_columns_over_http(server: Any, server_db: str, tmp_path: Path, fmt: str) -> None:
+    """The wire encoders carry the extra columns; the table is created with them (and, on 26.9, with
+    `--vector-codec none`: 18.16 has no column codecs, refused in one line before anything is created) and checked
+    on reuse."""
     src = tmp_path / "src"
     metas = []
     for s in (0, 1):
-        write_shard(src, s, SynthSpec(rows=1000, dim=768), parse_layout("laion5b"))
+        write_shard(src, s, SynthSpec(rows=600, dim=768), parse_layout("laion5b"))
         metas.append(_with_nulls(src / laion5b_paths(s)[2]))
-    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": ch_server.password}
+    env = {"CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
     args = [
         "run",
         "--no-progress",
@@ -311,9 +314,9 @@ def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, 
         "--shards",
         "0-1",
         "--target",
-        ch_server.http_url,
+        server.http_url,
         "--database",
-        ch_db,
+        server_db,
         "--format",
         fmt,
         "--state",
@@ -321,11 +324,24 @@ def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, 
         "--extra-columns",
         "key,width,watermark,aesthetic,exif",
     ]
-    res = cli(*args, env=env)
+    codec = ["--vector-codec", "none"]
+    if server_version(server) == "18.16":
+        res = cli(*args, *codec, env=env)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error")]
+        assert errors == ["error: ClickHouse 18.16.1 has no column codecs: drop --vector-codec"], res.stderr
+        assert server.query(f"EXISTS TABLE {server_db}.laion") == b"0\n"
+        codec = []
+    res = cli(*args, *codec, env=env)
     assert res.returncode == 0, res.stderr
-    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1], laion5b_paths))
-    raw = ch_server.query(
-        f"SELECT key, width, watermark, aesthetic, exif FROM {ch_db}.laion ORDER BY id FORMAT JSONEachRow"
+    if codec:
+        described = server.query(f"DESCRIBE TABLE {server_db}.laion FORMAT JSONEachRow").decode().splitlines()
+        codecs = {d["name"]: d["codec_expression"] for d in map(orjson.loads, described)}
+        assert codecs["image_embedding"] == codecs["text_embedding"] == "NONE", codecs
+        assert codecs["key"] == "", codecs
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1], laion5b_paths))
+    raw = server.query(
+        f"SELECT key, width, watermark, aesthetic, exif FROM {server_db}.laion ORDER BY id FORMAT JSONEachRow"
     )
     rows = [orjson.loads(line) for line in raw.splitlines()]
     want = pa.concat_tables(metas)
@@ -335,5 +351,7 @@ def test_laion5b_extra_columns_into_18_16_over_http(ch_server: Any, ch_db: str, 
         int(v) if v is not None else 0 for v in want.column("watermark").to_pylist()
     ]
     assert [r["exif"] for r in rows] == want.column("exif").to_pylist()
-    res = cli(*args[:-2], env=env)  # the same table without the extra columns is refused
+    res = cli(*args, *codec, env=env)
+    assert res.returncode == 0 and "0 rows inserted" in res.stdout, res.stderr  # the same flags: reused
+    res = cli(*args[:-2], *codec, env=env)  # the same table without the extra columns is refused
     assert res.returncode == 1 and "expected" in res.stderr

@@ -6,16 +6,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from exact import assert_table_equals, expected_rows, server_table
-from server_fixtures import ServerHandle
 
 
 def test_two_workers_in_parallel_load_everything_once(
-    make_shards,
-    ch_server: ServerHandle,
-    ch_db: str,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    make_shards: Any,
+    server: Any,
+    server_db: str,
+    tmp_path: Path,
 ) -> None:
     src = make_shards(range(5), rows=3000, dim=64)
     procs = []
@@ -27,9 +27,9 @@ def test_two_workers_in_parallel_load_everything_once(
             "--shards",
             "0-4",
             "--target",
-            ch_server.http_url,
+            server.http_url,
             "--database",
-            ch_db,
+            server_db,
             "--dim",
             "64",
             "--batch-rows",
@@ -58,4 +58,4 @@ def test_two_workers_in_parallel_load_everything_once(
     # worker 0 takes shards 0, 2, 4; worker 1 (index from JOB_COMPLETION_INDEX) takes 1, 3
     assert "done: 3 shards, 9,000 rows inserted" in outs[0][0]
     assert "done: 2 shards, 6,000 rows inserted" in outs[1][0]
-    assert_table_equals(server_table(ch_server, ch_db), expected_rows(src, [0, 1, 2, 3, 4]))
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1, 2, 3, 4]))

@@ -99,10 +99,11 @@ def run(
         result = await run_ingest(settings, stop, make_reporter(settings.progress, len(settings.shards)))
         typer.echo(summary_line(result))
         if settings.finalize and not result.interrupted:
-            from ingest.cli.index_command import display_factory, render_grid
+            from ingest.cli.index_command import builder, display_factory, render_grid
             from ingest.vector.autoindex import finalize_after_load
 
-            await finalize_after_load(settings.query, display_factory(settings.progress), typer.echo, render_grid)
+            display = display_factory(settings.progress)
+            await finalize_after_load(settings.query, display, typer.echo, render_grid, builder(settings.query))
         unfinished = len(settings.shards) - len(result.shards_done) - len(result.shards_bad)
         if result.interrupted and unfinished > 0:
             return interrupt_exit_code
@@ -122,10 +123,14 @@ def synth(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     dtype: Annotated[Literal["float16", "float32"], typer.Option("--dtype")] = "float16",
     layout: LayoutOpt = "laion400m",
+    shape: Annotated[
+        Literal["clustered", "noisy", "offset"],
+        typer.Option("--shape", help="clustered; noisy (noise outweighs clusters); offset (a common direction)"),
+    ] = "clustered",
 ) -> None:
-    """Write synthetic shards in a LAION layout (clustered unit vectors, all 15 metadata columns)."""
+    """Write synthetic shards in a LAION layout (unit vectors of a --shape, all 15 metadata columns)."""
     shard_list = parse_shard_spec(shards)
-    spec = SynthSpec(rows=rows, dim=dim, seed=seed, dtype=dtype)
+    spec = SynthSpec(rows=rows, dim=dim, seed=seed, dtype=dtype, shape=shape)
     files_layout = parse_layout(layout)
     for shard in shard_list:
         write_shard(out, shard, spec, files_layout)
@@ -150,12 +155,16 @@ def demo(
 def _register_later_commands() -> None:
     from ingest.cli.daemon_command import daemon_command
     from ingest.cli.index_command import index_command
+    from ingest.cli.plan_command import plan_command
     from ingest.cli.search_command import eval_command, search_command
+    from ingest.cli.serve_command import serve_command
 
     app.command("index")(cli_errors(index_command))
     app.command("search")(cli_errors(search_command))
     app.command("eval")(cli_errors(eval_command))
+    app.command("plan")(cli_errors(plan_command))
     app.command("daemon")(cli_errors(daemon_command))
+    app.command("serve")(cli_errors(serve_command))
 
 
 _register_later_commands()

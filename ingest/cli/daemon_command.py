@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ingest.cli.flags import LoadFlags, run_config, with_load_flags
+from ingest.cli.serve_command import AllowUrlsOpt, IndexNameOpt, WeightsOpt
 from ingest.cli.support import (
     install_stop_signals,
     run_async,
@@ -15,6 +16,8 @@ from ingest.cli.support import (
 )
 from ingest.core.plan import parse_shard_spec
 from ingest.daemon.service import LAION_SHARDS, Daemon, DaemonOptions, pipeline_drain_seconds
+from ingest.serve.engine import ServeOptions
+from ingest.serve.service import HttpOptions, ServeSpec
 
 
 @with_load_flags
@@ -34,6 +37,16 @@ def daemon_command(
             help="Seconds between builds of the vector index for new parts (0 = off); merges then skip the index",
         ),
     ] = 0.0,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Also answer clip-retrieval searches on the table (as `serve` does)")
+    ] = False,
+    serve_host: Annotated[str, typer.Option("--serve-host", help="Address of the search service")] = "127.0.0.1",
+    serve_port: Annotated[
+        int, typer.Option("--serve-port", min=0, max=65535, help="Port of the search service")
+    ] = 1234,
+    index_name: IndexNameOpt = None,
+    weights: WeightsOpt = None,
+    allow_image_urls: AllowUrlsOpt = False,
     *,
     flags: LoadFlags,
 ) -> None:
@@ -52,6 +65,12 @@ def daemon_command(
         http_port=http_port,
         drain_seconds=drain_seconds,
         index_every=index_every,
+        serve=ServeSpec(
+            ServeOptions(index_name=index_name or settings.table.table),
+            HttpOptions(host=serve_host, port=serve_port, weights=weights, allow_image_urls=allow_image_urls),
+        )
+        if serve
+        else None,
     )
 
     async def main() -> int:

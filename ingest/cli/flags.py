@@ -34,6 +34,7 @@ from ingest.cli.options import (
     MergesOpt,
     OnNanOpt,
     QueueDepthOpt,
+    ReadTimeoutOpt,
     RetryMaxSecondsOpt,
     SegmentBytesOpt,
     SegmentRowsOpt,
@@ -56,6 +57,7 @@ from ingest.cli.support import (
 from ingest.core.config import (
     DEFAULT_ZOOKEEPER_PATH,
     LAION_ROOT,
+    READ_TIMEOUT,
     LoadConfig,
     MergePolicy,
     NodeEndpoint,
@@ -122,6 +124,7 @@ class LoadFlags(QueryFlags):
     max_retries: MaxRetriesOpt = 8
     retry_max_seconds: RetryMaxSecondsOpt = 30.0
     drain_seconds: DrainSecondsOpt = 25.0
+    read_timeout: ReadTimeoutOpt = READ_TIMEOUT
     log_format: LogFormatOpt = "text"
     insert_mode: InsertModeOpt = "distributed"
     zookeeper_path: ZookeeperPathOpt = DEFAULT_ZOOKEEPER_PATH
@@ -222,6 +225,7 @@ def run_config(
             nodes=node_endpoints(f.cluster, f.node),
             zookeeper_path=validate_zookeeper_path(f.zookeeper_path),
             merges=merge_policy(f.merges, spec, steady),
+            read_timeout=f.read_timeout,
         ),
         source=SourceConfig(
             root=f.source,

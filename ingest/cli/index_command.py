@@ -17,8 +17,8 @@ from ingest.cli.support import (
     setup_logging,
 )
 from ingest.clickhouse.vector_sql import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, DEFAULT_QUANTIZATION
-from ingest.core.config import TuneConfig
-from ingest.vector.autoindex import build_tuned_indexes
+from ingest.core.config import QueryConfig, TuneConfig
+from ingest.vector.autoindex import BuildFn, build_tuned_indexes
 from ingest.vector.index import BuildDisplay, DisplayFactory, LogBuildDisplay, requests_for
 from ingest.vector.index_report import IndexRunLog
 from ingest.vector.sizing import human_bytes, parse_bytes
@@ -64,6 +64,15 @@ def display_factory(enabled: bool) -> DisplayFactory:
     return make
 
 
+def builder(q: QueryConfig) -> BuildFn:
+    """How `index` builds on this target: per shard on a cluster (vector/cluster_index.py), else on the table."""
+    if q.target.cluster is None:
+        return build_tuned_indexes
+    from ingest.vector.cluster_index import build_cluster_indexes  # (it needs aiohttp: only for clusters)
+
+    return build_cluster_indexes
+
+
 def render_grid(report: TuneReport) -> None:
     """The measured grid as a table, then the choice and its reason (stdout: it is the command's answer)."""
     console = Console(width=160)
@@ -100,7 +109,9 @@ def index_command(
     ] = "cosineDistance",
     quantization: Annotated[
         Literal["bf16", "f16", "f32", "i8", "b1"] | None,
-        typer.Option("--quantization", help="Storage of vectors in the index (default: tuned among bf16, i8)"),
+        typer.Option(
+            "--quantization", help="Storage of vectors in the index (default: tuned among bf16, i8, b1 with rescoring)"
+        ),
     ] = None,
     m: Annotated[int | None, typer.Option("--m", min=2, help="HNSW connections per node (skips tuning)")] = None,
     ef_construction: Annotated[
@@ -166,9 +177,7 @@ def index_command(
     )
     run_log = IndexRunLog()
     try:
-        run_async(
-            build_tuned_indexes(q, requests, auto, cfg, display_factory(progress), typer.echo, render_grid, run_log)
-        )
+        run_async(builder(q)(q, requests, auto, cfg, display_factory(progress), typer.echo, render_grid, run_log))
     finally:
         if report_file is not None:
             report_file.write_bytes(run_log.to_json())

@@ -49,6 +49,15 @@ OnNanOpt = Annotated[Literal["fail-shard", "skip-row"], typer.Option("--on-nan")
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0)]
 RetryMaxSecondsOpt = Annotated[float, typer.Option("--retry-max-seconds", min=0.0)]
 DrainSecondsOpt = Annotated[float, typer.Option("--drain-seconds", min=0.0)]
+ReadTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--read-timeout",
+        min=0.1,
+        help="Seconds an HTTP request to ClickHouse may go without a byte of reply before it counts as lost (an "
+        "insert's reply comes only once its part is written: keep it above that)",
+    ),
+]
 CompressOpt = Annotated[
     Literal["auto", "none", "zstd", "gzip"],
     typer.Option("--compress", help="HTTP insert body compression (auto: none on loopback, zstd elsewhere)"),

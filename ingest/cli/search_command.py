@@ -16,7 +16,7 @@ from ingest.cli.support import (
 )
 from ingest.clickhouse.vector_sql import EF_SEARCH_SETTING
 from ingest.vector.clip_client import WEIGHTS_ENV
-from ingest.vector.eval import EvalResult, run_eval
+from ingest.vector.eval import EvalResult, Route, run_eval
 from ingest.vector.search import Column, Query, SearchResult, run_search
 
 
@@ -110,6 +110,14 @@ def eval_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write recall vs latency to this PNG (the plot extra)")
     ] = None,
+    route: Annotated[
+        Route,
+        typer.Option(
+            "--route",
+            help="With --cluster: auto (through Distributed when every shard's plan uses its index, else fan-out "
+            "to the shards' local tables and merge), or force one to compare",
+        ),
+    ] = "auto",
     *,
     flags: QueryFlags,
 ) -> None:
@@ -117,7 +125,7 @@ def eval_command(
     setup_logging()
     q = query_config(flags)
     ks = tuple(k or [10])
-    result = run_async(run_eval(q, column, queries, ks, tuple(ef_search or ()), seed, concurrency))
+    result = run_async(run_eval(q, column, queries, ks, tuple(ef_search or ()), seed, concurrency, route))
     if plot is not None:
         from ingest.vector.eval_plot import plot_recall_latency
 

@@ -164,37 +164,6 @@ def engine_problem(ref: TableRef, cluster: str, engines: dict[str, tuple[str, st
     return None
 
 
-def alter_on_cluster_sql(sql: str, ref: TableRef, cluster: str) -> str:
-    """An `ALTER TABLE ref ...` statement sent once through the distributed DDL queue to every node."""
-    head = f"ALTER TABLE {ref.sql}"
-    if not sql.startswith(head + " "):
-        raise ValueError(f"not an ALTER of {ref.key}: {sql[:80]}")
-    return head + _on_cluster(cluster) + sql[len(head) :]
-
-
-def mutation_status_sql(ref: TableRef) -> str:
-    """Mutations of one table in columns every server has (18.16 lacks parts_to_do_names, latest_fail_reason)."""
-    return (
-        "SELECT mutation_id, command, parts_to_do, is_done FROM system.mutations "
-        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)}"
-    )
-
-
-def active_parts_sql(ref: TableRef) -> str:
-    return (
-        "SELECT count() AS parts, sum(rows) AS rows FROM system.parts "
-        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)} AND active"
-    )
-
-
-def node_rows_done(rows: int, parts: int, parts_to_do: int) -> int:
-    """Rows one node has rewritten, estimated from the parts its mutation still has to do (clamped)."""
-    if parts <= 0:
-        return rows
-    left = min(max(parts_to_do, 0), parts)
-    return rows - rows * left // parts
-
-
 def replica_health_sql(ref: TableRef) -> str:
     """How many replicas of a replicated table ZooKeeper knows, and how many are alive (18.16 has both)."""
     return (
@@ -206,3 +175,26 @@ def replica_health_sql(ref: TableRef) -> str:
 def replicas_down(rows: list[dict[str, object]]) -> int:
     row = rows[0]
     return max(0, int(str(row["total_replicas"])) - int(str(row["active_replicas"])))
+
+
+def explain_distributed_sql(sql: str) -> str:
+    """The plan of a query through a Distributed table including each remote shard's own plan (`distributed = 1`,
+    ClickHouse 24.x+), with the indexes every read uses."""
+    return f"EXPLAIN distributed = 1, indexes = 1 {sql}"
+
+
+def explain_reads(plan: str) -> list[str | None]:
+    """Per `ReadFromMergeTree` in a plan (the entry's own shard and every remote one), the vector_similarity index
+    it reads, or None: the plan names a used skip index as `Name: X` then `Description: vector_similarity ...`."""
+    reads: list[str | None] = []
+    name: str | None = None
+    for raw in plan.splitlines():
+        line = raw.strip(" │├└─\t")
+        if line.startswith("ReadFromMergeTree"):
+            reads.append(None)
+            name = None
+        elif line.startswith("Name:"):
+            name = line[len("Name:") :].strip()
+        elif reads and name and line.startswith("Description:") and "vector_similarity" in line:
+            reads[-1] = name
+    return reads

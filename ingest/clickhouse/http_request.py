@@ -52,12 +52,15 @@ def build_request(
     settings: dict[str, str | int] | None = None,
     *,
     insert: bool = False,
+    query_id: str | None = None,
 ) -> HttpRequest:
     """A query (SQL in the body) or an insert (statement in `?query=`, data streamed as the body).
 
     `wait_end_of_query=1` makes the server buffer its answer, so an error can never hide at the end of a 200.
     """
     params = _params(database, settings)
+    if query_id is not None:
+        params.append(("query_id", query_id))
     if insert:
         params.insert(0, ("query", sql))
     url = f"{base_url.rstrip('/')}/?{urlencode(params, quote_via=quote)}"

@@ -12,6 +12,8 @@ Facts relied on (chdb 26.9; ClickHouse >= 25.8 documents the same):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ingest.clickhouse.sql import quote_string
 from ingest.core.ids import TableRef, quote_ident, validate_ident
 
@@ -20,6 +22,8 @@ SKIP_ON_MERGE = "materialize_skip_indexes_on_merge"
 SKIP_ON_INSERT = "materialize_skip_indexes_on_insert"
 CACHE_SETTING = "vector_similarity_index_cache_size"
 RESCORING_SETTING = "vector_search_with_rescoring"
+FETCH_MULTIPLIER_SETTING = "vector_search_index_fetch_multiplier"
+"""Candidates fetched from the index per row asked, rescored on the full vectors (25.8+, 1–1000)."""
 HASH_BUCKETS = 1_000_000
 
 
@@ -167,6 +171,59 @@ def select_meta_sql(ref: TableRef, index: str) -> str:
         f"WHERE table_name = {quote_string(ref.table)} AND index_name = {quote_string(index)} "
         "ORDER BY recorded DESC LIMIT 1"
     )
+
+
+GRID_TABLE = "_laion_ingest_tune_grid"
+GRID_COLUMNS = (
+    "quantization String, m UInt32, ef_construction UInt32, fetch_multiplier UInt32, build_seconds Float64, "
+    "sample_rows UInt64, graph_rows UInt64, recall Float64, search_list UInt32, latency_ms Float64, "
+    "table_rows UInt64, dim UInt32"
+)
+
+
+def grid_ref(ref: TableRef) -> TableRef:
+    return TableRef(ref.database, GRID_TABLE)
+
+
+def create_grid_sql(ref: TableRef) -> str:
+    """What the tuner measured per candidate, kept for `plan` (the constants measured on the user's own rows)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {grid_ref(ref).sql} (table_name String, column_name String, {GRID_COLUMNS}, "
+        "recorded DateTime64(3)) ENGINE = MergeTree ORDER BY (table_name, column_name, recorded)"
+    )
+
+
+def insert_grid_sql(ref: TableRef, column: str, rows: Sequence[Sequence[str | int | float]]) -> str:
+    """One row per candidate, values in GRID_COLUMNS' order (the first, the quantization, a string)."""
+    values = ", ".join(
+        "("
+        + ", ".join(
+            [quote_string(ref.table), quote_string(column), quote_string(str(r[0]))]
+            + [repr(float(v)) if isinstance(v, float) else str(int(v)) for v in r[1:]]
+            + ["now64(3)"]
+        )
+        + ")"
+        for r in rows
+    )
+    return f"INSERT INTO {grid_ref(ref).sql} VALUES {values}"
+
+
+def select_grid_sql(ref: TableRef, column: str) -> str:
+    """The latest tuning's rows for this table and column."""
+    where = f"table_name = {quote_string(ref.table)} AND column_name = {quote_string(column)}"
+    return (
+        f"SELECT * FROM {grid_ref(ref).sql} WHERE {where} AND recorded = "
+        f"(SELECT max(recorded) FROM {grid_ref(ref).sql} WHERE {where})"
+    )
+
+
+def table_exists_in_sql(ref: TableRef) -> str:
+    return f"SELECT count() AS n FROM system.tables WHERE {_where(ref, 'name')}"
+
+
+def row_bytes_sql(ref: TableRef) -> str:
+    """Rows and bytes on disk of the table's active parts, with its embedding columns' share."""
+    return f"SELECT sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts WHERE {_where(ref)} AND active"
 
 
 def meta_exists_sql(ref: TableRef) -> str:

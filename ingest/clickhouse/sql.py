@@ -74,6 +74,13 @@ def background_merges_sql(ref: TableRef, run: bool) -> str:
     return f"SYSTEM {'START' if run else 'STOP'} MERGES {ref.sql}"
 
 
+def running_query_sql(query_id: str) -> str:
+    """Queries still running on this server under `query_id`, or started by it (a Distributed insert's parts on
+    the shards carry it as `initial_query_id`)."""
+    q = quote_string(query_id)
+    return f"SELECT count() AS n FROM system.processes WHERE query_id = {q} OR initial_query_id = {q}"
+
+
 def quote_string(value: str) -> str:
     """A ClickHouse string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

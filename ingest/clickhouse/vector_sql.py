@@ -297,11 +297,13 @@ def current_setting_sql(name: str) -> str:
 
 
 def sample_queries_sql(ref: TableRef, column: str, count: int, seed: int) -> str:
-    """`count` rows picked by a seeded hash of their id: the same rows on every run with the same seed."""
+    """`count` rows picked by a seeded hash of their id: the same rows on every run with the same seed. GLOBAL IN:
+    on a Distributed table the id list is computed once and sent to the shards (a plain IN of a Distributed
+    subquery is refused, distributed_product_mode = 'deny'); on a plain table it is the same as IN."""
     col = quote_ident(validate_ident(column, "column"))
     order = f"cityHash64(id, toUInt64({int(seed)}))"
     return (
-        f"SELECT id, {col} AS v FROM {ref.sql} WHERE id IN "
+        f"SELECT id, {col} AS v FROM {ref.sql} WHERE id GLOBAL IN "
         f"(SELECT id FROM {ref.sql} ORDER BY {order} LIMIT {int(count)}) ORDER BY {order}"
     )
 

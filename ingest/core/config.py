@@ -53,6 +53,10 @@ class NodeEndpoint:
         return self.host, self.tcp_port
 
 
+READ_TIMEOUT = 900.0
+"""Default seconds without a byte of an HTTP reply (`--read-timeout`); wait_end_of_query=1 means an insert's
+reply comes only once its part is written, so this bounds a whole insert, not a pause."""
+
 DEFAULT_ZOOKEEPER_PATH = "/clickhouse/tables/{shard}"
 """Where replicated tables keep their ZooKeeper/Keeper state; `/{database}/{table}_local` is appended."""
 
@@ -83,6 +87,8 @@ class TargetConfig:
     merges: MergePolicy = "during"
     """`deferred`: the embedded target stops background merges of the table while a run loads it (see
     ingest/sinks/chdb.py); servers always merge during the load."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds an HTTP request may wait for a byte of reply (a stalled proxy or server ends as a retriable error)."""
 
     def display(self) -> str:
         return self.spec.display()
@@ -185,8 +191,8 @@ class TuneConfig:
     sample_rows: int = 20_000
     queries: int = 50
     search_lists: tuple[int, ...] = (32, 64, 128, 256, 512)
-    quantizations: tuple[str, ...] = ("bf16", "i8")
-    ms: tuple[int, ...] = (12, 16, 32)
+    quantizations: tuple[str, ...] = ("bf16", "i8", "b1")
+    ms: tuple[int, ...] = (8, 12, 16, 32)
     efs: tuple[int, ...] = (24, 32, 64, 128)
     seed: int = 0
     max_memory: int | None = None

@@ -84,6 +84,10 @@ class TransientTargetError(TargetError):
     exit_code = EXIT_TRANSIENT
 
 
+class UnreachableTargetError(TransientTargetError):
+    """No connection could be made (refused, no route): nothing was sent, and nothing of ours runs there now."""
+
+
 class UncertainInsertError(TransientTargetError):
     """An insert whose outcome is unknown (connection lost after the body was sent): reconcile before retrying."""
 
@@ -98,6 +102,14 @@ class SchemaMismatchError(TargetError):
 
 class UnsupportedFeatureError(TargetError):
     """The server is too old for a feature (vector index, cosineDistance...)."""
+
+
+class BadRequestError(UsageError):
+    """A search-service client sent a request we cannot answer: it gets a 4xx with this one line."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LedgerError(IngestError):
@@ -136,6 +148,7 @@ class ClickHouseCode(IntEnum):
     CANNOT_PARSE_TEXT = 6
     CANNOT_PARSE_QUOTED_STRING = 26
     CANNOT_PARSE_INPUT_ASSERTION_FAILED = 27
+    ATTEMPT_TO_READ_AFTER_EOF = 32
     CANNOT_READ_ALL_DATA = 33
     CANNOT_PARSE_DATE = 38
     TYPE_MISMATCH = 53
@@ -155,6 +168,7 @@ class ClickHouseCode(IntEnum):
     REQUIRED_PASSWORD = 194
     IP_ADDRESS_NOT_ALLOWED = 195
     TOO_MANY_SIMULTANEOUS_QUERIES = 202
+    QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING = 216
     SOCKET_TIMEOUT = 209
     NETWORK_ERROR = 210
     ABORTED = 236
@@ -171,12 +185,14 @@ class ClickHouseCode(IntEnum):
 _C = ClickHouseCode
 
 # ClickHouse server error codes, classified once. Anything not listed is fatal unless its HTTP status is 5xx.
+# READONLY (164) is the user's profile (readonly=1|2), which no retry changes: fatal. A replica that lost its
+# coordinator answers TABLE_IS_READ_ONLY (242): that one passes.
 RETRIABLE_CLICKHOUSE_CODES = frozenset(
     {
         _C.UNEXPECTED_END_OF_FILE,
         _C.TIMEOUT_EXCEEDED,
-        _C.READONLY,
         _C.TOO_MANY_SIMULTANEOUS_QUERIES,
+        _C.QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING,  # an insert of the same segment still runs: count again, later
         _C.SOCKET_TIMEOUT,
         _C.NETWORK_ERROR,
         _C.ABORTED,
@@ -208,6 +224,12 @@ BAD_DATA_CLICKHOUSE_CODES = frozenset(
         _C.SIZES_OF_ARRAYS_DONT_MATCH,
     }
 )
+CUT_BODY_CLICKHOUSE_CODES = frozenset(
+    {_C.UNEXPECTED_END_OF_FILE, _C.ATTEMPT_TO_READ_AFTER_EOF, _C.CANNOT_READ_ALL_DATA}
+)
+"""What a server says when an insert body ends mid-block. Our encoder writes whole blocks only and every cut of
+the stream lands mid-block (HttpSink._body), so to one of our inserts these mean the body was cut on the way (a
+half-closed socket, a proxy giving up): the insert failed, is reconciled and sent again, not a bad shard."""
 
 
 def classify_clickhouse_error(code: int | None, message: str, http_status: int | None = None) -> TargetError:

@@ -131,6 +131,12 @@ class SegmentPlan(RowRange):
         """Deterministic insert_deduplication_token: same table, shard, cut and index → same token (and blocks)."""
         return f"laion-ingest:{table_key}:s{self.shard}:g{self.cut}x{self.block_rows}:i{self.index}"
 
+    def query_id(self, table_key: str) -> str:
+        """The `query_id` of every INSERT of this segment's id range into the table, from any run: a server refuses
+        a second query with the id of one still running (code 216), and the landing waits until none runs before
+        it counts the range (issue #19). Not secret: table and ids only."""
+        return f"laion-ingest:{table_key}:{self.first_id}-{self.last_id}"
+
 
 def segment_size(
     segment_rows: int, segment_bytes: int, block_rows: int, dim: int, text_bytes: int = TEXT_BYTES_PER_ROW

@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from prometheus_client import Counter, Gauge
-
 from ingest.core.config import RunConfig
 from ingest.core.errors import (
     EXIT_INTERRUPTED,
@@ -39,12 +37,23 @@ from ingest.core.errors import (
     first_error,
 )
 from ingest.core.layout import LAION400M, Layout
-from ingest.core.metrics import REGISTRY, SHARDS
+from ingest.core.metrics import SHARDS
 from ingest.core.retry import RetryPolicy, retrying
+from ingest.daemon.metrics import (
+    INDEX_BUILDS,
+    INDEX_ROWS_BUILT,
+    INDEX_UNCOVERED_PARTS,
+    INDEX_UNCOVERED_ROWS,
+    LAST_POLL,
+    POLL_ERRORS,
+    SHARDS_PENDING,
+)
 from ingest.load.ledger import Ledger
 from ingest.load.pipeline import Pipeline
 from ingest.load.progress import LogReporter
 from ingest.load.runner import ledger_for, prepare_sink, resolve_schema
+from ingest.serve.engine import Searcher
+from ingest.serve.service import ServeSpec, refresh_quietly, running_service
 from ingest.sinks.base import Sink
 from ingest.stages.probe import needs_probe
 from ingest.stages.shard import ShardFiles
@@ -58,33 +67,6 @@ LAION_SHARDS = "0-409"
 """Candidates for an HTTP mirror when --shards is not given (a directory is simply listed)."""
 BACKOFF_CAP_SECONDS = 300.0
 READY_TIMEOUT_SECONDS = 3.0
-
-LAST_POLL = Gauge(
-    "laion_ingest_last_poll_timestamp_seconds", "Unix time the daemon last finished a poll", registry=REGISTRY
-)
-POLL_ERRORS = Counter(
-    "laion_ingest_poll_errors", "Polls that ended in an error (the daemon backs off, then retries)", registry=REGISTRY
-)
-SHARDS_PENDING = Gauge(
-    "laion_ingest_shards_pending",
-    "Shards available at the source that the last poll set out to load",
-    registry=REGISTRY,
-)
-
-INDEX_UNCOVERED_ROWS = Gauge(
-    "laion_ingest_index_uncovered_rows", "Rows in parts the vector index does not cover yet", registry=REGISTRY
-)
-INDEX_UNCOVERED_PARTS = Gauge(
-    "laion_ingest_index_uncovered_parts", "Active parts the vector index does not cover yet", registry=REGISTRY
-)
-INDEX_BUILDS = Counter(
-    "laion_ingest_index_rematerializations",
-    "Scheduled MATERIALIZE INDEX runs that built the index for uncovered parts",
-    registry=REGISTRY,
-)
-INDEX_ROWS_BUILT = Counter(
-    "laion_ingest_index_rows_built", "Rows whose parts got their vector index from a scheduled run", registry=REGISTRY
-)
 
 Signature = tuple[tuple[int, int], ...]
 """(size, mtime_ns) of a shard's three files: a changed signature is a reason to retry a quarantined shard."""
@@ -113,6 +95,8 @@ class DaemonOptions:
     """The whole shutdown budget; the pipeline gets most of it (LoadConfig.drain_seconds), closing the rest."""
     index_every: float = 0.0
     """Seconds between re-materializations of the vector indexes over new parts (0 = never)."""
+    serve: ServeSpec | None = None
+    """`--serve`: answer clip-retrieval searches on the loaded table from this process (ingest/serve)."""
 
 
 # -- pure decisions -------------------------------------------------------------------------------------------
@@ -170,6 +154,7 @@ class Daemon:
         self.last_error = ""
         self.next_index = 0.0
         self.table_prepared = False
+        self.searcher: Searcher | None = None
 
     async def run(self) -> int:
         from ingest.daemon.health import make_app, start_server
@@ -178,7 +163,7 @@ class Daemon:
         runner = await start_server(
             make_app(self.readiness, READY_TIMEOUT_SECONDS), self.opts.http_host, self.opts.http_port
         )
-        deadline = asyncio.create_task(self._arm_hard_deadline())
+        deadline, stack = asyncio.create_task(self._arm_hard_deadline()), contextlib.AsyncExitStack()
         try:
             self.source = open_source(self.s.source)
             if await self._learn_schema():
@@ -191,13 +176,20 @@ class Daemon:
                     self.s.target.display(),
                     self.s.table.key,
                 )
+                if self.opts.index_every > 0:  # before any load: merges of its parts must not build the index
+                    await self._index_guarded(prepare_only=True)
+                if (spec := self.opts.serve) is not None:  # search on the daemon's sink: one process, one chdb dir
+                    served = await stack.enter_async_context(running_service(self.s.query, *spec.parts, self.sink))
+                    self.searcher = served[0].searcher
                 while not self.stop.is_set():
                     await self._poll_guarded()
+                    await refresh_quietly(self.searcher)  # new rows: search learns the table's facts again
                     if self.opts.index_every > 0 and not self.stop.is_set():
                         await self._index_guarded()
                     await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
         finally:
             deadline.cancel()
+            await stack.aclose()  # the search service stops before the sink it shares
             self.ledger.flush()
             if self.source is not None:
                 await self.source.close()
@@ -221,6 +213,7 @@ class Daemon:
         False if stopped while waiting."""
         assert self.source is not None
         if not needs_probe(self.s.load):
+            self.s = await resolve_schema(self.s, self.source, [])  # --dim given: the flags' schema, no probe
             return True
         await self.source.check_root()
         while not self.stop.is_set():
@@ -315,7 +308,7 @@ class Daemon:
                 SHARDS.labels(status="failed").inc(len(unfinished))
         SHARDS_PENDING.set(0)
 
-    async def _index_guarded(self) -> None:
+    async def _index_guarded(self, prepare_only: bool = False) -> None:
         """Count parts the vector index does not cover; every --index-every seconds, build it for them."""
         assert self.sink is not None
         try:
@@ -323,6 +316,8 @@ class Daemon:
                 for note in await prepare_growing_table(self.sink, self.s.table):
                     log.warning("daemon: %s", note)
                 self.table_prepared = True
+            if prepare_only:
+                return
             cov = await coverage(self.sink, self.s.table)
             INDEX_UNCOVERED_PARTS.set(cov.uncovered_parts)
             INDEX_UNCOVERED_ROWS.set(cov.uncovered_rows)

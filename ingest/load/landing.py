@@ -9,6 +9,14 @@ Dedup tokens (servers that have them): one deterministic token per segment, so a
 did land is a no-op. A token the table remembers from rows since deleted would silently drop our re-insert, so
 after a delete, and whenever the count after an insert disagrees, the segment is sent again with a fresh token.
 
+A count is only true once no INSERT of the segment runs any more: a run killed after sending a segment's whole
+body leaves its INSERT running on the server (squashing, writing the part), and a count then sees 0 rows and the
+segment would land twice (issue #19). So every INSERT of a segment carries the segment's deterministic `query_id`
+(SegmentPlan.query_id), each attempt first waits until no query with that id runs on the target (on every node
+of a cluster), and a server that refuses a second query with the id of a running one (code 216) makes the attempt
+fail as transient: it waits and counts again. The embedded target has no such window: a kill takes the engine
+with it.
+
 Every attempt re-reads the segment through `open_blocks()`: nothing buffers a segment to allow a retry.
 """
 
@@ -80,6 +88,8 @@ class Landing:
 
     async def _attempt(self, segment: SegmentPlan, expected: int, open_blocks: BlockSource, state: _Attempt) -> int:
         sink, ref = self.sink, self.table
+        query_id = segment.query_id(ref.key)
+        await sink.wait_query_gone(query_id)  # an INSERT of a dead run (or our last attempt) may still be writing
         inserted = False
         for sent in range(VERIFY_RESENDS + 2):
             have = await sink.count_range(ref, segment.first_id, segment.last_id)
@@ -100,7 +110,7 @@ class Landing:
                 # the old token may be remembered for rows deleted since: dedup would drop ours; send it fresh
                 state.token = fresh_token(state.token)
             async with contextlib.aclosing(open_blocks()) as blocks:
-                await sink.insert(ref, segment, blocks, state.token)
+                await sink.insert(ref, segment, blocks, state.token, query_id)
             inserted = True
             if state.token is None:
                 return expected  # no token, no dedup: what the server acknowledged is there

@@ -70,11 +70,22 @@ class Sink(Protocol):
         ...
 
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         """Insert one segment as one INSERT, streaming `blocks` as they come: the server squashes them into one
         block (one part), so the segment lands whole or not at all. `token` dedups a retried segment where
-        supported. The caller closes `blocks`."""
+        supported; `query_id` names the INSERT on a server (the segment's, SegmentPlan.query_id). The caller
+        closes `blocks`, after this returns: nothing iterates them then (ingest/sinks/body_pump.py)."""
+        ...
+
+    async def wait_query_gone(self, query_id: str) -> None:
+        """Return once no query with `query_id` (or started by it) runs on the target: an INSERT of a killed run
+        may still be writing its segment when the next run counts the range. Transient error if it lasts."""
         ...
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:

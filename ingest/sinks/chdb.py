@@ -37,10 +37,13 @@ from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, server_info, squash_of
-from ingest.sinks.fifo_body import BodySourceError, feed_fifo, fifo_path
+from ingest.sinks.body_pump import pumped
+from ingest.sinks.fifo_body import encoded_blocks, feed_fifo, fifo_path
 
 log = logging.getLogger(__name__)
 
+PUMP_DEPTH = 1
+"""Encoded blocks queued between the insert's body pump and the pipe writer: encoding runs one block ahead."""
 MAX_DEFERRED_PARTS = 300
 """Active parts a table may gather while its merges wait for the end of a run; past it merges resume (chdb 26.9
 delays inserts at 1,000 parts in a partition and refuses them at 3,000)."""
@@ -66,7 +69,7 @@ class ChdbSink:
         self.info = server_info("0")
         self._insert_sessions = max(1, target.connections)
         self._insert_pool = ThreadPoolExecutor(self._insert_sessions, thread_name_prefix="chdb-insert")
-        self._write_pool = ThreadPoolExecutor(self._insert_sessions, thread_name_prefix="chdb-body")
+        self._write_pool = ThreadPoolExecutor(2 * self._insert_sessions, thread_name_prefix="chdb-body")
         self._idle: asyncio.Queue[Any] | None = None
         self._opened: list[Any] = []
         self._defer_merges = target.merges == "deferred"
@@ -139,7 +142,12 @@ class ChdbSink:
         await self._call(work)
 
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         """One `INSERT … FROM INFILE pipe FORMAT Native` per segment, its blocks encoded and streamed as they come
         (ingest/sinks/fifo_body.py); each concurrent insert has its own chdb session, so segments are parsed,
@@ -159,14 +167,12 @@ class ChdbSink:
             statement = loop.run_in_executor(self._insert_pool, self._query_on, session, sql)
             statement.add_done_callback(lambda _: self._release(session))
             try:
-                await feed_fifo(path, blocks, statement, self._write_pool)
-            except BodySourceError as exc:
-                with contextlib.suppress(Exception):
-                    await statement  # fails on the unparsable block: nothing of the segment is committed
-                raise exc.cause from None
+                pieces = encoded_blocks(blocks, self._write_pool, ref.key)
+                async with pumped(pieces, PUMP_DEPTH) as feed:
+                    await feed_fifo(path, feed, statement, self._write_pool)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(statement)
+                    await asyncio.shield(statement)  # fails on the unparsable block: nothing of it is committed
                 raise
             await statement
 
@@ -225,6 +231,10 @@ class ChdbSink:
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self._call(self._rows, count_range_sql(ref, first_id, last_id))
         return int(rows[0]["n"])
+
+    async def wait_query_gone(self, query_id: str) -> None:
+        """Nothing to wait for: the engine runs in this process, so a killed run's INSERT died with it, and this
+        run's own inserts have returned before their ranges are counted (`query_id` is not sent here)."""
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id) + settings_clause({"mutations_sync": 2})

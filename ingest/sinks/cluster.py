@@ -28,7 +28,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,12 +36,10 @@ import pyarrow as pa
 
 from ingest.clickhouse import cluster_sql as csql
 from ingest.clickhouse.http_request import pending_mutations_sql
-from ingest.clickhouse.sql import create_database_sql, delete_range_sql, describe_sql, table_problem
+from ingest.clickhouse.sql import delete_range_sql
 from ingest.core.config import TargetConfig, validate_zookeeper_path
 from ingest.core.errors import (
     ConfigError,
-    IngestError,
-    SchemaMismatchError,
     TargetError,
     TransientTargetError,
     UncertainInsertError,
@@ -49,6 +47,7 @@ from ingest.core.errors import (
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo
+from ingest.sinks.cluster_tables import TableSetup, ensure_tables
 from ingest.sinks.cluster_topology import (
     ClusterNode,
     check_topology,
@@ -58,41 +57,15 @@ from ingest.sinks.cluster_topology import (
     parse_nodes,
     placement,
 )
+from ingest.sinks.fanout import REMOTE_NODE_CODES, all_of, gone_or_down, remote_read
 from ingest.sinks.http import DEDUP_WINDOW, HttpSink
 
-REMOTE_NODE_CODES = frozenset({32, 279, 285})
-"""A Distributed insert or read losing a shard's node: ATTEMPT_TO_READ_AFTER_EOF (the node died mid-packet),
-ALL_CONNECTION_TRIES_FAILED, TOO_FEW_LIVE_REPLICAS. Uncertain (an insert) or transient (a read), not fatal."""
 REPLICATED_DELETE_WAIT = 15.0
 """Seconds a replicated delete is waited for before the load goes on (see `_replicated_delete`)."""
 
 log = logging.getLogger("ingest")
 
 T = TypeVar("T")
-
-
-async def all_of(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run coroutines concurrently; the first error of our tree leaves as itself, not as an ExceptionGroup."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(c) for c in calls]
-    except ExceptionGroup as group:
-        first = next((e for e in group.exceptions if isinstance(e, IngestError)), None)
-        if first is not None:
-            raise first from None
-        raise
-    return [t.result() for t in tasks]
-
-
-async def _remote_read(call: Awaitable[T]) -> T:
-    """A read through the entry (the Distributed table): a shard's node lost mid-read is transient, not fatal; the
-    next attempt reads from a live replica of that shard."""
-    try:
-        return await call
-    except TargetError as exc:
-        if exc.retriable or exc.code not in REMOTE_NODE_CODES:
-            raise
-        raise TransientTargetError(str(exc), exc.code) from None
 
 
 class ClusterSink:
@@ -207,90 +180,25 @@ class ClusterSink:
         """Where an ALTER of `{table}_local` runs: once per shard when replicated (it replicates), else every node."""
         return self.shard_sinks() if self.replicated else list(self._nodes.values())
 
+    def node_name(self, sink: HttpSink) -> str:
+        """`host:port` of a node's HTTP endpoint, for messages (the entry's if `sink` is none of the nodes)."""
+        url = next((u for u, s in self._nodes.items() if s is sink), self._target.spec.base_url)
+        return urlsplit(url).netloc
+
     # -- tables -----------------------------------------------------------------------------------------------
     async def ensure_table(self, ref: TableRef) -> None:
         """Create the local tables and the Distributed table everywhere, then check every live node's tables."""
-        window = DEDUP_WINDOW if self.info.dedup_token else None
-        if not self.replicated:
-            log.info(
-                "cluster %s has no ZooKeeper/Keeper: %s is a plain MergeTree on each node, created node by node; "
-                "nothing is replicated",
-                self.cluster,
-                csql.local_ref(ref).key,
-            )
-        if self.replicated:
-            await all_of([self._check_macros(url, s) for url, s in self._nodes.items()])
-        if not (self.on_cluster and self.all_up and await self._create_on_cluster(ref, window)):
-            await all_of([self._create_on_node(s, ref, window) for s in self._nodes.values()])
-        entry_url = self._target.spec.base_url
-        if entry_url not in self._nodes:  # an entry outside the cluster still needs the Distributed table
-            await self.entry.execute(create_database_sql(ref.database), database="default")
-            await self.entry.execute(
-                csql.distributed_table_sql(ref, self.cluster, False, self._target.schema), database="default"
-            )
-            await self._verify(entry_url, self.entry, ref, node=False)
-        await all_of([self._verify(url, s, ref, node=True) for url, s in self._nodes.items()])
-
-    def _local_sql(self, ref: TableRef, window: int | None, on_cluster: bool) -> str:
-        local, cluster = csql.local_ref(ref), self.cluster if on_cluster else None
-        if self.replicated:
-            return csql.replicated_local_table_sql(local, self._zk_path, cluster, self._target.schema)
-        return csql.local_table_sql(local, window, cluster, self._target.schema)
-
-    async def _check_macros(self, url: str, sink: HttpSink) -> None:
-        rows = await sink.query(csql.macros_sql(), database="default")
-        missing = csql.missing_macros([(str(r["macro"]), str(r["substitution"])) for r in rows])
-        if missing:
-            raise ConfigError(
-                f"cluster {self.cluster!r} node {urlsplit(url).netloc} defines no <macros> {', '.join(missing)}: "
-                "a replicated table needs {shard} and {replica} on every node"
-            )
-
-    async def _create_on_cluster(self, ref: TableRef, window: int | None) -> bool:
-        """One DDL per object through the queue; False (after a warning) if the cluster refuses it."""
-        statements = [
-            csql.create_database_on_cluster_sql(ref.database, self.cluster),
-            self._local_sql(ref, window, on_cluster=True),
-            csql.distributed_table_sql(ref, self.cluster, True, self._target.schema),
-        ]
-        try:
-            for sql in statements:
-                await self.entry.execute(sql, database="default")
-        except TargetError as exc:
-            if exc.retriable:
-                raise
-            log.warning("cluster %s: ON CLUSTER DDL refused (%s); creating tables node by node", self.cluster, exc)
-            return False
-        return True
-
-    async def _create_on_node(self, sink: HttpSink, ref: TableRef, window: int | None) -> None:
-        await sink.execute(create_database_sql(ref.database), database="default")
-        await sink.execute(self._local_sql(ref, window, on_cluster=False), database="default")
-        await sink.execute(
-            csql.distributed_table_sql(ref, self.cluster, False, self._target.schema), database="default"
+        setup = TableSetup(
+            cluster=self.cluster,
+            zk_path=self._zk_path,
+            target=self._target,
+            entry=self.entry,
+            nodes=self._nodes,
+            replicated=self.replicated,
+            on_cluster=self.on_cluster and self.all_up,
+            max_replicas=max(self._replica_count),
         )
-
-    async def _verify(self, url: str, sink: HttpSink, ref: TableRef, node: bool) -> None:
-        """Engines and columns of our tables on one server; a mismatch is refused as for one node."""
-        where = urlsplit(url).netloc
-        rows = await sink.query(csql.engines_sql(ref), database="default")
-        engines = {str(r["name"]): (str(r["engine"]), str(r["engine_full"])) for r in rows}
-        problem = csql.engine_problem(ref, self.cluster, engines, node)
-        local = csql.local_ref(ref)
-        if not problem and node and self.replicated and max(self._replica_count) > 1:
-            engine = engines[local.table][0]
-            if not engine.startswith("Replicated"):
-                problem = (
-                    f"table {local.key} has engine {engine}, but cluster {self.cluster!r} has replicas and a "
-                    "coordinator: its replicas would diverge (recreate it as ReplicatedMergeTree)"
-                )
-        if problem:
-            raise SchemaMismatchError(f"on {where}: {problem}")
-        for table in (ref, csql.local_ref(ref)) if node else (ref,):
-            cols = await sink.query(describe_sql(table), database="default")
-            mismatch = table_problem(cols, self._target.schema)
-            if mismatch:
-                raise SchemaMismatchError(f"table {table.key} on {where} {mismatch}")
+        await ensure_tables(setup, ref, DEDUP_WINDOW if self.info.dedup_token else None)
 
     # -- data -------------------------------------------------------------------------------------------------
     async def _on_shard(self, pos: int, call: Callable[[HttpSink], Awaitable[T]]) -> T:
@@ -324,11 +232,17 @@ class ClusterSink:
         return clone
 
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         if self._mode == "distributed":
             try:
-                await (await self._sender(self.entry, segment.first_id)).insert(ref, segment, blocks, token)
+                sender = await self._sender(self.entry, segment.first_id)
+                await sender.insert(ref, segment, blocks, token, query_id)
             except TargetError as exc:
                 if exc.retriable or exc.code not in REMOTE_NODE_CODES:
                     raise
@@ -339,15 +253,22 @@ class ClusterSink:
         pos = placement(segment.shard, segment.index, self._weights)
         sink = self._replicas[pos][self._preferred[pos]]
         try:
-            await (await self._sender(sink, segment.first_id)).insert(csql.local_ref(ref), segment, blocks, token)
+            sender = await self._sender(sink, segment.first_id)
+            await sender.insert(csql.local_ref(ref), segment, blocks, token, query_id)
         except TransientTargetError:
             # the segment's blocks are a one-pass stream: the landing's retry re-reads them, and goes to the
             # shard's next replica
             self._preferred[pos] = (self._preferred[pos] + 1) % len(self._replicas[pos])
             raise
 
+    async def wait_query_gone(self, query_id: str) -> None:
+        """On the entry and every live node: a Distributed insert's parts run on the shards under its id as
+        `initial_query_id` (18.16 has no clusterAllReplicas, so each node is asked; a node that refuses
+        connections runs nothing: a dead member must not stall the others)."""
+        await all_of([gone_or_down(s, query_id) for s in self._senders(fresh=False)])
+
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
-        return await _remote_read(self.entry.count_range(ref, first_id, last_id))
+        return await remote_read(self.entry.count_range(ref, first_id, last_id))
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         local = csql.local_ref(ref)
@@ -395,7 +316,7 @@ class ClusterSink:
             delay = min(1.0, delay * 2)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
-        return await _remote_read(self.entry.query(sql, settings))
+        return await remote_read(self.entry.query(sql, settings))
 
     async def execute(self, sql: str, settings: dict[str, str | int] | None = None) -> None:
         await self.entry.execute(sql, settings)
@@ -403,12 +324,16 @@ class ClusterSink:
     @property
     def bytes_sent(self) -> int:
         """Insert body bytes on the wire over every sink this one sends through (entry, nodes, dedup-off clones)."""
-        sinks = {id(s): s for s in [self.entry, *self._nodes.values(), *self._fresh.values()]}
-        return sum(s.bytes_sent for s in sinks.values())
+        return sum(s.bytes_sent for s in self._senders(fresh=True))
+
+    def _senders(self, fresh: bool) -> list[HttpSink]:
+        """The entry and every live node once each (and the dedup-off clones if `fresh`)."""
+        sinks = [self.entry, *self._nodes.values(), *(self._fresh.values() if fresh else ())]
+        return list({id(s): s for s in sinks}.values())
 
     async def close(self) -> None:
         for sink in [self.entry, *self._nodes.values(), *self._fresh.values()]:
             await sink.close()
 
 
-__all__ = ["ClusterNode", "ClusterSink", "node_base_url", "placement"]
+__all__ = ["ClusterNode", "ClusterSink", "all_of", "node_base_url", "placement"]

@@ -8,7 +8,11 @@ engine's insert is the bound); two streams from two sessions through pipes, 8.5 
 
 A pipe closed between two blocks is a clean end of data, which would commit the blocks before it: so every path
 that does not finish the body (a failed read or encode, a cancelled insert) writes an unparsable block first,
-and the engine fails the INSERT, discarding what it squashed. A kill of the process takes the engine with it.
+and the engine fails the INSERT, discarding what it squashed. The blocks are read and encoded by the insert's body
+pump (ingest/sinks/body_pump.py), one block ahead of the pipe writer, never by the writer itself.
+
+A kill of the process takes the engine with it: unlike a server, no INSERT of a dead run can still be running
+when the next run counts a segment's range, so the embedded target needs no wait for one (see Landing).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ingest.clickhouse.wire import ABORT_BLOCK, encode_native
-from ingest.core.errors import ConfigError
+from ingest.core.errors import ConfigError, TargetError
 
 PIPE_BYTES = 1 << 20
 """Pipe buffer asked for (Linux's default unprivileged maximum): fewer wake-ups per block than the 64 KiB default."""
@@ -76,21 +80,29 @@ async def _open_writer(path: Path, statement: asyncio.Future[None]) -> int | Non
         return fd
 
 
-class BodySourceError(Exception):
-    """The body's own source (reading or encoding a block) failed; `cause` is that error."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+async def encoded_blocks(
+    blocks: AsyncIterator[pa.RecordBatch], pool: Executor, what: str
+) -> AsyncIterator[list[memoryview]]:
+    """The body's pieces: each block as Native buffers, encoded on `pool` (the insert's pump iterates this)."""
+    loop = asyncio.get_running_loop()
+    async for batch in blocks:
+        if batch.num_rows == 0:
+            continue
+        try:
+            yield await loop.run_in_executor(pool, encode_native, batch)
+        except (ValueError, pa.ArrowException) as exc:
+            raise TargetError(f"cannot encode batch for {what}: {exc}") from None
 
 
 async def feed_fifo(
-    path: Path, blocks: AsyncIterator[pa.RecordBatch], statement: asyncio.Future[None], pool: Executor
+    path: Path, pieces: AsyncIterator[list[memoryview]], statement: asyncio.Future[None], pool: Executor
 ) -> None:
-    """Write `blocks` as Native into the pipe the running `statement` reads; return once the body is complete.
+    """Write the encoded `pieces` into the pipe the running `statement` reads; return once the body is complete.
 
-    Raises BodySourceError when a block could not be read or encoded (the statement is made to fail first);
-    returns early, writing nothing more, when the statement ended on its own (its error is the caller's).
+    `pieces` is the feed of a body pump (ingest/sinks/body_pump.py): when it stops early (its source failed, the
+    insert was cancelled) it raises, and an unparsable block goes into the pipe first, so the statement fails and
+    commits nothing. Returns early, writing nothing more, when the statement ended on its own (its error is the
+    caller's).
     """
     loop = asyncio.get_running_loop()
     fd = await _open_writer(path, statement)
@@ -99,24 +111,14 @@ async def feed_fifo(
     finished = False
     writing: asyncio.Future[None] | None = None
     try:
-        async for batch in blocks:
-            if batch.num_rows == 0:
-                continue
-            try:
-                parts = await loop.run_in_executor(pool, encode_native, batch)
-            except (ValueError, pa.ArrowException) as exc:
-                raise BodySourceError(exc) from None
+        async for parts in pieces:
             writing = loop.run_in_executor(pool, _write_all, fd, parts)
             await writing
         finished = True
     except OSError as exc:
         if exc.errno != errno.EPIPE:
-            raise BodySourceError(exc) from None
+            raise TargetError(f"writing the insert body into the engine's pipe failed: {exc.strerror}") from None
         return  # the engine stopped reading: the statement failed, and says why
-    except BodySourceError:
-        raise
-    except Exception as exc:
-        raise BodySourceError(exc) from None
     finally:
         if not finished:  # after the write in flight (a cancel does not stop its thread), never beside it
             if writing is not None:

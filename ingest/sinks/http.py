@@ -33,32 +33,38 @@ from ingest.clickhouse.sql import (
     create_table_sql,
     delete_range_sql,
     describe_sql,
+    running_query_sql,
     table_problem,
 )
 from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode, split_head, split_tail
 from ingest.core import metrics
 from ingest.core.config import TargetConfig
 from ingest.core.errors import (
+    CUT_BODY_CLICKHOUSE_CODES,
     ConfigError,
     SchemaMismatchError,
     TargetError,
     TransientTargetError,
     UncertainInsertError,
+    UnreachableTargetError,
 )
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, parse_version, server_info, squash_of
+from ingest.sinks.body_pump import pumped
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 """Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
+PUMP_DEPTH = 2
+"""Body pieces (each at most CHUNK_BYTES) queued between the insert's body pump and aiohttp's writer."""
 CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 900.0
-"""Seconds without a byte of reply; wait_end_of_query=1 means nothing arrives until a statement is done."""
 KEEPALIVE_SECONDS = 2.0
 """Below the server's keep_alive_timeout (3 s on 18.16) so we never reuse a socket it is closing."""
 MUTATION_TIMEOUT = 300.0
+SETTLE_TIMEOUT = 60.0
+"""Seconds an INSERT of a segment left running by a dead run is waited for before the landing retries later."""
 
 MUTATIONS_SYNC_SINCE = (20, 1)
 """The `mutations_sync` setting (wait for ALTER DELETE) exists from 20.1; older servers are polled."""
@@ -132,7 +138,7 @@ class HttpSink:
                 ssl=self._ssl if self._ssl is not None else True,
             )
             timeout = aiohttp.ClientTimeout(
-                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+                total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=self._target.read_timeout
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
@@ -193,7 +199,7 @@ class HttpSink:
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or type(exc.os_error).__name__
-            return TransientTargetError(f"cannot connect to ClickHouse at {self._where}: {reason}")
+            return UnreachableTargetError(f"cannot connect to ClickHouse at {self._where}: {reason}")
         what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({type(exc).__name__})"
         if insert:
             return UncertainInsertError(f"insert into ClickHouse at {self._where}: {what}")
@@ -215,7 +221,12 @@ class HttpSink:
             raise SchemaMismatchError(f"table {ref.key} {problem}")
 
     async def insert(
-        self, ref: TableRef, segment: SegmentPlan, blocks: AsyncIterator[pa.RecordBatch], token: str | None
+        self,
+        ref: TableRef,
+        segment: SegmentPlan,
+        blocks: AsyncIterator[pa.RecordBatch],
+        token: str | None,
+        query_id: str | None = None,
     ) -> None:
         """One POST per segment; its chunked body is encoded block by block as `blocks` yields them."""
         codec = self._codec()
@@ -226,28 +237,28 @@ class HttpSink:
             insert_sql(ref, self._format),
             {**insert_settings(self.info, token, squash_of(segment)), **self.insert_extra, **codec.params},
             insert=True,
+            query_id=query_id,
         )
-        failure: list[Exception] = []
         try:
-            await self._send(*self._wire(req, codec, self._body(ref, blocks, failure)))
-        except Exception:
-            if failure:  # the body's own source failed (a read or encode error): that is the cause, not the cut
-                raise failure[0] from None
+            async with pumped(self._wire_body(codec, self._body(ref, blocks)), PUMP_DEPTH) as feed:
+                await self._send(self._wired(req, codec), feed)
+        except TargetError as exc:
+            if exc.code in CUT_BODY_CLICKHOUSE_CODES:  # the server read a body cut short: the cut is the cause
+                raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None
             raise
 
-    async def _body(
-        self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch], failure: list[Exception]
-    ) -> AsyncIterator[memoryview | bytes]:
+    async def _body(self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[memoryview | bytes]:
         """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in pieces.
 
-        The one place an insert body is produced: a wrapper (compression) wraps this iterator.
+        The one place an insert body is produced: a wrapper (compression) wraps this iterator, and a pump task
+        owned by the insert (ingest/sinks/body_pump.py) iterates both, never aiohttp's writer task.
 
         A server reading a body that ends exactly between two blocks sees a clean end of data and commits the
         blocks before it (18.16 does, chunked or not). So no piece ever ends on a block boundary: the last
         SEAM_BYTES of a block travel in one piece with the first SEAM_BYTES of the next, and a cut (a kill, a
         lost connection, a cancelled insert) always leaves the server a truncated block, which fails the INSERT.
         When the block source fails, the rest of the current block goes out with an unparsable block header, for
-        the same reason; the source's error is kept in `failure` before the transport turns it into a cut.
+        the same reason; the pump keeps the source's error as the cause before the transport turns it into a cut.
         """
         loop = asyncio.get_running_loop()
         carry = b""  # the held-back end of the last block sent
@@ -267,8 +278,7 @@ class HttpSink:
                 rest, carry = split_tail(rest, SEAM_BYTES)
                 for chunk in _chunks(rest):
                     yield chunk
-        except Exception as exc:
-            failure.append(exc)
+        except Exception:
             yield carry + ABORT_BLOCK
             raise
         if carry:
@@ -283,17 +293,43 @@ class HttpSink:
         self.bytes_sent += n
         metrics.BYTES_SENT.inc(n)
 
-    def _wire(
-        self, req: HttpRequest, codec: BodyCodec, body: AsyncIterator[memoryview | bytes]
-    ) -> tuple[HttpRequest, AsyncIterator[memoryview | bytes]]:
-        """The request with the codec's headers and the body compressed (in the pool) and counted."""
+    def _wired(self, req: HttpRequest, codec: BodyCodec) -> HttpRequest:
+        """The request with the codec's headers."""
+        return HttpRequest(req.url, {**req.headers, **codec.headers}, req.body)
+
+    def _wire_body(
+        self, codec: BodyCodec, body: AsyncIterator[memoryview | bytes]
+    ) -> AsyncIterator[memoryview | bytes]:
+        """The body compressed (in the pool) and counted."""
         offload = partial(asyncio.get_running_loop().run_in_executor, self._pool)
-        wired = HttpRequest(req.url, {**req.headers, **codec.headers}, req.body)
-        return wired, compressed_body(body, codec, self._count, offload)
+        return compressed_body(body, codec, self._count, offload)
 
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self.query(count_range_sql(ref, first_id, last_id))
         return int(rows[0]["n"])
+
+    async def wait_query_gone(self, query_id: str) -> None:
+        """Poll `system.processes` until nothing runs under `query_id` (a dead client's INSERT is finished or
+        failed by the server within seconds). A refused connection is no answer: behind a proxy or a load balancer
+        the server may still be writing our INSERT (the soak saw a segment twice so), so it fails the attempt like
+        the count after it would; a cluster decides per member (fanout.gone_or_down).
+
+        18.16 lists an HTTP INSERT once it has read the first MiB of its body (or all of it, if shorter): a short
+        body whose last bytes are still on the way is not seen, but they travel with the killed client's last write.
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        delay = 0.05
+        while True:
+            rows = await self.query(running_query_sql(query_id), database="default")
+            if int(rows[0]["n"]) == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TransientTargetError(
+                    f"an INSERT with query_id {query_id} still runs on ClickHouse at {self._where} after "
+                    f"{SETTLE_TIMEOUT:.0f}s (see system.processes); its range is counted once it ends"
+                )
+            await asyncio.sleep(delay)
+            delay = min(0.5, delay * 2)
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id)

@@ -1,9 +1,11 @@
 """Synthetic shards in LAION's exact layouts (400M, 5B, or a template): the test and demo data, since LAION
 is unreachable from here.
 
-Vectors are clustered (so nearest-neighbour search means something) and unit-norm; text vectors are correlated
-with their image vector; metadata has all 15 LAION columns with captions that carry quotes, tabs, unicode and
-nulls, the things that broke the tutorial's CSV path.
+Vectors are unit-norm and, by `shape`, clustered (so nearest-neighbour search means something), noisy (isotropic
+noise outweighs the clusters) or offset (clustered around one common direction, as CLIP embeddings are: they are
+not centred, which sign quantization (b1) is suspected to trip on); text vectors are correlated with their
+image vector; metadata has all 15 LAION columns with captions that carry quotes, tabs, unicode and nulls, the
+things that broke the tutorial's CSV path.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ class SynthSpec:
     clusters: int = 32
     row_group_rows: int = 3000
     dtype: str = "float16"
+    shape: str = "clustered"
+    """clustered | noisy | offset (SHAPES)."""
+
+
+SHAPES = {
+    "clustered": (0.5, 0.0),
+    "noisy": (2.0, 0.0),
+    "offset": (0.5, 1.0),
+}
+"""shape → (noise norm relative to a unit cluster centre, weight of a common offset direction). noisy: the noise
+is twice the centre's norm, so neighbours are decided mostly by noise; offset: every vector shares one direction
+of the centre's weight, so two unrelated vectors have cosine ≈ 0.5 (CLIP ViT-B/32 image embeddings sit around
+there too) and most coordinates have the same sign in most vectors."""
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -68,8 +83,12 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def vectors(spec: SynthSpec, rng: np.random.Generator, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Image vectors around cluster centres; text vectors near their image vector."""
+    noise, offset = SHAPES[spec.shape]
     labels = rng.integers(0, len(centers), size=spec.rows)
-    img = unit(centers[labels] + rng.normal(0.0, 0.5 / np.sqrt(spec.dim), (spec.rows, spec.dim)))
+    img = unit(centers[labels] + rng.normal(0.0, noise / np.sqrt(spec.dim), (spec.rows, spec.dim)))
+    if offset:
+        common = unit(np.random.default_rng([spec.seed, 7]).normal(size=(1, spec.dim)))
+        img = unit(img + offset * common)
     txt = unit(img + rng.normal(0.0, 0.6 / np.sqrt(spec.dim), (spec.rows, spec.dim)))
     return img.astype(spec.dtype), txt.astype(spec.dtype)
 

@@ -1,146 +1,44 @@
-"""Index, search and eval on a cluster: the index lives on `{table}_local`, queries go through `{table}`.
+"""Search on a cluster: the vector index lives on each shard's `{table}_local`, queries go through `{table}`.
 
-- Index: `ADD INDEX` once through the DDL queue (`ON CLUSTER`, when every node is up) or on each node that owns an
-  ALTER (one replica per shard when replicated: the ALTER replicates; every node otherwise); `MATERIALIZE INDEX`
-  the same way, then every such node's `system.mutations` / `system.parts` are polled and the rows summed into
-  one progress display.
-- Search: ClickHouse uses a vector index on local tables but not always through `Distributed` (#98907, #106397).
-  Each shard's plan of the query on its local table says whether that shard uses its index (EXPLAIN); the
-  Distributed plan says whether the query through it does. Through Distributed when it and every shard use the
-  index (or for brute force); otherwise the query goes to each shard's local table and the top-k are merged here.
+ClickHouse uses a vector index on local tables but not always through `Distributed` (#98907, #106397). So the
+route is read from plans, not assumed: `EXPLAIN distributed = 1, indexes = 1` of the query through Distributed
+lists every shard's own read and the index it uses. Through Distributed when every shard's read uses the index
+(or for brute force); otherwise each shard's local table is queried (its plan, from its own EXPLAIN, says whether
+it used its index) and the top-k are merged here.
+
+Building the index per shard is vector/cluster_index.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.clickhouse.sql import count_sql
-from ingest.clickhouse.vector_sql import (
-    VectorIndex,
-    add_index_sql,
-    is_materialize_of,
-    materialize_index_sql,
-    search_sql,
-)
-from ingest.core.config import QueryConfig
+from ingest.clickhouse.vector_sql import search_sql
+from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.sinks.cluster import ClusterSink, all_of
-from ingest.sinks.http import HttpSink
-from ingest.vector.index import (
-    BuildDisplay,
-    DisplayFactory,
-    IndexOutcome,
-    IndexRequest,
-    index_used,
-    plan_index,
-)
+from ingest.vector.index import index_used
 
-POLL_SECONDS = 0.5
+Route = Literal["auto", "distributed", "shards"]
 
 
 def as_cluster(sink: Sink) -> ClusterSink | None:
     return sink if isinstance(sink, ClusterSink) else None
 
 
-# ---- index ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterAlter:
-    """An index step on `{table}_local`: `add` (no ON CLUSTER in it), then an optional mutation `materialize`,
-    recognised in `system.mutations.command` by `is_ours`."""
-
-    add: str | None
-    materialize: str | None
-    is_ours: Callable[[str], bool]
-
-
-def index_alter(local: TableRef, index: VectorIndex, existed: bool) -> ClusterAlter:
-    """ADD INDEX (unless it exists) and MATERIALIZE INDEX of one vector index, as vector_sql spells them."""
-    return ClusterAlter(
-        add=None if existed else add_index_sql(local, index),
-        materialize=materialize_index_sql(local, index.name),
-        is_ours=lambda command: is_materialize_of(command, index.name),
-    )
-
-
-async def _mutation_ids(sink: HttpSink, local: TableRef) -> set[str]:
-    return {str(r["mutation_id"]) for r in await sink.query(csql.mutation_status_sql(local))}
-
-
-async def _parts(sink: HttpSink, local: TableRef) -> tuple[int, int]:
-    row = (await sink.query(csql.active_parts_sql(local)))[0]
-    return int(row["parts"]), int(row["rows"] or 0)
-
-
-async def alter_on_cluster(
-    sink: ClusterSink, local: TableRef, step: ClusterAlter, display_for: Callable[[int], BuildDisplay]
-) -> None:
-    """Run one index step on every shard and watch it to the end; progress is the sum over the nodes."""
-    owners = sink.mutation_sinks()
-    if step.add is not None:
-        if sink.on_cluster and sink.all_up:
-            await sink.entry.execute(csql.alter_on_cluster_sql(step.add, local, sink.cluster))
-        else:
-            await all_of([s.execute(step.add) for s in owners])
-    if step.materialize is None:
-        return
-    before = await all_of([_mutation_ids(s, local) for s in owners])
-    sizes = await all_of([_parts(s, local) for s in owners])
-    total = sum(rows for _parts_n, rows in sizes)
-    materialize = step.materialize
-    await all_of([s.execute(materialize) for s in owners])
-    display = display_for(total)
-    try:
-        while True:
-            states = await all_of([s.query(csql.mutation_status_sql(local)) for s in owners])
-            done, finished = 0, True
-            for rows_seen, (parts, rows), old in zip(states, sizes, before, strict=True):
-                ours = [r for r in rows_seen if str(r["mutation_id"]) not in old and step.is_ours(str(r["command"]))]
-                todo = sum(int(r["parts_to_do"]) for r in ours if not int(r["is_done"]))
-                finished = finished and todo == 0
-                done += csql.node_rows_done(rows, parts, todo)
-            display.update(min(done, total), total)
-            if finished:
-                return
-            await asyncio.sleep(POLL_SECONDS)
-    finally:
-        display.close()
-
-
-async def build_on_cluster(
-    sink: ClusterSink,
-    q: QueryConfig,
-    requests: list[IndexRequest],
-    display_for: DisplayFactory,
-    report: Callable[[str], None],
-) -> list[IndexOutcome]:
-    """vector/index.py's build_indexes on a cluster: planned against one shard's local table (every shard has the
-    same definition), rows counted through the Distributed table, each index added and materialized on all shards.
-    """
-    local = csql.local_ref(q.table)
-    probe = sink.shard_sinks()[0]
-    plans = [await plan_index(probe, local, req) for req in requests]
-    rows = int((await sink.query(count_sql(q.table)))[0]["n"])
-    outcomes = []
-    for index, existed, _local_rows in plans:
-        start = time.monotonic()
-        display = functools.partial(display_for, index.name)
-        await alter_on_cluster(sink, local, index_alter(local, index, existed), display)
-        outcome = IndexOutcome(index, existed, rows, time.monotonic() - start)
-        report(outcome.line())
-        outcomes.append(outcome)
-    return outcomes
-
-
-# ---- search --------------------------------------------------------------------------------------------------
+def table_homes(sink: Sink, ref: TableRef) -> list[tuple[Sink, TableRef]]:
+    """Where a table's parts and vector indexes live: the table itself on one server; on a cluster its
+    `{table}_local` on every node an ALTER runs on (one replica per shard when replicated, else every node)."""
+    cluster = as_cluster(sink)
+    if cluster is None:
+        return [(sink, ref)]
+    local = csql.local_ref(ref)
+    return [(s, local) for s in cluster.mutation_sinks()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +51,21 @@ class ShardUse:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterRoute:
+    """How one query (with its settings) is answered on a cluster, from the plans."""
+
+    route: str
+    """`distributed` or `shards` (each shard's local table queried, top-k merged here)."""
+    shards: list[ShardUse]
+
+    @property
+    def index(self) -> str | None:
+        """The index every shard used, or None if any shard searched by brute force."""
+        names = [u.index for u in self.shards]
+        return names[0] if names and all(names) else None
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterHits:
     rows: list[dict[str, Any]]
     elapsed: float
@@ -160,7 +73,6 @@ class ClusterHits:
     """The index every shard used, or None if any shard searched by brute force."""
     shards: list[ShardUse]
     route: str
-    """`distributed` or `shards` (each shard's local table queried, top-k merged here)."""
 
 
 def merge_top_k(per_shard: Sequence[Sequence[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
@@ -170,13 +82,66 @@ def merge_top_k(per_shard: Sequence[Sequence[dict[str, Any]]], k: int) -> list[d
     return merged[:k]
 
 
-def choose_route(distributed_index: str | None, shard_indexes: Sequence[str | None], brute_force: bool) -> str:
-    """Through Distributed when it and every shard use the index (or nobody should); else shard by shard."""
-    if brute_force or not any(shard_indexes):
+def choose_route(distributed_reads: Sequence[str | None], shard_indexes: Sequence[str | None], brute: bool) -> str:
+    """Through Distributed when its plan has every shard's read using the index (or nobody should use one);
+    else shard by shard. `distributed_reads`: the index of each read in the Distributed plan (empty: unknown)."""
+    if brute:
         return "distributed"
-    if distributed_index is not None and all(shard_indexes):
+    if len(distributed_reads) >= len(shard_indexes) and distributed_reads and all(distributed_reads):
         return "distributed"
-    return "shards"
+    return "shards" if any(shard_indexes) else "distributed"
+
+
+async def _distributed_reads(sink: ClusterSink, sql: str, settings: dict[str, str | int]) -> list[str | None]:
+    """Per shard read of the query through Distributed, its index; [] where the server cannot EXPLAIN it so."""
+    try:
+        plan = await sink.query(csql.explain_distributed_sql(sql), settings)
+    except TargetError as exc:
+        if exc.retriable:
+            raise
+        return []
+    return csql.explain_reads("\n".join(str(r.get("explain", "")) for r in plan))
+
+
+async def plan_route(
+    sink: ClusterSink,
+    ref: TableRef,
+    column: str,
+    metric: str,
+    literal: str,
+    limit: int,
+    settings: dict[str, str | int],
+    force: Route = "auto",
+) -> ClusterRoute:
+    """The route of this search and which shards use their index (from EXPLAINs; no search runs)."""
+    shards = sink.shard_sinks()
+    brute = bool(settings.get("use_skip_indexes") == 0) or not sink.info.vector_index
+    if brute:
+        return ClusterRoute("distributed", [ShardUse(pos + 1, None) for pos in range(len(shards))])
+    dist_sql = search_sql(ref, column, metric, literal, limit)
+    reads = await _distributed_reads(sink, dist_sql, settings) if force != "shards" else []
+    if force != "shards" and len(reads) >= len(shards) and all(reads):
+        return ClusterRoute("distributed", [ShardUse(pos + 1, reads[pos]) for pos in range(len(shards))])
+    local_sql = search_sql(csql.local_ref(ref), column, metric, literal, limit)
+    used = await all_of([index_used(s, local_sql, settings) for s in shards])
+    route = force if force != "auto" else choose_route(reads, used, brute)
+    return ClusterRoute(route, [ShardUse(pos + 1, name) for pos, name in enumerate(used)])
+
+
+async def run_route(
+    sink: ClusterSink,
+    route: ClusterRoute,
+    sql_for: tuple[str, str],
+    settings: dict[str, str | int],
+    limit: int,
+) -> tuple[list[dict[str, Any]], float]:
+    """Run one search by its route: (rows, seconds). `sql_for` = (through Distributed, on a shard's local table)."""
+    start = time.perf_counter()
+    if route.route == "distributed":
+        rows = await sink.query(sql_for[0], settings)
+    else:
+        rows = merge_top_k(await all_of([s.query(sql_for[1], settings) for s in sink.shard_sinks()]), limit)
+    return rows, time.perf_counter() - start
 
 
 async def cluster_search(
@@ -187,24 +152,11 @@ async def cluster_search(
     literal: str,
     limit: int,
     settings: dict[str, str | int],
+    force: Route = "auto",
 ) -> ClusterHits:
     """Top-`limit` rows over the whole cluster, and which shards used their index."""
-    dist_sql = search_sql(ref, column, metric, literal, limit)
-    local_sql = search_sql(csql.local_ref(ref), column, metric, literal, limit)
-    brute = bool(settings.get("use_skip_indexes") == 0)
-    shards = sink.shard_sinks()
-    explains = sink.info.vector_index and not brute
-    shard_idx: list[str | None] = (
-        await all_of([index_used(s, local_sql, settings) for s in shards]) if explains else [None] * len(shards)
-    )
-    dist_idx = await index_used(sink, dist_sql, settings) if explains and any(shard_idx) else None
-    route = choose_route(dist_idx, shard_idx, brute)
-    start = time.perf_counter()
-    if route == "distributed":
-        rows = await sink.query(dist_sql, settings)
-    else:
-        rows = merge_top_k(await all_of([s.query(local_sql, settings) for s in shards]), limit)
-    elapsed = time.perf_counter() - start
-    uses = [ShardUse(pos + 1, name) for pos, name in enumerate(shard_idx)]
-    used = shard_idx[0] if shard_idx and all(shard_idx) else None
-    return ClusterHits(rows, elapsed, used, uses, route)
+    route = await plan_route(sink, ref, column, metric, literal, limit, settings, force)
+    local = csql.local_ref(ref)
+    sqls = (search_sql(ref, column, metric, literal, limit), search_sql(local, column, metric, literal, limit))
+    rows, elapsed = await run_route(sink, route, sqls, settings, limit)
+    return ClusterHits(rows, elapsed, route.index, route.shards, route.route)

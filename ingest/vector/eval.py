@@ -8,9 +8,11 @@ With no sweep given, the search list recorded when the index was tuned is used (
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
@@ -35,6 +37,10 @@ from ingest.vector.search import column_index
 
 if TYPE_CHECKING:
     from ingest.sinks.cluster import ClusterSink
+    from ingest.vector.cluster import ClusterRoute
+
+Route = Literal["auto", "distributed", "shards"]
+"""On a cluster: read the route from the plans, or force one (to measure both)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,9 @@ class EvalResult:
     points: tuple[SweepPoint, ...]
     list_source: str
     """Where the search list came from: the sweep asked for, the recorded tuning, or the server default."""
+    route: str | None = None
+    """On a cluster: `distributed` or `shards` (fan-out, top-k merged here), read from the plans (or forced)."""
+    shards: tuple[dict[str, Any], ...] = ()
     brute_force_p99_ms: float = 0.0
 
     def lines(self) -> list[str]:
@@ -83,6 +92,9 @@ class EvalResult:
             f"{EF_SEARCH_SETTING}={first.search_list} ({self.list_source})"
         )
         out.append(f"median latency: index {first.p50_ms:.1f} ms, brute force {self.brute_force_p50_ms:.1f} ms")
+        if self.route is not None:
+            used = ", ".join(f"shard {u['shard']} {u['index'] or 'no index'}" for u in self.shards)
+            out.append(f"cluster route: {self.route} ({used}); brute force through the Distributed table")
         return out
 
     def to_json(self) -> bytes:
@@ -101,6 +113,7 @@ class EvalResult:
                 "brute_force_p99_ms": self.brute_force_p99_ms,
                 "concurrency": self.concurrency,
                 "sweep": [p.as_dict() for p in self.points],
+                **({"route": self.route, "shards": list(self.shards)} if self.route is not None else {}),
             }
         )
 
@@ -115,17 +128,23 @@ async def _ids(sink: Sink, sql: str, settings: dict[str, str | int]) -> tuple[li
     return [int(r["id"]) for r in rows], time.perf_counter() - start
 
 
-async def _qps(sink: Sink, sqls: list[str], settings: dict[str, str | int], concurrency: int) -> float:
+async def _with(
+    approx: Callable[[int, dict[str, str | int]], Awaitable[object]], opts: dict[str, str | int], i: int
+) -> object:
+    return await approx(i, opts)
+
+
+async def _qps(search: Callable[[int], Awaitable[object]], count: int, concurrency: int) -> float:
     """Queries per second with `concurrency` requests in flight (chdb runs them one at a time on its thread)."""
-    pending = list(sqls)
+    pending = list(range(count))
 
     async def worker() -> None:
         while pending:
-            await sink.query(pending.pop(), settings)
+            await search(pending.pop())
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    return len(sqls) / max(time.perf_counter() - start, 1e-9)
+    return count / max(time.perf_counter() - start, 1e-9)
 
 
 async def run_eval(
@@ -136,6 +155,7 @@ async def run_eval(
     sweep: tuple[int, ...],
     seed: int,
     concurrency: int = 4,
+    route: Route = "auto",
 ) -> EvalResult:
     """Top-max(k) through the index at each search list size against brute force (use_skip_indexes = 0)."""
     ref = q.table
@@ -161,19 +181,25 @@ async def run_eval(
             from ingest.vector import cluster as on_cluster  # (it needs aiohttp: imported for clusters only)
 
             cluster = on_cluster.as_cluster(sink)
+        local_sqls = [ids_search_sql(index_table(q), column, metric, lit, top) for lit in literals]
+        routes: dict[int, ClusterRoute] = {}
 
         async def approx(i: int, opts: dict[str, str | int]) -> tuple[list[int], float]:
             if cluster is None:
                 return await _ids(sink, sqls[i], opts)
-            # a cluster: the route (Distributed or per-shard fan-out) and index use come from vector/cluster.py
-            found = await on_cluster.cluster_search(cluster, ref, column, metric, literals[i], top, opts)
-            return [int(r["id"]) for r in found.rows], found.elapsed
+            # a cluster: the route (Distributed or per-shard fan-out) is read from the plans once per search list
+            size = int(opts.get(EF_SEARCH_SETTING, 0))
+            if size not in routes:
+                routes[size] = await on_cluster.plan_route(cluster, ref, column, metric, literals[i], top, opts, route)
+            rows, secs = await on_cluster.run_route(cluster, routes[size], (sqls[i], local_sqls[i]), opts, top)
+            return [int(r["id"]) for r in rows], secs
 
         first_opts = {**search_settings(False, lists[0]), **extras}
         if cluster is None:
             used = await index_used(sink, sqls[0], first_opts)
         else:
-            used = (await on_cluster.cluster_search(cluster, ref, column, metric, literals[0], top, first_opts)).index
+            await approx(0, first_opts)
+            used = routes[lists[0]].index
         exact = [await _ids(sink, s, search_settings(True, None)) for s in sqls]
         points = []
         for size in lists:
@@ -191,7 +217,7 @@ async def run_eval(
                     percentile_ms(secs, 95),
                     percentile_ms(secs, 99),
                     len(secs) / max(sum(secs), 1e-9),
-                    await _qps(sink, sqls, opts, concurrency),
+                    await _qps(functools.partial(_with, approx, opts), len(sqls), concurrency),
                 )
             )
     return EvalResult(
@@ -203,6 +229,8 @@ async def run_eval(
         percentile_ms([t for _, t in exact], 50),
         tuple(points),
         source,
+        routes[lists[0]].route if routes else None,
+        tuple(u.to_json() for u in routes[lists[0]].shards) if routes else (),
         percentile_ms([t for _, t in exact], 99),
     )
 

@@ -285,28 +285,6 @@ async def _give_up(sink: Sink, ref: TableRef, name: str, row: dict[str, Any]) ->
     raise TargetError(f"building index {name} on {ref.key} failed: {reason}")
 
 
-async def build_indexes(
-    q: QueryConfig, requests: list[IndexRequest], display_for: DisplayFactory, report: Callable[[str], None]
-) -> list[IndexOutcome]:
-    """Connect, refuse old servers, and ensure each requested index in turn; `report` gets one line per index."""
-    async with connected_sink(q) as sink:
-        require_vector_index(sink, q)
-        await require_table(sink, q)
-        if q.target.cluster is not None:  # on a cluster the index lives on {table}_local: see vector/cluster.py
-            from ingest.vector.cluster import as_cluster, build_on_cluster
-
-            cluster = as_cluster(sink)
-            assert cluster is not None
-            return await build_on_cluster(cluster, q, requests, display_for, report)
-        plans = [await plan_index(sink, q.table, req) for req in requests]
-        outcomes = []
-        for index, existed, rows in plans:
-            outcome = await ensure_index(sink, q.table, index, existed, rows, display_for)
-            report(outcome.line())
-            outcomes.append(outcome)
-        return outcomes
-
-
 def requests_for(
     column: str, name: str | None, metric: str, quantization: str, m: int, ef_construction: int
 ) -> list[IndexRequest]:

@@ -13,10 +13,10 @@ rows in the table and of g in the sample: seconds(N) ≈ seconds(n_sample) × (N
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
-from ingest.clickhouse.index_sql import RESCORING_SETTING
+from ingest.clickhouse.index_sql import FETCH_MULTIPLIER_SETTING, RESCORING_SETTING
 from ingest.vector.graphs import Layout
 from ingest.vector.sizing import index_bytes
 
@@ -27,12 +27,23 @@ BUILD_MODEL = (
 DEFAULT_SEARCH_LISTS = (32, 64, 128, 256, 512)
 REASONABLE_LIST = 256
 """Stop the grid early once a candidate reaches the target at a search list no larger than this."""
+RESCORE_MULTIPLIERS: dict[str, tuple[int, ...]] = {"i8": (0, 4), "b1": (4, 16, 64)}
+"""Fetch multipliers tried per quantization (0 = no rescoring). Measured by bench/shapes.py (30k rows, M=16
+ef_c=64): i8 alone plateaus at recall@10 ~0.85 whatever the search list (the quantization, not the graph, loses
+the neighbours) and reaches ~0.99 rescored over 4×k candidates; b1 needs rescoring over ≥16×k candidates."""
+PLATEAU = 0.005
+"""A search list that doubles and gains less recall than this has reached what the structure can give."""
 
 
-def query_extras(quantization: str) -> dict[str, int]:
-    """Search settings an index of this quantization needs: b1 only with rescoring on the full vectors
-    (without it recall collapses, ClickHouse #103745)."""
-    return {RESCORING_SETTING: 1} if quantization == "b1" else {}
+def query_extras(quantization: str, fetch_multiplier: int = 0) -> dict[str, int]:
+    """Search settings a candidate needs: rescoring on the full vectors over `fetch_multiplier` × k candidates
+    from the index (b1 always: without it recall collapses, ClickHouse #103745)."""
+    if fetch_multiplier <= 0 and quantization != "b1":
+        return {}
+    extras = {RESCORING_SETTING: 1}
+    if fetch_multiplier > 1:
+        extras[FETCH_MULTIPLIER_SETTING] = int(fetch_multiplier)
+    return extras
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -40,24 +51,52 @@ class Candidate:
     quantization: str
     m: int
     ef_construction: int
+    fetch_multiplier: int = 0
+    """Search-time rescoring over fetch_multiplier × k index candidates (0: none, the index's own distances)."""
 
     def label(self) -> str:
-        return f"{self.quantization} M={self.m} ef_c={self.ef_construction}"
+        rescore = f" rescore×{self.fetch_multiplier}" if self.fetch_multiplier else ""
+        return f"{self.quantization} M={self.m} ef_c={self.ef_construction}{rescore}"
+
+    def build(self) -> Candidate:
+        """The index this candidate searches (search settings aside)."""
+        return Candidate(self.quantization, self.m, self.ef_construction)
+
+    def extras(self) -> dict[str, int]:
+        return query_extras(self.quantization, self.fetch_multiplier)
+
+
+LOSSY = ("i8", "b1")
+QUANT_RANK = {"bf16": 0, "f16": 1, "i8": 2, "b1": 3, "f32": 4, "f64": 5}
 
 
 def default_grid(
     quantizations: Sequence[str] = ("bf16", "i8"),
     ms: Sequence[int] = (12, 16, 32),
     efs: Sequence[int] = (24, 32, 64, 128),
+    rescoring: bool = True,
 ) -> list[Candidate]:
-    """Candidates in the order of their expected build cost (M × ef_construction), so the grid can stop at the
+    """Builds in the order of their expected build cost (M × ef_construction), so the grid can stop at the
     first that reaches the target. At equal cost bf16 comes first: measured here, i8 builds no faster and
     recalls less (it only saves memory, which the sizing step weighs), and b1 needs rescoring. An
     ef_construction under 2·M is left out: each node would choose its M links from barely more candidates than
-    it keeps."""
-    rank = {"bf16": 0, "f16": 1, "i8": 2, "b1": 3, "f32": 4, "f64": 5}
-    grid = [Candidate(q, m, ef) for q in quantizations for m in ms for ef in efs if ef >= 2 * m]
-    return sorted(grid, key=lambda c: (c.m * c.ef_construction, rank.get(c.quantization, 9), c.m))
+    it keeps. Each build carries its search variants (`variants`): i8 plain and rescored, b1 rescored."""
+    grid = [
+        Candidate(q, m, ef) for q in quantizations for m in ms for ef in efs if ef >= 2 * m and (rescoring or q != "b1")
+    ]
+    return sorted(grid, key=lambda c: (c.m * c.ef_construction, QUANT_RANK.get(c.quantization, 9), c.m))
+
+
+def variants(build: Candidate, rescoring: bool = True) -> list[Candidate]:
+    """The search settings measured on one build, cheapest query first."""
+    mults = RESCORE_MULTIPLIERS.get(build.quantization, (0,)) if rescoring else (0,)
+    return [replace(build, fetch_multiplier=f) for f in mults if rescoring or f == 0]
+
+
+def by_memory(grid: Sequence[Candidate], memory: Callable[[Candidate], int]) -> list[Candidate]:
+    """Under --max-memory: builds in the order of their projected memory, then of their build cost, so the
+    first that reaches the target is the cheapest structure that does."""
+    return sorted(grid, key=lambda c: (memory(c), c.m * c.ef_construction, QUANT_RANK.get(c.quantization, 9)))
 
 
 def project_seconds(
@@ -83,10 +122,29 @@ class Measured:
     build_seconds: float
     recall: dict[int, float] = field(default_factory=dict)
     index_bytes: int = 0
+    latency_ms: float = 0.0
+    """Mean milliseconds per search at the largest list measured (the capacity plan scales it)."""
 
     def first_list_reaching(self, target: float) -> int | None:
         reached = [size for size, r in sorted(self.recall.items()) if r >= target]
         return reached[0] if reached else None
+
+    def best(self) -> float:
+        return max(self.recall.values(), default=0.0)
+
+    def plateaued(self) -> bool:
+        """Recall stopped growing with the search list: the structure, not the search, is the limit."""
+        points = [r for _, r in sorted(self.recall.items())]
+        return len(points) >= 2 and points[-1] - points[-2] < PLATEAU
+
+
+@dataclass(frozen=True, slots=True)
+class Needed:
+    """The cheapest structure measured that reaches the target but does not fit the budget."""
+
+    candidate: Candidate
+    recall: float
+    memory_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,27 +154,36 @@ class Choice:
     sample_recall: float
     reached: bool
     reason: str
+    needed: Needed | None = None
 
 
-def choose(measured: Sequence[Measured], target: float) -> Choice:
-    """The cheapest build (measured seconds) that reaches `target` at some search list, with the smallest such
-    list; if none does, the best recall seen at the largest list, saying so."""
+def _key(m: Measured, size: int, memory: Callable[[Candidate], int] | None) -> tuple[float, ...]:
+    c = m.candidate
+    cost = (m.build_seconds, c.fetch_multiplier, size)
+    return (memory(c), *cost) if memory is not None else cost
+
+
+def choose(measured: Sequence[Measured], target: float, memory: Callable[[Candidate], int] | None = None) -> Choice:
+    """The cheapest candidate that reaches `target` at some search list, with the smallest such list: by
+    measured build seconds, or (given `memory`, under --max-memory) by projected memory first. If none does,
+    the best recall seen, saying so."""
     if not measured:
         raise ValueError("nothing measured")
     reaching = [(m, m.first_list_reaching(target)) for m in measured]
     ok = [(m, size) for m, size in reaching if size is not None]
     if ok:
-        best, size = min(ok, key=lambda ms: (ms[0].build_seconds, ms[1]))
+        best, size = min(ok, key=lambda ms: _key(ms[0], ms[1] or 0, memory))
         assert size is not None
         others = len(ok) - 1
+        what = "smallest structure" if memory is not None else "cheapest build"
         reason = (
-            f"cheapest build that reaches recall@10 ≥ {target:.2f} (at search list {size}; "
+            f"{what} that reaches recall@10 ≥ {target:.2f} (at search list {size}; "
             f"{best.build_seconds:.1f} s on the sample"
-            + (f", {others} other candidate(s) also reach it but build slower" if others else "")
+            + (f", {others} other candidate(s) also reach it but cost more" if others else "")
             + ")"
         )
         return Choice(best.candidate, size, best.recall[size], True, reason)
-    top = max(measured, key=lambda m: (max(m.recall.values(), default=0.0), -m.build_seconds))
+    top = max(measured, key=lambda m: (m.best(), -m.build_seconds))
     size, rec = (
         max(top.recall.items(), key=lambda kv: (kv[1], -kv[0])) if top.recall else (DEFAULT_SEARCH_LISTS[-1], 0.0)
     )
@@ -132,6 +199,19 @@ def should_stop(m: Measured, target: float, reasonable: int = REASONABLE_LIST) -
     grid is ordered by expected cost, so none of it would be cheaper to build."""
     size = m.first_list_reaching(target)
     return size is not None and size <= reasonable
+
+
+def ceilinged(measured: Sequence[Measured], target: float) -> set[tuple[str, int]]:
+    """(quantization, fetch multiplier) pairs of a lossy quantization (i8, b1) whose recall plateaued below the
+    target: a larger M or ef_construction does not lift a quantization's ceiling (i8 unrescored read 0.784 at
+    search lists 64 and 256 alike on 10k clustered rows, bench/shapes.py; 0.85–0.87 whatever M and
+    ef_construction on the noisy shape), so the grid skips the rest of them. bf16 is never skipped so: its
+    plateau is the graph's, which a larger M does lift."""
+    return {
+        (m.candidate.quantization, m.candidate.fetch_multiplier)
+        for m in measured
+        if m.candidate.quantization in LOSSY and m.plateaued() and m.best() < target
+    }
 
 
 @dataclass(frozen=True, slots=True)

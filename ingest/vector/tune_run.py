@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,19 +38,24 @@ from ingest.clickhouse.vector_sql import (
     vector_literal,
 )
 from ingest.core.config import TuneConfig
-from ingest.core.errors import TargetError, UsageError
+from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout, plan_sample
+from ingest.vector.sizing import FORMULA, human_bytes, index_bytes
 from ingest.vector.tune import (
+    PLATEAU,
     Candidate,
     Measured,
+    Needed,
     TuneReport,
+    by_memory,
+    ceilinged,
     choose,
     chunks_under,
     default_grid,
-    query_extras,
     should_stop,
+    variants,
 )
 
 log = logging.getLogger(__name__)
@@ -78,20 +84,39 @@ async def _top_ids(sink: Sink, sql: str, settings: dict[str, str | int]) -> list
 
 
 async def recalls_at_list(
-    sink: Sink, searches: Sequence[str], truth: Sequence[list[int]], size: int, quantization: str
+    sink: Sink, searches: Sequence[str], truth: Sequence[list[int]], size: int, extras: dict[str, int]
 ) -> list[float]:
-    """Recall@10 of each of `searches` (ORDER BY distance LIMIT 10) at search list `size` against its exact
-    top-10; the sample's grid and the full index's check both measure with it."""
-    opts = {**search_settings(False, size), **query_extras(quantization)}
+    """Recall@10 of each of `searches` (ORDER BY distance LIMIT 10) at search list `size` with the candidate's
+    other search settings (`extras`: rescoring, fetch multiplier) against its exact top-10; the sample's grid
+    and the full index's check both measure with it."""
+    opts = {**search_settings(False, size), **extras}
     return [recall_at_k(await _top_ids(sink, q, opts), t, K) for q, t in zip(searches, truth, strict=True)]
 
 
 async def recall_at_list(
-    sink: Sink, searches: Sequence[str], truth: Sequence[list[int]], size: int, quantization: str
+    sink: Sink, searches: Sequence[str], truth: Sequence[list[int]], size: int, extras: dict[str, int]
 ) -> float:
     """The mean of `recalls_at_list` (1.0 for no searches)."""
-    got = await recalls_at_list(sink, searches, truth, size, quantization)
+    got = await recalls_at_list(sink, searches, truth, size, extras)
     return float(np.mean(got)) if got else 1.0
+
+
+async def sweep_lists(
+    sink: Sink, queries: Sequence[str], truth: Sequence[list[int]], lists: Sequence[int], cand: Candidate, target: float
+) -> tuple[dict[int, float], float]:
+    """Recall@10 at each search list, smallest first, up to the first that reaches `target` (the choice needs
+    no larger one; the grid shows '-') or the first whose doubling gained less than PLATEAU (a larger list would
+    not either: on the noisy shape i8 read 0.85–0.87 at every list). Also the mean ms per search at the last."""
+    recall: dict[int, float] = {}
+    previous, ms = -1.0, 0.0
+    for size in lists:
+        start = time.perf_counter()
+        recall[size] = await recall_at_list(sink, queries, truth, size, cand.extras())
+        ms = 1000 * (time.perf_counter() - start) / max(len(queries), 1)
+        if recall[size] >= target or recall[size] - previous < PLATEAU:
+            break
+        previous = recall[size]
+    return recall, ms
 
 
 async def measure_candidate(
@@ -99,33 +124,35 @@ async def measure_candidate(
     scratch: TableRef,
     dim: int,
     metric: str,
-    cand: Candidate,
+    build: Candidate,
     queries: Sequence[str],
     truth: Sequence[list[int]],
     lists: Sequence[int],
     target: float,
     granules: int | None = None,
-) -> Measured:
-    """Build one candidate on the scratch table (graphs of `granules` granules; None: one) and measure recall@10
-    at each search list, smallest first; the sweep stops at the first list that reaches `target` (the choice
-    needs no larger one; the grid shows '-')."""
-    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, cand.quantization, cand.m, cand.ef_construction, granules)
+    rescoring: bool = True,
+) -> list[Measured]:
+    """Build one candidate on the scratch table (graphs of `granules` granules; None: one) and measure each of
+    its search variants (tune.variants: plain, rescored over more candidates), cheapest query first, up to the
+    first that reaches `target`."""
+    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, build.quantization, build.m, build.ef_construction, granules)
     await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
     await sink.execute(add_index_sql(scratch, index))
+    out: list[Measured] = []
     try:
         start = time.perf_counter()
         await sink.execute(materialize_index_sql(scratch, SCRATCH_INDEX), {"mutations_sync": 2})
         seconds = time.perf_counter() - start
-        recall: dict[int, float] = {}
-        for size in lists:
-            recall[size] = await recall_at_list(sink, queries, truth, size, cand.quantization)
-            if recall[size] >= target:
-                break
         rows = await sink.query(index_bytes_sql(scratch, SCRATCH_INDEX))
         size_bytes = int(rows[0]["b"]) if rows else 0
+        for cand in variants(build, rescoring):
+            recall, ms = await sweep_lists(sink, queries, truth, lists, cand, target)
+            out.append(Measured(cand, seconds, recall, size_bytes, ms))
+            if max(recall.values(), default=0.0) >= target:
+                break
     finally:
         await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
-    return Measured(cand, seconds, recall, size_bytes)
+    return out
 
 
 async def tune(
@@ -138,9 +165,13 @@ async def tune(
     cfg: TuneConfig,
     report: Callable[[str], None],
     layout: Layout,
+    limit: int | None = None,
 ) -> TuneReport:
     """Sample, measure the grid (stopping early), choose. Needs enough rows for a sample and its queries. The
-    scratch table is built in graphs of the size `layout` will build (graphs.plan_sample)."""
+    scratch table is built in graphs of the size `layout` will build (graphs.plan_sample). With `limit` (bytes
+    this index may take) builds that would not fit are not measured; under --max-memory the grid goes smallest
+    structure first and, when none that fits reaches the target, on until one that does not fit does (to name
+    the memory it would need)."""
     queries_n = min(cfg.queries, max(1, rows // 10))
     planned = plan_sample(layout.graph, cfg.sample_rows, rows - queries_n)
     sample, graph = planned.rows, planned.graph
@@ -150,17 +181,33 @@ async def tune(
     lists = tuple(sorted(cfg.search_lists))
     quants = cfg.quantizations
     notes: list[str] = []
-    if "b1" in quants and not int((await sink.query(query_setting_exists_sql(RESCORING_SETTING)))[0]["n"]):
+    rescoring = bool(int((await sink.query(query_setting_exists_sql(RESCORING_SETTING)))[0]["n"]))
+    if not rescoring and any(q in quants for q in ("b1", "i8")):
         quants = tuple(q for q in quants if q != "b1")
-        notes.append(f"b1 left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
+        notes.append(f"b1 and rescoring left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
     if not quants:
         raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
     notes.extend([planned.note] if planned.note else [])
-    grid = default_grid(quants, cfg.ms, cfg.efs)
+
+    def memory(c: Candidate) -> int:
+        return index_bytes(rows, dim, c.quantization, c.m)
+
+    ranked = cfg.max_memory is not None
+    grid = default_grid(quants, cfg.ms, cfg.efs, rescoring)
+    grid = by_memory(grid, memory) if ranked else grid
+    fitting = [c for c in grid if limit is None or memory(c) <= limit]
+    if not fitting:
+        smallest = min(grid, key=memory)
+        raise IndexTooLargeError(
+            f"{column}: no structure in the grid fits {human_bytes(limit)} for {rows:,} rows × {dim}: the smallest, "
+            f"{smallest.label()}, needs {human_bytes(memory(smallest))} ({FORMULA})"
+        )
+    todo = grid if ranked else fitting
     started = time.perf_counter()
     await sink.execute(drop_table_sql(scratch))
     await sink.execute(create_scratch_sql(scratch, graph.rows_per_granule if graph else None))
     measured: list[Measured] = []
+    skipped: list[Candidate] = []
     try:
         await sink.execute(fill_scratch_sql(scratch, ref, column, rows, sample, queries_n, cfg.seed))
         qrows = await sink.query(tune_queries_sql(ref, column, rows, sample, queries_n, cfg.seed))
@@ -171,32 +218,46 @@ async def tune(
             f"{column}: sampled {sample:,} of {rows:,} rows and {len(queries)} query rows with their exact "
             f"neighbours in {time.perf_counter() - started:.1f} s; measuring the grid"
         )
-        for i, cand in enumerate(grid):
-            m = await measure_candidate(
+        for i, build in enumerate(todo):
+            ceiling = ceilinged(measured, cfg.recall_target)
+            if all((v.quantization, v.fetch_multiplier) in ceiling for v in variants(build, rescoring)):
+                skipped.append(build)
+                continue
+            got = await measure_candidate(
                 sink,
                 scratch,
                 dim,
                 metric,
-                cand,
+                build,
                 queries,
                 truth,
                 lists,
                 cfg.recall_target,
                 graph.granules if graph else None,
+                rescoring,
             )
-            measured.append(m)
-            log.debug("%s: build %.1f s, recall %s", cand.label(), m.build_seconds, m.recall)
-            if should_stop(m, cfg.recall_target):
-                skipped = tuple(grid[i + 1 :])
+            measured.extend(got)
+            log.debug("%s: build %.1f s, recall %s", build.label(), got[0].build_seconds, [m.recall for m in got])
+            if any(should_stop(m, cfg.recall_target) for m in got):
+                skipped.extend(todo[i + 1 :])
                 break
-        else:
-            skipped = ()
     finally:
         with contextlib.suppress(TargetError):
             await sink.execute(drop_table_sql(scratch))
     if skipped:
-        notes.append(f"stopped early: {len(skipped)} costlier candidate(s) not built")
+        notes.append(
+            f"{len(skipped)} build(s) not measured: stopped early at the first that reaches the target, or "
+            "skipped where a quantization's recall had plateaued below it"
+        )
     notes.append(f"tuning took {time.perf_counter() - started:.1f} s in all")
+    inside = [m for m in measured if limit is None or memory(m.candidate) <= limit]
+    choice = choose(inside or measured, cfg.recall_target, memory if ranked else None)
+    if not choice.reached:
+        outside = [m for m in measured if m not in inside and m.first_list_reaching(cfg.recall_target) is not None]
+        if outside:
+            need = min(outside, key=lambda m: (memory(m.candidate), m.build_seconds))
+            rec = need.recall[need.first_list_reaching(cfg.recall_target) or 0]
+            choice = replace(choice, needed=Needed(need.candidate, rec, memory(need.candidate)))
     return TuneReport(
         column,
         rows,
@@ -206,9 +267,9 @@ async def tune(
         cfg.recall_target,
         lists,
         tuple(measured),
-        choose(measured, cfg.recall_target),
+        choice,
         layout,
-        skipped,
+        tuple(skipped),
         tuple(notes),
         graph.rows if graph else None,
     )

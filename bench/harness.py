@@ -1,0 +1,149 @@
+"""What every bench section shares: run a whole process and measure it (wall, peak RSS, CPU), interleave paths,
+synthesize a shard, the command lines of our program, a loopback 18.16 server and its table. Imported by
+bench/run.py and by the section modules (big.py, ...), which bench/run.py imports back lazily: keeping these here
+means no section imports run.py (no import circle).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+PY = sys.executable
+PROCESS_TIMEOUT = 300.0
+
+
+@dataclass
+class Measure:
+    label: str
+    seconds: float
+    peak_rss_mb: float
+    cpu_seconds: float = 0.0
+    """User + system CPU of the process and its waited-for children."""
+
+
+def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Measure:
+    """Wall time and peak RSS (ru_maxrss of the child and its waited-for children) of one whole process.
+
+    ru_maxrss also keeps the high-water mark of the forking process's memory at exec, so this process must never
+    hold large data itself (it only starts processes and reads files' sizes).
+    """
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    timer = threading.Timer(PROCESS_TIMEOUT, proc.kill)  # a hung process fails the bench instead of stalling it
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    seconds = time.monotonic() - t0
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{err[-2000:]}")
+    return Measure(label, seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+
+
+def best_of(n: int, label: str, make_cmd, setup=None) -> Measure:  # type: ignore[no-untyped-def]
+    """Minimum time over n runs (setup() before each, e.g. a fresh database dir); peak RSS of that run."""
+    runs = []
+    for _ in range(n):
+        if setup is not None:
+            setup()
+        runs.append(measure(label, make_cmd()))
+    return min(runs, key=lambda m: m.seconds)
+
+
+def compare(rounds: int, entries: list[tuple[str, object, object]]) -> list[Measure]:  # type: ignore[type-arg]
+    """Interleaved rounds (A, B, C, A, B, C, ...) after one untimed warm-up round; the minimum per path.
+
+    Interleaving spreads the machine's drift over every path alike, and the warm-up takes first-run costs (a cold
+    server, cold page cache) out of whichever path happens to come first.
+    """
+    best: dict[str, Measure] = {}
+    for r in range(rounds + 1):
+        for label, make_cmd, setup in entries:
+            if setup is not None:
+                setup()  # type: ignore[operator]
+            m = measure(label, make_cmd())  # type: ignore[operator]
+            if r > 0 and (label not in best or m.seconds < best[label].seconds):
+                best[label] = m
+    return [best[label] for label, _, _ in entries]
+
+
+def synth(root: Path, shard: int, rows: int) -> None:
+    subprocess.run(
+        [PY, "-m", "ingest", "synth", "--out", str(root), "--shards", str(shard), "--rows", str(rows)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def fresh(path: Path):  # type: ignore[no-untyped-def]
+    def reset() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    return reset
+
+
+def ours(src: Path, shards: str, state: Path, *args: str) -> list[str]:
+    """Our whole program, as a user runs it."""
+    run = ["-m", "ingest", "run", "--source", str(src), "--shards", shards, "--no-progress", "--state", str(state)]
+    return [PY, *run, *args]
+
+
+def ours_chdb(src: Path, db: Path, shard: int, *extra: str) -> list[str]:
+    return ours(src, str(shard), Path(str(db) + ".ledger.json"), "--target", f"chdb:{db}", *extra)
+
+
+def print_table(title: str, rows: list[Measure], base: Measure) -> None:
+    print(f"\n## {title}")
+    print(f"{'path':58s} {'seconds':>8s} {'peak RSS MB':>12s} {'÷ ' + base.label[:20]:>24s}")
+    for m in rows:
+        print(f"{m.label:58s} {m.seconds:8.2f} {m.peak_rss_mb:12.0f} {m.seconds / base.seconds:24.2f}")
+
+
+def start_server(work: Path):  # type: ignore[no-untyped-def]
+    from server_fixtures import server_available, start_clickhouse
+
+    reason = server_available()
+    if reason is not None:
+        print(f"\n(server sections skipped: {reason})")
+        return None
+    return start_clickhouse(work / "clickhouse")
+
+
+def ours_http(src: Path, handle, db: str, shards: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return ours(src, shards, state, "--target", handle.http_url, "--database", db, *extra)
+
+
+def reset_server_table(handle, db: str, state: Path):  # type: ignore[no-untyped-def]
+    def reset() -> None:
+        handle.query(f"DROP TABLE IF EXISTS {db}.laion")
+        handle.query(f"CREATE TABLE {db}.laion ({COLUMNS_DDL}) ENGINE = MergeTree ORDER BY id")
+        state.unlink(missing_ok=True)
+
+    return reset
+
+
+COLUMNS_DDL = (
+    "id Int64, url String, caption String, NSFW String, similarity Float32, "
+    "image_embedding Array(Float32), text_embedding Array(Float32)"
+)

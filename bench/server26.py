@@ -1,0 +1,139 @@
+"""The 26.9 server section: the 1,000,000-row shard into a ClickHouse 26.9 server (from chdb-core), three ways.
+
+Run: python bench/server26.py [--rows 1000000] [--repeat 3] [--data-dir DIR]   (or bench/run.py --sections server26)
+
+  ours                 `laion-ingest run` with its defaults, into the server's HTTP port
+  clickhouse-connect   the peer our users would pick: ClickHouse's official client in a plain, well-written script
+                       (bench/peer_clickhouse_connect.py: npy memory-mapped, parquet via pyarrow, float16 widened,
+                       one `insert_arrow` per 100,000 rows)
+  curl                 `curl -X POST -T shard.native`: the shard pre-encoded as Native in one POST (the ceiling)
+
+One untimed warm-up round, then `--repeat` interleaved rounds (ours, peer, curl, ours, ...), each into a freshly
+created table. Per path, min–max of wall, CPU of the loading process, the server process's CPU during the run (from
+/proc), peak RSS, active parts right after the load and body bytes the server received (`system.query_log`'s
+NetworkReceiveBytes of the run's INSERTs); then ours / curl and ours / peer wall, from the fastest and from the
+slowest rounds, and per round (the two runs of a round are seconds apart, so that ratio is the least noisy).
+The shard and its Native file are big.py's cache (--data-dir, default $LAION_BENCH_DATA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import big  # noqa: E402 - the big shard's cache and the min–max table of bench/big.py
+import harness as bench  # noqa: E402 - the shared helpers (bench/harness.py): process measuring and command lines
+
+DB = "bench"
+LOGS = "".join(
+    f"<{name}><database>system</database><table>{name}</table>"
+    f"<flush_interval_milliseconds>1000</flush_interval_milliseconds></{name}>"
+    for name in ("query_log", "part_log")
+)
+"""query_log (bytes received per INSERT) and part_log (parts written and merged), which the 26.9 config lacks."""
+
+
+class Stats:
+    """Resets the table before a run; after it, the parts left and the bytes the server received for the run."""
+
+    def __init__(self, handle, state: Path) -> None:  # type: ignore[no-untyped-def]
+        self.handle = handle
+        self.reset_table = bench.reset_server_table(handle, DB, state)
+        self.since = ""
+
+    def reset(self) -> None:
+        self.reset_table()
+        self.since = self.handle.query("SELECT now64(6)").decode().strip()
+
+    def after(self) -> tuple[int | None, int | None]:
+        q = self.handle.query
+        q("SYSTEM FLUSH LOGS")
+        parts = q(f"SELECT count() FROM system.parts WHERE database = '{DB}' AND table = 'laion' AND active")
+        received = q(
+            "SELECT sum(ProfileEvents['NetworkReceiveBytes']) FROM system.query_log WHERE type = 'QueryFinish' "
+            f"AND query_kind = 'Insert' AND has(tables, '{DB}.laion') AND event_time_microseconds >= '{self.since}'"
+        )
+        return int(parts.decode().strip()), int(received.decode().strip() or 0)
+
+
+def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAULT_DATA) -> None:
+    from chdb_server import chdb_available, start_ch26
+
+    reason = chdb_available()
+    if reason is not None:
+        print(f"\n(26.9 section skipped: {reason})")
+        return
+    bench.PROCESS_TIMEOUT = max(bench.PROCESS_TIMEOUT, big.BIG_TIMEOUT)
+    src, native = big.ensure_data(data, rows)
+    work.mkdir(parents=True, exist_ok=True)
+    handle = start_ch26(work / "ch26", extra_config=LOGS, password="")
+    try:
+        handle.query(f"CREATE DATABASE IF NOT EXISTS {DB}")
+        stats = Stats(handle, work / "ledger.json")
+        reset, after = stats.reset, stats.after
+        # -T appends the file's name to a URL ending in '/', which 26.9 answers with 404: the target goes verbatim
+        target = f"/?query=INSERT%20INTO%20{DB}.laion%20FORMAT%20Native"
+        peer = HERE / "peer_clickhouse_connect.py"
+        paths = [
+            big.Path_(
+                f"ours → HTTP 26.9 ({rows:,} rows)",
+                lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json"),
+                reset,
+                after,
+            ),
+            big.Path_(
+                "clickhouse-connect insert_arrow, 100k rows/insert",
+                lambda: [bench.PY, str(peer), handle.http_url, DB, str(src), "0", "100000"],
+                reset,
+                after,
+            ),
+            big.Path_(
+                "curl -X POST -T shard.native (ceiling)",
+                lambda: ["curl", "-sSf", "-X", "POST", "-T", str(native), "--request-target", target, handle.http_url],
+                reset,
+                after,
+            ),
+        ]
+        big.interleave(repeat, paths, handle.pid)
+        version = handle.query("SELECT version()").decode().strip()
+        title = f"7. ClickHouse {version} (chdb-core) over HTTP, one {rows:,}-row shard (min–max of {repeat} rounds)"
+        big.print_paths(title, paths)
+        ours, cc, curl = paths
+        print(f"ours / curl wall = {big.wall_ratio(ours, curl)}   per round {per_round(ours, curl)}")
+        print(f"ours / clickhouse-connect wall = {big.wall_ratio(ours, cc)}   per round {per_round(ours, cc)}")
+    finally:
+        handle.stop()
+
+
+def per_round(a: big.Path_, b: big.Path_) -> str:
+    """The ratio of the two paths' walls within each round, min–max over the rounds."""
+    return big.span([x.seconds / y.seconds for x, y in zip(a.runs, b.runs, strict=True)], "{:.2f}")
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds per path (after one warm-up)")
+    ap.add_argument("--data-dir", type=Path, default=big.DEFAULT_DATA, help="cache for the shard and its Native file")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="laion-ch26-"))
+    print(f"# laion-ingest 26.9 bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    try:
+        section_server26(work, args.rows, max(1, args.repeat), args.data_dir)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

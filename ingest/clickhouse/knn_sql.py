@@ -1,0 +1,113 @@
+"""Pure SQL and settings for clip-retrieval's `/knn-service` and `/metadata` on a loaded table: no I/O here.
+
+Nothing a client sends is spliced into this SQL except validated numbers: the query vector as float32 decimals
+(`vector_literal` refuses NaN/inf), ids and limits as ints. Column names come from the table itself
+(`system.columns`), validated as identifiers; the safety filter is a constant of ours.
+
+Facts this relies on (checked on ClickHouse 26.9):
+- with a WHERE clause the index is searched first and the filter applied after (`postfilter`), fetching
+  `LIMIT × vector_search_index_fetch_multiplier` candidates, so a selective filter can return fewer than LIMIT rows;
+  `prefilter` is exact (brute force over the rows that pass) and always returns LIMIT rows when they exist;
+- `vector_search_with_rescoring = 1` recomputes the distance on the stored Float32 vector (0, the default,
+  returns the index's own distance, bf16-rounded for a bf16 index);
+- a user with `readonly = 1` may not set any query setting; `readonly = 2` reads only but may.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ingest.clickhouse.sql import quote_string
+from ingest.core.ids import TableRef, quote_ident, validate_ident
+
+SAFE_VALUES = ("UNLIKELY",)
+"""`NSFW` values that pass `use_safety_model`: LAION's classifier said the image is unlikely to be unsafe.
+`UNSURE`, `NSFW` and empty (no label) are filtered out."""
+SAFETY_COLUMN = "NSFW"
+VECTOR_COLUMNS = ("image_embedding", "text_embedding")
+HIDDEN_COLUMNS = ("id", "similarity", *VECTOR_COLUMNS)
+"""Not returned as metadata: the id is its own field, and the response's `similarity` is the query's, not the
+caption-image similarity LAION stored under that name (clip-back overwrites it the same way)."""
+MAX_FETCH_MULTIPLIER = 1000
+"""ClickHouse's own bound on vector_search_index_fetch_multiplier."""
+FILTER_HEADROOM = 2.0
+"""Candidates fetched per wanted row, over the share of rows that pass the filter."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnnPlan:
+    """One nearest-neighbour query: which column, how many rows, which filter and what to return."""
+
+    column: str
+    literal: str
+    limit: int
+    safe_only: bool
+    metadata: tuple[str, ...]
+    with_vectors: bool
+
+
+def knn_sql(ref: TableRef, plan: KnnPlan) -> str:
+    """The index-friendly shape (nothing but the distance in ORDER BY); metadata columns ride along, read lazily
+    for the LIMIT rows only."""
+    col = quote_ident(validate_ident(plan.column, "column"))
+    cols = ["id", *(quote_ident(validate_ident(c, "column")) for c in plan.metadata)]
+    if plan.with_vectors:
+        cols.append(f"{col} AS vector")
+    where = f" WHERE {safety_filter()}" if plan.safe_only else ""
+    return (
+        f"SELECT {', '.join(cols)}, cosineDistance({col}, {plan.literal}) AS distance "
+        f"FROM {ref.sql}{where} ORDER BY distance ASC LIMIT {int(plan.limit)}"
+    )
+
+
+def safety_filter() -> str:
+    values = ", ".join(quote_string(v) for v in SAFE_VALUES)
+    return f"{quote_ident(SAFETY_COLUMN)} IN ({values})"
+
+
+def safe_share_sql(ref: TableRef) -> str:
+    """The share of rows that pass the safety filter: sizes the postfilter's fetch multiplier."""
+    return f"SELECT count() AS n, countIf({safety_filter()}) AS safe FROM {ref.sql}"
+
+
+def metadata_sql(ref: TableRef, ids: Sequence[int], metadata: Sequence[str]) -> str:
+    cols = ", ".join(["id", *(quote_ident(validate_ident(c, "column")) for c in metadata)])
+    id_list = ", ".join(str(int(i)) for i in ids)
+    return f"SELECT {cols} FROM {ref.sql} WHERE id IN ({id_list})"
+
+
+def columns_sql(ref: TableRef) -> str:
+    return (
+        "SELECT name, type FROM system.columns WHERE "
+        f"database = {quote_string(ref.database)} AND table = {quote_string(ref.table)} ORDER BY position"
+    )
+
+
+def setting_sql(names: Sequence[str]) -> str:
+    listed = ", ".join(quote_string(n) for n in names)
+    return f"SELECT name, value FROM system.settings WHERE name IN ({listed})"
+
+
+def fetch_multiplier(safe_share: float) -> int:
+    """Candidates per wanted row so that a postfiltered search still finds LIMIT passing rows (2× headroom)."""
+    if safe_share <= 0:
+        return MAX_FETCH_MULTIPLIER
+    return max(1, min(MAX_FETCH_MULTIPLIER, math.ceil(FILTER_HEADROOM / safe_share)))
+
+
+def knn_settings(
+    *, filtered: bool, prefilter: bool, multiplier: int, rescore: bool, search_list: int | None
+) -> dict[str, str | int]:
+    """Per-query settings: the filter strategy, the exact distance, the HNSW candidate list."""
+    settings: dict[str, str | int] = {}
+    if filtered:
+        settings["vector_search_filter_strategy"] = "prefilter" if prefilter else "postfilter"
+        if not prefilter:
+            settings["vector_search_index_fetch_multiplier"] = int(multiplier)
+    if rescore:
+        settings["vector_search_with_rescoring"] = 1
+    if search_list is not None:
+        settings["hnsw_candidate_list_size_for_search"] = int(search_list)
+    return settings

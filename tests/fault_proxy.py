@@ -179,13 +179,12 @@ class FaultProxy:
         self.record("refuse", detail=f"{self.refuse_seconds:g} s")
         server, self._server = self._server, None
         server.close()
-        try:
-            for conn in list(self._conns):  # as a restarting balancer does: open connections go too
+        for conn in list(self._conns):  # as a restarting balancer does: open connections go too
+            with contextlib.suppress(Exception):  # whatever a reset meets, the listener must come back
                 _reset(conn.client)
                 _reset(conn.server)
-            await asyncio.sleep(self.refuse_seconds)
-        finally:
-            await self._listen()
+        await asyncio.sleep(self.refuse_seconds)
+        await self._listen()
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         try:

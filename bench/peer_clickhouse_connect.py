@@ -20,6 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 STRIDE = 10_000_000
+TIMEOUTS = {"connect_timeout": 1800, "send_receive_timeout": 1800}
+"""urllib3 keeps the connect timeout (default 10 s) on the socket while the body is sent: a busy server that
+stops reading for 10 s cut the load here."""
 
 
 def vectors(x: np.ndarray) -> pa.Array:
@@ -28,7 +31,7 @@ def vectors(x: np.ndarray) -> pa.Array:
 
 def load(url: str, database: str, root: str, shard: int, batch_rows: int) -> None:
     u = urlsplit(url)
-    client = clickhouse_connect.get_client(host=u.hostname, port=u.port, database=database, send_receive_timeout=1800)
+    client = clickhouse_connect.get_client(host=u.hostname, port=u.port, database=database, **TIMEOUTS)
     img = np.load(f"{root}/img_emb/img_emb_{shard}.npy", mmap_mode="r")
     txt = np.load(f"{root}/text_emb/text_emb_{shard}.npy", mmap_mode="r")
     meta = pq.ParquetFile(f"{root}/metadata/metadata_{shard}.parquet")

@@ -188,31 +188,53 @@ def measure(db: Path, dim: int, queries: np.ndarray, truth: np.ndarray) -> Resul
     return out
 
 
+def shape_vectors(shape: str, n: int, cache: Path) -> tuple[np.ndarray, list[str] | None]:
+    """n vectors of `shape` as the table stores them (float16), and their captions (minilm: the text)."""
+    base = shape.removesuffix("-centred")
+    captions: list[str] | None = None
+    if base == "minilm":
+        allv, lines = minilm(n, cache)
+        if len(allv) < n:
+            raise SystemExit(f"only {len(allv)} distinct lines of text found under /usr/share/doc")
+        # shuffle so that the queries are not the last files' lines
+        order = np.random.default_rng(5).permutation(len(allv))
+        allv, captions = allv[order], [lines[i] for i in order]
+    else:
+        allv = synthetic(base, n, 512)
+    if shape.endswith("-centred"):
+        allv = centred(allv)
+    return allv.astype(np.float16).astype(np.float32), captions
+
+
+def rendered(log: Path, rows: int, cache: Path) -> list[tuple[str, int, float, float, Result]]:
+    """The results a run printed per shape on stderr (`SHAPE: done at T s: {...}`), with the shape's statistics
+    computed again from the same seeded vectors: for a run cut short before its tables."""
+    import ast
+
+    table = []
+    for line in log.read_text().splitlines():
+        m = re.match(r"^([\w-]+): done at \d+ s: (\{.*\})$", line)
+        if m:
+            vecs, _ = shape_vectors(m.group(1), rows, cache)
+            table.append((m.group(1), vecs.shape[1], *uncentred_stats(vecs[:rows]), ast.literal_eval(m.group(2))))
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--shapes", default="clustered,noisy,offset,offset-centred,minilm,minilm-centred")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "laion_minilm.npy")
+    ap.add_argument("--render", type=Path, help="print the tables from a run's stderr (a run cut short)")
     args = ap.parse_args()
     n = args.rows + args.queries
     started = time.monotonic()
     table: list[tuple[str, int, float, float, Result]] = []
-    for shape in args.shapes.split(","):
-        base = shape.removesuffix("-centred")
-        captions: list[str] | None = None
-        if base == "minilm":
-            allv, lines = minilm(n, args.cache)
-            if len(allv) < n:
-                raise SystemExit(f"only {len(allv)} distinct lines of text found under /usr/share/doc")
-            # shuffle so that the queries are not the last files' lines
-            order = np.random.default_rng(5).permutation(len(allv))
-            allv, captions = allv[order], [lines[i] for i in order]
-        else:
-            allv = synthetic(base, n, 512)
-        if shape.endswith("-centred"):
-            allv = centred(allv)
-        allv = allv.astype(np.float16).astype(np.float32)
+    if args.render:
+        table = rendered(args.render, args.rows, args.cache)
+    for shape in [] if args.render else args.shapes.split(","):
+        allv, captions = shape_vectors(shape, n, args.cache)
         rows, queries = allv[: args.rows], allv[args.rows :]
         truth = np.argsort(-(queries @ rows.T), axis=1)[:, :10]  # ids are shard*10^7 + row = row
         with tempfile.TemporaryDirectory(prefix="shapes-") as tmp:

@@ -8,7 +8,7 @@ It relays bytes both ways and, when armed, injects one fault at a byte offset dr
 - `stall`           relay nothing either way for `stall_seconds` (longer than the ingester's --read-timeout), then RST
 - `half_close`      FIN to the server after `offset` body bytes (it sees a clean end of the body), replies still flow
 - `trickle`         an INSERT's body goes on at 1 KB/s for `trickle_seconds`, then at full speed
-- `refuse`          the listening socket is closed for `refuse_seconds`: connects are refused
+- `refuse`          open connections are reset and the listener closed for `refuse_seconds`: connects are refused
 - reply faults      the INSERT never reaches the server: the proxy answers it with a ClickHouse error reply exactly
                     as the server writes it (status, X-ClickHouse-Exception-Code, body), see `REPLIES`
 
@@ -179,6 +179,9 @@ class FaultProxy:
         self.record("refuse", detail=f"{self.refuse_seconds:g} s")
         server, self._server = self._server, None
         server.close()
+        for conn in list(self._conns):  # as a restarting balancer does: open connections go too
+            _reset(conn.client)
+            _reset(conn.server)
         await asyncio.sleep(self.refuse_seconds)
         await self._listen()
 

@@ -1,4 +1,4 @@
-"""A loopback TCP relay in front of a ClickHouse server that records what the client sent, byte for byte.
+"""A loopback TCP relay in front of a ClickHouse server that records the head and first bytes of each request.
 
 The servers here keep no query log (chdb's 26.9 server has no `system.query_log`), so what went over the wire —
 the request line, `Content-Encoding`, the first bytes of a body — is read from a capture. The relay is plain
@@ -40,12 +40,40 @@ class Request:
         return self.params.get("query", "").lstrip().upper().startswith("INSERT")
 
 
+_START = re.compile(rb"(?:POST|GET) /")
+KEEP = 8192
+"""Bytes kept from each request (its head and the start of its body): a capture of a big load stays small."""
+TAIL = 512
+
+
+@dataclass
+class _Item:
+    at: float
+    data: bytearray
+
+
 @dataclass
 class _Conn:
-    sent: bytearray = field(default_factory=bytearray)
+    items: list[_Item] = field(default_factory=list)
+    tail: bytes = b""
+    """The last bytes seen: a request start split across two reads is still found."""
     insert_pending: bool = False
-    arrivals: list[tuple[int, float]] = field(default_factory=list)
-    """(offset in `sent`, monotonic time) of every piece received."""
+
+    def feed(self, data: bytes, now: float) -> None:
+        buf = self.tail + data
+        starts = [m.start() for m in _START.finditer(buf) if m.end() > len(self.tail)]
+        first = starts[0] if starts else len(buf)
+        if self.items and first > len(self.tail):  # the rest of the current request, up to the next one
+            item = self.items[-1].data
+            item += buf[len(self.tail) : first][: max(0, KEEP - len(item))]
+        for i, s in enumerate(starts):
+            stop = starts[i + 1] if i + 1 < len(starts) else len(buf)
+            self.items.append(_Item(now, bytearray(buf[s:stop][:KEEP])))
+        if starts:
+            self.insert_pending = False
+        if self.items and b"query=INSERT" in self.items[-1].data[:200]:
+            self.insert_pending = True
+        self.tail = buf[-TAIL:]
 
 
 class Capture:
@@ -115,11 +143,7 @@ class Capture:
                 break
             if to_server:
                 with self._lock:
-                    conn.arrivals.append((len(conn.sent), time.monotonic()))
-                    conn.sent += data
-                    last = conn.sent.rfind(b"POST /?")
-                    if last >= 0 and b"INSERT" in bytes(conn.sent[last : last + 200]):
-                        conn.insert_pending = True
+                    conn.feed(data, time.monotonic())
             elif conn.insert_pending:
                 with self._lock:
                     conn.insert_pending = False
@@ -138,22 +162,23 @@ class Capture:
                 s.shutdown(socket.SHUT_RDWR)
 
     def requests(self, body_bytes: int = 64) -> list[Request]:
-        """Every request head seen, in the order they arrived, with up to `body_bytes` of its body."""
+        """Every request seen, in the order they arrived, with up to `body_bytes` (at most KEEP) of its body."""
         out: list[Request] = []
         with self._lock:
-            records = [(bytes(c.sent), list(c.arrivals)) for c in self._conns]
-        for raw, arrivals in records:
-            for m in _HEAD.finditer(raw):
-                headers = {}
-                for line in m.group(3).split(b"\r\n"):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = raw[m.end() : m.end() + body_bytes]
-                if headers.get("transfer-encoding", "").lower() == "chunked":
-                    size_line, _, rest = body.partition(b"\r\n")
-                    body = rest if re.fullmatch(rb"[0-9a-fA-F]+", size_line) else body
-                at = max((t for off, t in arrivals if off <= m.start()), default=0.0)
-                out.append(Request(m.group(1).decode(), m.group(2).decode("latin-1"), headers, body, at))
+            items = [(i.at, bytes(i.data)) for c in self._conns for i in c.items]
+        for at, raw in items:
+            m = _HEAD.match(raw)
+            if m is None:
+                continue  # a request head longer than KEEP: not ours
+            headers = {}
+            for line in m.group(3).split(b"\r\n"):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = raw[m.end() : m.end() + body_bytes]
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                size_line, _, rest = body.partition(b"\r\n")
+                body = rest if re.fullmatch(rb"[0-9a-fA-F]+", size_line) else body
+            out.append(Request(m.group(1).decode(), m.group(2).decode("latin-1"), headers, body, at))
         return sorted(out, key=lambda r: r.at)
 
     def inserts(self, body_bytes: int = 64) -> list[Request]:

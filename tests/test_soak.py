@@ -43,7 +43,12 @@ BURN_SECONDS = 20.0
 SEGMENT_ROWS = 1000
 BODY_SPAN = SEGMENT_ROWS * 700
 """About one segment's INSERT body (dim 64, two vectors, short texts): faults land anywhere inside one."""
-READ_TIMEOUT = 3.0
+TRICKLE_SECONDS = 3.0
+READ_TIMEOUT = 2 * TRICKLE_SECONDS
+"""Above a trickle (slow is not lost: a trickled INSERT must land once, not time out). Below it, 18.16 can land a
+segment twice: the client gives up, the relay still delivers the whole body, and 18.16 lists an INSERT only once
+it has read 1 MiB of it, so the landing counts 0 and sends it again (seed 190301 with --read-timeout 3: ids
+4000..4999 twice). Servers with insert_deduplication_token drop the second copy."""
 DONE = 'laion_ingest_shards_total{status="done"}'
 LOAD_FLAGS = [
     "--dim", str(DIM), "--batch-rows", "250", "--segment-rows", str(SEGMENT_ROWS), "--max-retries", "8",
@@ -95,6 +100,7 @@ def soak_rig(server: Any, seed: int) -> Iterator[tuple[FaultProxy, FaultDriver]]
         seed,
         body_span=BODY_SPAN,
         stall_seconds=READ_TIMEOUT + 2,
+        trickle_seconds=TRICKLE_SECONDS,
         server_version=server_version(server),
     )
     proxy.start()

@@ -240,4 +240,8 @@ def classify_clickhouse_error(code: int | None, message: str, http_status: int |
         return TransientTargetError(message, code)
     if code is None and http_status is not None and http_status >= 500:
         return TransientTargetError(message, code)
+    if code is None and http_status == 400:
+        # the HTTP layer refused a request that arrived mangled (a connection half-closed mid-head); ClickHouse's
+        # own 400s (syntax, unknown setting) carry their code
+        return TransientTargetError(message, code)
     return TargetError(message, code)

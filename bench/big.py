@@ -157,8 +157,8 @@ def interleave(rounds: int, paths: list[Path_], server_pid: int | None = None) -
 def span(values: list[float], fmt: str = "{:.1f}") -> str:
     if not values:
         return "—"
-    lo, hi = min(values), max(values)
-    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}–{fmt.format(hi)}"
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}–{hi}"  # equal once formatted (4189.2 and 4189.4 MB): one figure
 
 
 def print_paths(title: str, paths: list[Path_]) -> None:

@@ -176,6 +176,8 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
+        for task in list(self._tasks):  # a refusal still in its window
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self._conns):

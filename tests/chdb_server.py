@@ -12,19 +12,15 @@ password, log_tail), so a `server` fixture parameter can hand either to a test. 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import xml.sax.saxutils
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loopback_server import LoopbackServer
 
 INGEST_USER = "ingest"
 READER_USER = "reader"
@@ -72,7 +68,7 @@ def _users_xml(password: str, reader_password: str) -> str:
 
 
 @dataclass
-class Ch26Handle:
+class Ch26Handle(LoopbackServer):
     """One 26.9 server process on 127.0.0.1 and what a test needs to reach or disturb it."""
 
     root: Path
@@ -85,18 +81,7 @@ class Ch26Handle:
     host: str = "127.0.0.1"
     version: str = VERSION
     extra_config: str = ""
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    kind = "26.9 server"
 
     @property
     def fifo(self) -> Path:
@@ -135,58 +120,12 @@ class Ch26Handle:
             out.close()
         self._wait_ready(timeout)
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"26.9 server exited with {self.proc.returncode} while starting\n{self.log_tail()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.http_url}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        self.stop(signal.SIGKILL)
-        raise RuntimeError(f"26.9 server did not answer /ping within {timeout:.0f}s\n{self.log_tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        """Stop by pid (SIGTERM: clean; SIGKILL: a crash) and wait for the process to go."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
     def log_tail(self, lines: int = 40) -> str:
         path = self.root / "server.log"
         if not path.exists():
             return "(no server log written)"
         text = path.read_text(errors="replace").splitlines()[-lines:]
         return f"--- {path} (last {len(text)} lines)\n" + "\n".join(text)
-
-    def query(
-        self, sql: str, data: bytes | None = None, user: str = "default", password: str = "", timeout: float = 60
-    ) -> bytes:
-        """Run one statement over HTTP (stdlib only: test plumbing independent of the code under test)."""
-        params = {"query": sql} if data is not None else {}
-        url = f"{self.http_url}/?{urllib.parse.urlencode(params)}"
-        body = data if data is not None else sql.encode()
-        req = urllib.request.Request(url, data=body, method="POST")
-        req.add_header("X-ClickHouse-User", user)
-        if password:
-            req.add_header("X-ClickHouse-Key", password)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return bytes(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"ClickHouse HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
 
 
 def start_ch26(

@@ -26,8 +26,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 NET_FAULTS = ("reset_body", "reset_response", "stall", "half_close", "trickle", "refuse")
 REPLY_18 = "Code: {code}, e.displayText() = DB::Exception: {text}, e.what() = DB::Exception\n"
@@ -108,6 +109,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._conns: set[_Conn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- control, from the test's thread ------------------------------------------------------------------------
     def start(self) -> int:
@@ -131,7 +133,7 @@ class FaultProxy:
     def arm(self, kind: str) -> None:
         """Arm one fault; it fires on the next INSERT that reaches its offset (`refuse` fires at once)."""
         if kind == "refuse":
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._refuse()))
+            self._loop.call_soon_threadsafe(self._keep, self._refuse())
             return
         if kind not in NET_FAULTS and kind not in REPLIES:
             raise ValueError(f"unknown fault {kind}")
@@ -147,6 +149,13 @@ class FaultProxy:
             left = list(self._armed)
             self._armed.clear()
         return left
+
+    def _keep(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task held here: the loop keeps only weak references, and a refusal's task sleeping in
+        its window was collected, leaving the proxy closed for good."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _call(self, coro: Awaitable[None]) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)  # type: ignore[arg-type]
@@ -167,6 +176,8 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
+        for task in list(self._tasks):  # a refusal still in its window
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self._conns):
@@ -180,8 +191,9 @@ class FaultProxy:
         server, self._server = self._server, None
         server.close()
         for conn in list(self._conns):  # as a restarting balancer does: open connections go too
-            _reset(conn.client)
-            _reset(conn.server)
+            with contextlib.suppress(Exception):  # whatever a reset meets, the listener must come back
+                _reset(conn.client)
+                _reset(conn.server)
         await asyncio.sleep(self.refuse_seconds)
         await self._listen()
 

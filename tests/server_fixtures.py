@@ -11,13 +11,8 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback_server import LoopbackServer
 
 SERVER_BIN = Path("/usr/sbin/clickhouse-server")
 CONFIG_DIR = Path("/etc/clickhouse-server")
@@ -120,7 +116,7 @@ def write_config(root_dir: Path, password: str, extra_config: str = "", reader_p
 
 
 @dataclass
-class ServerHandle:
+class ServerHandle(LoopbackServer):
     """One clickhouse-server process on 127.0.0.1 and everything a test needs to reach or disturb it."""
 
     root: Path
@@ -135,20 +131,8 @@ class ServerHandle:
     reader_password: str = field(repr=False, default="")
 
     @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
     def config(self) -> Path:
         return self.root / "etc" / "config.xml"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start (or restart, same data dir and ports) and wait until GET /ping answers."""
@@ -176,37 +160,6 @@ class ServerHandle:
             out.close()
         self._wait_ready(timeout)
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"clickhouse-server exited with status {self.proc.returncode} while starting\n{self.log_tail()}"
-                )
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.http_url}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        self.stop(signal.SIGKILL)
-        raise RuntimeError(f"clickhouse-server did not answer /ping within {timeout:.0f}s\n{self.log_tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        """Stop by pid (SIGTERM: clean; SIGKILL: a crash) and wait for the process to go."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server's error log and stdout, for failure messages."""
         parts = []
@@ -216,23 +169,6 @@ class ServerHandle:
                 text = path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
         return "\n".join(parts) or "(no server log written)"
-
-    def query(
-        self, sql: str, data: bytes | None = None, user: str = "default", password: str = "", timeout: float = 60
-    ) -> bytes:
-        """Run one statement over HTTP (stdlib only: test plumbing independent of the code under test)."""
-        params = {"query": sql} if data is not None else {}
-        url = f"{self.http_url}/?{urllib.parse.urlencode(params)}"
-        body = data if data is not None else sql.encode()
-        req = urllib.request.Request(url, data=body, method="POST")
-        req.add_header("X-ClickHouse-User", user)
-        if password:
-            req.add_header("X-ClickHouse-Key", password)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return bytes(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"ClickHouse HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
 
 
 def start_clickhouse(

@@ -231,7 +231,7 @@ def test_no_body_piece_ends_on_a_block_boundary(fmt: str, sizes: list[int]) -> N
                 yield b
 
         try:
-            return [bytes(p) async for p in sink._body(TableRef("d", "t"), source(), [])]
+            return [bytes(p) async for p in sink._body(TableRef("d", "t"), source())]
         finally:
             await sink.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.clickhouse.knn_sql import KnnPlan, fetch_multiplier, knn_settings, knn_sql
+from ingest.clickhouse.knn_sql import KnnPlan, exact_sql, fetch_multiplier, knn_settings, knn_sql
 from ingest.core.errors import BadRequestError
 from ingest.core.ids import TableRef
 from ingest.serve.dedup import duplicates
@@ -83,13 +83,15 @@ def test_dedup_matches_connected_components() -> None:
 
 
 def test_knn_sql_keeps_client_values_out() -> None:
-    plan = KnnPlan("image_embedding", "[0.5,0.25]", 40, True, ("url", "caption", "NSFW"), False)
+    plan = KnnPlan("image_embedding", "[0.5,0.25]", 40, True, ("url", "caption", "NSFW"))
     sql = knn_sql(TableRef("default", "laion"), plan)
     assert sql.endswith("ORDER BY distance ASC LIMIT 40")
     assert "WHERE `NSFW` IN ('UNLIKELY')" in sql
     assert fetch_multiplier(1 / 3) == 6 and fetch_multiplier(1.0) == 2 and fetch_multiplier(0.0) == 1000
-    assert knn_settings(filtered=True, prefilter=False, multiplier=6, rescore=True, search_list=None) == {
+    assert "image_embedding AS vector" not in sql  # selecting it would scan the vector column (knn_sql.py)
+    assert knn_settings(filtered=True, prefilter=False, multiplier=6, search_list=None) == {
         "vector_search_filter_strategy": "postfilter",
         "vector_search_index_fetch_multiplier": 6,
-        "vector_search_with_rescoring": 1,
     }
+    exact = exact_sql(TableRef("default", "laion"), "image_embedding", "[0.5,0.25]", [3, 1], True)
+    assert exact.endswith("AS vector FROM `default`.`laion` WHERE id IN (3, 1)"), exact

@@ -8,8 +8,12 @@ Facts this relies on (checked on ClickHouse 26.9):
 - with a WHERE clause the index is searched first and the filter applied after (`postfilter`), fetching
   `LIMIT × vector_search_index_fetch_multiplier` candidates, so a selective filter can return fewer than LIMIT rows;
   `prefilter` is exact (brute force over the rows that pass) and always returns LIMIT rows when they exist;
-- `vector_search_with_rescoring = 1` recomputes the distance on the stored Float32 vector (0, the default,
-  returns the index's own distance, bf16-rounded for a bf16 index);
+- without `vector_search_with_rescoring` the index's own distance comes back (bf16-rounded for a bf16 index) and the
+  vector column is not read; with it, ClickHouse re-checks *every row* of each granule holding a candidate: on a
+  table whose neighbours are scattered over its granules (LAION's, our synthetic) that is a scan of the whole vector
+  column (202 MiB read per query on 100,000 rows, LIMIT 40 or 1000 alike), and so is selecting the vector column
+  in the index query. `WHERE id IN (…)` on the primary key deserializes only the rows asked (7–20 MiB): the exact
+  distances and vectors of the hits are read that way, in a second query (`exact_sql`);
 - a user with `readonly = 1` may not set any query setting; `readonly = 2` reads only but may.
 """
 
@@ -45,21 +49,26 @@ class KnnPlan:
     limit: int
     safe_only: bool
     metadata: tuple[str, ...]
-    with_vectors: bool
 
 
 def knn_sql(ref: TableRef, plan: KnnPlan) -> str:
     """The index-friendly shape (nothing but the distance in ORDER BY); metadata columns ride along, read lazily
-    for the LIMIT rows only."""
+    for the LIMIT rows only; never the vector column (see `exact_sql`)."""
     col = quote_ident(validate_ident(plan.column, "column"))
     cols = ["id", *(quote_ident(validate_ident(c, "column")) for c in plan.metadata)]
-    if plan.with_vectors:
-        cols.append(f"{col} AS vector")
     where = f" WHERE {safety_filter()}" if plan.safe_only else ""
     return (
         f"SELECT {', '.join(cols)}, cosineDistance({col}, {plan.literal}) AS distance "
         f"FROM {ref.sql}{where} ORDER BY distance ASC LIMIT {int(plan.limit)}"
     )
+
+
+def exact_sql(ref: TableRef, column: str, literal: str, ids: Sequence[int], with_vectors: bool) -> str:
+    """The stored vector's cosine distance (and the vector, for deduplicate) of the rows the index found."""
+    col = quote_ident(validate_ident(column, "column"))
+    vector = f", {col} AS vector" if with_vectors else ""
+    id_list = ", ".join(str(int(i)) for i in ids)
+    return f"SELECT id, cosineDistance({col}, {literal}) AS distance{vector} FROM {ref.sql} WHERE id IN ({id_list})"
 
 
 def safety_filter() -> str:
@@ -97,17 +106,13 @@ def fetch_multiplier(safe_share: float) -> int:
     return max(1, min(MAX_FETCH_MULTIPLIER, math.ceil(FILTER_HEADROOM / safe_share)))
 
 
-def knn_settings(
-    *, filtered: bool, prefilter: bool, multiplier: int, rescore: bool, search_list: int | None
-) -> dict[str, str | int]:
-    """Per-query settings: the filter strategy, the exact distance, the HNSW candidate list."""
+def knn_settings(*, filtered: bool, prefilter: bool, multiplier: int, search_list: int | None) -> dict[str, str | int]:
+    """Per-query settings: the filter strategy, the HNSW candidate list (exact distances come from `exact_sql`)."""
     settings: dict[str, str | int] = {}
     if filtered:
         settings["vector_search_filter_strategy"] = "prefilter" if prefilter else "postfilter"
         if not prefilter:
             settings["vector_search_index_fetch_multiplier"] = int(multiplier)
-    if rescore:
-        settings["vector_search_with_rescoring"] = 1
     if search_list is not None:
         settings["hnsw_candidate_list_size_for_search"] = int(search_list)
     return settings

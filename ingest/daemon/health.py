@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.core.errors import ConfigError, IngestError
+from ingest.core.errors import IngestError
 from ingest.core.metrics import REGISTRY
+from ingest.serve.service import listen
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,8 @@ def make_app(ready: ReadyCheck, ready_timeout: float) -> web.Application:
 
 
 async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Listen on host:port; a port in use or a bad address is a config error, said in one line."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {host}:{port} for /metrics: {exc.strerror or exc}") from exc
+    """Listen on host:port (a port in use or a bad address is a config error, said in one line)."""
+    runner = await listen(app, host, port, " for /metrics")
     bound = runner.addresses[0][1] if runner.addresses else port  # the real port when asked for port 0
     log.info("serving /healthz /readyz /metrics on http://%s:%d", host, bound)
     return runner

@@ -22,6 +22,7 @@ from ingest.clickhouse.knn_sql import (
     VECTOR_COLUMNS,
     KnnPlan,
     columns_sql,
+    exact_sql,
     fetch_multiplier,
     knn_settings,
     knn_sql,
@@ -57,7 +58,8 @@ class ServeOptions:
     index_name: str
     ef_search: int | None = None
     rescore: bool = True
-    """Recompute each hit's distance on its stored Float32 vector (else: the index's own, bf16-rounded)."""
+    """Each hit's distance computed on its stored Float32 vector, by id after the index query (else: the index's own,
+    bf16-rounded). Not ClickHouse's `vector_search_with_rescoring`: that scans the vector column (knn_sql.py)."""
 
 
 @dataclass
@@ -166,13 +168,9 @@ class Searcher:
         facts = self.facts
         limit = min(req.num_result_ids, facts.max_limit)
         safe_only = req.use_safety_model and facts.has_safety
-        plan = KnnPlan(column, literal, limit, safe_only, facts.metadata, req.deduplicate)
+        plan = KnnPlan(column, literal, limit, safe_only, facts.metadata)
         settings = knn_settings(
-            filtered=safe_only,
-            prefilter=False,
-            multiplier=facts.multiplier,
-            rescore=self.rescores(column),
-            search_list=facts.search_list.get(column),
+            filtered=safe_only, prefilter=False, multiplier=facts.multiplier, search_list=facts.search_list.get(column)
         )
         return knn_sql(self.ref, plan), settings
 
@@ -191,15 +189,32 @@ class Searcher:
         prefiltered = False
         if safe_only and len(rows) < limit and facts.safe_rows > len(rows):
             # the postfilter kept too few: the exact prefiltered search returns every passing row there is
-            settings = knn_settings(
-                filtered=True, prefilter=True, multiplier=1, rescore=self.rescores(column), search_list=None
-            )
+            settings = knn_settings(filtered=True, prefilter=True, multiplier=1, search_list=None)
             rows = await self.search(sql, settings)
             prefiltered = True
+        rows = await self.exact(rows, column, literal, req.deduplicate)
         if req.deduplicate and rows:
             drop = duplicates(np.asarray([r["vector"] for r in rows], dtype=np.float32))
             rows = [r for i, r in enumerate(rows) if i not in drop]
         return KnnAnswer(shape(rows, req.num_images, facts.metadata), capped, prefiltered)
+
+    async def exact(self, rows: list[dict[str, Any]], column: str, literal: str, vectors: bool) -> list[dict[str, Any]]:
+        """The hits with their stored vector's distance (re-ranked by it) and, for deduplicate, the vector itself."""
+        rescore = self.rescores(column)
+        if not rows or not (rescore or vectors):
+            return rows
+        found = await self.sink.query(exact_sql(self.ref, column, literal, [int(r["id"]) for r in rows], vectors))
+        by_id = {int(r["id"]): r for r in found}
+        out = []
+        for row in rows:
+            hit = by_id.get(int(row["id"]))
+            if hit is None:  # gone since the index query: a served table only grows, but never answer a stale row
+                continue
+            merged = {**row, "vector": hit["vector"]} if vectors else dict(row)
+            if rescore:
+                merged["distance"] = float(hit["distance"])
+            out.append(merged)
+        return sorted(out, key=lambda r: float(r["distance"])) if rescore else out
 
     async def search(self, sql: str, settings: dict[str, str | int]) -> list[dict[str, Any]]:
         for attempt in range(BUSY_INDEX_TRIES):

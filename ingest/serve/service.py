@@ -62,7 +62,9 @@ async def refresh_quietly(searcher: Searcher | None) -> None:
         log.warning("search keeps its old view of the table: %s", exc)
 
 
-async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def listen(app: web.Application, host: str, port: int, purpose: str = "") -> web.AppRunner:
+    """Listen on host:port; a port in use or a bad address is a config error, said in one line (the daemon's
+    /metrics endpoint starts the same way)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -70,7 +72,7 @@ async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot listen on {host}:{port}{purpose}: {exc.strerror or exc}") from None
     return runner
 
 

@@ -44,6 +44,8 @@ REPLIES: dict[str, tuple[int, str, str]] = {
 }
 """code, name, text of the errors the proxy can answer with (ClickHouse's own wording; status 500 as it sends)."""
 TRICKLE_BYTES_PER_SECOND = 1024
+LISTEN_PORTS = (20000, 32000)
+"""Where the proxy listens: below Linux's default ephemeral range (32768–60999), which outgoing sockets draw from."""
 TRICKLE_PIECE = 128
 
 
@@ -170,10 +172,23 @@ class FaultProxy:
 
     # -- the relay, on the proxy's loop ----------------------------------------------------------------------------
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port or 0, reuse_address=True, backlog=64
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Listen on `port` (first time: a free one below the kernel's ephemeral range, so that no client socket
+        of this machine can take it as its source port while a refusal has it closed). A reopen retries: the
+        listener must come back, or every later run would be refused for good (seed 190305, round 8)."""
+        deadline = time.monotonic() + 30
+        while True:
+            port = self.port or random.randint(*LISTEN_PORTS)  # not self.rng: a seed replays the same faults
+            try:
+                self._server = await asyncio.start_server(
+                    self._handle, "127.0.0.1", port, reuse_address=True, backlog=64
+                )
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05 if self.port else 0)
+                continue
+            self.port = port
+            return
 
     async def _shutdown(self) -> None:
         for task in list(self._tasks):  # a refusal still in its window

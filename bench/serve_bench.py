@@ -2,13 +2,13 @@
 
 On an indexed table (1,000,000 synthetic rows by default, a ClickHouse 26.9 server from chdb-core on loopback),
 `embedding_input` queries of rows sampled from the table, k = 40 (num_images), num_result_ids 40 and 3000 (what
-clip-front asks; the index serves at most `max_limit_for_vector_search_queries`, so both paths send LIMIT 1000).
-The raw arm POSTs exactly the SQL and settings the service sends first for each body (built by the service's
-own Searcher): the index query. By default the service then reads the hits' stored vectors by id for their exact
+clip-front asks; the index serves at most `max_limit_for_vector_search_queries`, so both paths send LIMIT 1000). The
+raw arm POSTs exactly the SQL and settings the service sends first for each body (built by the service's own
+Searcher): the index query. By default the service then reads the hits' stored vectors by id for their exact
 similarity (a second, smaller query): that is inside our overhead; `--index-distances` skips it. Load comes from
 Debian's `wrk` (a Lua script cycles through the bodies), at 1 and 8 connections, arms interleaved round by round;
-the table prints the median of the rounds. The figure is our overhead: p50(serve) −
-p50(raw) at c=1, and QPS(serve) / QPS(raw) at c=8.
+the table prints the median of the rounds. The figure is our overhead: p50(serve) − p50(raw) at c=1, and QPS(serve)
+/ QPS(raw) at c=8.
 
 Run alone: python bench/serve_bench.py --work DIR [--rows 1000000] [--seconds 8] [--rounds 3] [--source SYNTH_DIR]
 (DIR keeps the server's data and the shards: a second run reuses the loaded, indexed table.)

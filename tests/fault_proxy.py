@@ -26,8 +26,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 NET_FAULTS = ("reset_body", "reset_response", "stall", "half_close", "trickle", "refuse")
 REPLY_18 = "Code: {code}, e.displayText() = DB::Exception: {text}, e.what() = DB::Exception\n"
@@ -43,6 +44,8 @@ REPLIES: dict[str, tuple[int, str, str]] = {
 }
 """code, name, text of the errors the proxy can answer with (ClickHouse's own wording; status 500 as it sends)."""
 TRICKLE_BYTES_PER_SECOND = 1024
+LISTEN_PORTS = (20000, 32000)
+"""Where the proxy listens: below Linux's default ephemeral range (32768–60999), which outgoing sockets draw from."""
 TRICKLE_PIECE = 128
 
 
@@ -108,6 +111,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._conns: set[_Conn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- control, from the test's thread ------------------------------------------------------------------------
     def start(self) -> int:
@@ -131,7 +135,7 @@ class FaultProxy:
     def arm(self, kind: str) -> None:
         """Arm one fault; it fires on the next INSERT that reaches its offset (`refuse` fires at once)."""
         if kind == "refuse":
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._refuse()))
+            self._loop.call_soon_threadsafe(self._keep, self._refuse())
             return
         if kind not in NET_FAULTS and kind not in REPLIES:
             raise ValueError(f"unknown fault {kind}")
@@ -148,6 +152,13 @@ class FaultProxy:
             self._armed.clear()
         return left
 
+    def _keep(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task held here: the loop keeps only weak references, and a refusal's task sleeping in
+        its window was collected, leaving the proxy closed for good."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _call(self, coro: Awaitable[None]) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)  # type: ignore[arg-type]
 
@@ -161,12 +172,27 @@ class FaultProxy:
 
     # -- the relay, on the proxy's loop ----------------------------------------------------------------------------
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port or 0, reuse_address=True, backlog=64
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Listen on `port` (first time: a free one below the kernel's ephemeral range, so that no client socket
+        of this machine can take it as its source port while a refusal has it closed). A reopen retries: the
+        listener must come back, or every later run would be refused for good (seed 190305, round 8)."""
+        deadline = time.monotonic() + 30
+        while True:
+            port = self.port or random.randint(*LISTEN_PORTS)  # not self.rng: a seed replays the same faults
+            try:
+                self._server = await asyncio.start_server(
+                    self._handle, "127.0.0.1", port, reuse_address=True, backlog=64
+                )
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05 if self.port else 0)
+                continue
+            self.port = port
+            return
 
     async def _shutdown(self) -> None:
+        for task in list(self._tasks):  # a refusal still in its window
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self._conns):

@@ -145,6 +145,18 @@ class FaultProxy:
         with self._lock:
             self._armed[kind] = offset
 
+    def reopen(self) -> None:
+        """Listening again at once (a refusal's window cut short): a rerun with the faults off must reach the
+        server. Seeds 190305 and 190306 saw the listener stay closed after a refusal under load (cause not found
+        yet); this keeps the soak measuring the ingester, not that."""
+        self._call(self._reopen())
+
+    async def _reopen(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is None:
+            await self._listen()
+
     def disarm(self) -> list[str]:
         """Drop faults that did not fire; returns their kinds."""
         with self._lock:

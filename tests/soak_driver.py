@@ -75,6 +75,7 @@ class FaultDriver(threading.Thread):
         with self.busy:
             pass
         self.proxy.disarm()
+        self.proxy.reopen()
         if not self.server.running:
             self.server.start()
 

@@ -222,11 +222,11 @@ def test_seeded_random_kills_of_server_and_ingester_under_load(
     seed = int(os.environ.get("FAULT_SEED", "19"))
     tries = int(os.environ.get("FAULT_TRIES", "2"))
     rng = random.Random(seed)
-    src = make_shards([0, 1, 2], rows=6000, dim=128)
+    src = make_shards([0, 1, 2], rows=20000, dim=128)  # long enough that a quiet machine is still loading at the kill
     want = expected_rows(src, [0, 1, 2])
     with busy_cores(seconds=900):
         for i in range(tries):
-            kind, after, down = rng.choice(["server", "ingester"]), rng.uniform(0.0, 1.0), rng.uniform(1.0, 5.0)
+            kind, after, down = rng.choice(["server", "ingester"]), rng.uniform(0.0, 0.5), rng.uniform(1.0, 5.0)
             what = f"seed {seed} try {i}: {kind} kill {after:.2f}s after the first rows" + (
                 f", server down {down:.1f}s" if kind == "server" else ""
             )

@@ -76,6 +76,20 @@ class _Conn:
         self.tail = buf[-TAIL:]
 
 
+def _dechunked(raw: bytes) -> bytes:
+    """The data of the chunks of a chunked body, as far as `raw` (a kept prefix) holds them."""
+    out, pos = bytearray(), 0
+    while True:
+        end = raw.find(b"\r\n", pos)
+        if end < 0 or not re.fullmatch(rb"[0-9a-fA-F]+", raw[pos:end]):
+            return bytes(out)
+        size = int(raw[pos:end], 16)
+        out += raw[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+        if size == 0 or pos > len(raw):
+            return bytes(out)
+
+
 class Capture:
     """`with Capture(port) as cap:` relays 127.0.0.1:cap.port → 127.0.0.1:port; `cap.requests()` after."""
 
@@ -174,10 +188,10 @@ class Capture:
             for line in m.group(3).split(b"\r\n"):
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
-            body = raw[m.end() : m.end() + body_bytes]
+            body = raw[m.end() :]
             if headers.get("transfer-encoding", "").lower() == "chunked":
-                size_line, _, rest = body.partition(b"\r\n")
-                body = rest if re.fullmatch(rb"[0-9a-fA-F]+", size_line) else body
+                body = _dechunked(body)
+            body = body[:body_bytes]
             out.append(Request(m.group(1).decode(), m.group(2).decode("latin-1"), headers, body, at))
         return sorted(out, key=lambda r: r.at)
 

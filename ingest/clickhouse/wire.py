@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.schema import is_text
 
 Format = Literal["native", "rowbinary"]
@@ -236,6 +237,41 @@ def encode(batch: pa.RecordBatch, fmt: Format) -> list[memoryview]:
         return encode_native(batch)
     body = encode_rowbinary(batch)
     return [body] if body.nbytes else []
+
+
+# -- one column-major Native block, piece by piece (ingest/core/pieces.py) -----------------------------------------
+
+
+def _column_start(start: ColumnStart) -> list[memoryview]:
+    """Name and type; for an array column also every row's end offset (the values follow in runs)."""
+    field = start.field
+    parts = [memoryview(_string(field.name) + _string(clickhouse_type(field.type)))]
+    if _is_list(field.type):
+        if not pa.types.is_fixed_size_list(field.type):
+            raise ValueError(f"column {field.name}: only fixed-size arrays stream column by column")
+        size = field.type.list_size
+        parts.append(_bytes_view(np.arange(size, size * (start.rows + 1), size, dtype="<u8")))
+    return parts
+
+
+def _column_run(arr: pa.Array) -> list[memoryview]:
+    """A run of the current column's values: as in a block, minus an array column's offsets (sent up front)."""
+    if pa.types.is_fixed_size_list(arr.type):
+        return [_bytes_view(_list_parts(arr, "vector")[1])]
+    return _native_column(arr, "value")
+
+
+def encode_piece(piece: Piece, fmt: Format) -> list[memoryview]:
+    """One piece of a segment's body as buffers to stream in order (a column-major block is Native only)."""
+    if isinstance(piece, pa.RecordBatch):
+        return encode(piece, fmt)
+    if fmt != "native":
+        raise ValueError(f"a column-major block has no {FORMAT_NAMES[fmt]} encoding")
+    if isinstance(piece, BlockStart):
+        return [memoryview(varint(len(piece.schema)) + varint(piece.rows))]
+    if isinstance(piece, ColumnStart):
+        return _column_start(piece)
+    return [p for p in _column_run(piece) if p.nbytes]
 
 
 def body_size(parts: list[memoryview]) -> int:

@@ -28,11 +28,10 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
-import pyarrow as pa
-
 from ingest.core import metrics
 from ingest.core.errors import IngestError, TargetError
 from ingest.core.ids import TableRef
+from ingest.core.pieces import Piece
 from ingest.core.plan import SegmentPlan
 from ingest.core.retry import RetryPolicy, retrying
 from ingest.sinks.base import Sink
@@ -42,8 +41,8 @@ log = logging.getLogger(__name__)
 VERIFY_RESENDS = 2
 """Fresh-token re-sends after a count that disagrees, before the segment is declared failed."""
 
-BlockSource = Callable[[], AsyncGenerator[pa.RecordBatch, None]]
-"""Opens a fresh stream of one segment's blocks (read from the shard files again on every call)."""
+BlockSource = Callable[[], AsyncGenerator[Piece, None]]
+"""Opens a fresh stream of one segment's pieces (read from the shard files again on every call)."""
 
 
 def fresh_token(token: str) -> str:

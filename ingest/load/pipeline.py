@@ -28,11 +28,13 @@ import pyarrow as pa
 from ingest.core import metrics
 from ingest.core.config import RunConfig
 from ingest.core.errors import BadShardError, IngestError, SourceError, exception_leaves, first_error
+from ingest.core.pieces import Piece
 from ingest.core.plan import ID_STRIDE, SegmentPlan, plan_segments
 from ingest.load.landing import Landing
 from ingest.load.ledger import Ledger
 from ingest.load.progress import Reporter
-from ingest.sinks.base import Sink
+from ingest.sinks.base import Sink, TakesColumns
+from ingest.stages.segment_columns import read_segment_columns
 from ingest.stages.shard import ShardFiles, ValidShard, read_segment, validate_shard
 from ingest.stages.source import Source
 
@@ -203,11 +205,13 @@ class Pipeline:
             await segments.put((job, seg))
             metrics.QUEUE_DEPTH.set(segments.qsize())
 
-    async def _blocks(self, valid: ValidShard, seg: SegmentPlan) -> AsyncGenerator[pa.RecordBatch, None]:
-        """The segment's blocks, read ahead on the read pool into a queue of `queue_depth // workers` blocks."""
+    async def _blocks(self, valid: ValidShard, seg: SegmentPlan) -> AsyncGenerator[Piece, None]:
+        """The segment's pieces (row blocks, or one column-major block for a sink that takes it), read ahead on
+        the read pool into a queue of `queue_depth // workers` pieces."""
         loop = asyncio.get_running_loop()
-        gen = read_segment(valid, seg)
-        q: asyncio.Queue[pa.RecordBatch | BadShardError | None] = asyncio.Queue(
+        columns = isinstance(self.sink, TakesColumns) and self.sink.column_major
+        gen = read_segment_columns(valid, seg) if columns else read_segment(valid, seg)
+        q: asyncio.Queue[Piece | BadShardError | None] = asyncio.Queue(
             maxsize=max(1, self.cfg.queue_depth // self._workers)
         )
         closing = False

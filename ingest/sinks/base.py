@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import pyarrow as pa
-
 from ingest.clickhouse.settings import ASYNC_INSERT_SINCE, Squash
 from ingest.core.ids import TableRef
+from ingest.core.pieces import Piece
 from ingest.core.plan import SegmentPlan
 
 
@@ -73,12 +72,13 @@ class Sink(Protocol):
         self,
         ref: TableRef,
         segment: SegmentPlan,
-        blocks: AsyncIterator[pa.RecordBatch],
+        blocks: AsyncIterator[Piece],
         token: str | None,
         query_id: str | None = None,
     ) -> None:
-        """Insert one segment as one INSERT, streaming `blocks` as they come: the server squashes them into one
-        block (one part), so the segment lands whole or not at all. `token` dedups a retried segment where
+        """Insert one segment as one INSERT, streaming `blocks` as they come (row blocks, which the server squashes
+        into one block, or one column-major block: ingest/core/pieces.py), so the segment is one part and lands
+        whole or not at all. `token` dedups a retried segment where
         supported; `query_id` names the INSERT on a server (the segment's, SegmentPlan.query_id). The caller
         closes `blocks`, after this returns: nothing iterates them then (ingest/sinks/body_pump.py)."""
         ...
@@ -105,6 +105,14 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TakesColumns(Protocol):
+    """A sink that takes a segment as one column-major block when `column_major` (HTTP Native): the reader then
+    streams it column by column; other sinks get row blocks."""
+
+    column_major: bool
 
 
 @runtime_checkable

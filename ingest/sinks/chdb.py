@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, parse_error
 from ingest.clickhouse.settings import insert_settings, settings_clause
 from ingest.clickhouse.sql import (
@@ -35,6 +33,7 @@ from ingest.clickhouse.sql import (
 from ingest.core.config import TargetConfig
 from ingest.core.errors import ConfigError, SchemaMismatchError, TargetError
 from ingest.core.ids import TableRef
+from ingest.core.pieces import Piece
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, server_info, squash_of
 from ingest.sinks.body_pump import pumped
@@ -145,7 +144,7 @@ class ChdbSink:
         self,
         ref: TableRef,
         segment: SegmentPlan,
-        blocks: AsyncIterator[pa.RecordBatch],
+        blocks: AsyncIterator[Piece],
         token: str | None,
         query_id: str | None = None,
     ) -> None:

@@ -32,8 +32,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import pyarrow as pa
-
 from ingest.clickhouse import cluster_sql as csql
 from ingest.clickhouse.http_request import pending_mutations_sql
 from ingest.clickhouse.sql import delete_range_sql
@@ -45,6 +43,7 @@ from ingest.core.errors import (
     UncertainInsertError,
 )
 from ingest.core.ids import TableRef
+from ingest.core.pieces import Piece
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo
 from ingest.sinks.cluster_tables import TableSetup, ensure_tables
@@ -95,6 +94,8 @@ class ClusterSink:
         self._fresh: dict[int, HttpSink] = {}
         """Clones of sinks (by id of the original) whose inserts skip deduplication (`insert_deduplicate=0`)."""
         self.info = self.entry.info
+        self.column_major = self.entry.column_major
+        """Every insert goes through one of our HttpSinks, all of the target's format."""
 
     # -- connect ----------------------------------------------------------------------------------------------
     async def connect(self) -> ServerInfo:
@@ -235,7 +236,7 @@ class ClusterSink:
         self,
         ref: TableRef,
         segment: SegmentPlan,
-        blocks: AsyncIterator[pa.RecordBatch],
+        blocks: AsyncIterator[Piece],
         token: str | None,
         query_id: str | None = None,
     ) -> None:

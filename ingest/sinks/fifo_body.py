@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ingest.clickhouse.wire import ABORT_BLOCK, encode_native
+from ingest.clickhouse.wire import ABORT_BLOCK, encode_piece
 from ingest.core.errors import ConfigError, TargetError
+from ingest.core.pieces import Piece
 
 PIPE_BYTES = 1 << 20
 """Pipe buffer asked for (Linux's default unprivileged maximum): fewer wake-ups per block than the 64 KiB default."""
@@ -80,16 +81,14 @@ async def _open_writer(path: Path, statement: asyncio.Future[None]) -> int | Non
         return fd
 
 
-async def encoded_blocks(
-    blocks: AsyncIterator[pa.RecordBatch], pool: Executor, what: str
-) -> AsyncIterator[list[memoryview]]:
+async def encoded_blocks(blocks: AsyncIterator[Piece], pool: Executor, what: str) -> AsyncIterator[list[memoryview]]:
     """The body's pieces: each block as Native buffers, encoded on `pool` (the insert's pump iterates this)."""
     loop = asyncio.get_running_loop()
     async for batch in blocks:
-        if batch.num_rows == 0:
+        if isinstance(batch, pa.RecordBatch) and batch.num_rows == 0:
             continue
         try:
-            yield await loop.run_in_executor(pool, encode_native, batch)
+            yield await loop.run_in_executor(pool, encode_piece, batch, "native")
         except (ValueError, pa.ArrowException) as exc:
             raise TargetError(f"cannot encode batch for {what}: {exc}") from None
 

@@ -36,7 +36,7 @@ from ingest.clickhouse.sql import (
     running_query_sql,
     table_problem,
 )
-from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode, split_head, split_tail
+from ingest.clickhouse.wire import ABORT_BLOCK, SEAM_BYTES, encode_piece, split_head, split_tail
 from ingest.core import metrics
 from ingest.core.config import TargetConfig
 from ingest.core.errors import (
@@ -49,6 +49,7 @@ from ingest.core.errors import (
     UnreachableTargetError,
 )
 from ingest.core.ids import TableRef
+from ingest.core.pieces import BlockStart, Piece
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, parse_version, server_info, squash_of
 from ingest.sinks.body_pump import pumped
@@ -127,6 +128,8 @@ class HttpSink:
         """Settings added to every insert (the cluster sink's synchronous Distributed insert); empty by default."""
         self.bytes_sent = 0
         """Insert body bytes put on the wire (after compression), for bytes/row in the run summary."""
+        self.column_major = self._format == "native"
+        """Native bodies take a segment as one column-major block (ingest/core/pieces.py): no squash on the server."""
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -224,11 +227,11 @@ class HttpSink:
         self,
         ref: TableRef,
         segment: SegmentPlan,
-        blocks: AsyncIterator[pa.RecordBatch],
+        blocks: AsyncIterator[Piece],
         token: str | None,
         query_id: str | None = None,
     ) -> None:
-        """One POST per segment; its chunked body is encoded block by block as `blocks` yields them."""
+        """One POST per segment; its chunked body is encoded piece by piece as `blocks` yields them."""
         codec = self._codec()
         req = build_request(
             self._base,
@@ -247,31 +250,35 @@ class HttpSink:
                 raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None
             raise
 
-    async def _body(self, ref: TableRef, blocks: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[memoryview | bytes]:
-        """The insert body: each block encoded (on the encoder pool) when it arrives, streamed in pieces.
+    async def _body(self, ref: TableRef, blocks: AsyncIterator[Piece]) -> AsyncIterator[memoryview | bytes]:
+        """The insert body: each piece (a row block, or a piece of one column-major block) encoded on the encoder
+        pool when it arrives, streamed in chunks.
 
         The one place an insert body is produced: a wrapper (compression) wraps this iterator, and a pump task
         owned by the insert (ingest/sinks/body_pump.py) iterates both, never aiohttp's writer task.
 
         A server reading a body that ends exactly between two blocks sees a clean end of data and commits the
-        blocks before it (18.16 does, chunked or not). So no piece ever ends on a block boundary: the last
-        SEAM_BYTES of a block travel in one piece with the first SEAM_BYTES of the next, and a cut (a kill, a
+        blocks before it (18.16 does, chunked or not). So no chunk ever ends on a piece boundary: the last
+        SEAM_BYTES of a piece travel in one chunk with the first SEAM_BYTES of the next, and a cut (a kill, a
         lost connection, a cancelled insert) always leaves the server a truncated block, which fails the INSERT.
-        When the block source fails, the rest of the current block goes out with an unparsable block header, for
-        the same reason; the pump keeps the source's error as the cause before the transport turns it into a cut.
+        When the source fails, row blocks end with an unparsable block header after the current block, for the
+        same reason; a column-major block just stops short of the rows its header promised (the held-back bytes
+        are not sent). The pump keeps the source's error as the cause before the transport turns it into a cut.
         """
         loop = asyncio.get_running_loop()
-        carry = b""  # the held-back end of the last block sent
+        carry = b""  # the held-back end of the last piece sent
+        one_block = False
         try:
-            async for batch in blocks:
-                if batch.num_rows == 0:
+            async for piece in blocks:
+                if isinstance(piece, pa.RecordBatch) and piece.num_rows == 0:
                     continue
+                one_block = one_block or isinstance(piece, BlockStart)
                 try:
-                    parts = await loop.run_in_executor(self._pool, encode, batch, self._format)
+                    parts = await loop.run_in_executor(self._pool, encode_piece, piece, self._format)
                 except (ValueError, pa.ArrowException) as exc:
                     raise TargetError(f"cannot encode batch for {ref.key}: {exc}") from None
                 head, rest = split_head(parts, SEAM_BYTES)
-                if not rest:  # a tiny block: carry all of it into the next seam
+                if not rest:  # a tiny piece: carry all of it into the next seam
                     carry += head
                     continue
                 yield carry + head
@@ -279,7 +286,8 @@ class HttpSink:
                 for chunk in _chunks(rest):
                     yield chunk
         except Exception:
-            yield carry + ABORT_BLOCK
+            if not one_block:
+                yield carry + ABORT_BLOCK
             raise
         if carry:
             yield carry

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.core.plan import ID_STRIDE, BatchPlan
+from ingest.core.plan import ID_STRIDE, BatchPlan, RowRange
 from ingest.core.schema import META_COLUMNS, STRING_COLUMNS, Column, TableSchema
 
 __all__ = ["META_COLUMNS", "STRING_COLUMNS", "batch_schema", "build_batch"]
@@ -45,6 +45,22 @@ def _extra(column: pa.ChunkedArray, col: Column) -> pa.Array:
     return arr
 
 
+def scalar_columns(plan: RowRange, meta: pa.Table, schema: TableSchema) -> dict[str, pa.Array]:
+    """Every column but the vectors for rows `plan.start..plan.stop`, by name: ids, texts, similarity, extras."""
+    sim = pc.cast(meta.column("similarity").combine_chunks(), pa.float32())
+    if sim.null_count:
+        sim = pc.fill_null(sim, float("nan"))
+    columns = {
+        "id": pa.array(np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)),
+        "url": _text(meta.column("url")),
+        "caption": _text(meta.column("caption")),
+        "NSFW": _text(meta.column("NSFW")),
+        "similarity": sim,
+    }
+    columns.update((c.name, _extra(meta.column(c.name), c)) for c in schema.extras)
+    return columns
+
+
 def build_batch(
     plan: BatchPlan,
     img: np.ndarray,
@@ -55,21 +71,10 @@ def build_batch(
 ) -> pa.RecordBatch:
     """Rows `plan.start..plan.stop` of one shard as a batch; `drop_rows` (positions in the window) are skipped."""
     schema = schema or TableSchema(img.shape[1])
-    ids = np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)
-    sim = meta.column("similarity").combine_chunks()
-    sim = pc.cast(sim, pa.float32())
-    if sim.null_count:
-        sim = pc.fill_null(sim, float("nan"))
-    arrays: list[pa.Array] = [
-        pa.array(ids),
-        _text(meta.column("url")),
-        _text(meta.column("caption")),
-        _text(meta.column("NSFW")),
-        sim,
-        _vectors(img),
-        _vectors(txt),
-    ]
-    arrays += [_extra(meta.column(c.name), c) for c in schema.extras]
+    columns = scalar_columns(plan, meta, schema)
+    columns["image_embedding"] = _vectors(img)
+    columns["text_embedding"] = _vectors(txt)
+    arrays = [columns[c.name] for c in schema.columns]
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema())
     if drop_rows is not None and len(drop_rows):
         keep = np.ones(plan.rows, dtype=bool)

@@ -104,6 +104,12 @@ def read_rows(info: NpyInfo, start: int, stop: int, fd: int | None = None) -> np
     return np.frombuffer(buf, dtype=info.dtype).reshape(n, info.dim)
 
 
+def read_rows_into(info: NpyInfo, start: int, fd: int, out: np.ndarray) -> None:
+    """Rows from `start` on into `out` ((n, dim) C-contiguous, the file's dtype): one pread, no fresh buffer."""
+    offset = info.data_offset + start * info.dim * info.dtype.itemsize
+    _pread_exact(fd, memoryview(out).cast("B"), offset, info.path)  # type: ignore[arg-type]
+
+
 def _pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
     done = 0
     while done < view.nbytes:

@@ -156,7 +156,7 @@ def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPoli
     )
 
 
-class _MetaCursor:
+class MetaCursor:
     """Sequential reader of the metadata columns that hands out exact row ranges across row groups."""
 
     def __init__(self, path: Path, batch_rows: int, columns: tuple[str, ...], from_row: int = 0) -> None:
@@ -203,7 +203,7 @@ def read_segment(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.Record
     Every call reads afresh, so a retried insert re-reads its segment instead of anyone buffering it.
     """
     blocks = segment.blocks()
-    cursor = _MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start)
+    cursor = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:
@@ -214,7 +214,7 @@ def read_segment(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.Record
         os.close(fd_txt)
 
 
-def _block(shard: ValidShard, plan: BatchPlan, cursor: _MetaCursor, fd_img: int, fd_txt: int) -> pa.RecordBatch:
+def _block(shard: ValidShard, plan: BatchPlan, cursor: MetaCursor, fd_img: int, fd_txt: int) -> pa.RecordBatch:
     meta = cursor.take(plan.start, plan.stop)
     img = read_rows(shard.img, plan.start, plan.stop, fd_img)
     txt = read_rows(shard.text, plan.start, plan.stop, fd_txt)
@@ -229,7 +229,7 @@ def read_batches(
     shard: ValidShard, plans: list[BatchPlan], batch_rows: int
 ) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
     """Yield `(plan, batch)` for each plan (sorted by start); rows outside `plans` are read past, not built."""
-    cursor = _MetaCursor(shard.files.meta, batch_rows, shard.schema.meta_columns)
+    cursor = MetaCursor(shard.files.meta, batch_rows, shard.schema.meta_columns)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:

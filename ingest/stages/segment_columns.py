@@ -1,0 +1,76 @@
+"""One segment read column by column: the pieces of ONE Native block (ingest/core/pieces.py), memory bounded.
+
+The scalar columns (ids, texts, similarity, extras: ~200 bytes a LAION row) are read for the whole segment at
+once; each vector column then follows window by window from its .npy file (a second pass over the segment's rows
+per vector column, pread into a reused buffer, float16 widened straight into the window's fresh float32 buffer).
+So we hold the scalars and a window or two, never the segment's vectors, and the server gets the segment as
+one block: nothing to squash. NaN/Inf rows dropped by validation (`--on-nan skip-row`) are left out of every
+column alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+
+import numpy as np
+import pyarrow as pa
+
+from ingest.core.pieces import BlockStart, ColumnStart, Piece
+from ingest.core.plan import SegmentPlan
+from ingest.stages.batch import scalar_columns
+from ingest.stages.npy import NpyInfo, read_rows_into
+from ingest.stages.shard import MetaCursor, ValidShard
+
+
+def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[Piece, None, None]:
+    """Yield the segment as one column-major block: BlockStart, then per column its ColumnStart and runs.
+
+    Every call reads afresh (a retried insert re-reads its segment); nothing is yielded for a segment whose rows
+    were all dropped.
+    """
+    lo, hi = np.searchsorted(shard.drop_rows, [segment.start, segment.stop])
+    drop = shard.drop_rows[lo:hi]
+    rows = segment.rows - len(drop)
+    if rows == 0:
+        return
+    meta = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start)
+    scalars = scalar_columns(segment, meta.take(segment.start, segment.stop), shard.schema)
+    del meta
+    if len(drop):
+        keep = np.ones(segment.rows, dtype=bool)
+        keep[drop - segment.start] = False
+        mask = pa.array(keep)
+        scalars = {name: arr.filter(mask) for name, arr in scalars.items()}
+    vectors = {"image_embedding": shard.img, "text_embedding": shard.text}
+    schema = shard.schema.arrow_schema()
+    yield BlockStart(schema, rows)
+    for field in schema:
+        yield ColumnStart(field, rows)
+        if field.name in vectors:
+            yield from _vector_runs(vectors[field.name], segment, drop)
+        else:
+            yield scalars.pop(field.name)
+
+
+def _vector_runs(info: NpyInfo, segment: SegmentPlan, drop: np.ndarray) -> Generator[pa.Array, None, None]:
+    """The segment's rows of one .npy file as float32 fixed-size-list runs of `segment.block_rows` rows."""
+    window = segment.block_rows
+    widen = info.dtype != np.float32
+    scratch = np.empty((window, info.dim), dtype=info.dtype) if widen else None
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+        for start in range(segment.start, segment.stop, window):
+            n = min(window, segment.stop - start)
+            out = np.empty((n, info.dim), dtype=np.float32)  # fresh: the previous run may still be on its way
+            if scratch is None:
+                read_rows_into(info, start, fd, out)
+            else:
+                read_rows_into(info, start, fd, scratch[:n])
+                np.copyto(out, scratch[:n])  # float16 → float32 is exact
+            gone = drop[(drop >= start) & (drop < start + n)] - start
+            if len(gone):
+                out = np.delete(out, gone, axis=0)
+            yield pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), info.dim)
+    finally:
+        os.close(fd)

@@ -102,6 +102,7 @@ def test_each_segment_is_one_native_block_and_lands_byte_exact(server: Any, serv
         want = [i for i in want_ids[key] if i not in dropped]
         assert (cols, name, typ, second) == (7 + len(EXTRAS.split(",")), "id", "Int64", "url")
         assert rows == len(want) and ids.tolist() == want, (key, rows)  # the whole segment in the first block
+        assert "transfer-encoding" not in r.headers and int(r.headers["content-length"]) > rows * 2 * 32 * 4
         seen.add(key)
     assert seen == set(want_ids) and len(inserts) == len(want_ids)
     want_rows = expected_rows(src, [0, 1])

@@ -261,6 +261,27 @@ def _column_run(arr: pa.Array) -> list[memoryview]:
     return _native_column(arr, "value")
 
 
+def _varint_bytes(values: np.ndarray) -> int:
+    """Total LEB128 size of non-negative ints."""
+    return int(len(values) + np.searchsorted(_VARINT_LIMITS, values.astype(np.uint64), side="right").sum())
+
+
+def native_block_bytes(schema: pa.Schema, rows: int, values: dict[str, pa.Array]) -> int:
+    """The Native size of a column-major block of `rows` rows: `values` holds every column but the fixed-size
+    arrays, whose size follows from `rows` (what `encode_piece` sends for it, to the byte)."""
+    total = len(varint(len(schema)) + varint(rows))
+    for field in schema:
+        total += len(_string(field.name) + _string(clickhouse_type(field.type)))
+        if pa.types.is_fixed_size_list(field.type):
+            total += rows * (8 + field.type.list_size * field.type.value_type.bit_width // 8)
+        elif field.type in _PRIMITIVES:
+            total += rows * field.type.bit_width // 8
+        else:
+            lengths = _lengths(_text_array(values[field.name]))
+            total += int(lengths.sum()) + _varint_bytes(lengths)
+    return total
+
+
 def encode_piece(piece: Piece, fmt: Format) -> list[memoryview]:
     """One piece of a segment's body as buffers to stream in order (a column-major block is Native only)."""
     if isinstance(piece, pa.RecordBatch):

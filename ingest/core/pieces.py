@@ -22,6 +22,9 @@ class BlockStart:
 
     schema: pa.Schema
     rows: int
+    nbytes: int | None = None
+    """The whole block's Native size when its reader knows it: the body then goes with a Content-Length (no chunked
+    framing, which aiohttp on Python < 3.12.9 builds by joining a copy of every chunk)."""
 
 
 @dataclass(frozen=True, slots=True)

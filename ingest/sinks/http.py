@@ -108,6 +108,15 @@ def _chunks(parts: list[memoryview]) -> list[memoryview]:
     return [part[start : start + CHUNK_BYTES] for part in parts for start in range(0, part.nbytes, CHUNK_BYTES)]
 
 
+async def _prepend(first: Piece | None, rest: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    """`first` (a piece already taken from `rest`; None when `rest` was empty) then the rest."""
+    if first is None:
+        return
+    yield first
+    async for piece in rest:
+        yield piece
+
+
 class HttpSink:
     """Sink over ClickHouse's HTTP interface (`http(s)://HOST:PORT`)."""
 
@@ -242,9 +251,11 @@ class HttpSink:
             insert=True,
             query_id=query_id,
         )
+        first = await anext(blocks, None)  # before the pump starts: nothing else iterates `blocks` yet
+        size = first.nbytes if isinstance(first, BlockStart) and codec.identity else None
         try:
-            async with pumped(self._wire_body(codec, self._body(ref, blocks)), PUMP_DEPTH) as feed:
-                await self._send(self._wired(req, codec), feed)
+            async with pumped(self._wire_body(codec, self._body(ref, _prepend(first, blocks))), PUMP_DEPTH) as feed:
+                await self._send(self._wired(req, codec), feed, size)
         except TargetError as exc:
             if exc.code in CUT_BODY_CLICKHOUSE_CODES:  # the server read a body cut short: the cut is the cause
                 raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None

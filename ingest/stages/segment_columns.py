@@ -16,6 +16,7 @@ from collections.abc import Generator
 import numpy as np
 import pyarrow as pa
 
+from ingest.clickhouse.wire import native_block_bytes
 from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.plan import SegmentPlan
 from ingest.stages.batch import scalar_columns
@@ -44,7 +45,7 @@ def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[P
         scalars = {name: arr.filter(mask) for name, arr in scalars.items()}
     vectors = {"image_embedding": shard.img, "text_embedding": shard.text}
     schema = shard.schema.arrow_schema()
-    yield BlockStart(schema, rows)
+    yield BlockStart(schema, rows, native_block_bytes(schema, rows, scalars))
     for field in schema:
         yield ColumnStart(field, rows)
         if field.name in vectors:

@@ -194,17 +194,22 @@ def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle
 @pytest.fixture
 def ch_db(ch_server: ServerHandle) -> Iterator[str]:
     """A fresh database name per test (created; dropped afterwards). Restarts the server if a test left it down."""
-    if not ch_server.running:
-        ch_server.start()
+    yield from fresh_database(ch_server)
+
+
+def fresh_database(handle: Any) -> Iterator[str]:
+    """A database made for one test and dropped after it, on a server restarted if a test left it down."""
+    if not handle.running:
+        handle.start()
     name = f"t_{uuid.uuid4().hex[:12]}"
-    ch_server.query(f"CREATE DATABASE {name}")
+    handle.query(f"CREATE DATABASE {name}")
     try:
         yield name
     finally:
-        if not ch_server.running:
-            ch_server.start()
+        if not handle.running:
+            handle.start()
         with contextlib.suppress(RuntimeError, OSError):
-            ch_server.query(f"DROP DATABASE IF EXISTS {name}")
+            handle.query(f"DROP DATABASE IF EXISTS {name}")
 
 
 # -- ClickHouse 26.9 (from chdb-core) beside 18.16: the `server` parameter ----------------------------------------
@@ -235,15 +240,7 @@ def server(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def server_db(server: Any) -> Iterator[str]:
     """A fresh database in `server` per test (dropped afterwards)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    server.query(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        if not server.running:
-            server.start()
-        with contextlib.suppress(RuntimeError, OSError):
-            server.query(f"DROP DATABASE IF EXISTS {name}")
+    yield from fresh_database(server)
 
 
 def server_version(handle: Any) -> str:

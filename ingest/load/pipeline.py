@@ -6,7 +6,9 @@
 A segment is the committed unit (one INSERT = one part, ~61k LAION rows); a block is the unit read and encoded (4,096
 rows). An insert worker owns one segment's stream: a producer reads its blocks into a small queue that the sink
 consumes as the INSERT body, so memory is bounded by workers × (queue depth + 2) × block size whatever the shard
-or segment size. A retried segment is read again from the shard files, never buffered.
+or segment size. A sink that takes a segment as one column-major Native block (HTTP Native) gets it as pieces
+instead (ingest/core/pieces.py): the segment's scalar columns, then each vector column a block's rows at a time,
+so memory stays bounded the same way. A retried segment is read again from the shard files, never buffered.
 
 Shutdown is ordered: on stop we take no new shard and start no new segment, let the in-flight segments finish
 (up to drain_seconds; an abandoned one commits nothing and the next run reconciles it), then flush the ledger.

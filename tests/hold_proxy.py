@@ -3,10 +3,11 @@ byte and before the server answered, made deterministic (issue #19).
 
 Everything is forwarded as it comes, except on the connection carrying the `hold`-th INSERT (counted from 1; the
 next one if the server answers that one early, e.g. with an error): there the last 5 bytes of body received are
-kept back (the headers go whole). When they are the chunked body's end (`0\\r\\n\\r\\n`) the whole body has left
-the client and `held` is set. The test kills the client then; the proxy keeps the server's side of the connection
-open, and on `release()` delivers the tail, so the server finishes the INSERT the dead client started, as a server
-slowed by a big segment does. `answered` is set when the server's reply to it comes back. Runs its own event loop
+kept back (the headers go whole). When they are the chunked body's end (`0\\r\\n\\r\\n`), or the last bytes of
+the `Content-Length` a body declared, the whole body has left the client and `held` is set. The test kills the
+client then; the proxy keeps the server's side of the connection open, and on `release()` delivers the tail, so the
+server finishes the INSERT the dead client started, as a server slowed by a big segment does. `answered` is set
+when the server's reply to it comes back. Runs its own event loop
 in a thread; `close()` stops it.
 """
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 
 from server_fixtures import free_ports
 
 END = b"0\r\n\r\n"
+LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
 
 
 class HoldProxy:
@@ -84,6 +87,7 @@ class HoldProxy:
 
     async def _upstream(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, holding: asyncio.Event) -> None:
         tail = b""
+        length: int | None = None  # body bytes still to come on a held body that declared its length
         with contextlib.suppress(OSError):
             while data := await src.read(1 << 16):
                 head = b""
@@ -95,11 +99,15 @@ class HoldProxy:
                         # the headers go whole: a server waits only seconds for a request's headers
                         split = data.find(b"\r\n\r\n") + 4
                         head, data = data[:split], data[split:]
+                        declared = LENGTH.search(head)
+                        length = int(declared.group(1)) if declared else None
                 if not holding.is_set() and tail:
                     data, tail = tail + data, b""  # an early reply ended the hold: the rest flows
                 if holding.is_set():
+                    if length is not None:
+                        length -= len(data)
                     data, tail = (tail + data)[:-5], (tail + data)[-5:]
-                    if tail == END:
+                    if tail == END or length == 0:
                         self.held.set()
                 dst.write(head + data)
                 await dst.drain()

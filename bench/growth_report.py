@@ -33,7 +33,11 @@ class Row:
     index: Ran
     index_server_cpu: float
     report: dict[str, Any]
+    """`index --report` (seconds and CPU seconds per phase, their monotonic spans, each index's structure, graphs,
+    rows per graph, memory, projection) and, over HTTP, the server's CPU seconds per phase."""
     evaluation: dict[str, Any]
+    loadavg: list[str] | None = None
+    """/proc/loadavg before `index` and after `eval`."""
 
     @property
     def entry(self) -> dict[str, Any]:

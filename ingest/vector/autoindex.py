@@ -302,7 +302,8 @@ async def build_tuned_indexes(
                     "recorded for search and eval"
                 )
                 log_.add("check", time.monotonic() - checked)
-            entry = await measured_entry(sink, ref, p, outcome, layout, cache_before, build_cpu)
+            engine_cpu = build_cpu if q.target.spec.kind == "chdb" else None  # a server's CPU is not ours
+            entry = await measured_entry(sink, ref, p, outcome, layout, cache_before, engine_cpu)
             log_.indexes.append(entry.as_dict(p.search_list))
             if (proj := projection(entry.measured, cfg.project_rows, layout, cfg.max_graphs)) is not None:
                 report(f"{p.index.name}: {proj.line()}")
@@ -314,7 +315,7 @@ async def build_tuned_indexes(
 
 
 async def measured_entry(
-    sink: Sink, ref: TableRef, p: Plan, outcome: IndexOutcome, layout: Layout, before: CacheState, cpu: float
+    sink: Sink, ref: TableRef, p: Plan, outcome: IndexOutcome, layout: Layout, before: CacheState, cpu: float | None
 ) -> IndexEntry:
     """The built index as ClickHouse reports it: loaded memory (after the check's searches), bytes on disk."""
     ix = p.index

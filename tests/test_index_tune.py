@@ -27,7 +27,14 @@ from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector import tune_run
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.index import poll_interval
-from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
+from ingest.vector.sizing import (
+    MemoryBudget,
+    cheaper_that_fit,
+    check_fit,
+    formula_bytes,
+    index_bytes,
+    parse_bytes,
+)
 from ingest.vector.tune import (
     Candidate,
     Measured,
@@ -114,13 +121,14 @@ def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None
 
 
 def test_sizing_formula_fit_and_alternatives() -> None:
-    # rows × dim × bytes + rows × M × 8, × 1.5
-    assert index_bytes(1_000_000, 512, "bf16", 16) == int((1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 1.5)
-    assert index_bytes(1000, 512, "b1", 16) == int((1000 * 64 + 1000 * 128) * 1.5)
+    # (rows × dim × bytes + rows × M × 8) × 2 + rows × 256
+    assert index_bytes(1_000_000, 512, "bf16", 16) == (1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 2 + 256_000_000
+    assert index_bytes(1000, 512, "b1", 16) == (1000 * 64 + 1000 * 128) * 2 + 256_000
+    assert formula_bytes(1000, 512, "b1", 16) == 1000 * 64 + 1000 * 128
     budget = MemoryBudget(1 << 30, "--max-memory", cache_bytes=5 << 30)
     assert check_fit(2 << 30, budget).fits is False and check_fit(2 << 30, budget).limit_source == "--max-memory"
     assert check_fit(1 << 29, budget).fits
-    fits = cheaper_that_fit(1_000_000, 512, 1, 1 << 30, [("bf16", 16), ("i8", 16), ("b1", 16)])
+    fits = cheaper_that_fit(1_000_000, 512, 1, 2 << 30, [("bf16", 16), ("i8", 16), ("b1", 16)])
     assert [q for q, _, _ in fits] == ["b1", "i8"]
     assert parse_bytes("1G") == 1 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
 

@@ -1,14 +1,20 @@
 """How much memory an HNSW index will take, decided before it is built: pure arithmetic, no I/O.
 
-The formula is ClickHouse's own documented estimate for `vector_similarity` indexes (docs, "Estimating
-memory consumption"): the vectors as the index stores them plus the graph's level-0 links,
+ClickHouse documents an estimate for `vector_similarity` indexes (docs, "Estimating memory consumption"): the
+vectors as the index stores them plus the graph's level-0 links,
 
-    bytes = rows × dim × bytes_per_value(quantization) + rows × M × 8
+    formula = rows × dim × bytes_per_value(quantization) + rows × M × 8
 
-(usearch keeps 2·M neighbours per node on level 0, 4-byte slots: M × 8 bytes per row; upper levels add ~1/M of
-that). Issue #78056 measured up to 2× this before a fix in 25.x, so we multiply by a safety factor (1.5 by
-default) and compare that with the memory of the target and the size of its vector index cache (an index larger
-than the cache is reloaded from disk on every query).
+(usearch keeps 2·M neighbours per node on level 0, 4-byte slots). Loaded, 26.9 counts more in its vector index
+cache (`VectorSimilarityIndexCacheBytes`, what the cache limit is checked against), measured here on 512-d rows:
+bf16 M=12 1.51× the formula (one graph of 40,000 random rows) to 1.86× (16 graphs of 63,950 LAION-like rows) and
+2.10× (14 graphs of 7,680); i8 1.39–1.47×; b1 2.23–3.34×. The loaded bytes did not change with M (b1: 427 bytes a
+row at M=8, 12 and 16; i8: 847): a per-row cost the formula lacks, which dominates the small b1 codes. So we size
+with formula × SAFETY_FACTOR + rows × ROW_OVERHEAD, which covers every one of those measurements (the tightest:
+bf16 M=12 in 7,680-row graphs, 2,357 bytes a row measured, 2,496 sized; i8 it over-sizes 1.7×), and compare it
+with the memory of the target and the size of its vector index cache (an index larger than the cache is reloaded
+from disk on every query). A projection from an index measured on this table (project_build) uses its measured
+bytes per row instead.
 """
 
 from __future__ import annotations
@@ -18,14 +24,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 BYTES_PER_VALUE: dict[str, float] = {"f64": 8.0, "f32": 4.0, "f16": 2.0, "bf16": 2.0, "i8": 1.0, "b1": 0.125}
-SAFETY_FACTOR = 1.5
-FORMULA = "rows × dim × bytes(quantization) + rows × M × 8, × 1.5 safety (ClickHouse docs; #78056 saw 2×)"
+SAFETY_FACTOR = 2.0
+ROW_OVERHEAD = 256
+"""Bytes a row the loaded index takes beyond the formula × SAFETY_FACTOR (measured b1: 427 a row whatever M)."""
+FORMULA = (
+    f"(rows × dim × bytes(quantization) + rows × M × 8) × {SAFETY_FACTOR:g} + rows × {ROW_OVERHEAD}: ClickHouse's "
+    "documented estimate with the margin 26.9's loaded indexes need (measured 1.4–3.3× the estimate)"
+)
 
 
-def index_bytes(rows: int, dim: int, quantization: str, m: int, safety: float = SAFETY_FACTOR) -> int:
-    """Projected memory of one index over `rows` vectors of `dim` values (safety factor included)."""
-    per_value = BYTES_PER_VALUE[quantization]
-    return int((rows * dim * per_value + rows * m * 8) * safety)
+def formula_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
+    """ClickHouse's documented estimate: vectors as stored plus level-0 links (≈ the index's bytes on disk)."""
+    return int(rows * dim * BYTES_PER_VALUE[quantization] + rows * m * 8)
+
+
+def index_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
+    """Memory of one loaded index over `rows` vectors of `dim` values, sized before it is built (margin included)."""
+    return int(formula_bytes(rows, dim, quantization, m) * SAFETY_FACTOR + rows * ROW_OVERHEAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +209,7 @@ def project_build(measured: MeasuredBuild, rows: int, rows_per_granule: int, max
     unknown), memory = the measured bytes per row × rows. `index --project-rows` and bench/growth_report.py both
     call this."""
     graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
-    formula = index_bytes(rows, measured.dim, measured.quantization, measured.m, 1.0)
+    formula = formula_bytes(rows, measured.dim, measured.quantization, measured.m)
     per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
     work = build_work(rows, graph_rows) / max(build_work(measured.rows, measured.graph_rows), 1e-9)
     cores = measured.cores_used

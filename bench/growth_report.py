@@ -63,10 +63,12 @@ def mib(n: float | None) -> str:
     return "—" if n is None else f"{n / (1 << 20):,.0f}"
 
 
-def formula_mib(e: dict[str, Any], safety: float) -> float:
-    from ingest.vector.sizing import index_bytes
+def formula_mib(e: dict[str, Any], sized: bool = False) -> float:
+    """ClickHouse's documented estimate, or (`sized`) what `index` sizes the index at before building it."""
+    from ingest.vector.sizing import formula_bytes, index_bytes
 
-    return index_bytes(int(e["rows"]), 512, str(e["quantization"]), int(e["m"]), safety) / (1 << 20)
+    size = index_bytes if sized else formula_bytes
+    return size(int(e["rows"]), 512, str(e["quantization"]), int(e["m"])) / (1 << 20)
 
 
 def structure(e: dict[str, Any]) -> str:
@@ -87,22 +89,23 @@ def print_tables(title: str, rows: list[Row]) -> None:
             f"{r.index.cpu_seconds + r.index_server_cpu:>7.0f}  {structure(r.entry):<28}"
         )
     print(
-        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'×1.5':>7} {'L':>5} {'recall@10':>9} "
+        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'sized':>7} {'L':>5} {'recall@10':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'brute p50':>9} {'brute p99':>9}"
     )
     for r in rows:
         e, ev = r.entry, r.evaluation
         sweep = ev["sweep"][0]
         print(
-            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e, 1.0):>8,.0f} "
-            f"{formula_mib(e, 1.5):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} {ev['recall_at_10']:>9.3f} "
+            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e):>8,.0f} "
+            f"{formula_mib(e, sized=True):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} "
+            f"{ev['recall_at_10']:>9.3f} "
             f"{sweep['p50_ms']:>7.1f} {sweep['p99_ms']:>7.1f} {ev['brute_force_median_ms']:>9.1f} "
             f"{ev['brute_force_p99_ms']:>9.1f}"
         )
     print(
         "(RSS MB: peak of our `run`, with the engine in it for chdb; srv MB: the server's peak; CPU s: of `index` "
         "and, over HTTP, of the server while it ran; mem MiB: the loaded index as ClickHouse reports it; formula: "
-        "rows × dim × bytes + rows × M × 8, and with the 1.5 margin `index` sizes with)"
+        "rows × dim × bytes + rows × M × 8; sized: what `index` sizes it at before building, sizing.index_bytes)"
     )
     print_growth(rows)
     print_projection(rows)
@@ -117,16 +120,18 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def print_growth(rows: list[Row]) -> None:
+    from ingest.vector.sizing import build_work
+
     if len(rows) < 2:
         return
     n = [float(r.rows) for r in rows]
     graph = [float(r.entry["graph_rows"]) for r in rows]
     build = [r.phase("build") for r in rows]
-    per = [b / (x * math.log(g)) * 1e6 for b, x, g in zip(build, n, graph, strict=True)]
     series = {
         "load rows/s": [r.rows / r.load.seconds for r in rows],
         "peak RSS (ours)": [r.load.peak_rss_mb for r in rows],
         "index build s": build,
+        "index build CPU s": [build_cpu(r) or 0.0 for r in rows],
         "whole index s": [r.index.seconds for r in rows],
         "index memory MiB": [float(r.entry["memory_bytes"] or 0) / (1 << 20) for r in rows],
         "p50 indexed ms": [float(r.evaluation["sweep"][0]["p50_ms"]) for r in rows],
@@ -135,9 +140,14 @@ def print_growth(rows: list[Row]) -> None:
     print("growth, y ~ rows^b (least squares over the sizes; b = 0 flat, 1 linear):")
     for name, ys in series.items():
         print(f"  {name:<20} b = {exponent(n, ys):5.2f}   " + "  ".join(f"{y:,.1f}" for y in ys))
+    work = [build_work(r.rows, int(r.entry["graph_rows"])) for r in rows]
+    per_cpu = [(build_cpu(r) or 0.0) / w * 1e6 for r, w in zip(rows, work, strict=True)]
+    per_wall = [b / w * 1e6 for b, w in zip(build, work, strict=True)]
     print(
-        "  build ÷ (n·ln G) µs: "
-        + "  ".join(f"{p:.2f}" for p in per)
+        "  build ÷ Σ G·ln G µs, CPU: "
+        + "  ".join(f"{p:.2f}" for p in per_cpu)
+        + "; wall: "
+        + "  ".join(f"{p:.2f}" for p in per_wall)
         + f"  (n log n holds if flat; G = rows of one graph: {', '.join(f'{g:,.0f}' for g in graph)})"
     )
 
@@ -209,3 +219,20 @@ def print_projection(rows: list[Row]) -> None:
             if int(said.get("rows", 0)) == last.rows and printed and abs(float(printed) - pr) > 0.005 * pr:
                 then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
             print(f"  {name:<17} projected {pr:>8,.0f}  measured {me:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%){then}")
+
+
+def main() -> None:
+    """Reprint a run's tables and projections from its saved figures with this checkout's model:
+    python bench/growth_report.py WORK/chdb-rows.json [WORK/http-rows.json ...]"""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's `ingest`
+    for path in sys.argv[1:]:
+        rows = sorted((Row.from_dict(d) for d in json.loads(Path(path).read_text())), key=lambda r: r.rows)
+        print_tables(f"growth (reprinted from {path} by this checkout's sizing.project_build)", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ import pytest
 from cli_run import cli
 
 from ingest.stages.synth import SynthSpec, write_shard
+from ingest.vector.graphs import PartStats, graphs_over
 from ingest.vector.index_report import CacheState, memory_bytes
 from ingest.vector.sizing import (
     MeasuredBuild,
@@ -69,6 +70,15 @@ def test_projection_scales_measured_bytes_per_row_and_says_the_formula() -> None
     # nothing measured: the formula is the projection
     unknown = project_build(MeasuredBuild(1000, 512, "i8", 8, 1000, 1.0, None), 2000, 2500, 16)
     assert unknown.index_bytes == unknown.formula_bytes
+
+
+def test_graphs_over_the_parts_as_they_are() -> None:
+    # 500k rows loaded as 8 parts of 61,440 and 2 of 4,240, one graph per part: then merged in the background
+    loaded = [PartStats("all", 61_440, 24, 1) for _ in range(8)] + [PartStats("all", 4_240, 2, 1)] * 2
+    assert graphs_over(loaded, None) == (10, 61_440)
+    merged = [PartStats("all", 245_760, 96, 1), PartStats("all", 254_240, 98, 1)]
+    assert graphs_over(merged, None) == (2, 254_240)
+    assert graphs_over(merged, 24) == (4 + 5, 61_440)  # 96 granules: 4 graphs; 98: 5 of ≤ 50,848 rows
 
 
 def test_memory_of_a_loaded_index_is_bytes_per_cache_cell_times_graphs() -> None:

@@ -145,3 +145,14 @@ def plan_sample(graph: GraphSize | None, asked: int, available: int, cap: int = 
         )
     grown = f"sample grown to {rows:,} rows to hold graphs of {graph.rows:,} rows" if rows > asked else None
     return SamplePlan(rows, graph, grown)
+
+
+def graphs_over(parts: Sequence[PartStats], granularity: int | None) -> tuple[int, int]:
+    """(graphs, rows of the largest) an index of `granularity` index granules per graph has over `parts` as they
+    stand (no granularity: one graph per part)."""
+    graphs, largest = 0, 0
+    for part in parts:
+        n = max(1, math.ceil(part.granules / granularity)) if granularity else 1
+        graphs += n
+        largest = max(largest, math.ceil(part.rows / n))
+    return graphs, largest

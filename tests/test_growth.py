@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import orjson
 import pytest
-from cli_run import cli
+from cli_run import cli, loaded_chdb, ok
 
-from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector.graphs import PartStats, graphs_over
 from ingest.vector.index_report import CacheState, memory_bytes
 from ingest.vector.sizing import (
@@ -90,22 +88,10 @@ def test_memory_of_a_loaded_index_is_bytes_per_cache_cell_times_graphs() -> None
 # ---- the command on chdb -----------------------------------------------------------------------------------
 
 
-def ok(res: CompletedProcess[str]) -> str:
-    assert res.returncode == 0, res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("growth")
-    src = root / "src"
-    for s in (0, 1):
-        write_shard(src, s, SynthSpec(rows=6000, seed=11))
-    db = root / "db"
-    seg = ("--segment-rows", "1500")  # 8 parts: more than --max-graphs 4, so `index` merges them first
-    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress", *seg))
-    return db
+    return loaded_chdb(tmp_path_factory.mktemp("growth"), "--segment-rows", "1500")  # 8 parts, merged first
 
 
 def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> None:

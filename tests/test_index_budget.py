@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import orjson
 import pytest
-from cli_run import cli
+from cli_run import cli, loaded_chdb, ok
 from exact import chdb_rows
 
 from ingest.core.config import TuneConfig
@@ -37,19 +36,10 @@ from ingest.vector.tune import (
 TUNE = ("--sample-rows", "4000", "--no-progress")
 
 
-def ok(res: CompletedProcess[str]) -> str:
-    assert res.returncode == 0, res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("budget")
-    for s in (0, 1):
-        write_shard(root / "src", s, SynthSpec(rows=6000, seed=11))
-    ok(cli("run", "--source", str(root / "src"), "--shards", "0-1", "--target", f"chdb:{root / 'db'}", "--no-progress"))
-    return root / "db"
+    return loaded_chdb(tmp_path_factory.mktemp("budget"))
 
 
 def test_variants_rescore_quantized_builds_and_a_plateau_skips_the_quantization() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.clickhouse.knn_sql import KnnPlan, exact_sql, fetch_multiplier, knn_settings, knn_sql
+from ingest.clickhouse.knn_sql import KnnPlan, exact_knn_sql, exact_sql, fetch_multiplier, knn_settings, knn_sql
 from ingest.core.errors import BadRequestError
 from ingest.core.ids import TableRef
 from ingest.serve.dedup import duplicates
@@ -95,3 +95,11 @@ def test_knn_sql_keeps_client_values_out() -> None:
     }
     exact = exact_sql(TableRef("default", "laion"), "image_embedding", "[0.5,0.25]", [3, 1], True)
     assert exact.endswith("AS vector FROM `default`.`laion` WHERE id IN (3, 1)"), exact
+    one = exact_knn_sql(TableRef("default", "laion"), plan, True)
+    hits = (
+        "SELECT id FROM `default`.`laion` WHERE `NSFW` IN ('UNLIKELY') "
+        "ORDER BY cosineDistance(`image_embedding`, [0.5,0.25]) ASC LIMIT 40"
+    )
+    assert f"WHERE id IN ({hits}) ORDER BY distance ASC, id ASC" in one, one
+    assert "LIMIT" not in one.replace(hits, ""), one  # no LIMIT outside: the outer query must not search again
+    assert "`image_embedding` AS vector" in one and "AS vector" not in exact_knn_sql(TableRef("d", "t"), plan, False)

@@ -12,8 +12,9 @@ Facts this relies on (checked on ClickHouse 26.9):
   vector column is not read; with it, ClickHouse re-checks *every row* of each granule holding a candidate: on a
   table whose neighbours are scattered over its granules (LAION's, our synthetic) that is a scan of the whole vector
   column (202 MiB read per query on 100,000 rows, LIMIT 40 or 1000 alike), and so is selecting the vector column
-  in the index query. `WHERE id IN (…)` on the primary key deserializes only the rows asked (7–20 MiB): the exact
-  distances and vectors of the hits are read that way, in a second query (`exact_sql`);
+  in the index query. `WHERE id IN (…)` on the primary key reads only the granules holding the rows asked: the
+  exact distances and vectors of the hits are read that way (`exact_knn_sql`: the index query as the IN subquery,
+  one round trip; its set is built before the primary key is analysed, so only the hits' granules are read);
 - a user with `readonly = 1` may not set any query setting; `readonly = 2` reads only but may.
 """
 
@@ -60,6 +61,21 @@ def knn_sql(ref: TableRef, plan: KnnPlan) -> str:
     return (
         f"SELECT {', '.join(cols)}, cosineDistance({col}, {plan.literal}) AS distance "
         f"FROM {ref.sql}{where} ORDER BY distance ASC LIMIT {int(plan.limit)}"
+    )
+
+
+def exact_knn_sql(ref: TableRef, plan: KnnPlan, with_vectors: bool) -> str:
+    """One round trip: the index query's ids (its ORDER BY … LIMIT, the filter, the settings) as an IN subquery,
+    then those rows read by primary key with their stored vector's exact distance, best first, and their metadata
+    (and the vector, for deduplicate). No LIMIT outside: the outer query must not search the index again."""
+    col = quote_ident(validate_ident(plan.column, "column"))
+    cols = ["id", *(quote_ident(validate_ident(c, "column")) for c in plan.metadata)]
+    vector = f", {col} AS vector" if with_vectors else ""
+    where = f" WHERE {safety_filter()}" if plan.safe_only else ""
+    hits = f"SELECT id FROM {ref.sql}{where} ORDER BY cosineDistance({col}, {plan.literal}) ASC LIMIT {int(plan.limit)}"
+    return (
+        f"SELECT {', '.join(cols)}, cosineDistance({col}, {plan.literal}) AS distance{vector} "
+        f"FROM {ref.sql} WHERE id IN ({hits}) ORDER BY distance ASC, id ASC"
     )
 
 

@@ -22,7 +22,7 @@ from ingest.clickhouse.knn_sql import (
     VECTOR_COLUMNS,
     KnnPlan,
     columns_sql,
-    exact_sql,
+    exact_knn_sql,
     fetch_multiplier,
     knn_settings,
     knn_sql,
@@ -163,15 +163,27 @@ class Searcher:
         except UsageError as exc:
             raise BadRequestError(str(exc)) from None
 
-    def first_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
-        """The SQL and settings a request is answered with first (the bench sends the same to ClickHouse)."""
+    def plan(self, req: KnnRequest, column: str, literal: str) -> tuple[KnnPlan, dict[str, str | int]]:
         facts = self.facts
-        limit = min(req.num_result_ids, facts.max_limit)
         safe_only = req.use_safety_model and facts.has_safety
-        plan = KnnPlan(column, literal, limit, safe_only, facts.metadata)
+        plan = KnnPlan(column, literal, min(req.num_result_ids, facts.max_limit), safe_only, facts.metadata)
         settings = knn_settings(
             filtered=safe_only, prefilter=False, multiplier=facts.multiplier, search_list=facts.search_list.get(column)
         )
+        return plan, settings
+
+    def index_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
+        """The index query alone (ids, metadata, the index's own distances): `--index-distances` sends just this."""
+        plan, settings = self.plan(req, column, literal)
+        return knn_sql(self.ref, plan), settings
+
+    def first_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
+        """The one SQL and settings a request is answered with (the bench sends the same to ClickHouse): the index
+        query, wrapped in the by-id read of the hits' stored vectors when similarities are exact or deduplicate
+        needs the vectors."""
+        plan, settings = self.plan(req, column, literal)
+        if self.rescores(column) or req.deduplicate:
+            return exact_knn_sql(self.ref, plan, req.deduplicate), settings
         return knn_sql(self.ref, plan), settings
 
     def rescores(self, column: str) -> bool:
@@ -183,38 +195,18 @@ class Searcher:
             return KnnAnswer([], None, False)
         limit = min(req.num_result_ids, facts.max_limit)
         capped = limit if limit < req.num_result_ids else None
-        safe_only = req.use_safety_model and facts.has_safety
         sql, settings = self.first_query(req, column, literal)
         rows = await self.search(sql, settings)
         prefiltered = False
-        if safe_only and len(rows) < limit and facts.safe_rows > len(rows):
+        if req.use_safety_model and facts.has_safety and len(rows) < limit and facts.safe_rows > len(rows):
             # the postfilter kept too few: the exact prefiltered search returns every passing row there is
             settings = knn_settings(filtered=True, prefilter=True, multiplier=1, search_list=None)
             rows = await self.search(sql, settings)
             prefiltered = True
-        rows = await self.exact(rows, column, literal, req.deduplicate)
         if req.deduplicate and rows:
             drop = duplicates(np.asarray([r["vector"] for r in rows], dtype=np.float32))
             rows = [r for i, r in enumerate(rows) if i not in drop]
         return KnnAnswer(shape(rows, req.num_images, facts.metadata), capped, prefiltered)
-
-    async def exact(self, rows: list[dict[str, Any]], column: str, literal: str, vectors: bool) -> list[dict[str, Any]]:
-        """The hits with their stored vector's distance (re-ranked by it) and, for deduplicate, the vector itself."""
-        rescore = self.rescores(column)
-        if not rows or not (rescore or vectors):
-            return rows
-        found = await self.sink.query(exact_sql(self.ref, column, literal, [int(r["id"]) for r in rows], vectors))
-        by_id = {int(r["id"]): r for r in found}
-        out = []
-        for row in rows:
-            hit = by_id.get(int(row["id"]))
-            if hit is None:  # gone since the index query: a served table only grows, but never answer a stale row
-                continue
-            merged = {**row, "vector": hit["vector"]} if vectors else dict(row)
-            if rescore:
-                merged["distance"] = float(hit["distance"])
-            out.append(merged)
-        return sorted(out, key=lambda r: float(r["distance"])) if rescore else out
 
     async def search(self, sql: str, settings: dict[str, str | int]) -> list[dict[str, Any]]:
         for attempt in range(BUSY_INDEX_TRIES):

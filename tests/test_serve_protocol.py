@@ -95,11 +95,27 @@ def test_knn_sql_keeps_client_values_out() -> None:
     }
     exact = exact_sql(TableRef("default", "laion"), "image_embedding", "[0.5,0.25]", [3, 1], True)
     assert exact.endswith("AS vector FROM `default`.`laion` WHERE id IN (3, 1)"), exact
-    one = exact_knn_sql(TableRef("default", "laion"), plan, True)
+    one = exact_knn_sql(TableRef("default", "laion"), plan, True, 7)
     hits = (
         "SELECT id FROM `default`.`laion` WHERE `NSFW` IN ('UNLIKELY') "
         "ORDER BY cosineDistance(`image_embedding`, [0.5,0.25]) ASC LIMIT 40"
     )
-    assert f"WHERE id IN ({hits}) ORDER BY distance ASC, id ASC" in one, one
+    assert f"WHERE id IN ({hits}))" in one, one
     assert "LIMIT" not in one.replace(hits, ""), one  # no LIMIT outside: the outer query must not search again
-    assert "`image_embedding` AS vector" in one and "AS vector" not in exact_knn_sql(TableRef("d", "t"), plan, False)
+    assert "arraySlice(" in one and ", 1, 7) AS meta" in one, one
+    assert "`image_embedding` AS vector" in one and "AS vector" not in exact_knn_sql(TableRef("d", "t"), plan, False, 1)
+
+
+def test_unpack_one_row_answer() -> None:
+    from ingest.serve.engine import unpack
+
+    doc = {"hits": [[5, 0.0], [3, 0.25], [9, 0.5]], "meta": [["u5", "c5"], {"url": "u3", "caption": "c3"}]}
+    rows = unpack(doc, ("url", "caption"))
+    assert rows == [
+        {"id": 5, "distance": 0.0, "url": "u5", "caption": "c5"},
+        {"id": 3, "distance": 0.25, "url": "u3", "caption": "c3"},
+        {"id": 9, "distance": 0.5},
+    ]
+    assert unpack({}, ("url",)) == []
+    with_vectors = unpack({"hits": [[1, 0.1]], "meta": [["u"]], "vectors": [[0.5, 0.5]]}, ("url",))
+    assert with_vectors == [{"id": 1, "distance": 0.1, "url": "u", "vector": [0.5, 0.5]}]

@@ -64,18 +64,27 @@ def knn_sql(ref: TableRef, plan: KnnPlan) -> str:
     )
 
 
-def exact_knn_sql(ref: TableRef, plan: KnnPlan, with_vectors: bool) -> str:
+def exact_knn_sql(ref: TableRef, plan: KnnPlan, with_vectors: bool, meta_rows: int) -> str:
     """One round trip: the index query's ids (its ORDER BY … LIMIT, the filter, the settings) as an IN subquery,
-    then those rows read by primary key with their stored vector's exact distance, best first, and their metadata
-    (and the vector, for deduplicate). No LIMIT outside: the outer query must not search the index again."""
+    then those rows read by primary key with their stored vector's exact distance. One row comes back: `hits`, the
+    (id, distance) pairs best first; `meta`, the metadata tuples of the first `meta_rows` of them (what clip-back
+    answers with); `vectors` for deduplicate. One JSON line parses ~15x faster than a thousand, and rows past
+    `meta_rows` carry no metadata. No LIMIT outside: the outer query must not search the index again."""
     col = quote_ident(validate_ident(plan.column, "column"))
-    cols = ["id", *(quote_ident(validate_ident(c, "column")) for c in plan.metadata)]
-    vector = f", {col} AS vector" if with_vectors else ""
+    meta = ", ".join(quote_ident(validate_ident(c, "column")) for c in plan.metadata)
     where = f" WHERE {safety_filter()}" if plan.safe_only else ""
     hits = f"SELECT id FROM {ref.sql}{where} ORDER BY cosineDistance({col}, {plan.literal}) ASC LIMIT {int(plan.limit)}"
+    rank = "groupArray((distance, id))"
+    outs = ["arraySort(h -> (h.2, h.1), groupArray((id, distance))) AS hits"]
+    if plan.metadata:
+        ranked = f"arraySort((m, k) -> k, groupArray(tuple({meta})), {rank})"
+        outs.append(f"arraySlice({ranked}, 1, {int(meta_rows)}) AS meta")
+    if with_vectors:
+        outs.append(f"arraySort((v, k) -> k, groupArray(vector), {rank}) AS vectors")
+    vector = f", {col} AS vector" if with_vectors else ""
     return (
-        f"SELECT {', '.join(cols)}, cosineDistance({col}, {plan.literal}) AS distance{vector} "
-        f"FROM {ref.sql} WHERE id IN ({hits}) ORDER BY distance ASC, id ASC"
+        f"SELECT {', '.join(outs)} FROM (SELECT id{', ' + meta if meta else ''}, "
+        f"cosineDistance({col}, {plan.literal}) AS distance{vector} FROM {ref.sql} WHERE id IN ({hits}))"
     )
 
 
@@ -90,6 +99,14 @@ def exact_sql(ref: TableRef, column: str, literal: str, ids: Sequence[int], with
 def safety_filter() -> str:
     values = ", ".join(quote_string(v) for v in SAFE_VALUES)
     return f"{quote_ident(SAFETY_COLUMN)} IN ({values})"
+
+
+def granule_rows_sql(ref: TableRef) -> str:
+    """Rows per granule of the table's active parts: the rows a by-id read decompresses per hit."""
+    return (
+        "SELECT sum(rows) AS rows, sum(marks) AS marks FROM system.parts "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)} AND active"
+    )
 
 
 def safe_share_sql(ref: TableRef) -> str:

@@ -118,6 +118,9 @@ async def running_service(
             facts.max_limit,
             "on" if encoder is not None else "off (no --weights)",
         )
+        slow = searcher.slow_layout()
+        if slow is not None:
+            log.warning("%s", slow)
         yield service, port
     finally:
         if runner is not None:

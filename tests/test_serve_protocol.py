@@ -119,3 +119,24 @@ def test_unpack_one_row_answer() -> None:
     assert unpack({}, ("url",)) == []
     with_vectors = unpack({"hits": [[1, 0.1]], "meta": [["u"]], "vectors": [[0.5, 0.5]]}, ("url",))
     assert with_vectors == [{"id": 1, "distance": 0.1, "url": "u", "vector": [0.5, 0.5]}]
+
+
+def test_coarse_granules_are_said_once_at_start() -> None:
+    from ingest.core.config import QueryConfig, TargetConfig
+    from ingest.core.target import parse_target
+    from ingest.serve.engine import Searcher, ServeOptions, TableFacts
+
+    q = QueryConfig(TargetConfig(parse_target("http://127.0.0.1:1")), TableRef("default", "laion"))
+    searcher = Searcher(None, q, ServeOptions(index_name="laion"))  # type: ignore[arg-type]  # no I/O here
+    searcher.facts = TableFacts(dims={"image_embedding": 512}, rows_per_granule=2450.0)
+    line = searcher.slow_layout()
+    assert line is not None and "2,450 rows per granule" in line and "~4.8 MiB of vectors per hit" in line, line
+    searcher.facts = TableFacts(dims={"image_embedding": 512}, rows_per_granule=256.0)
+    assert searcher.slow_layout() is None
+    searcher.facts = TableFacts(
+        dims={"image_embedding": 512}, rows_per_granule=2450.0, exact_index={"image_embedding": True}
+    )
+    assert searcher.slow_layout() is None  # an f32 index's distances are exact already: no by-id read
+    searcher.opts = ServeOptions(index_name="laion", rescore=False)
+    searcher.facts = TableFacts(dims={"image_embedding": 512}, rows_per_granule=2450.0)
+    assert searcher.slow_layout() is None  # --index-distances reads no vectors

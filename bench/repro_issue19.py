@@ -4,7 +4,8 @@ A: 3 shards x 150,000 rows; kill -9 the server once rows appear, start it again 
    into a fresh database. Reports each run's exit code and the table's rows, duplicates and lost rows.
 B: 4 shards x 250,000 rows; kill -9 the ingester at a random moment 1-4 s (seeded) after each of 4 runs landed its
    first new rows (here, with both cores busy, a run needs ~30 s to start inserting: counted from its start, every
-   kill came before the first INSERT), then one run to the end. Reports rows, duplicates and lost rows.
+   kill came before the first INSERT), then one run to the end. Reports rows, duplicates and lost rows. `--tries`
+   times, with seeds --seed, --seed+1, ..., each into a fresh database.
 
     python bench/repro_issue19.py --work /tmp/repro19 [--tries 3] [--seed 19] [--part AB]
 
@@ -100,13 +101,19 @@ def part_a(h: ServerHandle, work: Path, tries: int) -> None:
             print(f"    rerun: exit {rerun.returncode}; {table_state(h, db, 3, 150_000)}")
 
 
-def part_b(h: ServerHandle, work: Path, seed: int) -> None:
+def part_b(h: ServerHandle, work: Path, seed: int, tries: int) -> None:
+    for t in range(tries):
+        part_b_try(h, work, seed + t, f"repro_b{t + 1}")
+
+
+def part_b_try(h: ServerHandle, work: Path, seed: int, db: str) -> None:
+    """Four kills at seeded moments, then a run to the end; the database is dropped after (1M rows each)."""
     rng = random.Random(seed)
     src = shards(work / "src_b", 4, 250_000)
-    db = "repro_b"
+    print(f"B seed {seed}:")
     h.query(f"DROP DATABASE IF EXISTS {db}")
     h.query(f"CREATE DATABASE {db}")
-    ledger = work / "ledger_b.json"
+    ledger = work / f"ledger_{db}.json"
     ledger.unlink(missing_ok=True)
     args = run_args(src, h.http_url, db, ledger, "0-3")
     for k in range(1, 5):
@@ -125,6 +132,7 @@ def part_b(h: ServerHandle, work: Path, seed: int) -> None:
               f"{table_state(h, db, 4, 250_000)}")  # fmt: skip
     final = subprocess.run(args, capture_output=True, cwd=ROOT)
     print(f"B final run: exit {final.returncode}; {table_state(h, db, 4, 250_000)}")
+    h.query(f"DROP DATABASE {db}")
 
 
 def main() -> None:
@@ -142,7 +150,7 @@ def main() -> None:
         if "A" in a.part:
             part_a(h, a.work, a.tries)
         if "B" in a.part:
-            part_b(h, a.work, a.seed)
+            part_b(h, a.work, a.seed, a.tries)
     finally:
         for b in burners:
             os.kill(b.pid, signal.SIGKILL)

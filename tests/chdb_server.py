@@ -106,19 +106,7 @@ class Ch26Handle(LoopbackServer):
         if self.fifo.exists():
             self.fifo.unlink()
         os.mkfifo(self.fifo)
-        out = (self.root / "server.log").open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, __file__, str(self.root)],
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C to pytest must not reach the server before we stop it
-            )
-        finally:
-            out.close()
-        self._wait_ready(timeout)
+        self._spawn([sys.executable, __file__, str(self.root)], self.root / "server.log", timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.root / "server.log"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chdb_server import Ch26Handle, cluster_xml, start_ch26
+from loopback_server import LoopbackCluster
 from server_fixtures import free_ports
 
 CLUSTER26 = "two"
@@ -19,29 +20,19 @@ PASSWORD26 = "pw-26"
 
 
 @dataclass
-class Cluster26:
+class Cluster26(LoopbackCluster):
     """`nodes[s]` = the one replica of shard s+1; `entry` is the first."""
 
     name: str
     nodes: list[Ch26Handle] = field(default_factory=list)
+    password: str = PASSWORD26
 
     @property
-    def entry(self) -> Ch26Handle:
-        return self.nodes[0]
-
-    def env(self) -> dict[str, str]:
-        return {"CLICKHOUSE_USER": self.entry.user, "CLICKHOUSE_PASSWORD": PASSWORD26}
-
-    def node_flags(self) -> list[str]:
-        """`--node 127.0.0.1:TCP=http://127.0.0.1:HTTP` for every member."""
-        out: list[str] = []
-        for n in self.nodes:
-            out += ["--node", f"127.0.0.1:{n.tcp_port}={n.http_url}"]
-        return out
+    def members(self) -> list[Ch26Handle]:
+        return self.nodes
 
     def stop(self) -> None:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(Ch26Handle.stop, self.nodes))
+        self.stop_members()
 
 
 def start_cluster26(root: Path, shards: int = 2, name: str = CLUSTER26) -> Cluster26:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from loopback_server import LoopbackCluster
 from server_fixtures import ServerHandle, free_ports, server_available, start_clickhouse
 
 ZK_JAR = Path("/usr/share/java/zookeeper.jar")
@@ -125,33 +126,23 @@ def cluster_xml(zk_port: int, tcp_ports: list[list[int]], shard: int, replica: i
 
 
 @dataclass
-class ReplicatedCluster:
+class ReplicatedCluster(LoopbackCluster):
     """`grid[s][r]` = replica r of shard s (0-based); `entry` is shard 1 replica 1."""
 
     zk: ZooKeeper
     grid: list[list[ServerHandle]] = field(default_factory=list)
+    password: str = PASSWORD
 
     @property
     def nodes(self) -> list[ServerHandle]:
         return [n for shard in self.grid for n in shard]
 
     @property
-    def entry(self) -> ServerHandle:
-        return self.grid[0][0]
-
-    def env(self) -> dict[str, str]:
-        return {"CLICKHOUSE_USER": self.entry.user, "CLICKHOUSE_PASSWORD": PASSWORD}
-
-    def node_flags(self) -> list[str]:
-        """`--node 127.0.0.1:TCP=http://127.0.0.1:HTTP` for every member."""
-        out: list[str] = []
-        for n in self.nodes:
-            out += ["--node", f"127.0.0.1:{n.tcp_port}={n.http_url}"]
-        return out
+    def members(self) -> list[ServerHandle]:
+        return self.nodes
 
     def stop(self) -> None:
-        with ThreadPoolExecutor(4) as pool:  # an 18.16 shutdown takes seconds: stop all at once
-            list(pool.map(ServerHandle.stop, self.nodes))
+        self.stop_members()
         self.zk.stop()
 
 

@@ -112,6 +112,8 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._conns: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.notes: list[str] = []
+        """What went wrong inside the proxy itself (a listener that would not come back), for the soak's log."""
 
     # -- control, from the test's thread ------------------------------------------------------------------------
     def start(self) -> int:
@@ -150,6 +152,15 @@ class FaultProxy:
         server. Seeds 190305 and 190306 saw the listener stay closed after a refusal under load (cause not found
         yet); this keeps the soak measuring the ingester, not that."""
         self._call(self._reopen())
+
+    def accepts(self) -> bool:
+        """A TCP connect to the listener succeeds (the faults are off: nothing should refuse it)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                return True
+        except OSError as exc:
+            self.note(f"connect to the listener failed: {exc!r}")
+            return False
 
     async def _reopen(self) -> None:
         for task in list(self._tasks):
@@ -194,13 +205,19 @@ class FaultProxy:
                 self._server = await asyncio.start_server(
                     self._handle, "127.0.0.1", port, reuse_address=True, backlog=64
                 )
-            except OSError:
+            except OSError as exc:
+                if self.port:
+                    self.note(f"listen on {port} failed: {exc!r}")
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05 if self.port else 0)
                 continue
             self.port = port
             return
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self.notes.append(f"{self.now():.3f} {text}")
 
     async def _shutdown(self) -> None:
         for task in list(self._tasks):  # a refusal still in its window
@@ -222,7 +239,11 @@ class FaultProxy:
                 _reset(conn.client)
                 _reset(conn.server)
         await asyncio.sleep(self.refuse_seconds)
-        await self._listen()
+        try:
+            await self._listen()
+        except Exception as exc:  # a task's exception is otherwise lost: the soak must see why it stayed closed
+            self.note(f"refusal could not listen again: {exc!r}")
+            raise
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         try:

@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 
 class LoopbackServer:
-    """Mixin for a server handle with `host`, `http_port`, `proc` and `log_tail()`."""
+    """Mixin for a server handle with `host`, `http_port`, `tcp_port`, `user`, `root`, `proc` and `log_tail()`."""
 
     host: str
     http_port: int
+    tcp_port: int
+    user: str
+    root: Path
     proc: subprocess.Popen[bytes] | None
     kind = "clickhouse-server"
 
@@ -36,6 +44,22 @@ class LoopbackServer:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def _spawn(self, cmd: list[str], log: Path, timeout: float) -> None:
+        """Start `cmd` in `root`, its output appended to `log`, and wait for /ping."""
+        out = log.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C to pytest must not reach the server before we stop it
+            )
+        finally:
+            out.close()
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -84,3 +108,47 @@ class LoopbackServer:
                 return bytes(resp.read())
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"ClickHouse HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
+
+
+class LoopbackCluster:
+    """What the tests' clusters share (18.16 + ZooKeeper, 26.9 without): members, the entry node, the CLI flags."""
+
+    password: str
+
+    @property
+    def members(self) -> Sequence[LoopbackServer]:
+        raise NotImplementedError
+
+    @property
+    def entry(self) -> Any:
+        return self.members[0]
+
+    def env(self) -> dict[str, str]:
+        return {"CLICKHOUSE_USER": self.entry.user, "CLICKHOUSE_PASSWORD": self.password}
+
+    def node_flags(self) -> list[str]:
+        """`--node 127.0.0.1:TCP=http://127.0.0.1:HTTP` for every member."""
+        out: list[str] = []
+        for n in self.members:
+            out += ["--node", f"127.0.0.1:{n.tcp_port}={n.http_url}"]
+        return out
+
+    def stop_members(self) -> None:
+        with ThreadPoolExecutor(4) as pool:  # an 18.16 shutdown takes seconds: stop all at once
+            list(pool.map(lambda n: n.stop(), self.members))
+
+
+def session_server(root: Path, reason: str | None, start: Callable[[Path], Any]) -> Iterator[Any]:
+    """A session fixture's body: skip with `reason` if the server cannot run here, else start it in `root`, yield
+    it, stop it (and remove its directory unless KEEP_CLICKHOUSE_DIR is set)."""
+    if reason is not None:
+        import pytest
+
+        pytest.skip(reason)
+    handle = start(root)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        if os.environ.get("KEEP_CLICKHOUSE_DIR") is None:
+            shutil.rmtree(root, ignore_errors=True)

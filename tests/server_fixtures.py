@@ -8,9 +8,7 @@ Fault tests may `stop()` / `kill()` / `start()` the server; `ch_db` restarts it 
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import shutil
 import socket
 import subprocess
 import uuid
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback_server import LoopbackServer
+from loopback_server import LoopbackServer, session_server
 
 SERVER_BIN = Path("/usr/sbin/clickhouse-server")
 CONFIG_DIR = Path("/etc/clickhouse-server")
@@ -138,27 +136,19 @@ class ServerHandle(LoopbackServer):
         """Start (or restart, same data dir and ports) and wait until GET /ping answers."""
         if self.running:
             return
-        out = (self.root / "log" / "stdout.log").open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    str(SERVER_BIN),
-                    f"--config-file={self.config}",
-                    "--",
-                    f"--http_port={self.http_port}",
-                    f"--tcp_port={self.tcp_port}",
-                    f"--listen_host={self.host}",
-                    f"--interserver_http_port={self.interserver_port}",
-                ],
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C to pytest must not reach the server before we stop it
-            )
-        finally:
-            out.close()
-        self._wait_ready(timeout)
+        self._spawn(
+            [
+                str(SERVER_BIN),
+                f"--config-file={self.config}",
+                "--",
+                f"--http_port={self.http_port}",
+                f"--tcp_port={self.tcp_port}",
+                f"--listen_host={self.host}",
+                f"--interserver_http_port={self.interserver_port}",
+            ],
+            self.root / "log" / "stdout.log",
+            timeout,
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server's error log and stdout, for failure messages."""
@@ -198,33 +188,28 @@ def start_clickhouse(
 @pytest.fixture(scope="session")
 def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """One clickhouse-server for the session; skipped (with the reason) where the binary is missing."""
-    reason = server_available()
-    if reason is not None:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("clickhouse")
-    handle = start_clickhouse(root)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-        if os.environ.get("KEEP_CLICKHOUSE_DIR") is None:
-            shutil.rmtree(root, ignore_errors=True)
+    yield from session_server(tmp_path_factory.mktemp("clickhouse"), server_available(), start_clickhouse)
 
 
 @pytest.fixture
 def ch_db(ch_server: ServerHandle) -> Iterator[str]:
     """A fresh database name per test (created; dropped afterwards). Restarts the server if a test left it down."""
-    if not ch_server.running:
-        ch_server.start()
+    yield from fresh_database(ch_server)
+
+
+def fresh_database(handle: Any) -> Iterator[str]:
+    """A database made for one test and dropped after it, on a server restarted if a test left it down."""
+    if not handle.running:
+        handle.start()
     name = f"t_{uuid.uuid4().hex[:12]}"
-    ch_server.query(f"CREATE DATABASE {name}")
+    handle.query(f"CREATE DATABASE {name}")
     try:
         yield name
     finally:
-        if not ch_server.running:
-            ch_server.start()
+        if not handle.running:
+            handle.start()
         with contextlib.suppress(RuntimeError, OSError):
-            ch_server.query(f"DROP DATABASE IF EXISTS {name}")
+            handle.query(f"DROP DATABASE IF EXISTS {name}")
 
 
 # -- ClickHouse 26.9 (from chdb-core) beside 18.16: the `server` parameter ----------------------------------------
@@ -235,17 +220,7 @@ def ch26_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One ClickHouse 26.9 server (chdb-core's LocalServer listening on loopback) for the session."""
     from chdb_server import chdb_available, start_ch26
 
-    reason = chdb_available()
-    if reason is not None:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("ch26")
-    handle = start_ch26(root)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-        if os.environ.get("KEEP_CLICKHOUSE_DIR") is None:
-            shutil.rmtree(root, ignore_errors=True)
+    yield from session_server(tmp_path_factory.mktemp("ch26"), chdb_available(), start_ch26)
 
 
 SERVERS = ["18.16", "26.9"]
@@ -265,15 +240,7 @@ def server(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def server_db(server: Any) -> Iterator[str]:
     """A fresh database in `server` per test (dropped afterwards)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    server.query(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        if not server.running:
-            server.start()
-        with contextlib.suppress(RuntimeError, OSError):
-            server.query(f"DROP DATABASE IF EXISTS {name}")
+    yield from fresh_database(server)
 
 
 def server_version(handle: Any) -> str:

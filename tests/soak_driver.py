@@ -76,6 +76,8 @@ class FaultDriver(threading.Thread):
             pass
         self.proxy.disarm()
         self.proxy.reopen()
+        if not self.proxy.accepts():
+            self.errors.append(f"the proxy does not accept on {self.proxy.port} after reopen: {self.proxy.notes[-5:]}")
         if not self.server.running:
             self.server.start()
 

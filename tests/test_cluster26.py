@@ -30,7 +30,7 @@ from ingest.core.config import Credentials, TargetConfig, parse_node
 from ingest.core.ids import TableRef
 from ingest.core.target import parse_target
 from ingest.sinks.cluster import ClusterSink
-from ingest.vector.cluster import cluster_search
+from ingest.vector.cluster import KnnSearch, cluster_search
 
 pytestmark = pytest.mark.skipif(chdb_available() is not None, reason=str(chdb_available()))
 
@@ -85,9 +85,8 @@ async def searched(c: Cluster26, db: str, queries: np.ndarray, settings: dict[st
     try:
         out = []
         for q in queries:
-            hits = await cluster_search(
-                sink, TableRef(db, "laion"), "image_embedding", "cosineDistance", vector_literal(q), 10, settings
-            )
+            knn = KnnSearch(TableRef(db, "laion"), "image_embedding", "cosineDistance", vector_literal(q), 10, settings)
+            hits = await cluster_search(sink, knn)
             assert hits.index == "image_index" and all(u.index == "image_index" for u in hits.shards)
             out.append([int(r["id"]) for r in hits.rows])
         return out

@@ -16,7 +16,7 @@ from ingest.core.errors import ConfigError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import server_info
 from ingest.sinks.cluster_topology import ClusterNode, check_topology, node_urls
-from ingest.vector.cluster import ClusterHits, choose_route, cluster_search, merge_top_k
+from ingest.vector.cluster import ClusterHits, KnnSearch, choose_route, cluster_search, merge_top_k
 from ingest.vector.cluster_index import SummedDisplay
 
 REF = TableRef("db", "laion")
@@ -154,7 +154,8 @@ class FakeCluster(FakeNode):
 
 
 def search(cluster: FakeCluster, settings: dict[str, str | int]) -> ClusterHits:
-    return asyncio.run(cluster_search(cluster, REF, "image_embedding", "cosineDistance", "[1.0]", 2, settings))  # type: ignore[arg-type]
+    knn = KnnSearch(REF, "image_embedding", "cosineDistance", "[1.0]", 2, settings)
+    return asyncio.run(cluster_search(cluster, knn))  # type: ignore[arg-type]
 
 
 def test_search_fans_out_where_distributed_loses_the_index() -> None:

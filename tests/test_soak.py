@@ -169,6 +169,7 @@ def test_runs_survive_the_soak(
     wall_limit = time.monotonic() + target * SOAK_SECONDS_PER_FAULT * 0.8
     log = tmp_path / "runs.log"
     started = time.monotonic()
+    noted = 0
     with soak_rig(soak_server, seed) as (proxy, driver):
         while stats.faults < target and time.monotonic() < wall_limit:
             stats.rounds += 1
@@ -189,6 +190,8 @@ def test_runs_survive_the_soak(
             stats.add_recovery(proxy, since, proxy.now())
             with log.open("a") as f:
                 f.writelines(f"   fault {i}\n" for i in proxy.injected if i.at >= since)
+                f.writelines(f"   proxy {n}\n" for n in proxy.notes[noted:])
+            noted = len(proxy.notes)
             check_table(soak_server, table, want, stats, f"seed {seed} round {stats.rounds}")
             soak_server.query(f"DROP TABLE IF EXISTS {DB}.{table}")
         stats.failures += driver.errors

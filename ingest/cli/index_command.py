@@ -18,7 +18,7 @@ from ingest.cli.support import (
 )
 from ingest.clickhouse.vector_sql import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, DEFAULT_QUANTIZATION
 from ingest.core.config import QueryConfig, TuneConfig
-from ingest.vector.autoindex import BuildFn, build_tuned_indexes
+from ingest.vector.autoindex import BuildFn, IndexJob, IndexView, build_tuned_indexes
 from ingest.vector.index import BuildDisplay, DisplayFactory, LogBuildDisplay, requests_for
 from ingest.vector.index_report import IndexRunLog
 from ingest.vector.sizing import human_bytes, parse_bytes
@@ -177,7 +177,8 @@ def index_command(
     )
     run_log = IndexRunLog()
     try:
-        run_async(builder(q)(q, requests, auto, cfg, display_factory(progress), typer.echo, render_grid, run_log))
+        view = IndexView(display_factory(progress), typer.echo, render_grid, run_log)
+        run_async(builder(q)(q, IndexJob(requests, auto, cfg), view))
     finally:
         if report_file is not None:
             report_file.write_bytes(run_log.to_json())

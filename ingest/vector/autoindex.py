@@ -244,20 +244,33 @@ def check_reached(plans: list[Plan], cfg: TuneConfig, budget: MemoryBudget) -> N
             raise unreached_error(p.index.name, p.tuned, cfg, budget)
 
 
-async def build_tuned_indexes(
-    q: QueryConfig,
-    requests: list[IndexRequest],
-    auto: bool,
-    cfg: TuneConfig,
-    display_for: DisplayFactory,
-    report: Callable[[str], None],
-    show_grid: Callable[[TuneReport], None],
-    run_log: IndexRunLog | None = None,
-) -> list[IndexOutcome]:
+@dataclass(frozen=True, slots=True)
+class IndexJob:
+    """What `index` builds: the indexes asked for, whether to tune them (else their given parameters), how."""
+
+    requests: list[IndexRequest]
+    auto: bool
+    cfg: TuneConfig
+
+
+@dataclass(frozen=True, slots=True)
+class IndexView:
+    """Where `index` tells what it does: a progress display per build, one line per step, the tuning grid, and
+    the run's figures (`--report`)."""
+
+    display_for: DisplayFactory
+    report: Callable[[str], None]
+    show_grid: Callable[[TuneReport], None]
+    run_log: IndexRunLog | None = None
+
+
+async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) -> list[IndexOutcome]:
     """Tune (when `auto`), size, stop on --dry-run, merge, build, verify and record; one line per step, and the
     seconds of each phase, the structure and its memory in `run_log`."""
+    requests, auto, cfg = job.requests, job.auto, job.cfg
+    display_for, report, show_grid = view.display_for, view.report, view.show_grid
     ref = q.table
-    log_ = run_log if run_log is not None else IndexRunLog()
+    log_ = view.run_log if view.run_log is not None else IndexRunLog()
     async with connected_sink(q) as sink:
         require_vector_index(sink, q)
         await require_table(sink, q)
@@ -337,20 +350,7 @@ def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
     return projection(built, cfg.project_rows, tuned.layout, cfg.max_graphs)
 
 
-Report = Callable[[str], None]
-BuildFn = Callable[
-    [
-        QueryConfig,
-        list[IndexRequest],
-        bool,
-        TuneConfig,
-        DisplayFactory,
-        Report,
-        Callable[[TuneReport], None],
-        IndexRunLog | None,
-    ],
-    Coroutine[Any, Any, list[IndexOutcome]],
-]
+BuildFn = Callable[[QueryConfig, IndexJob, IndexView], Coroutine[Any, Any, list[IndexOutcome]]]
 """`build_tuned_indexes`, or on a cluster vector/cluster_index.py's `build_cluster_indexes`."""
 
 
@@ -363,4 +363,4 @@ async def finalize_after_load(
 ) -> list[IndexOutcome]:
     """`run --index`: both embedding columns, tuned to the default recall target."""
     requests = requests_for("all", None, DEFAULT_METRIC, DEFAULT_QUANTIZATION, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
-    return await build(q, requests, True, TuneConfig(), display_for, report, show_grid, None)
+    return await build(q, IndexJob(requests, True, TuneConfig()), IndexView(display_for, report, show_grid))

@@ -103,27 +103,37 @@ async def _distributed_reads(sink: ClusterSink, sql: str, settings: dict[str, st
     return csql.explain_reads("\n".join(str(r.get("explain", "")) for r in plan))
 
 
-async def plan_route(
-    sink: ClusterSink,
-    ref: TableRef,
-    column: str,
-    metric: str,
-    literal: str,
-    limit: int,
-    settings: dict[str, str | int],
-    force: Route = "auto",
-) -> ClusterRoute:
+@dataclass(frozen=True, slots=True)
+class KnnSearch:
+    """One nearest-neighbour search on a cluster: which table and column, by what distance, for which vector
+    (a SQL literal), how many rows, with which settings."""
+
+    ref: TableRef
+    column: str
+    metric: str
+    literal: str
+    limit: int
+    settings: dict[str, str | int]
+
+    def sql(self, ref: TableRef) -> str:
+        return search_sql(ref, self.column, self.metric, self.literal, self.limit)
+
+    def sqls(self) -> tuple[str, str]:
+        """(through Distributed, on a shard's local table)."""
+        return self.sql(self.ref), self.sql(csql.local_ref(self.ref))
+
+
+async def plan_route(sink: ClusterSink, s: KnnSearch, force: Route = "auto") -> ClusterRoute:
     """The route of this search and which shards use their index (from EXPLAINs; no search runs)."""
     shards = sink.shard_sinks()
-    brute = bool(settings.get("use_skip_indexes") == 0) or not sink.info.vector_index
+    brute = bool(s.settings.get("use_skip_indexes") == 0) or not sink.info.vector_index
     if brute:
         return ClusterRoute("distributed", [ShardUse(pos + 1, None) for pos in range(len(shards))])
-    dist_sql = search_sql(ref, column, metric, literal, limit)
-    reads = await _distributed_reads(sink, dist_sql, settings) if force != "shards" else []
+    dist_sql, local_sql = s.sqls()
+    reads = await _distributed_reads(sink, dist_sql, s.settings) if force != "shards" else []
     if force != "shards" and len(reads) >= len(shards) and all(reads):
         return ClusterRoute("distributed", [ShardUse(pos + 1, reads[pos]) for pos in range(len(shards))])
-    local_sql = search_sql(csql.local_ref(ref), column, metric, literal, limit)
-    used = await all_of([index_used(s, local_sql, settings) for s in shards])
+    used = await all_of([index_used(shard, local_sql, s.settings) for shard in shards])
     route = force if force != "auto" else choose_route(reads, used, brute)
     return ClusterRoute(route, [ShardUse(pos + 1, name) for pos, name in enumerate(used)])
 
@@ -144,19 +154,8 @@ async def run_route(
     return rows, time.perf_counter() - start
 
 
-async def cluster_search(
-    sink: ClusterSink,
-    ref: TableRef,
-    column: str,
-    metric: str,
-    literal: str,
-    limit: int,
-    settings: dict[str, str | int],
-    force: Route = "auto",
-) -> ClusterHits:
+async def cluster_search(sink: ClusterSink, s: KnnSearch, force: Route = "auto") -> ClusterHits:
     """Top-`limit` rows over the whole cluster, and which shards used their index."""
-    route = await plan_route(sink, ref, column, metric, literal, limit, settings, force)
-    local = csql.local_ref(ref)
-    sqls = (search_sql(ref, column, metric, literal, limit), search_sql(local, column, metric, literal, limit))
-    rows, elapsed = await run_route(sink, route, sqls, settings, limit)
+    route = await plan_route(sink, s, force)
+    rows, elapsed = await run_route(sink, route, s.sqls(), s.settings, s.limit)
     return ClusterHits(rows, elapsed, route.index, route.shards, route.route)

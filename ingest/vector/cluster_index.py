@@ -28,6 +28,8 @@ from ingest.sinks.cluster import ClusterSink, all_of
 from ingest.sinks.http import HttpSink
 from ingest.vector import metadata
 from ingest.vector.autoindex import (
+    IndexJob,
+    IndexView,
     Plan,
     check_reached,
     from_existing,
@@ -37,7 +39,7 @@ from ingest.vector.autoindex import (
     table_layout,
 )
 from ingest.vector.check import Searcher, verify_recall
-from ingest.vector.cluster import ClusterRoute, as_cluster, plan_route, run_route
+from ingest.vector.cluster import ClusterRoute, KnnSearch, as_cluster, plan_route, run_route
 from ingest.vector.graphs import Layout
 from ingest.vector.index import (
     BuildDisplay,
@@ -51,8 +53,6 @@ from ingest.vector.index import (
     require_vector_index,
     vector_indexes,
 )
-from ingest.vector.index_report import IndexRunLog
-from ingest.vector.tune import TuneReport
 from ingest.vector.tune_run import K, tune
 
 
@@ -169,7 +169,7 @@ def cluster_searcher(cluster: ClusterSink, ref: TableRef, index: VectorIndex) ->
         out = []
         for lit, truth in zip(literals, exact, strict=True):
             if key not in routes:
-                routes[key] = await plan_route(cluster, ref, index.column, index.metric, lit, K, opts)
+                routes[key] = await plan_route(cluster, KnnSearch(ref, index.column, index.metric, lit, K, opts))
             sqls = (
                 ids_search_sql(ref, index.column, index.metric, lit, K),
                 ids_search_sql(local, index.column, index.metric, lit, K),
@@ -181,18 +181,11 @@ def cluster_searcher(cluster: ClusterSink, ref: TableRef, index: VectorIndex) ->
     return recalls
 
 
-async def build_cluster_indexes(
-    q: QueryConfig,
-    requests: list[IndexRequest],
-    auto: bool,
-    cfg: TuneConfig,
-    display_for: DisplayFactory,
-    report: Callable[[str], None],
-    show_grid: Callable[[TuneReport], None],
-    run_log: IndexRunLog | None = None,
-) -> list[IndexOutcome]:
+async def build_cluster_indexes(q: QueryConfig, job: IndexJob, view: IndexView) -> list[IndexOutcome]:
     """autoindex.build_tuned_indexes on a cluster: the same steps, per shard (see the module's docstring); the
     total seconds go to `run_log` (the per-phase split is measured on one server)."""
+    requests, auto, cfg = job.requests, job.auto, job.cfg
+    display_for, report, show_grid, run_log = view.display_for, view.report, view.show_grid, view.run_log
     async with connected_sink(q) as sink:
         cluster = as_cluster(sink)
         assert cluster is not None, "build_cluster_indexes needs --cluster"

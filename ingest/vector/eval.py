@@ -190,7 +190,8 @@ async def run_eval(
             # a cluster: the route (Distributed or per-shard fan-out) is read from the plans once per search list
             size = int(opts.get(EF_SEARCH_SETTING, 0))
             if size not in routes:
-                routes[size] = await on_cluster.plan_route(cluster, ref, column, metric, literals[i], top, opts, route)
+                search = on_cluster.KnnSearch(ref, column, metric, literals[i], top, opts)
+                routes[size] = await on_cluster.plan_route(cluster, search, route)
             rows, secs = await on_cluster.run_route(cluster, routes[size], (sqls[i], local_sqls[i]), opts, top)
             return [int(r["id"]) for r in rows], secs
 

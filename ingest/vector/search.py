@@ -160,11 +160,11 @@ async def run_search(
             opts.update(rec.settings if rec is not None else {})
         shards: list[dict[str, Any]] = []
         if q.target.cluster is not None:  # per-shard index use, fan-out where Distributed loses it
-            from ingest.vector.cluster import as_cluster, cluster_search  # (it needs aiohttp: only for clusters)
+            from ingest.vector.cluster import KnnSearch, as_cluster, cluster_search  # (aiohttp: only for clusters)
 
             cluster = as_cluster(sink)
             assert cluster is not None
-            found = await cluster_search(cluster, ref, column, metric, vector_literal(vector), limit, opts)
+            found = await cluster_search(cluster, KnnSearch(ref, column, metric, vector_literal(vector), limit, opts))
             rows, elapsed, used = found.rows, found.elapsed, found.index
             shards = [{**u.to_json(), "route": found.route} for u in found.shards]
         else:

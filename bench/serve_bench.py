@@ -151,6 +151,18 @@ def bodies(
     return [json.dumps(d) for d in docs], raw, "/?" + urllib.parse.urlencode(params)
 
 
+def drain(url: str, timeout: float = 300.0) -> None:
+    """Wait until no search of an earlier window still runs on the server: each window starts on a quiet server."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = ch(
+            url, "SELECT count() FROM system.processes WHERE query LIKE '%cosineDistance%' AND query_id != queryID()"
+        )
+        if busy.strip() == "0":
+            return
+        time.sleep(0.5)
+
+
 def wrk(url: str, lua: Path, lines: Path, conns: int, seconds: int) -> dict[str, float]:
     threads = min(conns, 2)
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "30s", "-s", str(lua)]
@@ -228,6 +240,7 @@ def run(work: Path, args: argparse.Namespace, url: str) -> None:
             for conns in (1, 8):
                 for _ in range(args.rounds):  # interleaved: every arm sees the same machine weather
                     for arm, target, lines in arms:
+                        drain(url)
                         results.setdefault((n, conns, arm), []).append(wrk(target, lua, lines, conns, args.seconds))
     report(args, results, table_facts(url))
 

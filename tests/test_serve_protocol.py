@@ -90,6 +90,7 @@ def test_knn_sql_keeps_client_values_out() -> None:
     assert fetch_multiplier(1 / 3) == 6 and fetch_multiplier(1.0) == 2 and fetch_multiplier(0.0) == 1000
     assert "image_embedding AS vector" not in sql  # selecting it would scan the vector column (knn_sql.py)
     assert knn_settings(filtered=True, prefilter=False, multiplier=6, search_list=None) == {
+        "cancel_http_readonly_queries_on_client_close": 1,
         "vector_search_filter_strategy": "postfilter",
         "vector_search_index_fetch_multiplier": 6,
     }

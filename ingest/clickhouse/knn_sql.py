@@ -38,6 +38,9 @@ caption-image similarity LAION stored under that name (clip-back overwrites it t
 MAX_FETCH_MULTIPLIER = 1000
 """ClickHouse's own bound on vector_search_index_fetch_multiplier."""
 FILTER_HEADROOM = 2.0
+CANCEL_ON_CLOSE = "cancel_http_readonly_queries_on_client_close"
+"""A search whose client went away (the service cancels the handler, closing our connection) stops on the server
+instead of running on for nobody; ClickHouse's default lets it finish."""
 """Candidates fetched per wanted row, over the share of rows that pass the filter."""
 
 
@@ -141,7 +144,7 @@ def fetch_multiplier(safe_share: float) -> int:
 
 def knn_settings(*, filtered: bool, prefilter: bool, multiplier: int, search_list: int | None) -> dict[str, str | int]:
     """Per-query settings: the filter strategy, the HNSW candidate list (exact distances come from `exact_sql`)."""
-    settings: dict[str, str | int] = {}
+    settings: dict[str, str | int] = {CANCEL_ON_CLOSE: 1}
     if filtered:
         settings["vector_search_filter_strategy"] = "prefilter" if prefilter else "postfilter"
         if not prefilter:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from harness import PY, synth  # noqa: E402 - the shared helpers (bench/harness.py)
 
-from ingest.vector.sizing import index_bytes  # noqa: E402
+from ingest.vector.sizing import formula_bytes  # noqa: E402
 
 
 def cli(env: dict[str, str], *args: str) -> str:
@@ -90,7 +90,7 @@ def section_cluster(work: Path, rows: int, repeat: int, queries: int = 30) -> No
         for pos, (n, size) in enumerate(zip(per_shard, sizes, strict=True)):
             formula = ""
             if params:  # the documented formula, without the safety margin `index` adds when it refuses
-                raw = index_bytes(n, 512, params.group(1), int(params.group(2)), safety=1.0)
+                raw = formula_bytes(n, 512, params.group(1), int(params.group(2)))
                 formula = f"; rows × dim × bytes + rows × M × 8 = {raw / 2**20:.1f} MiB"
             print(
                 f"shard {pos + 1}: {n:,} rows, its own index {size / 2**20:.1f} MiB "

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,10 @@ def timed(cmd: list[str], cwd: Path) -> Ran:
         tail = (cwd / "stderr.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{tail}")
     return Ran(time.monotonic() - t0, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def ingest(*args: str) -> list[str]:
@@ -153,8 +158,46 @@ class Http:
 # -- one size -------------------------------------------------------------------------------------------------
 
 
+class CpuSampler:
+    """A loopback server's CPU (utime + stime from /proc), sampled every `period` s with the monotonic time, so
+    `index`'s phase spans (its report's phase_spans_monotonic) can be charged their share of the server's work."""
+
+    def __init__(self, read: Callable[[], float], period: float = 0.5) -> None:
+        self.read, self.period = read, period
+        self.samples: list[tuple[float, float]] = [(time.monotonic(), read())]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append((time.monotonic(), self.read()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.monotonic(), self.read()))
+
+    def at(self, t: float) -> float:
+        """CPU seconds at monotonic time t (linear between samples)."""
+        prev = self.samples[0]
+        for cur in self.samples:
+            if cur[0] >= t:
+                span = cur[0] - prev[0]
+                return prev[1] if span <= 0 else prev[1] + (cur[1] - prev[1]) * (t - prev[0]) / span
+            prev = cur
+        return prev[1]
+
+    def per_phase(self, spans: list[list[Any]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for phase, start, end in spans:
+            out[phase] = out.get(phase, 0.0) + self.at(float(end)) - self.at(float(start))
+        return out
+
+
 def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int) -> Row:
     rows = shards * SHARD_ROWS
+    ensure_shards(src, shards)
     t.fresh()
     state = t.work / "ledger.json"
     state.unlink(missing_ok=True)
@@ -166,15 +209,22 @@ def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int)
     report_path = t.work / f"index-{rows}.json"
     index_args = ["index", "--target", t.target, "--recall-target", "0.95", "--no-progress", "--report"]
     index_args += [str(report_path), *(["--project-rows", str(project)] if project > rows else [])]
-    cpu0 = t.server_cpu()
-    index = timed(ingest(*index_args), t.work)
-    server_cpu = t.server_cpu() - cpu0
+    load_before = loadavg()
+    sampler = CpuSampler(t.server_cpu) if isinstance(t, Http) else None
+    try:
+        index = timed(ingest(*index_args), t.work)
+    finally:
+        if sampler is not None:
+            sampler.stop()
     (t.work / f"index-{rows}.out").write_text(index.out)
     report = json.loads(report_path.read_text())
+    server_cpu = sampler.samples[-1][1] - sampler.samples[0][1] if sampler else 0.0
+    if sampler is not None:
+        report["server_phases_cpu_seconds"] = sampler.per_phase(report.get("phase_spans_monotonic", []))
     print(f"  indexed in {index.seconds:.1f} s; eval", flush=True)
     ev = timed(ingest("eval", "--target", t.target, "--queries", str(queries), "--seed", "99", "--json"), t.work)
     evaluation = json.loads(ev.out.strip().splitlines()[-1])
-    return Row(rows, load, t.server_rss_mb(), parts, index, server_cpu, report, evaluation)
+    return Row(rows, load, t.server_rss_mb(), parts, index, server_cpu, report, evaluation, [load_before, loadavg()])
 
 
 # -- printing -------------------------------------------------------------------------------------------------
@@ -184,10 +234,14 @@ def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int)
 
 
 def ensure_shards(data: Path, shards: int) -> None:
+    """Shards 0..shards-1 in `data`, synthesized where missing (waiting for one another process is writing)."""
     from big import write_big_shard
 
     for s in range(shards):
-        if not (data / "metadata" / f"metadata_{s}.parquet").exists():
+        done = data / "metadata" / f"metadata_{s}.parquet"
+        while not done.exists() and (data / "img_emb" / f"img_emb_{s}.npy.tmp").exists():
+            time.sleep(5)
+        if not done.exists():
             t = time.monotonic()
             write_big_shard(data, s, SHARD_ROWS)
             print(f"(synthesized shard {s}: {SHARD_ROWS:,} rows in {time.monotonic() - t:.0f} s into {data})")
@@ -196,7 +250,6 @@ def ensure_shards(data: Path, shards: int) -> None:
 def section_growth(work: Path, sizes: list[int], targets: list[str], data: Path, queries: int) -> None:
     """Each target through every size; the tables (all sizes so far) are printed after each size, and each
     size's figures saved in WORK/TARGET-rows.json: a run given the same --work resumes after the last size."""
-    ensure_shards(data, max(sizes))
     project = max(sizes) * SHARD_ROWS
     for name in targets:
         t: Chdb | Http = Chdb(work / "chdb") if name == "chdb" else Http(work / "http")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ingest.vector.sizing import MeasuredBuild
 
 TOLERANCE = 0.25
 """The projection must land within ±25% of the measurement."""
@@ -33,7 +36,11 @@ class Row:
     index: Ran
     index_server_cpu: float
     report: dict[str, Any]
+    """`index --report` (seconds and CPU seconds per phase, their monotonic spans, each index's structure, graphs,
+    rows per graph, memory, projection) and, over HTTP, the server's CPU seconds per phase."""
     evaluation: dict[str, Any]
+    loadavg: list[str] | None = None
+    """/proc/loadavg before `index` and after `eval`."""
 
     @property
     def entry(self) -> dict[str, Any]:
@@ -56,10 +63,12 @@ def mib(n: float | None) -> str:
     return "—" if n is None else f"{n / (1 << 20):,.0f}"
 
 
-def formula_mib(e: dict[str, Any], safety: float) -> float:
-    from ingest.vector.sizing import index_bytes
+def formula_mib(e: dict[str, Any], sized: bool = False) -> float:
+    """ClickHouse's documented estimate, or (`sized`) what `index` sizes the index at before building it."""
+    from ingest.vector.sizing import formula_bytes, index_bytes
 
-    return index_bytes(int(e["rows"]), 512, str(e["quantization"]), int(e["m"]), safety) / (1 << 20)
+    size = index_bytes if sized else formula_bytes
+    return size(int(e["rows"]), 512, str(e["quantization"]), int(e["m"])) / (1 << 20)
 
 
 def structure(e: dict[str, Any]) -> str:
@@ -80,22 +89,23 @@ def print_tables(title: str, rows: list[Row]) -> None:
             f"{r.index.cpu_seconds + r.index_server_cpu:>7.0f}  {structure(r.entry):<28}"
         )
     print(
-        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'×1.5':>7} {'L':>5} {'recall@10':>9} "
+        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'sized':>7} {'L':>5} {'recall@10':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'brute p50':>9} {'brute p99':>9}"
     )
     for r in rows:
         e, ev = r.entry, r.evaluation
         sweep = ev["sweep"][0]
         print(
-            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e, 1.0):>8,.0f} "
-            f"{formula_mib(e, 1.5):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} {ev['recall_at_10']:>9.3f} "
+            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e):>8,.0f} "
+            f"{formula_mib(e, sized=True):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} "
+            f"{ev['recall_at_10']:>9.3f} "
             f"{sweep['p50_ms']:>7.1f} {sweep['p99_ms']:>7.1f} {ev['brute_force_median_ms']:>9.1f} "
             f"{ev['brute_force_p99_ms']:>9.1f}"
         )
     print(
         "(RSS MB: peak of our `run`, with the engine in it for chdb; srv MB: the server's peak; CPU s: of `index` "
         "and, over HTTP, of the server while it ran; mem MiB: the loaded index as ClickHouse reports it; formula: "
-        "rows × dim × bytes + rows × M × 8, and with the 1.5 margin `index` sizes with)"
+        "rows × dim × bytes + rows × M × 8; sized: what `index` sizes it at before building, sizing.index_bytes)"
     )
     print_growth(rows)
     print_projection(rows)
@@ -110,16 +120,18 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def print_growth(rows: list[Row]) -> None:
+    from ingest.vector.sizing import build_work
+
     if len(rows) < 2:
         return
     n = [float(r.rows) for r in rows]
     graph = [float(r.entry["graph_rows"]) for r in rows]
     build = [r.phase("build") for r in rows]
-    per = [b / (x * math.log(g)) * 1e6 for b, x, g in zip(build, n, graph, strict=True)]
     series = {
         "load rows/s": [r.rows / r.load.seconds for r in rows],
         "peak RSS (ours)": [r.load.peak_rss_mb for r in rows],
         "index build s": build,
+        "index build CPU s": [build_cpu(r) or 0.0 for r in rows],
         "whole index s": [r.index.seconds for r in rows],
         "index memory MiB": [float(r.entry["memory_bytes"] or 0) / (1 << 20) for r in rows],
         "p50 indexed ms": [float(r.evaluation["sweep"][0]["p50_ms"]) for r in rows],
@@ -128,50 +140,99 @@ def print_growth(rows: list[Row]) -> None:
     print("growth, y ~ rows^b (least squares over the sizes; b = 0 flat, 1 linear):")
     for name, ys in series.items():
         print(f"  {name:<20} b = {exponent(n, ys):5.2f}   " + "  ".join(f"{y:,.1f}" for y in ys))
+    work = [build_work(r.rows, int(r.entry["graph_rows"])) for r in rows]
+    per_cpu = [(build_cpu(r) or 0.0) / w * 1e6 for r, w in zip(rows, work, strict=True)]
+    per_wall = [b / w * 1e6 for b, w in zip(build, work, strict=True)]
     print(
-        "  build ÷ (n·ln G) µs: "
-        + "  ".join(f"{p:.2f}" for p in per)
+        "  build ÷ Σ G·ln G µs, CPU: "
+        + "  ".join(f"{p:.2f}" for p in per_cpu)
+        + "; wall: "
+        + "  ".join(f"{p:.2f}" for p in per_wall)
         + f"  (n log n holds if flat; G = rows of one graph: {', '.join(f'{g:,.0f}' for g in graph)})"
     )
 
 
-def print_projection(rows: list[Row]) -> None:
-    """The projection `index --project-rows` makes from the smallest table (sizing.project_build), at each
-    larger size measured, against the measurement."""
-    from ingest.vector.sizing import MeasuredBuild, project_build
+def build_cpu(r: Row) -> float | None:
+    """CPU seconds of the build: `index`'s own on chdb (the engine runs in it), the server's plus ours over HTTP
+    (sampled from /proc, charged by the phase's span); None when the run did not record it."""
+    ours = r.report.get("phases_cpu_seconds", {}).get("build")
+    server = r.report.get("server_phases_cpu_seconds")
+    if r.index_server_cpu and server is None:
+        return None  # an HTTP run before the bench charged the server's CPU per phase
+    return None if ours is None else float(ours) + float((server or {}).get("build", 0.0))
 
-    first = rows[0]
-    e = first.entry
-    rows_per_granule = int(e["graph_rows"]) // max(1, int(e["granularity"] or 1))
-    built = MeasuredBuild(
-        first.rows,
+
+def measured_build(r: Row) -> MeasuredBuild:
+    from ingest.vector.sizing import MeasuredBuild
+
+    e = r.entry
+    return MeasuredBuild(
+        r.rows,
         512,
         str(e["quantization"]),
         int(e["m"]),
         int(e["graph_rows"]),
         float(e["build_seconds"]),
         e["memory_bytes"],
-        e.get("build_cpu_seconds"),
+        build_cpu(r),
     )
+
+
+def print_projection(rows: list[Row]) -> None:
+    """The projection from the smallest table (sizing.project_build, the function `index --project-rows` calls)
+    at each larger size measured, against the measurement; and what `index` printed during the run, if its
+    model differs from this checkout's."""
+    from ingest.vector.sizing import project_build
+
+    first = rows[0]
+    e = first.entry
+    rows_per_granule = int(e["graph_rows"]) // max(1, int(e["granularity"] or 1))
+    built = measured_build(first)
+    cores = built.cores_used
     for last in rows[1:]:
         proj = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS)
         said = e.get("projection") or {}
         same = structure(first.entry).split(" ")[:3] == structure(last.entry).split(" ")[:3]
         print(
             f"projection from {first.rows:,} rows vs measured at {last.rows:,}"
-            + (f" (`index --project-rows {last.rows}` printed it)" if int(said.get("rows", 0)) == last.rows else "")
             + ("" if same else f" (NB the tuner chose {structure(last.entry)} at this size)")
+            + (f"; the build used {cores:.2f} cores at {first.rows:,} rows" if cores else "")
             + ":"
         )
         mem = last.entry["memory_bytes"] or 0
         pairs = [
-            ("build s", proj.build_seconds, last.phase("build")),
-            ("build CPU s", proj.build_cpu_seconds or 0.0, float(last.entry.get("build_cpu_seconds") or 0.0)),
-            ("index memory MiB", proj.index_bytes / (1 << 20), mem / (1 << 20)),
+            ("build s", proj.build_seconds, last.phase("build"), said.get("build_seconds")),
+            ("build CPU s", proj.build_cpu_seconds or 0.0, build_cpu(last) or 0.0, said.get("build_cpu_seconds")),
+            (
+                "index memory MiB",
+                proj.index_bytes / (1 << 20),
+                mem / (1 << 20),
+                (said.get("index_bytes") or 0) / (1 << 20),
+            ),
         ]
-        for name, pr, me in pairs:
-            if not pr or not me or (name == "build CPU s" and last.index_server_cpu):
-                continue  # CPU of the build is ours only on chdb (in-process engine)
+        for name, pr, me, printed in pairs:
+            if not pr or not me:
+                continue
             ratio = pr / me
             ok = "within" if abs(ratio - 1) <= TOLERANCE else "OUTSIDE"
-            print(f"  {name:<17} projected {pr:>8,.0f}  measured {me:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%)")
+            then = ""
+            if int(said.get("rows", 0)) == last.rows and printed and abs(float(printed) - pr) > 0.005 * pr:
+                then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
+            print(f"  {name:<17} projected {pr:>8,.0f}  measured {me:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%){then}")
+
+
+def main() -> None:
+    """Reprint a run's tables and projections from its saved figures with this checkout's model:
+    python bench/growth_report.py WORK/chdb-rows.json [WORK/http-rows.json ...]"""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's `ingest`
+    for path in sys.argv[1:]:
+        rows = sorted((Row.from_dict(d) for d in json.loads(Path(path).read_text())), key=lambda r: r.rows)
+        print_tables(f"growth (reprinted from {path} by this checkout's sizing.project_build)", rows)
+
+
+if __name__ == "__main__":
+    main()

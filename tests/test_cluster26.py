@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pytest
 from chdb_server import chdb_available
-from cli_run import cli
+from cli_run import cli, ok
 from cluster26_fixtures import Cluster26, start_cluster26
 from exact import assert_table_equals, expected_rows, server_table
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
@@ -50,11 +50,6 @@ def c26(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster26]:
 def target(c: Cluster26, db: str, *extra: str) -> tuple[str, ...]:
     return ("--target", c.entry.http_url, "--database", db, "--cluster", c.name, *c.node_flags(), *extra)
 
-
-def ok(res: Any) -> str:
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    assert "Traceback" not in res.stderr, res.stderr
-    return str(res.stdout)
 
 
 def rows_of(node: Any, sql: str) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.server
 import os
@@ -27,8 +28,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.cli.app import app
-from ingest.core.errors import EXIT_FATAL, EXIT_USAGE
-from ingest.daemon.service import local_signature, poll_wait, shards_to_load
+from ingest.core.errors import EXIT_FATAL, EXIT_USAGE, UnreachableTargetError
+from ingest.daemon.backoff import BACKOFF_CAP_SECONDS, back_off, poll_wait
+from ingest.daemon.service import local_signature, shards_to_load
 from ingest.load.ledger import Ledger
 from ingest.stages.shard import ShardFiles
 from ingest.stages.synth import SynthSpec, write_shard
@@ -377,6 +379,26 @@ def test_poll_wait_backs_off_and_caps() -> None:
     assert poll_wait(30, 0) == 30
     assert [poll_wait(1, k, cap=10) for k in range(1, 6)] == [2, 4, 8, 10, 10]
     assert poll_wait(600, 3, cap=300) == 600  # never shorter than the interval itself
+    assert poll_wait(1, 30) == BACKOFF_CAP_SECONDS == 60  # an outage never leaves a daemon idle for minutes
+
+
+def test_back_off_after_an_unreachable_target_ends_when_it_answers() -> None:
+    slept: list[float] = []
+    probes: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def answers() -> None:
+        probes.append(1)
+        if len(probes) < 3:
+            raise UnreachableTargetError("cannot connect to ClickHouse at 127.0.0.1:1: refused")
+
+    asyncio.run(back_off(60, sleep, answers, lambda: False))
+    assert len(probes) == 3 and sum(slept) < 60  # the third probe answered: the wait ended there
+    slept.clear()
+    asyncio.run(back_off(5, sleep, None, lambda: False))  # any other failure: the whole wait, no probe
+    assert slept == [5]
 
 
 def test_shards_to_load_skips_done_and_unchanged_quarantined(tmp_path: Path) -> None:

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import orjson
 import pytest
-from cli_run import cli
+from cli_run import cli, loaded_chdb, ok
 
-from ingest.stages.synth import SynthSpec, write_shard
+from ingest.vector.graphs import PartStats, graphs_over
 from ingest.vector.index_report import CacheState, memory_bytes
-from ingest.vector.sizing import MeasuredBuild, index_bytes, merged_graph_rows, project_build, scale_build_seconds
+from ingest.vector.sizing import (
+    MeasuredBuild,
+    build_work,
+    formula_bytes,
+    merged_graph_rows,
+    project_build,
+    scale_build_seconds,
+)
 
 
 def test_build_scales_by_rows_and_log_of_the_graph() -> None:
@@ -23,6 +29,25 @@ def test_build_scales_by_rows_and_log_of_the_graph() -> None:
     assert scale_build_seconds(10.0, 1000, 1000, 4000, 4000) == pytest.approx(40.0 * math.log(4000) / math.log(1000))
     # graphs of one size however many rows: linear
     assert scale_build_seconds(10.0, 1000, 500, 4000, 500) == pytest.approx(40.0)
+
+
+def test_build_work_sums_g_log_g_over_the_graphs() -> None:
+    assert build_work(4000, 1000) == pytest.approx(4 * 1000 * math.log(1000))
+    # the last graph holds the rest
+    assert build_work(2500, 1000) == pytest.approx(2 * 1000 * math.log(1000) + 500 * math.log(500))
+    assert build_work(500, 1000) == pytest.approx(500 * math.log(500))  # fewer rows than a graph: one graph
+
+
+def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> None:
+    # 100 s of wall, 150 CPU s: 1.5 cores; at 4× the rows in graphs 4× larger the CPU grows by build_work
+    built = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, 1_300_000_000, 150.0)
+    p = project_build(built, 4_000_000, 2500, 16)
+    work = build_work(4_000_000, 250_000) / build_work(1_000_000, 62_500)
+    assert built.cores_used == pytest.approx(1.5)
+    assert p.build_cpu_seconds == pytest.approx(150.0 * work)
+    assert p.build_seconds == pytest.approx(150.0 * work / 1.5)
+    assert "CPU s on the 1.50 cores the measured build used" in p.line()
+    assert p.as_dict()["cores_used"] == pytest.approx(1.5)
 
 
 def test_merged_graphs_are_cut_to_max_graphs() -> None:
@@ -38,11 +63,20 @@ def test_projection_scales_measured_bytes_per_row_and_says_the_formula() -> None
     assert (p.rows, p.graph_rows, p.graphs) == (4_000_000, 250_000, 16)
     assert p.index_bytes == 5_200_000_000
     assert p.build_seconds == pytest.approx(400.0 * math.log(250_000) / math.log(62_500))
-    assert p.formula_bytes == index_bytes(4_000_000, 512, "bf16", 16, 1.0)
+    assert p.formula_bytes == formula_bytes(4_000_000, 512, "bf16", 16)
     assert "projected at 4,000,000 rows (16 graphs of 250,000)" in p.line()
     # nothing measured: the formula is the projection
     unknown = project_build(MeasuredBuild(1000, 512, "i8", 8, 1000, 1.0, None), 2000, 2500, 16)
     assert unknown.index_bytes == unknown.formula_bytes
+
+
+def test_graphs_over_the_parts_as_they_are() -> None:
+    # 500k rows loaded as 8 parts of 61,440 and 2 of 4,240, one graph per part: then merged in the background
+    loaded = [PartStats("all", 61_440, 24, 1) for _ in range(8)] + [PartStats("all", 4_240, 2, 1)] * 2
+    assert graphs_over(loaded, None) == (10, 61_440)
+    merged = [PartStats("all", 245_760, 96, 1), PartStats("all", 254_240, 98, 1)]
+    assert graphs_over(merged, None) == (2, 254_240)
+    assert graphs_over(merged, 24) == (4 + 5, 61_440)  # 96 granules: 4 graphs; 98: 5 of ≤ 50,848 rows
 
 
 def test_memory_of_a_loaded_index_is_bytes_per_cache_cell_times_graphs() -> None:
@@ -54,22 +88,10 @@ def test_memory_of_a_loaded_index_is_bytes_per_cache_cell_times_graphs() -> None
 # ---- the command on chdb -----------------------------------------------------------------------------------
 
 
-def ok(res: CompletedProcess[str]) -> str:
-    assert res.returncode == 0, res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("growth")
-    src = root / "src"
-    for s in (0, 1):
-        write_shard(src, s, SynthSpec(rows=6000, seed=11))
-    db = root / "db"
-    seg = ("--segment-rows", "1500")  # 8 parts: more than --max-graphs 4, so `index` merges them first
-    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress", *seg))
-    return db
+    return loaded_chdb(tmp_path_factory.mktemp("growth"), "--segment-rows", "1500")  # 8 parts, merged first
 
 
 def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> None:
@@ -83,7 +105,7 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     (entry,) = doc["indexes"]
     assert entry["name"] == "image_index" and entry["rows"] == 12_000 and entry["graphs"] <= 4
     assert entry["structure"].startswith("vector_similarity('hnsw', 'cosineDistance', 512, ")
-    formula = index_bytes(12_000, 512, entry["quantization"], entry["m"], 1.0)
+    formula = formula_bytes(12_000, 512, entry["quantization"], entry["m"])
     # loaded by the check's searches: ClickHouse's own count, at least the documented formula; a small graph
     # takes more (26.9, bf16 M=12: 16.8 MB for a graph of 5,000 rows, 33.7 MB for 20,000, 151.6 MB for 80,000)
     assert formula * 0.8 < entry["memory_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import orjson
 import pytest
-from cli_run import cli
+from cli_run import cli, loaded_chdb, ok
 from exact import chdb_rows
 
 from ingest.core.config import TuneConfig
@@ -37,19 +36,10 @@ from ingest.vector.tune import (
 TUNE = ("--sample-rows", "4000", "--no-progress")
 
 
-def ok(res: CompletedProcess[str]) -> str:
-    assert res.returncode == 0, res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("budget")
-    for s in (0, 1):
-        write_shard(root / "src", s, SynthSpec(rows=6000, seed=11))
-    ok(cli("run", "--source", str(root / "src"), "--shards", "0-1", "--target", f"chdb:{root / 'db'}", "--no-progress"))
-    return root / "db"
+    return loaded_chdb(tmp_path_factory.mktemp("budget"))
 
 
 def test_variants_rescore_quantized_builds_and_a_plateau_skips_the_quantization() -> None:
@@ -122,14 +112,14 @@ def test_nothing_in_the_grid_fits_is_refused_naming_the_smallest(table: Path) ->
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
-    # 12,000 rows × 512, b1 M=8: (12,000 × 64 + 12,000 × 8 × 8) × 1.5 = 2,304,000 bytes
+    # 12,000 rows × 512, b1 M=8: (12,000 × 64 + 12,000 × 8 × 8) × 2 + 12,000 × 256 = 6,144,000 bytes
     assert "no structure in the grid fits 1.0 MiB for 12,000 rows × 512" in lines[0], lines[0]
-    assert "the smallest, b1 M=8 ef_c=24, needs 2.2 MiB" in lines[0], lines[0]
+    assert "the smallest, b1 M=8 ef_c=24, needs 5.9 MiB" in lines[0], lines[0]
     assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
 
 
 def test_max_memory_below_bf16_builds_the_smallest_structure_that_reaches_the_target(tmp_path: Path) -> None:
-    """10,000 × 512 under --max-memory 6M: bf16 M=8 projects to 15.6 MiB, i8 M=8 to 8.2 MiB, b1 M=8 to 1.8 MiB, so
+    """10,000 × 512 under --max-memory 6M: bf16 M=8 projects to 23.2 MiB, i8 M=8 to 13.4 MiB, b1 M=8 to 4.9 MiB, so
     only b1 fits; it is rescored, and the settings recorded are the ones search and eval use."""
     src, db = tmp_path / "src", tmp_path / "db"
     write_shard(src, 0, SynthSpec(rows=10_000, seed=9))

@@ -8,12 +8,11 @@ import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import numpy as np
 import orjson
 import pytest
-from cli_run import cli
+from cli_run import cli, loaded_chdb, ok
 from exact import chdb_rows
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
@@ -27,7 +26,14 @@ from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector import tune_run
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.index import poll_interval
-from ingest.vector.sizing import MemoryBudget, cheaper_that_fit, check_fit, index_bytes, parse_bytes
+from ingest.vector.sizing import (
+    MemoryBudget,
+    cheaper_that_fit,
+    check_fit,
+    formula_bytes,
+    index_bytes,
+    parse_bytes,
+)
 from ingest.vector.tune import (
     Candidate,
     Measured,
@@ -80,8 +86,11 @@ def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None
     assert graph_size([], 16) is None and graph_size(parts, 0) is None
 
     stats = [PartStats("all", r, g, r * 4000) for r, g in parts]
-    kept = plan_layout(stats, 16, None, indexed=False)
-    assert (kept.merge, kept.graphs, kept.graph_rows) == (False, 14, 7680) and "built as they are" in kept.why
+    two = plan_layout(stats, 16, None, indexed=False)  # merged too: the server would merge them after the build
+    assert (two.merge, two.after, two.graphs, two.graph_rows) == (True, ((100_000, 40),), 14, 7500), two
+    assert two.describe() == "graphs of 7,500 rows, 14 per search" and "merged first" in two.why
+    kept = plan_layout([PartStats(str(i), r, g, 1) for i, (r, g) in enumerate(parts)], 16, None, indexed=False)
+    assert (kept.merge, kept.graphs, kept.graph_rows) == (False, 14, 7680) and "one per partition" in kept.why
     assert kept.describe() == "graphs of 7,680 rows, 14 per search"
     many = [PartStats("all", 6000, 3, 24_000_000)] * 20  # more parts than --max-graphs: merged first
     merged = plan_layout(many, 16, None, indexed=False)
@@ -114,13 +123,14 @@ def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None
 
 
 def test_sizing_formula_fit_and_alternatives() -> None:
-    # rows × dim × bytes + rows × M × 8, × 1.5
-    assert index_bytes(1_000_000, 512, "bf16", 16) == int((1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 1.5)
-    assert index_bytes(1000, 512, "b1", 16) == int((1000 * 64 + 1000 * 128) * 1.5)
+    # (rows × dim × bytes + rows × M × 8) × 2 + rows × 256
+    assert index_bytes(1_000_000, 512, "bf16", 16) == (1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 2 + 256_000_000
+    assert index_bytes(1000, 512, "b1", 16) == (1000 * 64 + 1000 * 128) * 2 + 256_000
+    assert formula_bytes(1000, 512, "b1", 16) == 1000 * 64 + 1000 * 128
     budget = MemoryBudget(1 << 30, "--max-memory", cache_bytes=5 << 30)
     assert check_fit(2 << 30, budget).fits is False and check_fit(2 << 30, budget).limit_source == "--max-memory"
     assert check_fit(1 << 29, budget).fits
-    fits = cheaper_that_fit(1_000_000, 512, 1, 1 << 30, [("bf16", 16), ("i8", 16), ("b1", 16)])
+    fits = cheaper_that_fit(1_000_000, 512, 1, 2 << 30, [("bf16", 16), ("i8", 16), ("b1", 16)])
     assert [q for q, _, _ in fits] == ["b1", "i8"]
     assert parse_bytes("1G") == 1 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
 
@@ -128,22 +138,10 @@ def test_sizing_formula_fit_and_alternatives() -> None:
 # ---- the command on chdb -----------------------------------------------------------------------------------
 
 
-def ok(res: CompletedProcess[str]) -> str:
-    assert res.returncode == 0, res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    return res.stdout
-
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tune")
-    src = root / "src"
-    for s in (0, 1):
-        write_shard(src, s, SynthSpec(rows=6000, seed=11))
-    db = root / "db"
-    seg = ("--segment-rows", "1500")  # 8 parts: more than a few, so `index` merges them first
-    ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress", *seg))
-    return db
+    return loaded_chdb(tmp_path_factory.mktemp("tune"), "--segment-rows", "1500")  # 8 parts, merged first
 
 
 TUNE = ("--sample-rows", "4000", "--no-progress")
@@ -200,8 +198,8 @@ def test_too_large_for_max_memory_is_refused_in_one_line(table: Path) -> None:
 def test_tuned_build_reaches_the_target_and_eval_uses_the_recorded_list(table: Path, tmp_path: Path) -> None:
     target = f"chdb:{table}"
     out = ok(cli("index", "--target", target, "--recall-target", "0.95", "--max-graphs", "4", *TUNE))
-    # built once, over one final part (8 parts after the load, more than --max-graphs: merged first)
-    assert "8 parts, more than --max-graphs 4: merged first" in out or "1 part, within" in out, out
+    # built once, over one final part (8 parts after the load: merged first, unless the server merged them already)
+    assert "8 parts: merged first" in out or "1 part, one per partition" in out, out
     assert re.search(r"sample grown to [\d,]+ rows to hold graphs of [\d,]+ rows", out), out  # past 4,000
     m = re.search(r"recall@10 (\d\.\d+) on the full index at hnsw_candidate_list_size_for_search=(\d+)", out)
     assert m and float(m.group(1)) >= 0.95, out
@@ -318,14 +316,15 @@ def test_daemon_rematerializes_new_parts_and_merges_do_not_rebuild(
     assert int(merged["parts"]) == 1 and int(merged["b"]) == 0
 
 
-def test_a_table_of_few_parts_is_built_per_part_without_a_merge(tmp_path: Path) -> None:
+def test_a_table_of_few_parts_is_merged_before_the_build(tmp_path: Path) -> None:
+    """Left as 2 parts, the server would merge them after the build and build the merged part's graph again."""
     src, db = tmp_path / "src", tmp_path / "db"
     for s in (0, 1):
         write_shard(src, s, SynthSpec(rows=3000, seed=3))
     ok(cli("run", "--source", str(src), "--shards", "0-1", "--target", f"chdb:{db}", "--no-progress"))
     out = ok(cli("index", "--target", f"chdb:{db}", "--m", "8", "--ef-construction", "16", "--no-progress"))
-    assert "default.laion: 2 parts, within --max-graphs 16: built as they are" in out, out
+    assert "default.laion: 2 parts: merged first, one part per partition" in out, out
     parts = chdb_rows(
         db, "SELECT rows, secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
     )
-    assert sorted(int(p["rows"]) for p in parts) == [3000, 3000] and all(int(p["b"]) > 0 for p in parts)
+    assert [int(p["rows"]) for p in parts] == [6000] and all(int(p["b"]) > 0 for p in parts)

@@ -32,6 +32,7 @@ from ingest.core.errors import (
     IngestError,
     LedgerError,
     SchemaMismatchError,
+    UnreachableTargetError,
     UnsupportedFeatureError,
     UsageError,
     first_error,
@@ -39,6 +40,7 @@ from ingest.core.errors import (
 from ingest.core.layout import LAION400M, Layout
 from ingest.core.metrics import SHARDS
 from ingest.core.retry import RetryPolicy, retrying
+from ingest.daemon.backoff import back_off, poll_wait
 from ingest.daemon.metrics import (
     INDEX_BUILDS,
     INDEX_ROWS_BUILT,
@@ -65,7 +67,6 @@ T = TypeVar("T")
 
 LAION_SHARDS = "0-409"
 """Candidates for an HTTP mirror when --shards is not given (a directory is simply listed)."""
-BACKOFF_CAP_SECONDS = 300.0
 READY_TIMEOUT_SECONDS = 3.0
 
 Signature = tuple[tuple[int, int], ...]
@@ -100,13 +101,6 @@ class DaemonOptions:
 
 
 # -- pure decisions -------------------------------------------------------------------------------------------
-def poll_wait(poll_seconds: float, failures: int, cap: float = BACKOFF_CAP_SECONDS) -> float:
-    """Seconds until the next poll: the interval, doubled per consecutive failed poll, capped."""
-    if failures <= 0:
-        return poll_seconds
-    return min(max(cap, poll_seconds), poll_seconds * (1 << min(failures, 30)))
-
-
 def shards_to_load(
     available: Iterable[int],
     ledger: Ledger,
@@ -151,6 +145,8 @@ class Daemon:
         self.ledger: Ledger | None = None
         self.tried: dict[int, Signature | None] = {}
         self.failures = 0
+        self.unreachable = False
+        """The last poll failed because the target could not be reached: its backoff ends when it answers."""
         self.last_error = ""
         self.next_index = 0.0
         self.table_prepared = False
@@ -186,7 +182,7 @@ class Daemon:
                     await refresh_quietly(self.searcher)  # new rows: search learns the table's facts again
                     if self.opts.index_every > 0 and not self.stop.is_set():
                         await self._index_guarded()
-                    await self._sleep(poll_wait(self.opts.poll_seconds, self.failures))
+                    await self._back_off()
         finally:
             deadline.cancel()
             await stack.aclose()  # the search service stops before the sink it shares
@@ -270,6 +266,7 @@ class Daemon:
                 raise err from None
             self.failures += 1
             self.last_error = str(err)
+            self.unreachable = isinstance(err, UnreachableTargetError)
             POLL_ERRORS.inc()
             log.error(
                 "daemon: poll failed: %s; next poll in %.0f s", err, poll_wait(self.opts.poll_seconds, self.failures)
@@ -341,6 +338,11 @@ class Daemon:
         if self.s.source.is_http:
             return None
         return local_signature(Path(self.s.source.root), shard, self.s.source.layout)
+
+    async def _back_off(self) -> None:
+        sink, wait = self.sink, poll_wait(self.opts.poll_seconds, self.failures)
+        probe = (lambda: sink.query("SELECT 1 AS ok")) if self.unreachable and sink is not None else None
+        await back_off(wait, self._sleep, probe, self.stop.is_set)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on SIGTERM."""

@@ -36,7 +36,7 @@ from ingest.sinks.base import Sink
 from ingest.vector import metadata
 from ingest.vector.capacity_run import record_grid
 from ingest.vector.check import verify_recall
-from ingest.vector.graphs import Layout, PartStats, plan_layout
+from ingest.vector.graphs import Layout, PartStats, graphs_over, plan_layout
 from ingest.vector.index import (
     DisplayFactory,
     IndexOutcome,
@@ -148,13 +148,17 @@ def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, re
 # ---- building once --------------------------------------------------------------------------------------------
 
 
-async def table_layout(sink: Sink, ref: TableRef, max_graphs: int) -> Layout:
-    """The table's parts as they stand, the server's largest merge, and whether it has a vector index already:
-    what plan_layout decides the merge and the graph size from."""
-    parts = [
+async def part_stats(sink: Sink, ref: TableRef) -> list[PartStats]:
+    return [
         PartStats(str(r["partition"]), int(r["rows"]), int(r["granules"]), int(r["bytes"]))
         for r in await sink.query(part_stats_sql(ref))
     ]
+
+
+async def table_layout(sink: Sink, ref: TableRef, max_graphs: int) -> Layout:
+    """The table's parts as they stand, the server's largest merge, and whether it has a vector index already:
+    what plan_layout decides the merge and the graph size from."""
+    parts = await part_stats(sink, ref)
     cap = await _value(sink, merge_tree_setting_sql("max_bytes_to_merge_at_max_space_in_pool"))
     indexed = any(ix.is_vector for ix in await vector_indexes(sink, ref))
     return plan_layout(parts, max_graphs, cap, indexed)
@@ -315,7 +319,9 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
                     "recorded for search and eval"
                 )
                 log_.add("check", time.monotonic() - checked)
-            entry = await measured_entry(sink, ref, p, outcome, layout, cache_before, build_cpu)
+            engine_cpu = build_cpu if q.target.spec.kind == "chdb" else None  # a server's CPU is not ours
+            graphs = await graphs_now(sink, ref, p.index.granularity, layout, report)
+            entry = await measured_entry(sink, ref, p, outcome, graphs, cache_before, engine_cpu)
             log_.indexes.append(entry.as_dict(p.search_list))
             if (proj := projection(entry.measured, cfg.project_rows, layout, cfg.max_graphs)) is not None:
                 report(f"{p.index.name}: {proj.line()}")
@@ -326,17 +332,38 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
         return outcomes
 
 
+async def graphs_now(
+    sink: Sink, ref: TableRef, granularity: int | None, layout: Layout, report: Callable[[str], None]
+) -> tuple[int, int]:
+    """(graphs, rows of the largest) over the parts as they are after the build: a server keeps merging small
+    parts meanwhile (each merge rebuilds the graphs of the part it writes), so the planned layout may be gone."""
+    parts = await part_stats(sink, ref)
+    if len(parts) == len(layout.after):
+        return layout.graphs, layout.graph_rows
+    graphs, rows = graphs_over(parts, granularity)
+    report(
+        f"{ref.sql}: {len(layout.after)} parts became {len(parts)} while the index was built (background merges, "
+        f"which rebuild the graphs of the parts they write): measured as {graphs} graphs of up to {rows:,} rows"
+    )
+    return graphs, rows
+
+
 async def measured_entry(
-    sink: Sink, ref: TableRef, p: Plan, outcome: IndexOutcome, layout: Layout, before: CacheState, cpu: float
+    sink: Sink,
+    ref: TableRef,
+    p: Plan,
+    outcome: IndexOutcome,
+    graphs: tuple[int, int],
+    before: CacheState,
+    cpu: float | None,
 ) -> IndexEntry:
     """The built index as ClickHouse reports it: loaded memory (after the check's searches), bytes on disk."""
     ix = p.index
-    memory = memory_bytes(before, await cache_state(sink), layout.graphs)
+    count, graph_rows = graphs
+    memory = memory_bytes(before, await cache_state(sink), count)
     disk = await disk_bytes(sink, ref, ix.name)
-    built = MeasuredBuild(
-        p.rows, ix.dim, ix.quantization, ix.m, layout.graph_rows, outcome.seconds, memory or disk, cpu
-    )
-    return IndexEntry(ix, built, layout.graphs, memory, disk)
+    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, memory or disk, cpu)
+    return IndexEntry(ix, built, count, memory, disk)
 
 
 def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:

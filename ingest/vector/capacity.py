@@ -3,10 +3,10 @@
 Every figure is projected from measured constants (`Constants`): per structure, a build and its recall@10 and
 latency measured on a sample (the tuner's grid recorded on the user's table, or DEFAULTS measured here), a load
 rate per worker and the bytes a row takes on disk. The projections reuse the project's own models, so they change
-with them: index memory is vector/sizing.index_bytes (ClickHouse's formula with its safety factor), build time is
-vector/sizing.scale_build_seconds (n log n in the graph size), per node, nodes building in parallel. Each node
-holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged table
-(sizing.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
+with them: index memory is vector/sizing.index_bytes (ClickHouse's formula with the margin loaded indexes need),
+build time is vector/sizing.scale_build_seconds (Σ G·ln G over the graphs), per node, nodes building in parallel.
+Each node holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged
+table (sizing.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
-from ingest.vector.sizing import index_bytes, merged_graph_rows, scale_build_seconds
+from ingest.vector.sizing import formula_bytes, index_bytes, merged_graph_rows, scale_build_seconds
 from ingest.vector.tune import Candidate
 
 MEASURED_CORES = 2
@@ -128,7 +128,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
     c = s.candidate
     memory = index_bytes(per_node, ask.dim, c.quantization, c.m)
     stored = per_node * (k.disk_bytes_per_value * ask.dim + k.disk_bytes_other)
-    disk = int(stored + index_bytes(per_node, ask.dim, c.quantization, c.m, safety=1.0))
+    disk = int(stored + formula_bytes(per_node, ask.dim, c.quantization, c.m))
     speed = k.cores / max(ask.cores, 1)  # builds and searches spread over the node's cores
     build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph) * speed
     log_ratio = math.log(max(graph, 2)) / math.log(max(s.graph_rows, 2))

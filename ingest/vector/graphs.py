@@ -9,8 +9,8 @@ s, recall@10 0.81–0.83 at search list 32 and 0.955–0.975 at 256, mean search
 rows 4.3 s, 0.92 and 0.99, 5.1 ms; graphs of ~5k rows 3.3 s, 0.99 and 0.99, 5.9–6.8 ms.
 
 So the layout is a policy with one knob, `--max-graphs` (the most graphs a search visits): graphs as small as
-keep the count within it, and a table of more parts than that merged first (one part per partition, bounded by
-the server's largest merge), so each graph is built once over a final part instead of again at every merge.
+keep the count within it, over a table merged first to one part per partition (bounded by the server's largest
+merge), so each graph is built once over a final part instead of again at every background merge.
 """
 
 from __future__ import annotations
@@ -88,22 +88,23 @@ class Layout:
 
 
 def plan_layout(parts: Sequence[PartStats], max_graphs: int, merge_cap: int | None, indexed: bool) -> Layout:
-    """Merge first only when there are more parts than `max_graphs`, no vector index yet (a merge would rebuild
-    it) and the table fits one merge (`merge_cap`: max_bytes_to_merge_at_max_space_in_pool)."""
+    """Merge first whenever a partition has more than one part, the table has no vector index yet (a merge would
+    rebuild it) and it fits one merge (`merge_cap`: max_bytes_to_merge_at_max_space_in_pool). Parts left as they
+    are keep merging in the background after the build, and every merge builds its part's graphs again: 500k rows
+    in 10 parts, built per part, were merged during the build, which took 7–10× the build CPU of 250k rows and read
+    recall@10 0.907–0.953 at search list 4096 (bench/growth.py, README "Growth")."""
     n, size = len(parts), sum(p.bytes for p in parts)
+    partitions = len({p.partition for p in parts})
     merge = False
-    if n <= max(1, max_graphs):
-        why = (
-            f"{n} part{'' if n == 1 else 's'}, within --max-graphs {max_graphs}: built as they are "
-            "(a graph never spans parts)"
-        )
+    if n <= partitions:
+        why = f"{n} part{'' if n == 1 else 's'}, one per partition: built as {'it is' if n == 1 else 'they are'}"
     elif indexed:
         why = f"{n} parts: not merged, a merge would rebuild the vector index the table has; built per part"
     elif merge_cap is not None and size > merge_cap:
         why = f"{n} parts, {human_bytes(size)}: larger than one merge may be, built per part"
     else:
         merge = True
-        why = f"{n} parts, more than --max-graphs {max_graphs}: merged first, one part per partition"
+        why = f"{n} parts: merged first, one part per partition (a later merge would build their graphs again)"
     if merge:
         by_partition: dict[str, tuple[int, int]] = {}
         for p in parts:
@@ -145,3 +146,14 @@ def plan_sample(graph: GraphSize | None, asked: int, available: int, cap: int = 
         )
     grown = f"sample grown to {rows:,} rows to hold graphs of {graph.rows:,} rows" if rows > asked else None
     return SamplePlan(rows, graph, grown)
+
+
+def graphs_over(parts: Sequence[PartStats], granularity: int | None) -> tuple[int, int]:
+    """(graphs, rows of the largest) an index of `granularity` index granules per graph has over `parts` as they
+    stand (no granularity: one graph per part)."""
+    graphs, largest = 0, 0
+    for part in parts:
+        n = max(1, math.ceil(part.granules / granularity)) if granularity else 1
+        graphs += n
+        largest = max(largest, math.ceil(part.rows / n))
+    return graphs, largest

@@ -37,14 +37,19 @@ class IndexRunLog:
     only the client's. Unlike wall time it does not grow with other processes' load."""
     indexes: list[dict[str, Any]] = field(default_factory=list)
     total_seconds: float = 0.0
+    spans: list[tuple[str, float, float]] = field(default_factory=list)
+    """(phase, start, end) on the system's monotonic clock (CLOCK_MONOTONIC, shared by every process here), so a
+    bench can charge a loopback server's CPU, sampled from /proc, to the phase it was spent in."""
     _cpu_mark: float = field(default_factory=time.process_time)
 
     def add(self, phase: str, seconds: float) -> float:
-        """Count `seconds` of wall to `phase`, and the CPU since the previous phase ended; → that CPU."""
+        """Count `seconds` of wall (ending now) to `phase`, and the CPU since the previous phase ended; → that CPU."""
         now = time.process_time()
         cpu, self._cpu_mark = now - self._cpu_mark, now
         self.phases[phase] = self.phases.get(phase, 0.0) + seconds
         self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+        end = time.monotonic()
+        self.spans.append((phase, end - seconds, end))
         return cpu
 
     def to_json(self) -> bytes:
@@ -52,6 +57,7 @@ class IndexRunLog:
             "phases_seconds": self.phases,
             "phases_cpu_seconds": self.cpu,
             "total_seconds": self.total_seconds,
+            "phase_spans_monotonic": self.spans,
             "indexes": self.indexes,
         }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)

@@ -1,14 +1,20 @@
 """How much memory an HNSW index will take, decided before it is built: pure arithmetic, no I/O.
 
-The formula is ClickHouse's own documented estimate for `vector_similarity` indexes (docs, "Estimating
-memory consumption"): the vectors as the index stores them plus the graph's level-0 links,
+ClickHouse documents an estimate for `vector_similarity` indexes (docs, "Estimating memory consumption"): the
+vectors as the index stores them plus the graph's level-0 links,
 
-    bytes = rows × dim × bytes_per_value(quantization) + rows × M × 8
+    formula = rows × dim × bytes_per_value(quantization) + rows × M × 8
 
-(usearch keeps 2·M neighbours per node on level 0, 4-byte slots: M × 8 bytes per row; upper levels add ~1/M of
-that). Issue #78056 measured up to 2× this before a fix in 25.x, so we multiply by a safety factor (1.5 by
-default) and compare that with the memory of the target and the size of its vector index cache (an index larger
-than the cache is reloaded from disk on every query).
+(usearch keeps 2·M neighbours per node on level 0, 4-byte slots). Loaded, 26.9 counts more in its vector index
+cache (`VectorSimilarityIndexCacheBytes`, what the cache limit is checked against), measured here on 512-d rows:
+bf16 M=12 1.51× the formula (one graph of 40,000 random rows) to 1.86× (16 graphs of 63,950 LAION-like rows) and
+2.10× (14 graphs of 7,680); i8 1.39–1.47×; b1 2.23–3.34×. The loaded bytes did not change with M (b1: 427 bytes a
+row at M=8, 12 and 16; i8: 847): a per-row cost the formula lacks, which dominates the small b1 codes. So we size
+with formula × SAFETY_FACTOR + rows × ROW_OVERHEAD, which covers every one of those measurements (the tightest:
+bf16 M=12 in 7,680-row graphs, 2,357 bytes a row measured, 2,496 sized; i8 it over-sizes 1.7×), and compare it
+with the memory of the target and the size of its vector index cache (an index larger than the cache is reloaded
+from disk on every query). A projection from an index measured on this table (project_build) uses its measured
+bytes per row instead.
 """
 
 from __future__ import annotations
@@ -18,14 +24,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 BYTES_PER_VALUE: dict[str, float] = {"f64": 8.0, "f32": 4.0, "f16": 2.0, "bf16": 2.0, "i8": 1.0, "b1": 0.125}
-SAFETY_FACTOR = 1.5
-FORMULA = "rows × dim × bytes(quantization) + rows × M × 8, × 1.5 safety (ClickHouse docs; #78056 saw 2×)"
+SAFETY_FACTOR = 2.0
+ROW_OVERHEAD = 256
+"""Bytes a row the loaded index takes beyond the formula × SAFETY_FACTOR (measured b1: 427 a row whatever M)."""
+FORMULA = (
+    f"(rows × dim × bytes(quantization) + rows × M × 8) × {SAFETY_FACTOR:g} + rows × {ROW_OVERHEAD}: ClickHouse's "
+    "documented estimate with the margin 26.9's loaded indexes need (measured 1.4–3.3× the estimate)"
+)
 
 
-def index_bytes(rows: int, dim: int, quantization: str, m: int, safety: float = SAFETY_FACTOR) -> int:
-    """Projected memory of one index over `rows` vectors of `dim` values (safety factor included)."""
-    per_value = BYTES_PER_VALUE[quantization]
-    return int((rows * dim * per_value + rows * m * 8) * safety)
+def formula_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
+    """ClickHouse's documented estimate: vectors as stored plus level-0 links (≈ the index's bytes on disk)."""
+    return int(rows * dim * BYTES_PER_VALUE[quantization] + rows * m * 8)
+
+
+def index_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
+    """Memory of one loaded index over `rows` vectors of `dim` values, sized before it is built (margin included)."""
+    return int(formula_bytes(rows, dim, quantization, m) * SAFETY_FACTOR + rows * ROW_OVERHEAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +111,25 @@ def sizing_grid(quantizations: Sequence[str], ms: Sequence[int]) -> list[tuple[s
 
 # ---- growth: a larger table projected from a build measured on this one ---------------------------------------
 
-BUILD_GROWTH = "build s × (N/n) × (ln G / ln g), G and g the rows of one graph at N and at n (HNSW insert ~ log G)"
+BUILD_GROWTH = (
+    "build CPU s × W(N)/W(n), W = Σ over graphs of rows·ln(rows) (HNSW insert ~ log of its graph); "
+    "wall = that CPU ÷ the cores the measured build used (its CPU s ÷ its wall s)"
+)
 MEMORY_GROWTH = "index bytes as ClickHouse reported them at n rows × N/n (vectors and links are per row)"
+
+
+def build_work(rows: int, graph_rows: int) -> float:
+    """Σ over the graphs of G·ln G: `rows` cut into graphs of `graph_rows` (the last one holds the rest). HNSW
+    inserts each row by a search of its own graph (~ln G distance evaluations), so CPU grows with this."""
+    g = max(1, min(graph_rows, rows))
+    full, rest = divmod(max(rows, 0), g)
+    return full * g * math.log(max(g, 2)) + rest * math.log(max(rest, 2))
 
 
 def scale_build_seconds(seconds: float, rows: int, graph_rows: int, rows_then: int, graph_rows_then: int) -> float:
     """Build seconds over `rows_then` rows in graphs of `graph_rows_then`, from `seconds` measured over `rows` in
-    graphs of `graph_rows`: each insert searches its own graph (~ln of its size), so n·ln G per graph size."""
-    scale = rows_then / max(rows, 1)
-    if graph_rows <= 1 or graph_rows_then <= 1:
-        return seconds * scale
-    return seconds * scale * math.log(graph_rows_then) / math.log(graph_rows)
+    graphs of `graph_rows`, by build_work (the same cores at both sizes)."""
+    return seconds * build_work(rows_then, graph_rows_then) / max(build_work(rows, graph_rows), 1e-9)
 
 
 def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
@@ -131,7 +154,14 @@ class MeasuredBuild:
     index_bytes: int | None
     """The index as ClickHouse reports it (its vector index cache bytes once loaded, else its bytes on disk)."""
     build_cpu_seconds: float | None = None
-    """CPU of the build where it is known (chdb: the engine runs in our process); scaled like the wall."""
+    """CPU of the build where it is known (chdb: the engine runs in our process; a server's is not ours to read)."""
+
+    @property
+    def cores_used(self) -> float | None:
+        """CPU seconds per wall second of the build: the cores it had (fewer on a loaded machine)."""
+        if not self.build_cpu_seconds or self.build_seconds <= 0:
+            return None
+        return self.build_cpu_seconds / self.build_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,17 +172,22 @@ class Projection:
     build_seconds: float
     index_bytes: int
     formula_bytes: int
-    """The documented formula, before the safety factor (what the sizing step multiplies by 1.5)."""
+    """The documented formula, before any margin."""
     measured_from: MeasuredBuild
     build_cpu_seconds: float | None = None
 
     def line(self) -> str:
         f = self.measured_from
+        cpu = (
+            ""
+            if self.build_cpu_seconds is None or f.cores_used is None
+            else f" ({self.build_cpu_seconds:.0f} CPU s on the {f.cores_used:.2f} cores the measured build used)"
+        )
         return (
             f"projected at {self.rows:,} rows ({self.graphs} graphs of {self.graph_rows:,}): build "
-            f"{self.build_seconds:.0f} s, index memory {human_bytes(self.index_bytes)} (from {f.build_seconds:.1f} s "
-            f"and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of {f.graph_rows:,}; "
-            f"formula {human_bytes(self.formula_bytes)} before the ×{SAFETY_FACTOR} margin)"
+            f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
+            f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
+            f"{f.graph_rows:,}; the documented formula says {human_bytes(self.formula_bytes)})"
         )
 
     def as_dict(self) -> dict[str, float | int | None]:
@@ -164,17 +199,23 @@ class Projection:
             "index_bytes": self.index_bytes,
             "formula_bytes": self.formula_bytes,
             "build_cpu_seconds": self.build_cpu_seconds,
+            "cores_used": self.measured_from.cores_used,
         }
 
 
-def project_build(
-    measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int, safety: float = 1.0
-) -> Projection:
-    """Build seconds and index memory at `rows`, laid out as `index` would lay them out, from a measured build."""
+def project_build(measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int) -> Projection:
+    """Build seconds and index memory at `rows`, laid out as `index` would lay them out, from a measured build:
+    CPU by build_work, wall = that CPU ÷ the cores the measured build used (the wall scaled alike when its CPU is
+    unknown), memory = the measured bytes per row × rows. `index --project-rows` and bench/growth_report.py both
+    call this."""
     graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
-    seconds = scale_build_seconds(measured.build_seconds, measured.rows, measured.graph_rows, rows, graph_rows)
-    formula = index_bytes(rows, measured.dim, measured.quantization, measured.m, 1.0)
+    formula = formula_bytes(rows, measured.dim, measured.quantization, measured.m)
     per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
-    cpu = measured.build_cpu_seconds
-    cpu_then = None if cpu is None else scale_build_seconds(cpu, measured.rows, measured.graph_rows, rows, graph_rows)
-    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows * safety), formula, measured, cpu_then)
+    work = build_work(rows, graph_rows) / max(build_work(measured.rows, measured.graph_rows), 1e-9)
+    cores = measured.cores_used
+    if measured.build_cpu_seconds is not None and cores is not None:
+        cpu_then: float | None = measured.build_cpu_seconds * work
+        seconds = measured.build_cpu_seconds * work / cores
+    else:
+        cpu_then, seconds = None, measured.build_seconds * work
+    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then)

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from cli_run import cli
 
+from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector.capacity import Ask, Constants, Structure, node_counts, option, plan, scaled
 from ingest.vector.sizing import formula_bytes, index_bytes, merged_graph_rows, scale_build_seconds
@@ -39,7 +40,7 @@ def test_one_option_is_the_projects_own_sizing_and_build_models() -> None:
     assert o.rows_per_node == per_node
     assert o.memory_per_node_bytes == index_bytes(per_node, 512, "i8", 16)
     assert o.disk_per_node_bytes == int(per_node * (8.0 * 512 + 100.0) + formula_bytes(per_node, 512, "i8", 16))
-    graph, _ = merged_graph_rows(per_node, 2400, 16)
+    graph, _ = merged_graph_rows(per_node, DEFAULT_INDEX_GRANULARITY, 16)
     assert o.build_hours == pytest.approx(scale_build_seconds(4.0, 20_000, 20_000, per_node, graph) / 3600)
     assert o.load_hours_per_worker == pytest.approx(400_000_000 / 50_000 / 3600)
     assert o.load_hours == pytest.approx(o.load_hours_per_worker / 8)

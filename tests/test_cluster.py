@@ -338,7 +338,7 @@ def test_ddl_text() -> None:
     assert csql.create_database_on_cluster_sql("db", "c-1") == "CREATE DATABASE IF NOT EXISTS `db` ON CLUSTER `c-1`"
     local = csql.local_table_sql(csql.local_ref(ref), None, "two")
     assert local.startswith("CREATE TABLE IF NOT EXISTS `db`.`laion_local` ON CLUSTER `two` (`id` Int64, ")
-    assert local.endswith("ENGINE = MergeTree ORDER BY id")
+    assert local.endswith("ENGINE = MergeTree ORDER BY id SETTINGS index_granularity = 256")
     dist = csql.distributed_table_sql(ref, "two")
     assert dist.endswith("ENGINE = Distributed('two', 'db', 'laion_local', cityHash64(id))")
     assert " ON CLUSTER " not in dist

@@ -27,7 +27,8 @@ def test_replicated_local_table_uses_the_macros_and_the_path() -> None:
     sql = csql.replicated_local_table_sql(LOCAL, "/clickhouse/tables/{shard}", "repl")
     assert sql.startswith("CREATE TABLE IF NOT EXISTS `db`.`laion_local` ON CLUSTER `repl` (`id` Int64, ")
     assert sql.endswith(
-        "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/laion_local', '{replica}') ORDER BY id"
+        "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/laion_local', '{replica}') ORDER BY id "
+        "SETTINGS index_granularity = 256"
     )
     assert "non_replicated_deduplication_window" not in sql
     node_by_node = csql.replicated_local_table_sql(LOCAL, "/zk/{shard}/", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.clickhouse.knn_sql import KnnPlan, exact_sql, fetch_multiplier, knn_settings, knn_sql
+from ingest.clickhouse.knn_sql import KnnPlan, exact_knn_sql, exact_sql, fetch_multiplier, knn_settings, knn_sql
 from ingest.core.errors import BadRequestError
 from ingest.core.ids import TableRef
 from ingest.serve.dedup import duplicates
@@ -90,8 +90,54 @@ def test_knn_sql_keeps_client_values_out() -> None:
     assert fetch_multiplier(1 / 3) == 6 and fetch_multiplier(1.0) == 2 and fetch_multiplier(0.0) == 1000
     assert "image_embedding AS vector" not in sql  # selecting it would scan the vector column (knn_sql.py)
     assert knn_settings(filtered=True, prefilter=False, multiplier=6, search_list=None) == {
+        "cancel_http_readonly_queries_on_client_close": 1,
         "vector_search_filter_strategy": "postfilter",
         "vector_search_index_fetch_multiplier": 6,
     }
     exact = exact_sql(TableRef("default", "laion"), "image_embedding", "[0.5,0.25]", [3, 1], True)
     assert exact.endswith("AS vector FROM `default`.`laion` WHERE id IN (3, 1)"), exact
+    one = exact_knn_sql(TableRef("default", "laion"), plan, True, 7)
+    hits = (
+        "SELECT id FROM `default`.`laion` WHERE `NSFW` IN ('UNLIKELY') "
+        "ORDER BY cosineDistance(`image_embedding`, [0.5,0.25]) ASC LIMIT 40"
+    )
+    assert f"WHERE id IN ({hits}))" in one, one
+    assert "LIMIT" not in one.replace(hits, ""), one  # no LIMIT outside: the outer query must not search again
+    assert "arraySlice(" in one and ", 1, 7) AS meta" in one, one
+    assert "`image_embedding` AS vector" in one and "AS vector" not in exact_knn_sql(TableRef("d", "t"), plan, False, 1)
+
+
+def test_unpack_one_row_answer() -> None:
+    from ingest.serve.engine import unpack
+
+    doc = {"hits": [[5, 0.0], [3, 0.25], [9, 0.5]], "meta": [["u5", "c5"], {"url": "u3", "caption": "c3"}]}
+    rows = unpack(doc, ("url", "caption"))
+    assert rows == [
+        {"id": 5, "distance": 0.0, "url": "u5", "caption": "c5"},
+        {"id": 3, "distance": 0.25, "url": "u3", "caption": "c3"},
+        {"id": 9, "distance": 0.5},
+    ]
+    assert unpack({}, ("url",)) == []
+    with_vectors = unpack({"hits": [[1, 0.1]], "meta": [["u"]], "vectors": [[0.5, 0.5]]}, ("url",))
+    assert with_vectors == [{"id": 1, "distance": 0.1, "url": "u", "vector": [0.5, 0.5]}]
+
+
+def test_coarse_granules_are_said_once_at_start() -> None:
+    from ingest.core.config import QueryConfig, TargetConfig
+    from ingest.core.target import parse_target
+    from ingest.serve.engine import Searcher, ServeOptions, TableFacts
+
+    q = QueryConfig(TargetConfig(parse_target("http://127.0.0.1:1")), TableRef("default", "laion"))
+    searcher = Searcher(None, q, ServeOptions(index_name="laion"))  # type: ignore[arg-type]  # no I/O here
+    searcher.facts = TableFacts(dims={"image_embedding": 512}, rows_per_granule=2450.0)
+    line = searcher.slow_layout()
+    assert line is not None and "2,450 rows per granule" in line and "~4.8 MiB of vectors per hit" in line, line
+    searcher.facts = TableFacts(dims={"image_embedding": 512}, rows_per_granule=256.0)
+    assert searcher.slow_layout() is None
+    searcher.facts = TableFacts(
+        dims={"image_embedding": 512}, rows_per_granule=2450.0, exact_index={"image_embedding": True}
+    )
+    assert searcher.slow_layout() is None  # an f32 index's distances are exact already: no by-id read
+    searcher.opts = ServeOptions(index_name="laion", rescore=False)
+    searcher.facts = TableFacts(dims={"image_embedding": 512}, rows_per_granule=2450.0)
+    assert searcher.slow_layout() is None  # --index-distances reads no vectors

@@ -23,6 +23,10 @@ META_COLUMNS = ("url", "caption", "NSFW", "similarity")
 STRING_COLUMNS = ("url", "caption", "NSFW")
 
 DEFAULT_DIM = 512
+DEFAULT_INDEX_GRANULARITY = 256
+"""Rows per granule of the tables `run` creates (ClickHouse's default: 8,192 rows or 10 MiB, ~2,400 LAION rows).
+A read by primary key decompresses whole granules: serve's exact similarity reads each hit's granule of the vector
+column, 256 × 2 KiB instead of ~2,400 × 2 KiB (bench/serve_layout.py; README "Table layout")."""
 
 # Arrow type of a parquet column → (ClickHouse type, Arrow type in a batch); nulls become '' / 0 / NaN.
 _TYPE_MAP: tuple[tuple[pa.DataType, str], ...] = (
@@ -106,6 +110,7 @@ class TableSchema:
     extras: tuple[Column, ...] = ()
     vector_codec: VectorCodec | None = None
     """None: the tutorial's DDL (no CODEC clause, the server's default compression)."""
+    index_granularity: int = DEFAULT_INDEX_GRANULARITY
 
     @property
     def columns(self) -> tuple[Column, ...]:

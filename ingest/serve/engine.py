@@ -22,8 +22,9 @@ from ingest.clickhouse.knn_sql import (
     VECTOR_COLUMNS,
     KnnPlan,
     columns_sql,
-    exact_sql,
+    exact_knn_sql,
     fetch_multiplier,
+    granule_rows_sql,
     knn_settings,
     knn_sql,
     metadata_sql,
@@ -34,6 +35,7 @@ from ingest.clickhouse.vector_sql import MAX_INDEXED_LIMIT, column_dim_sql, vect
 from ingest.core.config import QueryConfig
 from ingest.core.errors import BadRequestError, ConfigError, TargetError, UsageError
 from ingest.core.ids import TableRef
+from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.serve.dedup import duplicates
 from ingest.serve.protocol import KnnRequest
 from ingest.sinks.base import Sink
@@ -49,6 +51,8 @@ BUSY_INDEX_TRIES = 8
 """ClickHouse's HNSW graph has a fixed number of search slots (usearch's thread limit): concurrent searches over
 it can be refused with code 117 "Too many threads". The refusal is momentary: such a query is retried, briefly."""
 EF_SETTING = "hnsw_candidate_list_size_for_search"
+SLOW_GRANULE_ROWS = 4 * DEFAULT_INDEX_GRANULARITY
+"""Above this many rows per granule serve warns at start that exact similarity is slow on this table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class TableFacts:
     rows: int = 0
     safe_rows: int = 0
     max_limit: int = MAX_INDEXED_LIMIT
+    rows_per_granule: float = 0.0
 
     @property
     def has_safety(self) -> bool:
@@ -141,6 +146,9 @@ class Searcher:
         if facts.has_safety:
             share = await sink.query(safe_share_sql(ref))
             facts.rows, facts.safe_rows = int(share[0]["n"]), int(share[0]["safe"])
+        granules = await sink.query(granule_rows_sql(ref))
+        if granules and int(granules[0]["marks"] or 0) > 0:
+            facts.rows_per_granule = int(granules[0]["rows"]) / int(granules[0]["marks"])
         limits = await sink.query(setting_sql(["max_limit_for_vector_search_queries"]))
         if limits:
             facts.max_limit = int(limits[0]["value"])
@@ -163,19 +171,48 @@ class Searcher:
         except UsageError as exc:
             raise BadRequestError(str(exc)) from None
 
-    def first_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
-        """The SQL and settings a request is answered with first (the bench sends the same to ClickHouse)."""
+    def plan(self, req: KnnRequest, column: str, literal: str) -> tuple[KnnPlan, dict[str, str | int]]:
         facts = self.facts
-        limit = min(req.num_result_ids, facts.max_limit)
         safe_only = req.use_safety_model and facts.has_safety
-        plan = KnnPlan(column, literal, limit, safe_only, facts.metadata)
+        plan = KnnPlan(column, literal, min(req.num_result_ids, facts.max_limit), safe_only, facts.metadata)
         settings = knn_settings(
             filtered=safe_only, prefilter=False, multiplier=facts.multiplier, search_list=facts.search_list.get(column)
         )
+        return plan, settings
+
+    def index_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
+        """The index query alone (ids, metadata, the index's own distances): `--index-distances` sends just this."""
+        plan, settings = self.plan(req, column, literal)
         return knn_sql(self.ref, plan), settings
+
+    def first_query(self, req: KnnRequest, column: str, literal: str) -> tuple[str, dict[str, str | int]]:
+        """The one SQL and settings a request is answered with (the bench sends the same to ClickHouse): the index
+        query, wrapped in the by-id read of the hits' stored vectors when similarities are exact or deduplicate
+        needs the vectors."""
+        plan, settings = self.plan(req, column, literal)
+        if self.exact_form(req, column):
+            meta_rows = plan.limit if req.deduplicate else req.num_images  # deduplicate may promote any row
+            return exact_knn_sql(self.ref, plan, req.deduplicate, meta_rows), settings
+        return knn_sql(self.ref, plan), settings
+
+    def exact_form(self, req: KnnRequest, column: str) -> bool:
+        return self.rescores(column) or req.deduplicate
 
     def rescores(self, column: str) -> bool:
         return self.opts.rescore and not self.facts.exact_index.get(column, False)
+
+    def slow_layout(self) -> str | None:
+        """One line when the table's granules make exact similarity slow (each hit reads its whole granule of the
+        vector column): said once at start."""
+        per = self.facts.rows_per_granule
+        if per <= SLOW_GRANULE_ROWS or not any(self.rescores(c) for c in self.facts.dims):
+            return None
+        mib = per * max(self.facts.dims.values()) * 4 / 2**20
+        return (
+            f"{self.ref.key} has {per:,.0f} rows per granule: exact similarity reads ~{mib:.1f} MiB of vectors per "
+            f"hit (~{mib * 40:.0f} MiB for 40); a table `run` creates now has {DEFAULT_INDEX_GRANULARITY} "
+            "(copy it into one, see README), or serve --index-distances"
+        )
 
     async def knn(self, req: KnnRequest, column: str, literal: str | None) -> KnnAnswer:
         facts = self.facts
@@ -183,43 +220,26 @@ class Searcher:
             return KnnAnswer([], None, False)
         limit = min(req.num_result_ids, facts.max_limit)
         capped = limit if limit < req.num_result_ids else None
-        safe_only = req.use_safety_model and facts.has_safety
         sql, settings = self.first_query(req, column, literal)
-        rows = await self.search(sql, settings)
+        exact = self.exact_form(req, column)
+        rows = await self.search(sql, settings, exact)
         prefiltered = False
-        if safe_only and len(rows) < limit and facts.safe_rows > len(rows):
+        if req.use_safety_model and facts.has_safety and len(rows) < limit and facts.safe_rows > len(rows):
             # the postfilter kept too few: the exact prefiltered search returns every passing row there is
             settings = knn_settings(filtered=True, prefilter=True, multiplier=1, search_list=None)
-            rows = await self.search(sql, settings)
+            rows = await self.search(sql, settings, exact)
             prefiltered = True
-        rows = await self.exact(rows, column, literal, req.deduplicate)
         if req.deduplicate and rows:
             drop = duplicates(np.asarray([r["vector"] for r in rows], dtype=np.float32))
             rows = [r for i, r in enumerate(rows) if i not in drop]
         return KnnAnswer(shape(rows, req.num_images, facts.metadata), capped, prefiltered)
 
-    async def exact(self, rows: list[dict[str, Any]], column: str, literal: str, vectors: bool) -> list[dict[str, Any]]:
-        """The hits with their stored vector's distance (re-ranked by it) and, for deduplicate, the vector itself."""
-        rescore = self.rescores(column)
-        if not rows or not (rescore or vectors):
-            return rows
-        found = await self.sink.query(exact_sql(self.ref, column, literal, [int(r["id"]) for r in rows], vectors))
-        by_id = {int(r["id"]): r for r in found}
-        out = []
-        for row in rows:
-            hit = by_id.get(int(row["id"]))
-            if hit is None:  # gone since the index query: a served table only grows, but never answer a stale row
-                continue
-            merged = {**row, "vector": hit["vector"]} if vectors else dict(row)
-            if rescore:
-                merged["distance"] = float(hit["distance"])
-            out.append(merged)
-        return sorted(out, key=lambda r: float(r["distance"])) if rescore else out
-
-    async def search(self, sql: str, settings: dict[str, str | int]) -> list[dict[str, Any]]:
+    async def search(self, sql: str, settings: dict[str, str | int], exact: bool = False) -> list[dict[str, Any]]:
+        """The rows of a knn query; `exact`: of `exact_knn_sql`'s one-row answer."""
         for attempt in range(BUSY_INDEX_TRIES):
             try:
-                return await self.sink.query(sql, settings)
+                rows = await self.sink.query(sql, settings)
+                return unpack(rows[0] if rows else {}, self.facts.metadata) if exact else rows
             except TargetError as exc:
                 if exc.code != BUSY_INDEX_CODE or "Too many threads" not in str(exc) or attempt == BUSY_INDEX_TRIES - 1:
                     raise
@@ -236,6 +256,21 @@ class Searcher:
 
     async def ping(self) -> None:
         await self.sink.query("SELECT 1 AS ok")
+
+
+def unpack(doc: dict[str, Any], metadata: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`exact_knn_sql`'s one row as rows best first: id, distance, the metadata where sent, the vector if asked."""
+    meta: list[Any] = doc.get("meta") or []
+    vectors: list[Any] | None = doc.get("vectors")
+    rows: list[dict[str, Any]] = []
+    for i, (hit_id, distance) in enumerate(doc.get("hits") or []):
+        row: dict[str, Any] = {"id": hit_id, "distance": distance}
+        if i < len(meta):
+            row.update(meta[i] if isinstance(meta[i], dict) else zip(metadata, meta[i], strict=True))
+        if vectors is not None:
+            row["vector"] = vectors[i]
+        rows.append(row)
+    return rows
 
 
 def shape(rows: list[dict[str, Any]], num_images: int, metadata: tuple[str, ...]) -> list[dict[str, Any]]:

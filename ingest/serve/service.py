@@ -65,7 +65,8 @@ async def refresh_quietly(searcher: Searcher | None) -> None:
 async def listen(app: web.Application, host: str, port: int, purpose: str = "") -> web.AppRunner:
     """Listen on host:port; a port in use or a bad address is a config error, said in one line (the daemon's
     /metrics endpoint starts the same way)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: a client that hangs up cancels its request, and with it the ClickHouse query
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -118,6 +119,9 @@ async def running_service(
             facts.max_limit,
             "on" if encoder is not None else "off (no --weights)",
         )
+        slow = searcher.slow_layout()
+        if slow is not None:
+            log.warning("%s", slow)
         yield service, port
     finally:
         if runner is not None:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.vector.sizing import formula_bytes, index_bytes, merged_graph_rows, scale_build_seconds
 from ingest.vector.tune import Candidate
 
@@ -65,8 +66,8 @@ class Ask:
     workers_per_node: int = 1
     cores: int = MEASURED_CORES
     max_graphs: int = 16
-    rows_per_granule: int = 2400
-    """LAION rows (~4.2 KB) in ClickHouse's adaptive 10 MiB granules."""
+    rows_per_granule: int = DEFAULT_INDEX_GRANULARITY
+    """Rows per granule of the tables `run` creates (ClickHouse's own default holds ~2,400 LAION rows)."""
 
 
 @dataclass(frozen=True, slots=True)

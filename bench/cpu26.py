@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import big  # noqa: E402 - the big shard's cache and min–max helpers
 import harness as bench  # noqa: E402 - process measuring and command lines
 from server26 import DB, LOGS  # noqa: E402
+from squash26 import insert_stats  # noqa: E402
 
 GROUPS = ("ThreadPool", "MergeMutate")
 
@@ -42,17 +43,6 @@ def thread_cpu(pid: int) -> dict[str, float]:
         group = name if name in GROUPS else "other"
         out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def insert_cpu(handle, since: str) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
-    handle.query("SYSTEM FLUSH LOGS")
-    row = handle.query(
-        "SELECT sum(ProfileEvents['UserTimeMicroseconds']) / 1e6, sum(ProfileEvents['SystemTimeMicroseconds']) / 1e6, "
-        "sum(ProfileEvents['SoftPageFaults']) FROM system.query_log WHERE type = 'QueryFinish' AND query_kind = "
-        f"'Insert' AND has(tables, '{DB}.laion') AND event_time_microseconds >= '{since}' FORMAT TSV"
-    )
-    user, system, faults = row.decode().split()
-    return float(user), float(system), int(faults)
 
 
 def main() -> None:
@@ -87,7 +77,8 @@ def main() -> None:
                     before = thread_cpu(handle.pid)
                     m = bench.measure(name, cmd())
                     after = thread_cpu(handle.pid)
-                    user, system, faults = insert_cpu(handle, since)
+                    handle.query("SYSTEM FLUSH LOGS")
+                    user, system, faults = insert_stats(handle, since)
                     row = {"wall": m.seconds, "ours": m.cpu_seconds, "insert user": user, "insert sys": system,
                            "faults k": faults / 1000}  # fmt: skip
                     for group in (*GROUPS, "other"):

@@ -100,7 +100,8 @@ def assert_table_equals(got: pa.Table, want: dict[str, np.ndarray | list[str]]) 
         assert vec.tobytes() == np.asarray(want[name]).tobytes(), f"{name} differs"
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """A LEB128 unsigned integer at `pos` (lengths and counts in ClickHouse's formats): (value, next pos)."""
     shift = value = 0
     while True:
         b = buf[pos]
@@ -123,13 +124,13 @@ def parse_rowbinary(data: bytes) -> pa.Table:
         ids.append(int.from_bytes(buf[pos : pos + 8], "little", signed=True))
         pos += 8
         for name in ("url", "caption", "NSFW"):
-            n, pos = _varint(buf, pos)
+            n, pos = varint(buf, pos)
             texts[name].append(bytes(buf[pos : pos + n]).decode("utf-8"))
             pos += n
         sims.append(float(np.frombuffer(buf[pos : pos + 4], dtype="<f4")[0]))
         pos += 4
         for name in ("image_embedding", "text_embedding"):
-            n, pos = _varint(buf, pos)
+            n, pos = varint(buf, pos)
             vecs[name].append(np.frombuffer(buf[pos : pos + 4 * n], dtype="<f4").copy())
             pos += 4 * n
     cols: dict[str, pa.Array] = {

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_run import cli
-from exact import assert_table_equals, expected_rows, server_table
+from exact import assert_table_equals, expected_rows, server_table, varint
 from http_capture import KEEP, Capture
 from test_http_sink import sink_settings, small_batch
 from test_layouts import _with_nulls
@@ -33,27 +33,16 @@ NAN_ROWS = {0: [7, 260, 261, 999]}
 EXTRAS = "key,width,watermark,aesthetic"
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
 def _string(buf: bytes, pos: int) -> tuple[str, int]:
-    n, pos = _varint(buf, pos)
+    n, pos = varint(buf, pos)
     return buf[pos : pos + n].decode(), pos + n
 
 
 def first_column(body: bytes) -> tuple[int, int, str, str, np.ndarray, str]:
     """(columns, rows, first column's name and type, its Int64 values, the second column's name) of a Native
     body's first block: a plain reader, independent of ingest's encoder."""
-    cols, pos = _varint(body, 0)
-    rows, pos = _varint(body, pos)
+    cols, pos = varint(body, 0)
+    rows, pos = varint(body, pos)
     name, pos = _string(body, pos)
     typ, pos = _string(body, pos)
     ids = np.frombuffer(body, dtype="<i8", count=rows, offset=pos)

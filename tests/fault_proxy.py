@@ -227,6 +227,13 @@ class FaultProxy:
         for conn in list(self._conns):
             _reset(conn.client)
             _reset(conn.server)
+        # Every connection's handler and pumps end here, before stop() closes the loop: a handler still pending
+        # then would fail later with "Event loop is closed" (pytest's unraisable-exception warning).
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.wait(others, timeout=10)
 
     async def _refuse(self) -> None:
         if self._server is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ingest.clickhouse import cluster_sql as csql
+from ingest.clickhouse.index_sql import ids_search_sql
 from ingest.clickhouse.vector_sql import search_sql
 from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
@@ -114,9 +115,12 @@ class KnnSearch:
     literal: str
     limit: int
     settings: dict[str, str | int]
+    ids_only: bool = False
+    """Answer ids and distances only (recall checks), not the url and caption a user reads."""
 
     def sql(self, ref: TableRef) -> str:
-        return search_sql(ref, self.column, self.metric, self.literal, self.limit)
+        shape = ids_search_sql if self.ids_only else search_sql
+        return shape(ref, self.column, self.metric, self.literal, self.limit)
 
     def sqls(self) -> tuple[str, str]:
         """(through Distributed, on a shard's local table)."""

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.clickhouse.index_sql import ids_search_sql
 from ingest.clickhouse.vector_sql import VectorIndex, recall_at_k, same_definition, search_settings
 from ingest.core.config import QueryConfig, TuneConfig
 from ingest.core.errors import SchemaMismatchError
@@ -159,7 +158,6 @@ async def plan_on_cluster(
 def cluster_searcher(cluster: ClusterSink, ref: TableRef, index: VectorIndex) -> Searcher:
     """Recall@10 per query the way `search` answers on this cluster: the route is read once per search list."""
     routes: dict[tuple[object, ...], ClusterRoute] = {}
-    local = csql.local_ref(ref)
 
     async def recalls(
         literals: Sequence[str], exact: Sequence[list[int]], size: int, extras: dict[str, int]
@@ -168,13 +166,10 @@ def cluster_searcher(cluster: ClusterSink, ref: TableRef, index: VectorIndex) ->
         key = (size, *sorted(extras.items()))
         out = []
         for lit, truth in zip(literals, exact, strict=True):
+            search = KnnSearch(ref, index.column, index.metric, lit, K, opts, ids_only=True)
             if key not in routes:
-                routes[key] = await plan_route(cluster, KnnSearch(ref, index.column, index.metric, lit, K, opts))
-            sqls = (
-                ids_search_sql(ref, index.column, index.metric, lit, K),
-                ids_search_sql(local, index.column, index.metric, lit, K),
-            )
-            rows, _ = await run_route(cluster, routes[key], sqls, opts, K)
+                routes[key] = await plan_route(cluster, search)
+            rows, _ = await run_route(cluster, routes[key], search.sqls(), opts, K)
             out.append(recall_at_k([int(r["id"]) for r in rows], truth, K))
         return out
 

@@ -4,6 +4,7 @@ lines (bench/growth.py runs the processes)."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -213,12 +214,55 @@ def print_projection(rows: list[Row]) -> None:
         for name, pr, me, printed in pairs:
             if not pr or not me:
                 continue
-            ratio = pr / me
-            ok = "within" if abs(ratio - 1) <= TOLERANCE else "OUTSIDE"
             then = ""
             if int(said.get("rows", 0)) == last.rows and printed and abs(float(printed) - pr) > 0.005 * pr:
                 then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
-            print(f"  {name:<17} projected {pr:>8,.0f}  measured {me:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%){then}")
+            print(verdict(name, pr, me) + then)
+        cost = None if same else structure_cost(first.entry, last.entry)
+        if cost is not None:
+            print(
+                f"  the structure built took {cost:.2f}× the projected one's build time on the same sample "
+                f"({last.rows:,}-row run's tuning grid); the projection for the structure built:"
+            )
+            for name, pr, me, _ in pairs[:2]:
+                if pr and me:
+                    print(verdict(name, pr * cost, me))
+
+
+def verdict(name: str, projected: float, measured: float) -> str:
+    ratio = projected / measured
+    ok = "within" if abs(ratio - 1) <= TOLERANCE else "OUTSIDE"
+    return f"  {name:<17} projected {projected:>8,.0f}  measured {measured:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%)"
+
+
+def structure_cost(projected: dict[str, Any], built: dict[str, Any]) -> float | None:
+    """Build cost of the structure built over the one projected, from the builds the larger run's tuner measured
+    on one sample (same rows, same machine, same graph size): None unless that grid holds both."""
+    grid = {
+        (b["quantization"], int(b["m"]), int(b["ef_construction"])): float(b["build_seconds"])
+        for b in built.get("sample_builds") or []
+    }
+    key = lambda e: (e["quantization"], int(e["m"]), int(e["ef_construction"]))  # noqa: E731
+    a, b = grid.get(key(projected)), grid.get(key(built))
+    return b / a if a and b else None
+
+
+GRID_ROW = re.compile(r"│ (bf16|f16|f32|i8|b1) M=(\d+) ef_c=(\d+)(?: rescore×\d+)?\s+│(.*)")
+
+
+def grid_from_out(text: str) -> list[dict[str, Any]]:
+    """The tuner's sample builds as `index` printed them (its grid table: build s is the third cell from the
+    end), for runs whose --report predates `sample_builds`."""
+    out: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for line in text.splitlines():
+        if (m := GRID_ROW.search(line)) is None:
+            continue
+        cells = [c.strip() for c in m.group(4).split("│") if c.strip()]
+        key = (m.group(1), int(m.group(2)), int(m.group(3)))
+        out.setdefault(
+            key, {"quantization": key[0], "m": key[1], "ef_construction": key[2], "build_seconds": float(cells[-3])}
+        )
+    return list(out.values())
 
 
 def main() -> None:
@@ -231,6 +275,10 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's `ingest`
     for path in sys.argv[1:]:
         rows = sorted((Row.from_dict(d) for d in json.loads(Path(path).read_text())), key=lambda r: r.rows)
+        for r in rows:  # a run before `index --report` carried its tuning grid: read the grid it printed
+            out = Path(path).parent / Path(path).name.removesuffix("-rows.json") / f"index-{r.rows}.out"
+            if "sample_builds" not in r.entry and out.exists():
+                r.report["indexes"][0]["sample_builds"] = grid_from_out(out.read_text())
         print_tables(f"growth (reprinted from {path} by this checkout's sizing.project_build)", rows)
 
 

@@ -88,7 +88,6 @@ def test_memory_of_a_loaded_index_is_bytes_per_cache_cell_times_graphs() -> None
 # ---- the command on chdb -----------------------------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return loaded_chdb(tmp_path_factory.mktemp("growth"), "--segment-rows", "1500")  # 8 parts, merged first
@@ -110,6 +109,9 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     # takes more (26.9, bf16 M=12: 16.8 MB for a graph of 5,000 rows, 33.7 MB for 20,000, 151.6 MB for 80,000)
     assert formula * 0.8 < entry["memory_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)
     assert formula * 0.8 < entry["disk_bytes"] < formula * 1.5
+    builds = {(b["quantization"], b["m"], b["ef_construction"]): b for b in entry["sample_builds"]}
+    chosen = builds[(entry["quantization"], entry["m"], entry["ef_construction"])]  # the tuner built it on its sample
+    assert chosen["build_seconds"] > 0 and chosen["sample_rows"] <= 12_000
     proj = entry["projection"]
     assert proj["rows"] == 48_000 and proj["graphs"] == 4
     assert proj["index_bytes"] == pytest.approx(entry["memory_bytes"] * 4, rel=1e-6)
@@ -126,3 +128,26 @@ def test_dry_run_projects_from_the_sample(table: Path, tmp_path: Path) -> None:
     assert "dry_index: projected at 1,000,000 rows" in out and "--dry-run: nothing built" in out
     doc = orjson.loads(report.read_bytes())
     assert doc["phases_seconds"]["build"] == 0 and doc["indexes"][0]["projection"]["rows"] == 1_000_000
+
+
+def test_structure_cost_converts_a_projection_by_the_larger_runs_sample_builds() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from growth_report import grid_from_out, structure_cost
+
+    printed = (
+        "│ bf16 M=12 ef_c=24          │  0.600 │  0.924 │    25.9 │             259 │        4.6 GiB │\n"
+        "│ i8 M=12 ef_c=24 rescore×4  │  0.620 │  0.930 │    21.1 │             211 │        2.7 GiB │\n"
+        "│ bf16 M=12 ef_c=32          │  0.628 │  0.960 │    31.4 │             314 │        4.6 GiB │\n"
+    )
+    grid = grid_from_out(printed)
+    assert {(b["quantization"], b["ef_construction"], b["build_seconds"]) for b in grid} == {
+        ("bf16", 24, 25.9),
+        ("i8", 24, 21.1),
+        ("bf16", 32, 31.4),
+    }
+    small = {"quantization": "bf16", "m": 12, "ef_construction": 24}
+    large = {"quantization": "bf16", "m": 12, "ef_construction": 32, "sample_builds": grid}
+    assert structure_cost(small, large) == pytest.approx(31.4 / 25.9)
+    assert structure_cost({**small, "m": 16}, large) is None  # not in that grid: no conversion, said so by omission

@@ -58,6 +58,7 @@ from ingest.vector.index_report import (
     disk_bytes,
     memory_bytes,
     projection,
+    sample_builds,
 )
 from ingest.vector.sizing import (
     FORMULA,
@@ -323,6 +324,8 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
             graphs = await graphs_now(sink, ref, p.index.granularity, layout, report)
             entry = await measured_entry(sink, ref, p, outcome, graphs, cache_before, engine_cpu)
             log_.indexes.append(entry.as_dict(p.search_list))
+            if p.tuned is not None:
+                log_.indexes[-1]["sample_builds"] = sample_builds(p.tuned)
             if (proj := projection(entry.measured, cfg.project_rows, layout, cfg.max_graphs)) is not None:
                 report(f"{p.index.name}: {proj.line()}")
                 log_.indexes[-1]["projection"] = proj.as_dict()

@@ -23,6 +23,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout
 from ingest.vector.sizing import MeasuredBuild, Projection, project_build
+from ingest.vector.tune import TuneReport
 
 PHASES = ("tuning", "merge", "build", "check")
 
@@ -92,6 +93,26 @@ class IndexEntry:
             "memory_bytes": self.memory_bytes,
             "disk_bytes": self.disk_bytes,
         }
+
+
+def sample_builds(tuned: TuneReport) -> list[dict[str, Any]]:
+    """Each build the tuner measured on its sample (one entry per structure, search variants aside): what converts
+    a projection of one structure into another's, both built on the same rows of the same machine."""
+    seen: dict[str, dict[str, Any]] = {}
+    for m in tuned.measured:
+        c = m.candidate.build()
+        seen.setdefault(
+            c.label(),
+            {
+                "quantization": c.quantization,
+                "m": c.m,
+                "ef_construction": c.ef_construction,
+                "build_seconds": m.build_seconds,
+                "sample_rows": tuned.sample_rows,
+                "sample_graph_rows": tuned.sample_graph_rows,
+            },
+        )
+    return list(seen.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,6 @@ def test_sizing_formula_fit_and_alternatives() -> None:
 # ---- the command on chdb -----------------------------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return loaded_chdb(tmp_path_factory.mktemp("tune"), "--segment-rows", "1500")  # 8 parts, merged first
@@ -328,3 +327,18 @@ def test_a_table_of_few_parts_is_merged_before_the_build(tmp_path: Path) -> None
         db, "SELECT rows, secondary_indices_compressed_bytes AS b FROM system.parts WHERE active AND table = 'laion'"
     )
     assert [int(p["rows"]) for p in parts] == [6000] and all(int(p["b"]) > 0 for p in parts)
+
+
+def test_a_check_left_under_its_margin_says_so_and_names_a_costlier_structure() -> None:
+    from ingest.core.config import TuneConfig
+    from ingest.vector.check import short_of_goal
+
+    index = VectorIndex("image_index", "image_embedding", 512, "cosineDistance", "i8", 12, 32)
+    cfg = TuneConfig(recall_target=0.95)
+    assert short_of_goal(index, 0.971, cfg) is None  # target 0.95 + margin 0.02 reached
+    said = short_of_goal(index, 0.964, cfg)
+    assert said == (
+        "image_index: recall@10 0.964 at the largest useful search list is under the 0.97 the check aims for "
+        "(target 0.95 + 0.02): another sample of queries may read under the target; a costlier structure reaches "
+        "it (e.g. --m 24 --ef-construction 64)"
+    )

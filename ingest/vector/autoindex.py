@@ -35,7 +35,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector import metadata
 from ingest.vector.capacity_run import record_grid
-from ingest.vector.check import verify_recall
+from ingest.vector.check import short_of_goal, verify_recall
 from ingest.vector.graphs import Layout, PartStats, graphs_over, plan_layout
 from ingest.vector.index import (
     DisplayFactory,
@@ -319,6 +319,8 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
                     f"({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
                     "recorded for search and eval"
                 )
+                if (short := short_of_goal(p.index, recall, cfg)) is not None:
+                    report(short)
                 log_.add("check", time.monotonic() - checked)
             engine_cpu = build_cpu if q.target.spec.kind == "chdb" else None  # a server's CPU is not ours
             graphs = await graphs_now(sink, ref, p.index.granularity, layout, report)

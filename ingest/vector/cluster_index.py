@@ -37,7 +37,7 @@ from ingest.vector.autoindex import (
     refuse_if_too_large,
     table_layout,
 )
-from ingest.vector.check import Searcher, verify_recall
+from ingest.vector.check import Searcher, short_of_goal, verify_recall
 from ingest.vector.cluster import ClusterRoute, KnnSearch, as_cluster, plan_route, run_route
 from ingest.vector.graphs import Layout
 from ingest.vector.index import (
@@ -262,3 +262,5 @@ async def _check_and_record(
         f"({cfg.verify_queries} query rows, {time.monotonic() - checked:.1f} s); "
         f"recorded for search and eval on {len(nodes)} node(s)"
     )
+    if (short := short_of_goal(p.index, recall, cfg)) is not None:
+        report(short)

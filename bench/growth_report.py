@@ -218,15 +218,34 @@ def print_projection(rows: list[Row]) -> None:
             if int(said.get("rows", 0)) == last.rows and printed and abs(float(printed) - pr) > 0.005 * pr:
                 then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
             print(verdict(name, pr, me) + then)
-        cost = None if same else structure_cost(first.entry, last.entry)
-        if cost is not None:
-            print(
-                f"  the structure built took {cost:.2f}× the projected one's build time on the same sample "
-                f"({last.rows:,}-row run's tuning grid); the projection for the structure built:"
+        if same:
+            continue
+        cost = structure_cost(first.entry, last.entry)
+        size = sized_ratio(first.entry, last.entry, last.rows)
+        print(
+            "  converted to the structure built: build "
+            + (
+                f"× {cost:.2f} (its build time over the projected one's on the {last.rows:,}-row run's tuning sample)"
+                if cost is not None
+                else "not converted (that run's tuning grid did not build both)"
             )
-            for name, pr, me, _ in pairs[:2]:
-                if pr and me:
-                    print(verdict(name, pr * cost, me))
+            + f", memory × {size:.2f} (what `index` sizes each at, sizing.index_bytes):"
+        )
+        converted = [(pairs[0], cost), (pairs[1], cost), (pairs[2], size)]
+        for (name, pr, me, _), factor in converted:
+            if pr and me and factor is not None:
+                print(verdict(name, pr * factor, me))
+
+
+def sized_ratio(projected: dict[str, Any], built: dict[str, Any], rows: int) -> float:
+    """Memory of the structure built over the one projected, as `index` sizes them (the measured bytes per row
+    carry over; only the structure's share changes)."""
+    from ingest.vector.sizing import index_bytes
+
+    def sized(e: dict[str, Any]) -> int:
+        return index_bytes(rows, 512, str(e["quantization"]), int(e["m"]))
+
+    return sized(built) / sized(projected)
 
 
 def verdict(name: str, projected: float, measured: float) -> str:

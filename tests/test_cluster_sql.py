@@ -210,3 +210,16 @@ def test_build_progress_is_summed_over_shards_and_closed_once() -> None:
     b.close()
     summed.close()  # after a failure path: never a second close
     assert seen[-1] == "closed" and seen.count("closed") == 1
+
+
+def test_deleted_ranges_are_read_back_from_mutation_commands_as_each_server_lists_them() -> None:
+    from ingest.clickhouse.cluster_sql import deleted_ranges
+
+    assert deleted_ranges(
+        [
+            "DELETE WHERE (id >= 0) AND (id <= 11999)",  # 18.16 rewrites BETWEEN
+            "DELETE WHERE id BETWEEN 30000000 AND 30011999",  # newer servers keep it
+            "UPDATE caption = '' WHERE id = 3",  # someone else's mutation: not ours
+            "DELETE WHERE NSFW = 'NSFW'",
+        ]
+    ) == [(0, 11999), (30_000_000, 30_011_999)]

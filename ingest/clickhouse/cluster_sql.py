@@ -198,3 +198,27 @@ def explain_reads(plan: str) -> list[str | None]:
         elif reads and name and line.startswith("Description:") and "vector_similarity" in line:
             reads[-1] = name
     return reads
+
+
+def delete_mutations_sql(ref: TableRef) -> str:
+    """The commands of a table's mutations on one node (a replicated table lists its shard's mutations)."""
+    return (
+        "SELECT command FROM system.mutations "
+        f"WHERE database = {quote_string(ref.database)} AND table = {quote_string(ref.table)}"
+    )
+
+
+DELETED_RANGE = re.compile(
+    r"DELETE WHERE (?:\(id >= (-?\d+)\) AND \(id <= (-?\d+)\)|id BETWEEN (-?\d+) AND (-?\d+))", re.IGNORECASE
+)
+"""Our `delete_range_sql` as a server lists it: 18.16 rewrites BETWEEN into two comparisons, newer ones keep it."""
+
+
+def deleted_ranges(commands: list[str]) -> list[tuple[int, int]]:
+    """Id ranges our own deletes removed, read back from mutation commands (others' mutations are left out)."""
+    out = []
+    for command in commands:
+        if (m := DELETED_RANGE.search(command)) is not None:
+            lo, hi = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+            out.append((int(lo), int(hi)))
+    return out

@@ -200,6 +200,16 @@ class ClusterSink:
             max_replicas=max(self._replica_count),
         )
         await ensure_tables(setup, ref, DEDUP_WINDOW if self.info.dedup_token else None)
+        if self.replicated and not self.info.dedup_token:
+            await self._read_deleted(csql.local_ref(ref))
+
+    async def _read_deleted(self, local: TableRef) -> None:
+        """Ranges an earlier run deleted on any shard: their rows must go with deduplication off here too, or a
+        shard whose replicas still remember the first run's identical blocks drops them (a run stopped between a
+        delete and its resend, then rerun, lost those rows that way)."""
+        for replicas in self._replicas:
+            rows = await replicas[0].query(csql.delete_mutations_sql(local))
+            self._deleted.extend(csql.deleted_ranges([str(r["command"]) for r in rows]))
 
     # -- data -------------------------------------------------------------------------------------------------
     async def _on_shard(self, pos: int, call: Callable[[HttpSink], Awaitable[T]]) -> T:
@@ -274,8 +284,12 @@ class ClusterSink:
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         local = csql.local_ref(ref)
         if self.replicated:
-            await all_of([self._replicated_delete(pos, local, first_id, last_id) for pos in range(len(self._replicas))])
+            shards = range(len(self._replicas))
+            await all_of([self._refuse_while_down(pos, local, first_id, last_id) for pos in shards])
+            # marked before any shard deletes: if one shard's delete runs and another's fails, the range is sent
+            # again, and the shard that deleted would drop the resent blocks as duplicates of its first ones
             self._deleted.append((first_id, last_id))
+            await all_of([self._replicated_delete(pos, local, first_id, last_id) for pos in shards])
             return
         await all_of([s.delete_range(local, first_id, last_id) for s in self._nodes.values()])
 
@@ -288,16 +302,7 @@ class ClusterSink:
         finishes. A mutation only touches blocks numbered before it, so the range sent again is never deleted.
         """
         sink = self._replicas[pos][0]
-        refusal = (
-            f"cluster {self.cluster} shard {pos + 1}: not deleting ids {first_id}..{last_id} of {local.key} while "
-            "a replica is down (it may hold rows the others lack); rerun once it is back"
-        )
-        try:
-            rows = await sink.query(csql.replica_health_sql(local))
-        except TransientTargetError as exc:
-            raise TransientTargetError(f"{refusal}: {exc}", exc.code) from None
-        if (rows and csql.replicas_down(rows)) or len(self._replicas[pos]) < self._replica_count[pos]:
-            raise TransientTargetError(refusal)
+        await self._refuse_while_down(pos, local, first_id, last_id)
         await sink.execute(delete_range_sql(local, first_id, last_id))
         deadline = time.monotonic() + REPLICATED_DELETE_WAIT
         delay = 0.05
@@ -315,6 +320,20 @@ class ClusterSink:
                 return
             await asyncio.sleep(delay)
             delay = min(1.0, delay * 2)
+
+    async def _refuse_while_down(self, pos: int, local: TableRef, first_id: int, last_id: int) -> None:
+        """Retriable refusal while any replica of the shard is down (see `_replicated_delete`)."""
+        sink = self._replicas[pos][0]
+        refusal = (
+            f"cluster {self.cluster} shard {pos + 1}: not deleting ids {first_id}..{last_id} of {local.key} while "
+            "a replica is down (it may hold rows the others lack); rerun once it is back"
+        )
+        try:
+            rows = await sink.query(csql.replica_health_sql(local))
+        except TransientTargetError as exc:
+            raise TransientTargetError(f"{refusal}: {exc}", exc.code) from None
+        if (rows and csql.replicas_down(rows)) or len(self._replicas[pos]) < self._replica_count[pos]:
+            raise TransientTargetError(refusal)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
         return await remote_read(self.entry.query(sql, settings))

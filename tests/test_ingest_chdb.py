@@ -97,3 +97,34 @@ def test_skip_row_policy_drops_only_nan_rows(make_shards, tmp_path: Path) -> Non
     out = run(src, db, "--dim", "8", "--on-nan", "skip-row", "--batch-rows", "16", shards="0")
     assert "0 rows inserted" in out
     assert chdb_table(db).num_rows == 48
+
+
+def test_an_aborted_body_unblocks_an_engine_that_opens_the_pipe_late(tmp_path: Path) -> None:
+    """A body cancelled before the engine opened its end of the pipe (a run stopped with no drain time): the
+    engine's open() must still find a writer and an unparsable block, or its insert thread waits for ever and
+    keeps the process up (seen under load: the stopped run never exited)."""
+    import asyncio
+    import os
+    import threading
+
+    from ingest.clickhouse.wire import ABORT_BLOCK
+    from ingest.sinks.fifo_body import abort_statement
+
+    path = tmp_path / "segment.native"
+    os.mkfifo(path, 0o600)
+    opened = threading.Event()
+
+    def late_engine() -> bytes:
+        opened.wait(10)  # opens only after the abort began, as a statement still queued would
+        with path.open("rb") as pipe:  # blocks for ever when nobody holds the writing end
+            return pipe.read(len(ABORT_BLOCK))
+
+    async def main() -> bytes:
+        statement = asyncio.get_running_loop().run_in_executor(None, late_engine)
+        aborting = asyncio.ensure_future(abort_statement(path, statement))
+        await asyncio.sleep(0.2)
+        opened.set()
+        await asyncio.wait_for(aborting, 10)
+        return statement.result()
+
+    assert asyncio.run(main()) == ABORT_BLOCK

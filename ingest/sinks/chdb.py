@@ -8,7 +8,6 @@ while the engine parses, squashes and writes segments on as many threads as ther
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -37,7 +36,7 @@ from ingest.core.pieces import Piece
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, server_info, squash_of
 from ingest.sinks.body_pump import pumped
-from ingest.sinks.fifo_body import encoded_blocks, feed_fifo, fifo_path
+from ingest.sinks.fifo_body import abort_statement, encoded_blocks, feed_fifo, fifo_path
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +169,7 @@ class ChdbSink:
                 async with pumped(pieces, PUMP_DEPTH) as feed:
                     await feed_fifo(path, feed, statement, self._write_pool)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(statement)  # fails on the unparsable block: nothing of it is committed
+                await asyncio.shield(abort_statement(path, statement))  # it fails: nothing of it is committed
                 raise
             await statement
 

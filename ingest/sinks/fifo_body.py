@@ -134,3 +134,17 @@ async def _settled(fut: asyncio.Future[None]) -> None:
 def _abort(fd: int) -> None:
     with contextlib.suppress(OSError):
         _write_all(fd, [ABORT_BLOCK])
+
+
+async def abort_statement(path: Path, statement: asyncio.Future[None]) -> None:
+    """After a body that did not finish, however far it got: an unparsable block in the pipe, both ends held
+    (O_RDWR never waits) until the statement ends. A statement whose engine had not opened its end yet would
+    otherwise open it later and wait in open() for a writer for ever (a run stopped with no drain time hung so:
+    cancelled before the pipe was opened, its insert thread kept the process up). It opens, reads the block,
+    fails and commits nothing; one that ended already is only waited for."""
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        _abort(fd)  # one small block into a pipe nobody else writes: it fits the buffer, the write cannot wait
+        await _settled(statement)
+    finally:
+        os.close(fd)

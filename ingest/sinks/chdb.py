@@ -169,6 +169,8 @@ class ChdbSink:
                 async with pumped(pieces, PUMP_DEPTH) as feed:
                     await feed_fifo(path, feed, statement, self._write_pool)
             except BaseException:
+                # feed_fifo wrote an unparsable block already if it had opened the pipe (before closing its end, so
+                # the engine never reads a clean EOF); this one covers an engine that had not opened its end yet
                 await asyncio.shield(abort_statement(path, statement))  # it fails: nothing of it is committed
                 raise
             await statement

@@ -42,6 +42,7 @@ from ingest.core.errors import (
     TransientTargetError,
     UncertainInsertError,
 )
+from ingest.core.id_ranges import IdRanges
 from ingest.core.ids import TableRef
 from ingest.core.pieces import Piece
 from ingest.core.plan import SegmentPlan
@@ -89,7 +90,7 @@ class ClusterSink:
         self._members = 0
         self.on_cluster = False
         self.replicated = False
-        self._deleted: list[tuple[int, int]] = []
+        self._deleted = IdRanges()
         """Id ranges this sink deleted: their rows are sent again with block deduplication off."""
         self._fresh: dict[int, HttpSink] = {}
         """Clones of sinks (by id of the original) whose inserts skip deduplication (`insert_deduplicate=0`)."""
@@ -209,7 +210,8 @@ class ClusterSink:
         delete and its resend, then rerun, lost those rows that way)."""
         for replicas in self._replicas:
             rows = await replicas[0].query(csql.delete_mutations_sql(local))
-            self._deleted.extend(csql.deleted_ranges([str(r["command"]) for r in rows]))
+            for first, last in csql.deleted_ranges([str(r["command"]) for r in rows]):
+                self._deleted.add(first, last)
 
     # -- data -------------------------------------------------------------------------------------------------
     async def _on_shard(self, pos: int, call: Callable[[HttpSink], Awaitable[T]]) -> T:
@@ -231,7 +233,7 @@ class ClusterSink:
         that sends them with `insert_deduplicate=0`. Replicated tables drop a block identical to a recent one: that
         makes a resent block after an uncertain insert a no-op (keep it), but would swallow the rows of a deleted
         range sent again."""
-        if self.info.dedup_token or not self.replicated or not any(a <= first_id <= b for a, b in self._deleted):
+        if self.info.dedup_token or not self.replicated or first_id not in self._deleted:
             return sink
         clone = self._fresh.get(id(sink))
         if clone is None:
@@ -288,7 +290,7 @@ class ClusterSink:
             await all_of([self._refuse_while_down(pos, local, first_id, last_id) for pos in shards])
             # marked before any shard deletes: if one shard's delete runs and another's fails, the range is sent
             # again, and the shard that deleted would drop the resent blocks as duplicates of its first ones
-            self._deleted.append((first_id, last_id))
+            self._deleted.add(first_id, last_id)
             await all_of([self._replicated_delete(pos, local, first_id, last_id) for pos in shards])
             return
         await all_of([s.delete_range(local, first_id, last_id) for s in self._nodes.values()])

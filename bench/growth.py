@@ -8,7 +8,10 @@ Per target and size, in a fresh database: `run` of the first k 1M-row shards (wa
 process, and of the server for HTTP, active parts after the load); `index --recall-target 0.95 --report` (seconds of
 tuning, merge, build and check, the structure chosen, its memory as ClickHouse reports it once loaded:
 VectorSimilarityIndexCacheBytes per cache cell × graphs; the sizing formula beside it); an independent
-`eval --json` (recall@10 against brute force, p50/p99 of indexed and of brute-force search). The shards are
+`eval --json` (recall@10 against brute force, p50/p99 of indexed and of brute-force search); and where the
+tuner chose another structure than at the smallest size, the tuned index is dropped and the smallest size's
+structure built with given parameters (build s, CPU, memory once loaded): the projection, a model of one
+structure's growth, is held to that (a resumed run adds this build to saved sizes that lack it). The shards are
 synthesized once into --data-dir (4 × 1M rows, ~8 GB of float16 npy) and reused. The vector index cache is raised
 to 12 GiB (ClickHouse caps it at half this machine's 24 GB) on both targets, so that a 4M-row index is held whole
 (at the default 5 GiB, `index` refuses a bf16 index over 4M rows, projected 6.9 GiB with its 1.5 margin).
@@ -36,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))  # this checkout's `ingest` (sizing's projection), not an installed one
 
-from growth_report import Ran, Row, print_tables  # noqa: E402
+from growth_report import Ran, Row, print_tables, structure_key  # noqa: E402
 
 PY = sys.executable
 SHARD_ROWS = 1_000_000
@@ -195,8 +198,27 @@ class CpuSampler:
         return out
 
 
-def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int) -> Row:
+def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int, like: dict[str, Any] | None) -> Row:
+    """One size: load, `index --recall-target 0.95`, eval; then, when `like` (the smallest size's index entry)
+    is another structure than the tuner chose here, that structure built here too (see like_for_like)."""
     rows = shards * SHARD_ROWS
+    load, parts = load_size(t, src, shards)
+    report_path = t.work / f"index-{rows}.json"
+    index_args = ["index", "--target", t.target, "--recall-target", "0.95", "--no-progress", "--report"]
+    index_args += [str(report_path), *(["--project-rows", str(project)] if project > rows else [])]
+    load_before = loadavg()
+    index, report, server_cpu = index_run(t, index_args, report_path)
+    print(f"  indexed in {index.seconds:.1f} s; eval", flush=True)
+    ev = timed(ingest("eval", "--target", t.target, "--queries", str(queries), "--seed", "99", "--json"), t.work)
+    evaluation = json.loads(ev.out.strip().splitlines()[-1])
+    row = Row(rows, load, t.server_rss_mb(), parts, index, server_cpu, report, evaluation, [load_before, loadavg()])
+    if like is not None and structure_key(like) != structure_key(row.entry):
+        row.same = like_for_like(t, rows, like)
+    return row
+
+
+def load_size(t: Chdb | Http, src: Path, shards: int) -> tuple[Ran, int]:
+    """`run` of the first `shards` shards into a fresh database: the process, and the active parts it left."""
     ensure_shards(src, shards)
     t.fresh()
     state = t.work / "ledger.json"
@@ -205,26 +227,38 @@ def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int)
     run = ["run", "--source", str(src), "--shards", spec, "--no-progress", "--state", str(state)]
     load = timed(ingest(*run, "--target", t.target), t.work)
     parts = int(t.scalar("SELECT count() FROM system.parts WHERE database = 'default' AND table = 'laion' AND active"))
-    print(f"  {rows:,} rows loaded in {load.seconds:.1f} s, {parts} parts; indexing", flush=True)
-    report_path = t.work / f"index-{rows}.json"
-    index_args = ["index", "--target", t.target, "--recall-target", "0.95", "--no-progress", "--report"]
-    index_args += [str(report_path), *(["--project-rows", str(project)] if project > rows else [])]
-    load_before = loadavg()
+    print(f"  {shards * SHARD_ROWS:,} rows loaded in {load.seconds:.1f} s, {parts} parts; indexing", flush=True)
+    return load, parts
+
+
+def index_run(t: Chdb | Http, args: list[str], report_path: Path) -> tuple[Ran, dict[str, Any], float]:
+    """`index` with --report: the process, its report and, over HTTP, the server's CPU seconds while it ran (also
+    charged to each phase in the report, server_phases_cpu_seconds)."""
     sampler = CpuSampler(t.server_cpu) if isinstance(t, Http) else None
     try:
-        index = timed(ingest(*index_args), t.work)
+        ran = timed(ingest(*args), t.work)
     finally:
         if sampler is not None:
             sampler.stop()
-    (t.work / f"index-{rows}.out").write_text(index.out)
+    (t.work / f"{report_path.stem}.out").write_text(ran.out)
     report = json.loads(report_path.read_text())
-    server_cpu = sampler.samples[-1][1] - sampler.samples[0][1] if sampler else 0.0
-    if sampler is not None:
-        report["server_phases_cpu_seconds"] = sampler.per_phase(report.get("phase_spans_monotonic", []))
-    print(f"  indexed in {index.seconds:.1f} s; eval", flush=True)
-    ev = timed(ingest("eval", "--target", t.target, "--queries", str(queries), "--seed", "99", "--json"), t.work)
-    evaluation = json.loads(ev.out.strip().splitlines()[-1])
-    return Row(rows, load, t.server_rss_mb(), parts, index, server_cpu, report, evaluation, [load_before, loadavg()])
+    if sampler is None:
+        return ran, report, 0.0
+    report["server_phases_cpu_seconds"] = sampler.per_phase(report.get("phase_spans_monotonic", []))
+    return ran, report, sampler.samples[-1][1] - sampler.samples[0][1]
+
+
+def like_for_like(t: Chdb | Http, rows: int, like: dict[str, Any]) -> dict[str, Any]:
+    """The smallest size's structure built at this size with given parameters, after the tuned index is dropped:
+    the projection from the smallest size is a model of that structure's growth, and the tuner chose another
+    one here (its sample density and the memory both move the choice), so this is what the model is held to."""
+    q, m, ef = structure_key(like)
+    print(f"  the smallest size's structure ({q} M={m} ef_c={ef}) built here as well", flush=True)
+    t.scalar("ALTER TABLE default.laion DROP INDEX image_index")
+    path = t.work / f"same-{rows}.json"
+    fixed = ["--quantization", q, "--m", str(m), "--ef-construction", str(ef)]
+    _, report, _ = index_run(t, ["index", "--target", t.target, *fixed, "--no-progress", "--report", str(path)], path)
+    return report
 
 
 # -- printing -------------------------------------------------------------------------------------------------
@@ -257,10 +291,18 @@ def section_growth(work: Path, sizes: list[int], targets: list[str], data: Path,
         done = [Row.from_dict(d) for d in json.loads(saved.read_text())] if saved.exists() else []
         try:
             for k in sizes:
-                if any(r.rows == k * SHARD_ROWS for r in done):
-                    continue
-                print(f"{t.name}: {k * SHARD_ROWS:,} rows", flush=True)
-                done.append(one_size(t, data, k, project, queries))
+                rows = k * SHARD_ROWS
+                like = done[0].entry if done and done[0].rows < rows else None  # sizes ascend: the smallest
+                have = next((r for r in done if r.rows == rows), None)
+                if have is not None:
+                    if like is None or have.same is not None or structure_key(like) == structure_key(have.entry):
+                        continue
+                    print(f"{t.name}: {rows:,} rows again, for the smallest size's structure (not in the saved run)")
+                    load_size(t, data, k)
+                    have.same = like_for_like(t, rows, like)
+                else:
+                    print(f"{t.name}: {rows:,} rows", flush=True)
+                    done.append(one_size(t, data, k, project, queries, like))
                 done.sort(key=lambda r: r.rows)
                 saved.write_text(json.dumps([r.to_dict() for r in done]))
                 version = t.scalar("SELECT version()")

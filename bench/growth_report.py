@@ -42,6 +42,9 @@ class Row:
     evaluation: dict[str, Any]
     loadavg: list[str] | None = None
     """/proc/loadavg before `index` and after `eval`."""
+    same: dict[str, Any] | None = None
+    """`index --report` of the smallest size's structure built at this size with given parameters (the tuned
+    index dropped first), when the tuner chose another structure here: what the projection is held to."""
 
     @property
     def entry(self) -> dict[str, Any]:
@@ -153,14 +156,22 @@ def print_growth(rows: list[Row]) -> None:
     )
 
 
-def build_cpu(r: Row) -> float | None:
-    """CPU seconds of the build: `index`'s own on chdb (the engine runs in it), the server's plus ours over HTTP
-    (sampled from /proc, charged by the phase's span); None when the run did not record it."""
-    ours = r.report.get("phases_cpu_seconds", {}).get("build")
-    server = r.report.get("server_phases_cpu_seconds")
+def build_cpu(r: Row, report: dict[str, Any] | None = None) -> float | None:
+    """CPU seconds of the build (of `report`, default the row's tuned one): `index`'s own on chdb (the engine runs
+    in it), the server's plus ours over HTTP (sampled from /proc, charged by the phase's span); None when the run
+    did not record it."""
+    report = r.report if report is None else report
+    ours = report.get("phases_cpu_seconds", {}).get("build")
+    server = report.get("server_phases_cpu_seconds")
     if r.index_server_cpu and server is None:
         return None  # an HTTP run before the bench charged the server's CPU per phase
     return None if ours is None else float(ours) + float((server or {}).get("build", 0.0))
+
+
+def structure_key(e: dict[str, Any]) -> tuple[str, int, int]:
+    """Quantization, M and ef_construction of an index entry: what `index --quantization --m --ef-construction`
+    takes (graphs per search and rescoring are the table's and the search's, not the build's)."""
+    return str(e["quantization"]), int(e["m"]), int(e["ef_construction"])
 
 
 def measured_build(r: Row) -> MeasuredBuild:
@@ -193,7 +204,7 @@ def print_projection(rows: list[Row]) -> None:
     for last in rows[1:]:
         proj = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS)
         said = e.get("projection") or {}
-        same = structure(first.entry).split(" ")[:3] == structure(last.entry).split(" ")[:3]
+        same = structure_key(first.entry) == structure_key(last.entry)
         print(
             f"projection from {first.rows:,} rows vs measured at {last.rows:,}"
             + ("" if same else f" (NB the tuner chose {structure(last.entry)} at this size)")
@@ -220,6 +231,17 @@ def print_projection(rows: list[Row]) -> None:
             print(verdict(name, pr, me) + then)
         if same:
             continue
+        if last.same is not None:
+            like = last.same["indexes"][0]
+            print(f"  the same structure ({structure(like)}) built at {last.rows:,} rows with given parameters:")
+            checks = [
+                ("build s", proj.build_seconds, float(last.same["phases_seconds"]["build"])),
+                ("build CPU s", proj.build_cpu_seconds or 0.0, build_cpu(last, last.same) or 0.0),
+                ("index memory MiB", proj.index_bytes / (1 << 20), (like["memory_bytes"] or 0) / (1 << 20)),
+            ]
+            for name, pr, me in checks:
+                if pr and me:
+                    print(verdict(name, pr, me))
         cost = structure_cost(first.entry, last.entry)
         size = sized_ratio(first.entry, last.entry, last.rows)
         print(

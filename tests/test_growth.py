@@ -121,6 +121,22 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     assert 0 < ev["brute_force_median_ms"] <= ev["brute_force_p99_ms"]
 
 
+def test_a_build_with_given_parameters_reports_the_memory_it_takes_once_loaded(tmp_path: Path) -> None:
+    """No check runs after a fixed build, so nothing would load it: one search does, and the entry says what
+    ClickHouse holds (what the growth bench compares the projection with, for the structure the smallest size chose)."""
+    db = loaded_chdb(tmp_path, "--segment-rows", "1500")
+    report = tmp_path / "fixed.json"
+    fixed = ("--quantization", "bf16", "--m", "12", "--ef-construction", "24", "--max-graphs", "4", "--no-progress")
+    ok(cli("index", "--target", f"chdb:{db}", *fixed, "--report", str(report)))
+    doc = orjson.loads(report.read_bytes())
+    assert doc["phases_seconds"]["build"] > 0 and not doc["phases_seconds"].get("check")  # nothing checked it
+    (entry,) = doc["indexes"]
+    assert (entry["quantization"], entry["m"], entry["ef_construction"], entry["search_list"]) == ("bf16", 12, 24, None)
+    formula = formula_bytes(12_000, 512, "bf16", 12)
+    assert entry["memory_bytes"] is not None
+    assert formula * 0.8 < entry["memory_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)
+
+
 def test_dry_run_projects_from_the_sample(table: Path, tmp_path: Path) -> None:
     report = tmp_path / "dry.json"
     args = ("--recall-target", "0.9", "--sample-rows", "4000", "--no-progress", "--dry-run", "--name", "dry_index")

@@ -35,7 +35,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector import metadata
 from ingest.vector.capacity_run import record_grid
-from ingest.vector.check import short_of_goal, verify_recall
+from ingest.vector.check import load_graphs, short_of_goal, verify_recall
 from ingest.vector.graphs import Layout, PartStats, graphs_over, plan_layout
 from ingest.vector.index import (
     DisplayFactory,
@@ -132,12 +132,8 @@ def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, re
         return
     first = new[0]
     assert fit.limit is not None
-    grid = [
-        (qn, m)
-        for qn in ("bf16", "i8", "b1")
-        for m in (8, 16, 32)
-        if (qn, m) != (first.index.quantization, first.index.m)
-    ]
+    own = (first.index.quantization, first.index.m)
+    grid = [(qn, m) for qn in ("bf16", "i8", "b1") for m in (8, 16, 32) if (qn, m) != own]
     alts = cheaper_that_fit(first.rows, first.index.dim, len(new), fit.limit, grid)[-3:][::-1]
     alt_text = "; ".join(f"--quantization {qn} --m {m} ({human_bytes(b)})" for qn, m, b in alts) or "none in the grid"
     raise IndexTooLargeError(
@@ -322,6 +318,8 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
                 if (short := short_of_goal(p.index, recall, cfg)) is not None:
                     report(short)
                 log_.add("check", time.monotonic() - checked)
+            else:  # no check: one search loads the graphs, so the entry says what ClickHouse holds once loaded
+                await load_graphs(sink, ref, p.index, cfg.seed)
             engine_cpu = build_cpu if q.target.spec.kind == "chdb" else None  # a server's CPU is not ours
             graphs = await graphs_now(sink, ref, p.index.granularity, layout, report)
             entry = await measured_entry(sink, ref, p, outcome, graphs, cache_before, engine_cpu)

@@ -14,7 +14,13 @@ import numpy as np
 
 from ingest.clickhouse.index_sql import ids_search_sql
 from ingest.clickhouse.knn_sql import MAX_FETCH_MULTIPLIER
-from ingest.clickhouse.vector_sql import EF_SEARCH_SETTING, VectorIndex, sample_queries_sql, vector_literal
+from ingest.clickhouse.vector_sql import (
+    EF_SEARCH_SETTING,
+    VectorIndex,
+    sample_queries_sql,
+    search_settings,
+    vector_literal,
+)
 from ingest.core.config import TuneConfig
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
@@ -104,3 +110,12 @@ def short_of_goal(index: VectorIndex, recall: float, cfg: TuneConfig) -> str | N
         f"under the target; a costlier structure reaches it (e.g. --m {2 * index.m} --ef-construction "
         f"{2 * index.ef_construction})"
     )
+
+
+async def load_graphs(sink: Sink, ref: TableRef, index: VectorIndex, seed: int) -> None:
+    """One indexed search from a table row, so that ClickHouse loads every graph of the index and its memory can
+    be measured: a build with given parameters has no check whose searches would load it."""
+    rows = await sink.query(sample_queries_sql(ref, index.column, 1, seed))
+    if rows:
+        sql = ids_search_sql(ref, index.column, index.metric, vector_literal(np.asarray(rows[0]["v"], np.float32)), 10)
+        await sink.query(sql, search_settings(False, None))

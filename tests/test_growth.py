@@ -100,6 +100,8 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     doc = orjson.loads(report.read_bytes())
     phases = doc["phases_seconds"]
     assert set(phases) == {"tuning", "merge", "build", "check"} and all(v > 0 for v in phases.values())
+    # no --max-memory and bf16 fits: only unrescored searches are weighed (rescoring is the slow search)
+    assert "rescore×" not in out and "rescored variants left out" in out, out
     assert doc["total_seconds"] >= sum(phases.values()) * 0.99
     (entry,) = doc["indexes"]
     assert entry["name"] == "image_index" and entry["rows"] == 12_000 and entry["graphs"] <= 4

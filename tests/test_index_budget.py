@@ -30,6 +30,7 @@ from ingest.vector.tune import (
     choose,
     default_grid,
     query_extras,
+    rescoring_wanted,
     variants,
 )
 
@@ -105,6 +106,13 @@ def test_budget_choice_is_the_smallest_structure_reaching_the_target_or_names_wh
     assert str(err).endswith(
         "; i8 M=16 ef_c=64 rescore×4 reaches 0.970 and needs 123.0 MiB (--max-memory at least that)"
     )
+
+
+def test_rescored_variants_are_weighed_under_a_budget_or_when_only_quantized_structures_fit() -> None:
+    bf16, i8, b1 = Candidate("bf16", 12, 24), Candidate("i8", 12, 24), Candidate("b1", 12, 24)
+    assert rescoring_wanted(False, [bf16, i8, b1]) is False  # no budget, bf16 fits: the fastest search wins
+    assert rescoring_wanted(True, [bf16, i8, b1]) is True  # --max-memory: memory first, rescoring recovers recall
+    assert rescoring_wanted(False, [i8, b1]) is True  # the machine's memory leaves only quantized structures
 
 
 def test_nothing_in_the_grid_fits_is_refused_naming_the_smallest(table: Path) -> None:

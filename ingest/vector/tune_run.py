@@ -54,6 +54,7 @@ from ingest.vector.tune import (
     choose,
     chunks_under,
     default_grid,
+    rescoring_wanted,
     should_stop,
     variants,
 )
@@ -212,6 +213,13 @@ async def tune(
         raise IndexTooLargeError(
             f"{column}: no structure in the grid fits {human_bytes(limit)} for {rows:,} rows × {dim}: the smallest, "
             f"{smallest.label()}, needs {human_bytes(memory(smallest))} ({FORMULA})"
+        )
+    if rescoring and not rescoring_wanted(ranked, fitting):
+        rescoring = False
+        grid, fitting = [c for c in grid if c.quantization != "b1"], [c for c in fitting if c.quantization != "b1"]
+        notes.append(
+            "rescored variants left out: without --max-memory the fastest search wins (rescoring reads each "
+            "candidate's full vector; give --max-memory to weigh memory first)"
         )
     todo = grid if ranked else fitting
     started = time.perf_counter()

@@ -318,7 +318,7 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
                 if (short := short_of_goal(p.index, recall, cfg)) is not None:
                     report(short)
                 log_.add("check", time.monotonic() - checked)
-            else:  # no check: one search loads the graphs, so the entry says what ClickHouse holds once loaded
+            elif not p.existed:  # built now, no check: one search loads its graphs, so the entry has their memory
                 await load_graphs(sink, ref, p.index, cfg.seed)
             engine_cpu = build_cpu if q.target.spec.kind == "chdb" else None  # a server's CPU is not ours
             graphs = await graphs_now(sink, ref, p.index.granularity, layout, report)

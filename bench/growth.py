@@ -6,8 +6,8 @@ Run: python bench/growth.py [--sizes 1,2,4] [--targets chdb,http] [--data-dir DI
 
 Per target and size, in a fresh database: `run` of the first k 1M-row shards (wall, rows/s, peak RSS of our
 process, and of the server for HTTP, active parts after the load); `index --recall-target 0.95 --report` (seconds of
-tuning, merge, build and check, the structure chosen, its memory as ClickHouse reports it once loaded:
-VectorSimilarityIndexCacheBytes per cache cell × graphs; the sizing formula beside it); an independent
+tuning, merge, build and check, the structure chosen, its memory as ClickHouse reports it: resident, its
+uncompressed bytes, and what the vector index cache counts once loaded; the sizing formula beside it); an independent
 `eval --json` (recall@10 against brute force, p50/p99 of indexed and of brute-force search); and where the
 tuner chose another structure than at the smallest size, the tuned index is dropped and the smallest size's
 structure built with given parameters (build s, CPU, memory once loaded): the projection, a model of one

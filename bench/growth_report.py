@@ -93,14 +93,16 @@ def print_tables(title: str, rows: list[Row]) -> None:
             f"{r.index.cpu_seconds + r.index_server_cpu:>7.0f}  {structure(r.entry):<28}"
         )
     print(
-        f"{'rows':>9} {'mem MiB':>8} {'disk MiB':>8} {'formula':>8} {'sized':>7} {'L':>5} {'recall@10':>9} "
+        f"{'rows':>9} {'mem MiB':>8} {'cache MiB':>9} {'disk MiB':>8} {'formula':>8} {'sized':>7} {'L':>5} "
+        f"{'recall@10':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'brute p50':>9} {'brute p99':>9}"
     )
     for r in rows:
         e, ev = r.entry, r.evaluation
         sweep = ev["sweep"][0]
         print(
-            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e['disk_bytes']):>8} {formula_mib(e):>8,.0f} "
+            f"{r.rows:>9,} {mib(e['memory_bytes']):>8} {mib(e.get('cache_bytes')):>9} {mib(e['disk_bytes']):>8} "
+            f"{formula_mib(e):>8,.0f} "
             f"{formula_mib(e, sized=True):>7,.0f} {ev['hnsw_candidate_list_size_for_search']:>5} "
             f"{ev['recall_at_10']:>9.3f} "
             f"{sweep['p50_ms']:>7.1f} {sweep['p99_ms']:>7.1f} {ev['brute_force_median_ms']:>9.1f} "
@@ -108,8 +110,11 @@ def print_tables(title: str, rows: list[Row]) -> None:
         )
     print(
         "(RSS MB: peak of our `run`, with the engine in it for chdb; srv MB: the server's peak; CPU s: of `index` "
-        "and, over HTTP, of the server while it ran; mem MiB: the loaded index as ClickHouse reports it; formula: "
-        "rows × dim × bytes + rows × M × 8; sized: what `index` sizes it at before building, sizing.index_bytes)"
+        "and, over HTTP, of the server while it ran; mem MiB: the loaded index, resident: its uncompressed bytes "
+        "(system.data_skipping_indices; bench/graph_cost.py matches them with RSS); cache MiB: what the vector index "
+        "cache counts for it once loaded (VectorSimilarityIndexCacheBytes per cell × graphs: usearch's arenas, "
+        "reserved); disk MiB: compressed; formula: rows × dim × bytes + rows × M × 8; sized: what `index` sizes it at "
+        "before building, sizing.index_bytes)"
     )
     print_growth(rows)
     print_projection(rows)
@@ -124,7 +129,7 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def print_growth(rows: list[Row]) -> None:
-    from ingest.vector.sizing import build_work
+    from ingest.vector.sizing import GRAPH_EXPONENT, build_work
 
     if len(rows) < 2:
         return
@@ -144,15 +149,18 @@ def print_growth(rows: list[Row]) -> None:
     print("growth, y ~ rows^b (least squares over the sizes; b = 0 flat, 1 linear):")
     for name, ys in series.items():
         print(f"  {name:<20} b = {exponent(n, ys):5.2f}   " + "  ".join(f"{y:,.1f}" for y in ys))
-    work = [build_work(r.rows, int(r.entry["graph_rows"])) for r in rows]
-    per_cpu = [(build_cpu(r) or 0.0) / w * 1e6 for r, w in zip(rows, work, strict=True)]
-    per_wall = [b / w * 1e6 for b, w in zip(build, work, strict=True)]
+    b = rows[0].entry.get("graph_exponent")
+    work = [build_work(r.rows, int(r.entry["graph_rows"]), b) for r in rows]
+    per_cpu = [(build_cpu(r) or 0.0) / w * 1e9 for r, w in zip(rows, work, strict=True)]
+    per_wall = [x / w * 1e9 for x, w in zip(build, work, strict=True)]
     print(
-        "  build ÷ Σ G·ln G µs, CPU: "
+        f"  build ÷ Σ G^(1+b) ns, b = {GRAPH_EXPONENT if b is None else b:.2f} "
+        + ("(measured at the first size)" if b is not None else "(the default)")
+        + ", CPU: "
         + "  ".join(f"{p:.2f}" for p in per_cpu)
         + "; wall: "
         + "  ".join(f"{p:.2f}" for p in per_wall)
-        + f"  (n log n holds if flat; G = rows of one graph: {', '.join(f'{g:,.0f}' for g in graph)})"
+        + f"  (the model holds if flat; G = rows of one graph: {', '.join(f'{g:,.0f}' for g in graph)})"
     )
 
 
@@ -187,6 +195,7 @@ def measured_build(r: Row) -> MeasuredBuild:
         float(e["build_seconds"]),
         e["memory_bytes"],
         build_cpu(r),
+        e.get("graph_exponent"),
     )
 
 

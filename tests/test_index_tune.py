@@ -27,6 +27,7 @@ from ingest.vector import tune_run
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.index import poll_interval
 from ingest.vector.sizing import (
+    GRAPH_EXPONENT,
     MemoryBudget,
     cheaper_that_fit,
     check_fit,
@@ -70,12 +71,13 @@ def test_grid_is_ordered_by_cost_and_stops_early() -> None:
     assert not should_stop(Measured(grid[0], 1.0, {64: 0.90}), 0.95)
 
 
-def test_build_projection_is_n_log_n() -> None:
+def test_build_projection_is_rows_times_a_power_of_the_graph() -> None:
     assert project_seconds(2.0, 10_000, 10_000) == pytest.approx(2.0)
-    assert project_seconds(2.0, 10_000, 100_000) == pytest.approx(2.0 * 10 * 11.5129 / 9.2103, rel=1e-3)
-    # graphs of a fixed size cost the same per row however many there are; larger ones by log of their size
+    assert project_seconds(2.0, 10_000, 100_000) == pytest.approx(2.0 * 10 * 10**GRAPH_EXPONENT)
+    # graphs of a fixed size cost the same per row however many there are; larger ones by (G/g)^b
     assert project_seconds(2.0, 10_000, 100_000, 5_000, 5_000) == pytest.approx(20.0)
-    assert project_seconds(2.0, 10_000, 100_000, 50_000, 10_000) == pytest.approx(20.0 * 10.8198 / 9.2103, rel=1e-3)
+    assert project_seconds(2.0, 10_000, 100_000, 50_000, 10_000) == pytest.approx(20.0 * 5**GRAPH_EXPONENT)
+    assert project_seconds(2.0, 10_000, 100_000, 40_000, 10_000, 0.5) == pytest.approx(40.0)  # b measured
 
 
 def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None:

@@ -131,7 +131,7 @@ def index_cache_sql() -> str:
 
 def index_bytes_sql(ref: TableRef, name: str) -> str:
     return (
-        "SELECT data_uncompressed_bytes AS b FROM system.data_skipping_indices "
+        "SELECT data_uncompressed_bytes AS b, data_compressed_bytes AS c FROM system.data_skipping_indices "
         f"WHERE {_where(ref)} AND name = {quote_string(name)}"
     )
 

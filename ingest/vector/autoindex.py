@@ -54,9 +54,9 @@ from ingest.vector.index_report import (
     CacheState,
     IndexEntry,
     IndexRunLog,
+    cache_bytes,
     cache_state,
-    disk_bytes,
-    memory_bytes,
+    index_sizes,
     projection,
     sample_builds,
 )
@@ -360,13 +360,15 @@ async def measured_entry(
     before: CacheState,
     cpu: float | None,
 ) -> IndexEntry:
-    """The built index as ClickHouse reports it: loaded memory (after the check's searches), bytes on disk."""
+    """The built index as ClickHouse reports it: resident (its uncompressed bytes), what the cache counts once
+    the check's searches loaded it, bytes on disk; and b, where the tuner measured it."""
     ix = p.index
     count, graph_rows = graphs
-    memory = memory_bytes(before, await cache_state(sink), count)
-    disk = await disk_bytes(sink, ref, ix.name)
-    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, memory or disk, cpu)
-    return IndexEntry(ix, built, count, memory, disk)
+    cached = cache_bytes(before, await cache_state(sink), count)
+    resident, disk = await index_sizes(sink, ref, ix.name)
+    b = p.tuned.graph_exponent if p.tuned is not None else None
+    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, resident, cpu, b)
+    return IndexEntry(ix, built, count, resident, cached, disk)
 
 
 def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
@@ -376,7 +378,10 @@ def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
         return None
     c = m.candidate
     graph_rows = tuned.sample_graph_rows or tuned.sample_rows
-    built = MeasuredBuild(tuned.sample_rows, tuned.dim, c.quantization, c.m, graph_rows, m.build_seconds, m.index_bytes)
+    built = MeasuredBuild(
+        tuned.sample_rows, tuned.dim, c.quantization, c.m, graph_rows, m.build_seconds, m.index_bytes, None,
+        tuned.graph_exponent,
+    )
     return projection(built, cfg.project_rows, tuned.layout, cfg.max_graphs)
 
 

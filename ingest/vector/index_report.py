@@ -1,11 +1,14 @@
 """What `index` measured, for machines (`--report FILE`) and for projecting a larger table (`--project-rows`).
 
-The memory an index takes is what ClickHouse reports once it is loaded: `VectorSimilarityIndexCacheBytes` over
-`VectorSimilarityIndexCacheCells` (one cell per graph), times the graphs the index has, so an index larger than
-the cache (cells evicted) is still counted whole. Before any search has loaded it, only its bytes on disk
-(`system.data_skipping_indices`) are known; they leave out usearch's in-memory overhead, which is large for
-small graphs (26.9, bf16 M=12, one graph: 16.8 MB loaded for 5,000 rows, 5.7 MB on disk; 33.7 MB and 22.8 MB
-for 20,000; 151.6 MB and 91.3 MB for 80,000).
+The memory an index takes, loaded, is its uncompressed bytes (`system.data_skipping_indices`): a loaded graph
+is its serialized vectors and links. Measured in chdb (bench/graph_cost.py: the process's RSS before and after one
+search loads one graph of G rows, bf16 M=12, 512-d): 1,070–1,146 bytes a row at G = 100,000 … 250,000 where the
+index holds 1,141 on disk, whatever G. The vector index cache counts more (`VectorSimilarityIndexCacheBytes`):
+usearch's arenas, which double as they fill, reserved and mostly untouched: 2,155 bytes a row at G = 62,500,
+2,290 at 125,000, 1,283 at 250,000. That count is what the cache's limit is checked against (sizing's margin
+covers it), not what the machine holds, and it does not grow with the rows (a 4M-row table's read 1.15× the
+formula where 1M's read 1.92×), so projections scale the resident bytes. The cache's count is reported beside
+them: its bytes per cell (one per graph) times the graphs, so an index larger than the cache is counted whole.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ class IndexEntry:
     measured: MeasuredBuild
     graphs: int
     memory_bytes: int | None
+    """Resident once loaded: the index's uncompressed bytes."""
+    cache_bytes: int | None
+    """What the vector index cache counts for it once loaded (usearch's arenas)."""
     disk_bytes: int | None
+    """Compressed, on disk."""
 
     def as_dict(self, search_list: int | None) -> dict[str, Any]:
         ix = self.index
@@ -91,7 +98,9 @@ class IndexEntry:
             "build_seconds": self.measured.build_seconds,
             "build_cpu_seconds": self.measured.build_cpu_seconds,
             "memory_bytes": self.memory_bytes,
+            "cache_bytes": self.cache_bytes,
             "disk_bytes": self.disk_bytes,
+            "graph_exponent": self.measured.graph_exponent,
         }
 
 
@@ -129,14 +138,15 @@ async def cache_state(sink: Sink) -> CacheState:
     return CacheState(int(rows[0]["bytes"] or 0), int(rows[0]["cells"] or 0)) if rows else CacheState(0, 0)
 
 
-async def disk_bytes(sink: Sink, ref: TableRef, name: str) -> int | None:
+async def index_sizes(sink: Sink, ref: TableRef, name: str) -> tuple[int | None, int | None]:
+    """(uncompressed, compressed) bytes of the index over its parts: resident once loaded, and on disk."""
     rows = await sink.query(index_bytes_sql(ref, name))
-    return int(rows[0]["b"]) if rows else None
+    return (int(rows[0]["b"]), int(rows[0]["c"])) if rows else (None, None)
 
 
-def memory_bytes(before: CacheState, after: CacheState, graphs: int) -> int | None:
-    """The loaded index's memory: bytes per cell its searches added to the cache, times its graphs (all the
-    cache's cells when the loading evicted some: they are graphs of about one size too)."""
+def cache_bytes(before: CacheState, after: CacheState, graphs: int) -> int | None:
+    """What the cache counts for the loaded index: bytes per cell its searches added to the cache, times its
+    graphs (all the cache's cells when the loading evicted some: they are graphs of about one size too)."""
     added, cells = after.bytes - before.bytes, after.cells - before.cells
     if cells > 0 and added > 0:
         return int(added / cells * graphs)

@@ -111,25 +111,61 @@ def sizing_grid(quantizations: Sequence[str], ms: Sequence[int]) -> list[tuple[s
 
 # ---- growth: a larger table projected from a build measured on this one ---------------------------------------
 
+GRAPH_EXPONENT = 0.32
+"""Per-row build cost ∝ G^b in graphs of G rows, where no build on the table measured b (tune_run.graph_exponent).
+Measured here (26.9 in chdb, bf16 M=12 ef_c=24, 512-d, one graph of G rows on 2 cores, CPU per row at G = 15,625
+… 250,000): clustered 76 → 183 µs (b = 0.32 end to end, 0.24–0.42 per doubling); the noisy and offset shapes in
+bench/graph_cost.py. HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a larger graph misses more
+cache, and within a cluster the rows are as hard as random ones. ln G predicted 1.29× from 15,625 to 250,000
+where 2.41× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured."""
 BUILD_GROWTH = (
-    "build CPU s × W(N)/W(n), W = Σ over graphs of rows·ln(rows) (HNSW insert ~ log of its graph); "
+    "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
+    f"table's sample in graphs of two sizes, else {GRAPH_EXPONENT:g}); "
     "wall = that CPU ÷ the cores the measured build used (its CPU s ÷ its wall s)"
 )
-MEMORY_GROWTH = "index bytes as ClickHouse reported them at n rows × N/n (vectors and links are per row)"
+MEMORY_GROWTH = (
+    "resident bytes of the loaded index at n rows × N/n (vectors and links are per row; the cache's own count "
+    "rounds up to usearch's arenas and is not)"
+)
 
 
-def build_work(rows: int, graph_rows: int) -> float:
-    """Σ over the graphs of G·ln G: `rows` cut into graphs of `graph_rows` (the last one holds the rest). HNSW
-    inserts each row by a search of its own graph (~ln G distance evaluations), so CPU grows with this."""
+def graph_cost(graph_rows_then: int, graph_rows: int, exponent: float | None = None) -> float:
+    """Per-row build cost in graphs of `graph_rows_then` over that in graphs of `graph_rows`: (G'/G)^b."""
+    b = GRAPH_EXPONENT if exponent is None else exponent
+    return float((max(graph_rows_then, 1) / max(graph_rows, 1)) ** b)
+
+
+def build_work(rows: int, graph_rows: int, exponent: float | None = None) -> float:
+    """Σ over the graphs of G^(1+b): `rows` cut into graphs of `graph_rows` (the last one holds the rest); a
+    row's insert costs ∝ G^b in its graph of G rows, so CPU grows with this."""
+    b = GRAPH_EXPONENT if exponent is None else exponent
     g = max(1, min(graph_rows, rows))
     full, rest = divmod(max(rows, 0), g)
-    return full * g * math.log(max(g, 2)) + rest * math.log(max(rest, 2))
+    return float(full * g ** (1 + b) + rest ** (1 + b))
 
 
-def scale_build_seconds(seconds: float, rows: int, graph_rows: int, rows_then: int, graph_rows_then: int) -> float:
+def scale_build_seconds(
+    seconds: float, rows: int, graph_rows: int, rows_then: int, graph_rows_then: int, exponent: float | None = None
+) -> float:
     """Build seconds over `rows_then` rows in graphs of `graph_rows_then`, from `seconds` measured over `rows` in
     graphs of `graph_rows`, by build_work (the same cores at both sizes)."""
-    return seconds * build_work(rows_then, graph_rows_then) / max(build_work(rows, graph_rows), 1e-9)
+    work_then = build_work(rows_then, graph_rows_then, exponent)
+    return seconds * work_then / max(build_work(rows, graph_rows, exponent), 1e-9)
+
+
+MIN_FIT_SECONDS = 3.0
+"""A build shorter than this times its overheads, not its graphs (a mutation takes ~1 s however small: a 20,000-row
+sample built in 1.0 s in graphs of 1,265 rows and in 1.0 s in graphs a quarter that size)."""
+
+
+def fit_graph_exponent(seconds: float, graph_rows: int, small_seconds: float, small_graph_rows: int) -> float | None:
+    """b of per-row cost ∝ G^b from the same rows built in graphs of two sizes (None when they are too close, or
+    a build too short to say); kept within [0, 1]: below, a build cheaper per row in larger graphs, above, costlier
+    than quadratic, are timing noise, not HNSW."""
+    if min(seconds, small_seconds) < MIN_FIT_SECONDS or graph_rows < 2 * small_graph_rows:
+        return None
+    b = math.log(seconds / small_seconds) / math.log(graph_rows / small_graph_rows)
+    return min(1.0, max(0.0, b))
 
 
 def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
@@ -155,6 +191,8 @@ class MeasuredBuild:
     """The index as ClickHouse reports it (its vector index cache bytes once loaded, else its bytes on disk)."""
     build_cpu_seconds: float | None = None
     """CPU of the build where it is known (chdb: the engine runs in our process; a server's is not ours to read)."""
+    graph_exponent: float | None = None
+    """b of per-row build cost ∝ G^b, measured on this table's sample (None: GRAPH_EXPONENT)."""
 
     @property
     def cores_used(self) -> float | None:
@@ -187,10 +225,20 @@ class Projection:
             f"projected at {self.rows:,} rows ({self.graphs} graphs of {self.graph_rows:,}): build "
             f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
             f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
-            f"{f.graph_rows:,}; the documented formula says {human_bytes(self.formula_bytes)})"
+            f"{f.graph_rows:,}; per-row build cost ∝ G^{self.exponent:.2f}, {self.exponent_source}; the documented "
+            f"formula says {human_bytes(self.formula_bytes)})"
         )
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    @property
+    def exponent(self) -> float:
+        b = self.measured_from.graph_exponent
+        return GRAPH_EXPONENT if b is None else b
+
+    @property
+    def exponent_source(self) -> str:
+        return "measured on this table" if self.measured_from.graph_exponent is not None else "the default"
+
+    def as_dict(self) -> dict[str, float | int | bool | None]:
         return {
             "rows": self.rows,
             "graph_rows": self.graph_rows,
@@ -200,18 +248,21 @@ class Projection:
             "formula_bytes": self.formula_bytes,
             "build_cpu_seconds": self.build_cpu_seconds,
             "cores_used": self.measured_from.cores_used,
+            "graph_exponent": self.exponent,
+            "graph_exponent_measured": self.measured_from.graph_exponent is not None,
         }
 
 
 def project_build(measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int) -> Projection:
     """Build seconds and index memory at `rows`, laid out as `index` would lay them out, from a measured build:
-    CPU by build_work, wall = that CPU ÷ the cores the measured build used (the wall scaled alike when its CPU is
-    unknown), memory = the measured bytes per row × rows. `index --project-rows` and bench/growth_report.py both
-    call this."""
+    CPU by build_work at the measured b, wall = that CPU ÷ the cores the measured build used (the wall scaled
+    alike when its CPU is unknown), memory = the measured bytes per row × rows. `index --project-rows` and
+    bench/growth_report.py both call this."""
     graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
     formula = formula_bytes(rows, measured.dim, measured.quantization, measured.m)
     per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
-    work = build_work(rows, graph_rows) / max(build_work(measured.rows, measured.graph_rows), 1e-9)
+    b = measured.graph_exponent
+    work = build_work(rows, graph_rows, b) / max(build_work(measured.rows, measured.graph_rows, b), 1e-9)
     cores = measured.cores_used
     if measured.build_cpu_seconds is not None and cores is not None:
         cpu_then: float | None = measured.build_cpu_seconds * work

@@ -1,28 +1,25 @@
 """Which HNSW index to build: a small grid measured on a sample, and the cheapest build that reaches the recall
 target. Everything here is pure (the measuring is in vector/tune_run.py), so the choice is unit-tested.
 
-Projected full build time (stated in the output): HNSW inserts each vector with a greedy search of cost
-~log(n) (Malkov & Yashunin 2018, §4.2), so a build over n rows costs ~n·log n and
+Projected full build time (stated in the output): a row's insert costs ∝ G^b in a graph of G rows (measured,
+vector/sizing.GRAPH_EXPONENT: HNSW's ~log G hops undercount it), and graphs of a fixed size (vector/graphs.py)
+cost the same per row however many there are, so with graphs of G rows in the table and of g in the sample:
 
-    seconds(N) ≈ seconds(n_sample) × (N / n_sample) × (ln N / ln n_sample).
-
-Graphs of a fixed size (vector/graphs.py) cost the same per row however many there are, so with graphs of G
-rows in the table and of g in the sample: seconds(N) ≈ seconds(n_sample) × (N / n_sample) × (ln G / ln g).
+    seconds(N) ≈ seconds(n_sample) × (N / n_sample) × (G / g)^b.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ingest.clickhouse.index_sql import FETCH_MULTIPLIER_SETTING, RESCORING_SETTING
 from ingest.vector.graphs import Layout
-from ingest.vector.sizing import index_bytes
+from ingest.vector.sizing import graph_cost, index_bytes
 
 BUILD_MODEL = (
-    "sample build s × (N/n) × (ln G / ln g), G and g the rows of a graph in the table and in the sample: "
-    "HNSW insert cost ~ log of the graph's size (Malkov & Yashunin 2018)"
+    "sample build s × (N/n) × (G/g)^b, G and g the rows of a graph in the table and in the sample, b the growth of "
+    "a row's insert cost with its graph (measured on the sample in graphs of two sizes where --project-rows asks)"
 )
 DEFAULT_SEARCH_LISTS = (32, 64, 128, 256, 512)
 REASONABLE_LIST = 256
@@ -116,13 +113,15 @@ def project_seconds(
     rows: int,
     graph_rows: int | None = None,
     sample_graph_rows: int | None = None,
+    exponent: float | None = None,
 ) -> float:
-    """Full build seconds from the sample's (graphs of all the rows unless told otherwise)."""
+    """Full build seconds from the sample's (graphs of all the rows unless told otherwise; b = `exponent`, else
+    sizing.GRAPH_EXPONENT)."""
     full, sampled = graph_rows or rows, sample_graph_rows or sample_rows
     scale = rows / max(sample_rows, 1)
     if full <= sampled or sampled <= 1:
         return sample_seconds * scale
-    return sample_seconds * scale * (math.log(full) / math.log(sampled))
+    return sample_seconds * scale * graph_cost(full, sampled, exponent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +252,9 @@ class TuneReport:
     notes: tuple[str, ...] = ()
     sample_graph_rows: int | None = None
     """Rows of a graph in the scratch table (None: one graph over the whole sample)."""
+    graph_exponent: float | None = None
+    """b of per-row build cost ∝ G^b, from the chosen structure built on the sample in graphs of two sizes
+    (tune_run.graph_exponent; only where a projection was asked for)."""
 
     def rows_for_print(self) -> list[GridRow]:
         return [
@@ -266,6 +268,7 @@ class TuneReport:
                     self.rows,
                     self.layout.graph_rows,
                     self.sample_graph_rows,
+                    self.graph_exponent,
                 ),
                 index_bytes(self.rows, self.dim, m.candidate.quantization, m.candidate.m),
             )

@@ -24,6 +24,7 @@ from ingest.clickhouse.index_sql import (
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
+    part_stats_sql,
     query_setting_exists_sql,
     scratch_ref,
     tune_queries_sql,
@@ -42,10 +43,11 @@ from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout, plan_sample
-from ingest.vector.sizing import FORMULA, human_bytes, index_bytes
+from ingest.vector.sizing import FORMULA, fit_graph_exponent, human_bytes, index_bytes
 from ingest.vector.tune import (
     PLATEAU,
     Candidate,
+    Choice,
     Measured,
     Needed,
     TuneReport,
@@ -262,6 +264,12 @@ async def tune(
             if any(should_stop(m, cfg.recall_target) for m in got) or late:
                 skipped.extend(todo[i + 1 :])
                 break
+        choice = decide(measured, limit, memory, ranked, cfg.recall_target)
+        exponent = None
+        if cfg.project_rows and (chosen := chosen_build(measured, choice)) is not None:
+            exponent = await graph_exponent(sink, scratch, dim, metric, chosen, graph.granules if graph else None)
+            said = "not measurable (too few granules, or a timing that says nothing)" if exponent is None else None
+            notes.append(f"per-row build cost ∝ G^b in graphs of G rows: b = {said or f'{exponent:.2f}'}")
     finally:
         with contextlib.suppress(TargetError):
             await sink.execute(drop_table_sql(scratch))
@@ -271,14 +279,6 @@ async def tune(
             "skipped where a quantization's recall had plateaued below it"
         )
     notes.append(f"tuning took {time.perf_counter() - started:.1f} s in all")
-    inside = [m for m in measured if limit is None or memory(m.candidate) <= limit]
-    choice = choose(inside or measured, cfg.recall_target, memory if ranked else None)
-    if not choice.reached:
-        outside = [m for m in measured if m not in inside and m.first_list_reaching(cfg.recall_target) is not None]
-        if outside:
-            need = min(outside, key=lambda m: (memory(m.candidate), m.build_seconds))
-            rec = need.recall[need.first_list_reaching(cfg.recall_target) or 0]
-            choice = replace(choice, needed=Needed(need.candidate, rec, memory(need.candidate)))
     return TuneReport(
         column,
         rows,
@@ -293,4 +293,56 @@ async def tune(
         tuple(skipped),
         tuple(notes),
         graph.rows if graph else None,
+        exponent,
     )
+
+
+def decide(
+    measured: Sequence[Measured], limit: int | None, memory: Callable[[Candidate], int], ranked: bool, target: float
+) -> Choice:
+    """The choice among what fits `limit` (all measured when none does); when it does not reach the target, the
+    cheapest measured structure outside the limit that does is named with the memory it needs."""
+    inside = [m for m in measured if limit is None or memory(m.candidate) <= limit]
+    choice = choose(inside or measured, target, memory if ranked else None)
+    if not choice.reached:
+        outside = [m for m in measured if m not in inside and m.first_list_reaching(target) is not None]
+        if outside:
+            need = min(outside, key=lambda m: (memory(m.candidate), m.build_seconds))
+            rec = need.recall[need.first_list_reaching(target) or 0]
+            choice = replace(choice, needed=Needed(need.candidate, rec, memory(need.candidate)))
+    return choice
+
+
+def chosen_build(measured: Sequence[Measured], choice: Choice) -> Measured | None:
+    build = choice.candidate.build()
+    return next((m for m in measured if m.candidate.build() == build), None)
+
+
+EXPONENT_SPLIT = 4
+"""To measure b, the chosen structure is built again on the sample in graphs 1/EXPONENT_SPLIT the size."""
+
+
+async def graph_exponent(
+    sink: Sink, scratch: TableRef, dim: int, metric: str, chosen: Measured, granules: int | None
+) -> float | None:
+    """b of per-row build cost ∝ G^b on this table's rows: the chosen structure, built by the grid in graphs of
+    `granules` index granules (None: one graph over the sample), built again on the same rows in graphs a quarter
+    that size. b is a property of the data (how hard a neighbour is to find among more rows), so it is measured
+    here rather than assumed (sizing.GRAPH_EXPONENT when it is not)."""
+    if granules is None:
+        rows = await sink.query(part_stats_sql(scratch))
+        granules = sum(int(r["granules"]) for r in rows)
+    small = granules // EXPONENT_SPLIT
+    if small < 1:
+        return None
+    c = chosen.candidate.build()
+    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, c.quantization, c.m, c.ef_construction, small)
+    await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
+    await sink.execute(add_index_sql(scratch, index))
+    try:
+        start = time.perf_counter()
+        await sink.execute(materialize_index_sql(scratch, SCRATCH_INDEX), {"mutations_sync": 2})
+        seconds = time.perf_counter() - start
+    finally:
+        await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
+    return fit_graph_exponent(chosen.build_seconds, granules, seconds, small)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,14 +17,21 @@ from cli_run import cli, loaded_chdb, ok
 from exact import chdb_rows
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
-from ingest.clickhouse.vector_sql import VectorIndex, add_index_sql, vector_literal
+from ingest.clickhouse.index_sql import create_scratch_sql, drop_table_sql, scratch_ref
+from ingest.clickhouse.vector_sql import (
+    VectorIndex,
+    add_index_sql,
+    drop_index_sql,
+    materialize_index_sql,
+    vector_literal,
+)
 from ingest.core.config import TargetConfig
 from ingest.core.errors import UsageError
 from ingest.core.ids import TableRef
 from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
-from ingest.vector import tune_run
+from ingest.vector import sizing, tune_run
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.index import poll_interval
 from ingest.vector.sizing import (
@@ -175,6 +183,45 @@ def test_exact_top_ids_in_one_scan_match_numpy_on_the_source(table: Path, monkey
         dist = 1.0 - (vecs @ vecs[i]) / (norms * norms[i])
         assert top == [int(x) for x in ids[np.argsort(dist, kind="stable")[:10]]]
         assert top[0] == ids[i]
+
+
+def test_the_exponent_is_measured_by_building_the_chosen_structure_again_in_smaller_graphs(
+    table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tune_run.graph_exponent on real chdb: the 12,000 table rows in a scratch table of 24 granules, the chosen
+    structure timed as one graph, then built again in graphs of 6 granules; b comes back within [0, 1] and the
+    scratch index is gone. Builds this small are under MIN_FIT_SECONDS (the 1M-row growth bench times real ones),
+    so the floor is lowered here."""
+    monkeypatch.setattr(sizing, "MIN_FIT_SECONDS", 0.2)
+    ref = TableRef("default", "laion")
+    scratch = scratch_ref(ref)
+    chosen = Candidate("f32", 32, 256)
+
+    async def scenario() -> tuple[float | None, float, list[dict[str, object]]]:
+        sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
+        await sink.connect()
+        try:
+            await sink.execute(drop_table_sql(scratch))
+            await sink.execute(create_scratch_sql(scratch, 500))
+            await sink.execute(f"INSERT INTO {scratch.sql} SELECT id, image_embedding FROM {ref.sql}")
+            index = VectorIndex(tune_run.SCRATCH_INDEX, "v", 512, "cosineDistance", "f32", 32, 256, None)
+            await sink.execute(add_index_sql(scratch, index))
+            start = time.perf_counter()
+            await sink.execute(materialize_index_sql(scratch, tune_run.SCRATCH_INDEX), {"mutations_sync": 2})
+            seconds = time.perf_counter() - start
+            await sink.execute(drop_index_sql(scratch, tune_run.SCRATCH_INDEX))
+            measured = Measured(chosen, seconds, {64: 0.99})
+            b = await tune_run.graph_exponent(sink, scratch, 512, "cosineDistance", measured, None)
+            left = await sink.query(f"SELECT name FROM system.data_skipping_indices WHERE table = '{scratch.table}'")
+            return b, seconds, left
+        finally:
+            await sink.execute(drop_table_sql(scratch))
+            await sink.close()
+
+    b, seconds, left = asyncio.run(scenario())
+    assert seconds > 0.2, "the one-graph build should be long enough to time"
+    assert b is not None and 0.0 <= b <= 1.0
+    assert left == []  # the scratch index built to measure b is dropped
 
 
 def test_dry_run_prints_grid_and_choice_and_builds_nothing(table: Path) -> None:

@@ -4,7 +4,8 @@ Every figure is projected from measured constants (`Constants`): per structure, 
 latency measured on a sample (the tuner's grid recorded on the user's table, or DEFAULTS measured here), a load
 rate per worker and the bytes a row takes on disk. The projections reuse the project's own models, so they change
 with them: index memory is vector/sizing.index_bytes (ClickHouse's formula with the margin loaded indexes need),
-build time is vector/sizing.scale_build_seconds (Σ G·ln G over the graphs), per node, nodes building in parallel.
+build time is vector/sizing.scale_build_seconds (Σ G^(1+b) over the graphs, b = sizing.GRAPH_EXPONENT), per node,
+nodes building in parallel.
 Each node holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged
 table (sizing.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
 """

@@ -5,16 +5,19 @@ vectors as the index stores them plus the graph's level-0 links,
 
     formula = rows × dim × bytes_per_value(quantization) + rows × M × 8
 
-(usearch keeps 2·M neighbours per node on level 0, 4-byte slots). Loaded, 26.9 counts more in its vector index
-cache (`VectorSimilarityIndexCacheBytes`, what the cache limit is checked against), measured here on 512-d rows:
+(usearch keeps 2·M neighbours per node on level 0, 4-byte slots). A loaded index is resident at about that: its
+uncompressed bytes, 1,141 a row for bf16 M=12 at 512-d (formula 1,120), which the process's RSS grew by when one
+graph was loaded (bench/graph_cost.py). But 26.9 counts more in its vector index cache
+(`VectorSimilarityIndexCacheBytes`, what the cache limit is checked against): usearch's arenas, reserved as they
+double, 1.1–2.1× the resident bytes by where a graph's size falls; measured here on 512-d rows:
 bf16 M=12 1.51× the formula (one graph of 40,000 random rows) to 1.86× (16 graphs of 63,950 LAION-like rows) and
 2.10× (14 graphs of 7,680); i8 1.39–1.47×; b1 2.23–3.34×. The loaded bytes did not change with M (b1: 427 bytes a
 row at M=8, 12 and 16; i8: 847): a per-row cost the formula lacks, which dominates the small b1 codes. So we size
 with formula × SAFETY_FACTOR + rows × ROW_OVERHEAD, which covers every one of those measurements (the tightest:
 bf16 M=12 in 7,680-row graphs, 2,357 bytes a row measured, 2,496 sized; i8 it over-sizes 1.7×), and compare it
 with the memory of the target and the size of its vector index cache (an index larger than the cache is reloaded
-from disk on every query). A projection from an index measured on this table (project_build) uses its measured
-bytes per row instead.
+from disk on every query). A projection from an index measured on this table (project_build) scales its resident
+bytes per row instead (the cache's count does not grow with the rows: 1.92× the formula at 1M rows, 1.15× at 4M).
 """
 
 from __future__ import annotations

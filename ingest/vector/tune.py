@@ -37,7 +37,7 @@ PLATEAU = 0.005
 def query_extras(quantization: str, fetch_multiplier: int = 0) -> dict[str, int]:
     """Search settings a candidate needs: rescoring on the full vectors over `fetch_multiplier` × k candidates
     from the index (b1 always: without it recall collapses, ClickHouse #103745)."""
-    if fetch_multiplier <= 0 and quantization != "b1":
+    if fetch_multiplier <= 0 and quantization != RESCORED_ONLY:
         return {}
     extras = {RESCORING_SETTING: 1}
     if fetch_multiplier > 1:
@@ -66,6 +66,13 @@ class Candidate:
 
 
 LOSSY = ("i8", "b1")
+RESCORED_ONLY = "b1"
+"""Searched only with rescoring (ClickHouse #103745: without it recall collapses), so left out where rescoring is."""
+
+
+def searchable(quantization: str, rescoring: bool) -> bool:
+    """Whether a quantization has a place in a grid measured with (or without) rescoring."""
+    return rescoring or quantization != RESCORED_ONLY
 QUANT_RANK = {"bf16": 0, "f16": 1, "i8": 2, "b1": 3, "f32": 4, "f64": 5}
 
 
@@ -81,7 +88,7 @@ def default_grid(
     ef_construction under 2·M is left out: each node would choose its M links from barely more candidates than
     it keeps. Each build carries its search variants (`variants`): i8 plain and rescored, b1 rescored."""
     grid = [
-        Candidate(q, m, ef) for q in quantizations for m in ms for ef in efs if ef >= 2 * m and (rescoring or q != "b1")
+        Candidate(q, m, ef) for q in quantizations for m in ms for ef in efs if ef >= 2 * m and searchable(q, rescoring)
     ]
     return sorted(grid, key=lambda c: (c.m * c.ef_construction, QUANT_RANK.get(c.quantization, 9), c.m))
 

@@ -45,6 +45,7 @@ from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout, plan_sample
 from ingest.vector.sizing import FORMULA, fit_graph_exponent, human_bytes, index_bytes
 from ingest.vector.tune import (
+    LOSSY,
     PLATEAU,
     Candidate,
     Choice,
@@ -57,6 +58,7 @@ from ingest.vector.tune import (
     chunks_under,
     default_grid,
     rescoring_wanted,
+    searchable,
     should_stop,
     variants,
 )
@@ -195,8 +197,8 @@ async def tune(
     quants = cfg.quantizations
     notes: list[str] = []
     rescoring = bool(int((await sink.query(query_setting_exists_sql(RESCORING_SETTING)))[0]["n"]))
-    if not rescoring and any(q in quants for q in ("b1", "i8")):
-        quants = tuple(q for q in quants if q != "b1")
+    if not rescoring and any(q in quants for q in LOSSY):
+        quants = tuple(q for q in quants if searchable(q, rescoring))
         notes.append(f"b1 and rescoring left out: ClickHouse {sink.info.version} has no {RESCORING_SETTING} (25.8+)")
     if not quants:
         raise UsageError("no quantization left to tune: this server cannot rescore b1; give --quantization bf16 or i8")
@@ -218,7 +220,8 @@ async def tune(
         )
     if rescoring and not rescoring_wanted(ranked, fitting):
         rescoring = False
-        grid, fitting = [c for c in grid if c.quantization != "b1"], [c for c in fitting if c.quantization != "b1"]
+        grid = [c for c in grid if searchable(c.quantization, rescoring)]
+        fitting = [c for c in fitting if searchable(c.quantization, rescoring)]
         notes.append(
             "rescored variants left out: without --max-memory the fastest search wins (rescoring reads each "
             "candidate's full vector; give --max-memory to weigh memory first)"

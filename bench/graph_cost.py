@@ -1,0 +1,172 @@
+"""What one HNSW graph costs as it grows: build CPU per row and memory per row at graph sizes G, per data shape,
+in the embedded ClickHouse (chdb 26.9, in this process, so its CPU and RSS are this process's).
+
+Two models rest on it (vector/sizing.py): the build projection (per-row cost ∝ G^b, where HNSW's ~ln G hops
+predict far less growth) and the memory projection (a loaded index is resident at its uncompressed bytes, while the
+vector index cache counts usearch's reserved arenas, which do not grow with the rows).
+
+Per shape (synth's clustered, noisy, offset) and round, for each G: one INSERT of G rows (one part), ADD INDEX
+with one graph per part, MATERIALIZE (CPU and wall of the build), drop the vector index cache, RSS, one search
+(loads the graph), RSS again; the cache's bytes for it and the index's uncompressed bytes. Prints per G the
+min–max over rounds (rounds interleave the shapes), and b fitted end to end and per step.
+
+Run: python bench/graph_cost.py [--sizes 15625,62500,250000] [--shapes clustered,noisy,offset] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingest.stages.synth import SynthSpec, vectors  # noqa: E402
+from ingest.vector.sizing import BYTES_PER_VALUE  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def write_rows(path: Path, rows: int, shape: str) -> None:
+    spec = SynthSpec(rows=rows, shape=shape, dtype="float32", seed=3)
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(spec.clusters, spec.dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    img, _ = vectors(spec, rng, centers)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(img.reshape(-1)), spec.dim).cast(pa.list_(pa.float32()))
+    pq.write_table(pa.table({"id": np.arange(rows), "v": flat}), path)
+
+
+class Engine:
+    def __init__(self, path: Path) -> None:
+        from chdb import session
+
+        self.s = session.Session(str(path))
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        text = self.s.query(sql, "JSONEachRow").bytes().decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def run(self, sql: str) -> None:
+        self.s.query(sql)
+
+    def cache_bytes(self) -> int:
+        got = self.rows("SELECT value FROM system.metrics WHERE metric = 'VectorSimilarityIndexCacheBytes'")
+        return int(got[0]["value"]) if got else 0
+
+
+def one_graph(db: Engine, data: Path, g: int, structure: tuple[str, int, int]) -> dict[str, float]:
+    q, m, ef = structure
+    db.run("DROP TABLE IF EXISTS g SYNC")
+    db.run("CREATE TABLE g (id Int64, v Array(Float32)) ENGINE = MergeTree ORDER BY id")
+    db.run(
+        f"INSERT INTO g SELECT id, v FROM file('{data}') WHERE id < {g} SETTINGS max_insert_block_size = 100000000, "
+        "min_insert_block_size_rows = 100000000, min_insert_block_size_bytes = 0"
+    )
+    db.run(
+        f"ALTER TABLE g ADD INDEX ix v TYPE vector_similarity('hnsw', 'cosineDistance', 512, '{q}', {m}, {ef}) "
+        "GRANULARITY 100000000"
+    )
+    c0, t0 = cpu_seconds(), time.monotonic()
+    db.run("ALTER TABLE g MATERIALIZE INDEX ix SETTINGS mutations_sync = 2")
+    cpu, wall = cpu_seconds() - c0, time.monotonic() - t0
+    db.run("SYSTEM DROP VECTOR SIMILARITY INDEX CACHE")
+    vec = db.rows("SELECT v FROM g WHERE id = 7")[0]["v"]
+    literal = "[" + ",".join(f"{x:.6f}" for x in vec) + "]"
+    r0 = rss_bytes()
+    db.rows(f"SELECT id FROM g ORDER BY cosineDistance(v, {literal}) LIMIT 10")
+    r1 = rss_bytes()
+    size = db.rows("SELECT data_uncompressed_bytes AS b FROM system.data_skipping_indices WHERE table = 'g'")
+    return {
+        "wall": wall,
+        "cpu_us": cpu / g * 1e6,
+        "rss": (r1 - r0) / g,
+        "cache": db.cache_bytes() / g,
+        "uncompressed": int(size[0]["b"]) / g,
+    }
+
+
+def span(xs: list[float], fmt: str) -> str:
+    lo, hi = min(xs), max(xs)
+    return format(lo, fmt) if len(xs) == 1 or format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}–{hi:{fmt}}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="15625,31250,62500,125000,250000", help="rows of one graph")
+    ap.add_argument("--shapes", default="clustered,noisy,offset")
+    ap.add_argument("--structure", default="bf16,12,24", help="quantization,M,ef_construction")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    sizes = sorted(int(x) for x in args.sizes.split(","))
+    shapes = args.shapes.split(",")
+    q, m, ef = args.structure.split(",")
+    structure = (q, int(m), int(ef))
+    formula = 512 * BYTES_PER_VALUE[q] + int(m) * 8
+    work = Path(tempfile.mkdtemp(prefix="graph-cost-"))
+    try:
+        for shape in shapes:
+            write_rows(work / f"{shape}.parquet", sizes[-1], shape)
+        db = Engine(work / "db")
+        got: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for shape in shapes:
+                for g in sizes:
+                    got.setdefault((shape, g), []).append(one_graph(db, work / f"{shape}.parquet", g, structure))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"## one graph of G rows: {q} M={m} ef_c={ef}, 512-d, chdb 26.9 in-process, {args.rounds} rounds (min–max)")
+    print(f"(bytes a row: formula {formula:,.0f} = dim × bytes + M × 8)")
+    head = f"{'shape':<10} {'G':>8} {'build s':>11} {'CPU µs/row':>13} {'b step':>7} {'resident B/row':>15}"
+    print(head + f" {'RSS B/row':>13} {'cache B/row':>13}")
+    for shape in shapes:
+        prev: tuple[int, float] | None = None
+        for g in sizes:
+            runs = got[(shape, g)]
+            cpu = min(r["cpu_us"] for r in runs)
+            step = f"{math.log(cpu / prev[1]) / math.log(g / prev[0]):.2f}" if prev else ""
+            prev = (g, cpu)
+            print(
+                f"{shape:<10} {g:>8,} {span([r['wall'] for r in runs], '.2f'):>11} "
+                f"{span([r['cpu_us'] for r in runs], '.0f'):>13} {step:>7} "
+                f"{span([r['uncompressed'] for r in runs], ',.0f'):>15} {span([r['rss'] for r in runs], ',.0f'):>13} "
+                f"{span([r['cache'] for r in runs], ',.0f'):>13}"
+            )
+        lo, hi = got[(shape, sizes[0])], got[(shape, sizes[-1])]
+        ratio = min(r["cpu_us"] for r in hi) / min(r["cpu_us"] for r in lo)
+        b = math.log(ratio) / math.log(sizes[-1] / sizes[0])
+        ln = math.log(sizes[-1]) / math.log(sizes[0])
+        print(
+            f"{shape}: CPU per row ×{ratio:.2f} from G = {sizes[0]:,} to {sizes[-1]:,}: b = {b:.2f} "
+            f"(ln G would say ×{ln:.2f})"
+        )
+    print(
+        "(resident: the index's uncompressed bytes, system.data_skipping_indices; RSS: what this process grew by when "
+        "one search loaded the graph, the cache dropped before; cache: VectorSimilarityIndexCacheBytes once loaded)"
+    )
+
+
+if __name__ == "__main__":
+    main()

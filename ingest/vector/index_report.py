@@ -2,9 +2,10 @@
 
 The memory an index takes, loaded, is its uncompressed bytes (`system.data_skipping_indices`): a loaded graph
 is its serialized vectors and links. Measured in chdb (bench/graph_cost.py: the process's RSS before and after one
-search loads one graph of G rows, bf16 M=12, 512-d): 1,070–1,146 bytes a row at G = 100,000 … 250,000 where the
-index holds 1,141 on disk, whatever G. The vector index cache counts more (`VectorSimilarityIndexCacheBytes`):
-usearch's arenas, which double as they fill, reserved and mostly untouched: 2,155 bytes a row at G = 62,500,
+search loads one graph of G rows, bf16 M=12, 512-d, 3 shapes, 3 rounds): 966–1,319 bytes a row at G = 15,625 …
+250,000 where the index holds 1,141 uncompressed, whatever G. The vector index cache counts more
+(`VectorSimilarityIndexCacheBytes`): usearch's arenas, which double as they fill, reserved and mostly untouched:
+2,155 bytes a row at G = 62,500,
 2,290 at 125,000, 1,283 at 250,000. That count is what the cache's limit is checked against (sizing's margin
 covers it), not what the machine holds, and it does not grow with the rows (a 4M-row table's read 1.15× the
 formula where 1M's read 1.92×), so projections scale the resident bytes. The cache's count is reported beside

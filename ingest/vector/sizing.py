@@ -117,10 +117,11 @@ def sizing_grid(quantizations: Sequence[str], ms: Sequence[int]) -> list[tuple[s
 GRAPH_EXPONENT = 0.32
 """Per-row build cost ∝ G^b in graphs of G rows, where no build on the table measured b (tune_run.graph_exponent).
 Measured here (26.9 in chdb, bf16 M=12 ef_c=24, 512-d, one graph of G rows on 2 cores, CPU per row at G = 15,625
-… 250,000): clustered 76 → 183 µs (b = 0.32 end to end, 0.24–0.42 per doubling); the noisy and offset shapes in
-bench/graph_cost.py. HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a larger graph misses more
+… 250,000, bench/graph_cost.py, 3 rounds): b = 0.33 clustered, 0.27 noisy, 0.34 offset end to end (0.17–0.40 per
+doubling). HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a larger graph misses more
 cache, and within a cluster the rows are as hard as random ones. ln G predicted 1.29× from 15,625 to 250,000
-where 2.41× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured."""
+where 2.10–2.54× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured,
+by G^b (b measured on the 1M table's sample) 1.02."""
 BUILD_GROWTH = (
     "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
     f"table's sample in graphs of two sizes, else {GRAPH_EXPONENT:g}); "

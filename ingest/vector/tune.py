@@ -310,3 +310,24 @@ def chunks_under(texts: Sequence[str], budget: int) -> list[list[int]]:
         groups[-1].append(i)
         size += len(t) + 32
     return groups
+
+
+def decide(
+    measured: Sequence[Measured], limit: int | None, memory: Callable[[Candidate], int], ranked: bool, target: float
+) -> Choice:
+    """The choice among what fits `limit` (all measured when none does); when it does not reach the target, the
+    cheapest measured structure outside the limit that does is named with the memory it needs."""
+    inside = [m for m in measured if limit is None or memory(m.candidate) <= limit]
+    choice = choose(inside or measured, target, memory if ranked else None)
+    if not choice.reached:
+        outside = [m for m in measured if m not in inside and m.first_list_reaching(target) is not None]
+        if outside:
+            need = min(outside, key=lambda m: (memory(m.candidate), m.build_seconds))
+            rec = need.recall[need.first_list_reaching(target) or 0]
+            choice = replace(choice, needed=Needed(need.candidate, rec, memory(need.candidate)))
+    return choice
+
+
+def chosen_build(measured: Sequence[Measured], choice: Choice) -> Measured | None:
+    build = choice.candidate.build()
+    return next((m for m in measured if m.candidate.build() == build), None)

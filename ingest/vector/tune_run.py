@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -48,14 +47,13 @@ from ingest.vector.tune import (
     LOSSY,
     PLATEAU,
     Candidate,
-    Choice,
     Measured,
-    Needed,
     TuneReport,
     by_memory,
     ceilinged,
-    choose,
+    chosen_build,
     chunks_under,
+    decide,
     default_grid,
     rescoring_wanted,
     searchable,
@@ -134,6 +132,15 @@ async def sweep_lists(
     return recall, ms
 
 
+async def timed_build(sink: Sink, scratch: TableRef, index: VectorIndex) -> float:
+    """Wall seconds of building `index` on the scratch table (replacing the one there); the caller drops it."""
+    await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
+    await sink.execute(add_index_sql(scratch, index))
+    start = time.perf_counter()
+    await sink.execute(materialize_index_sql(scratch, SCRATCH_INDEX), {"mutations_sync": 2})
+    return time.perf_counter() - start
+
+
 async def measure_candidate(
     sink: Sink,
     scratch: TableRef,
@@ -151,13 +158,9 @@ async def measure_candidate(
     its search variants (tune.variants: plain, rescored over more candidates), cheapest query first, up to the
     first that reaches `target`."""
     index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, build.quantization, build.m, build.ef_construction, granules)
-    await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
-    await sink.execute(add_index_sql(scratch, index))
     out: list[Measured] = []
     try:
-        start = time.perf_counter()
-        await sink.execute(materialize_index_sql(scratch, SCRATCH_INDEX), {"mutations_sync": 2})
-        seconds = time.perf_counter() - start
+        seconds = await timed_build(sink, scratch, index)
         rows = await sink.query(index_bytes_sql(scratch, SCRATCH_INDEX))
         size_bytes = int(rows[0]["b"]) if rows else 0
         for cand in variants(build, rescoring):
@@ -300,27 +303,6 @@ async def tune(
     )
 
 
-def decide(
-    measured: Sequence[Measured], limit: int | None, memory: Callable[[Candidate], int], ranked: bool, target: float
-) -> Choice:
-    """The choice among what fits `limit` (all measured when none does); when it does not reach the target, the
-    cheapest measured structure outside the limit that does is named with the memory it needs."""
-    inside = [m for m in measured if limit is None or memory(m.candidate) <= limit]
-    choice = choose(inside or measured, target, memory if ranked else None)
-    if not choice.reached:
-        outside = [m for m in measured if m not in inside and m.first_list_reaching(target) is not None]
-        if outside:
-            need = min(outside, key=lambda m: (memory(m.candidate), m.build_seconds))
-            rec = need.recall[need.first_list_reaching(target) or 0]
-            choice = replace(choice, needed=Needed(need.candidate, rec, memory(need.candidate)))
-    return choice
-
-
-def chosen_build(measured: Sequence[Measured], choice: Choice) -> Measured | None:
-    build = choice.candidate.build()
-    return next((m for m in measured if m.candidate.build() == build), None)
-
-
 EXPONENT_SPLIT = 4
 """To measure b, the chosen structure is built again on the sample in graphs 1/EXPONENT_SPLIT the size."""
 
@@ -340,12 +322,8 @@ async def graph_exponent(
         return None
     c = chosen.candidate.build()
     index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, c.quantization, c.m, c.ef_construction, small)
-    await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
-    await sink.execute(add_index_sql(scratch, index))
     try:
-        start = time.perf_counter()
-        await sink.execute(materialize_index_sql(scratch, SCRATCH_INDEX), {"mutations_sync": 2})
-        seconds = time.perf_counter() - start
+        seconds = await timed_build(sink, scratch, index)
     finally:
         await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
     return fit_graph_exponent(chosen.build_seconds, granules, seconds, small)

@@ -161,16 +161,18 @@ def test_name_with_both_columns_is_a_usage_error(loaded: Loaded) -> None:
 # ---- search ------------------------------------------------------------------------------------------------
 
 
-def assert_true_neighbours(loaded: Loaded, hits: list[dict[str, Any]], q: np.ndarray, k: int) -> None:
-    """Every hit's real distance (numpy, float64) is within the true k-th nearest distance."""
+def assert_true_neighbours(loaded: Loaded, hits: list[dict[str, Any]], q: np.ndarray, k: int, found: int) -> None:
+    """Every hit's reported distance is its real one (numpy, float64), and at least `found` of the k hits are among
+    the true k nearest: HNSW is approximate and its graph is built by threads, so one query may miss a neighbour
+    (CI met 4 of 5 once at the default candidate list; recall over many queries is `eval`'s to assert)."""
     ids, vecs = source_vectors(loaded.src, SHARDS)
     dist = cosine_distances(vecs, q)
-    kth = np.sort(dist)[k - 1]
+    true_ids = set(ids[np.argsort(dist, kind="stable")[:k]].tolist())
     by_id = dict(zip(ids.tolist(), dist.tolist(), strict=True))
     assert len(hits) == k
     for hit in hits:
-        assert by_id[hit["id"]] <= kth + 1e-5, (hit, kth)
         assert abs(hit["distance"] - by_id[hit["id"]]) < 5e-3  # the index may report bf16-quantized distances
+    assert len(true_ids & {h["id"] for h in hits}) >= found, (hits, sorted(true_ids))
 
 
 def test_like_id_returns_that_row_first_through_the_index(loaded: Loaded) -> None:
@@ -184,7 +186,7 @@ def test_like_id_returns_that_row_first_through_the_index(loaded: Loaded) -> Non
     assert isinstance(doc["elapsed"], float) and doc["elapsed"] > 0
     assert hits[0]["url"] == f"https://img.example.com/1/123.jpg?q='{123 % 7}'"
     _, vecs = source_vectors(loaded.src, SHARDS)
-    assert_true_neighbours(loaded, hits, vecs[ROWS + 123], 5)
+    assert_true_neighbours(loaded, hits, vecs[ROWS + 123], 5, found=4)
 
 
 def test_brute_force_is_exact_and_skips_the_index(loaded: Loaded) -> None:

@@ -68,10 +68,10 @@ def mib(n: float | None) -> str:
 
 
 def formula_mib(e: dict[str, Any], sized: bool = False) -> float:
-    """ClickHouse's documented estimate, or (`sized`) what `index` sizes the index at before building it."""
-    from ingest.vector.sizing import formula_bytes, index_bytes
+    """ClickHouse's documented estimate, or (`sized`) the resident bytes `index` sizes it at before building it."""
+    from ingest.vector.sizing import formula_bytes, resident_bytes
 
-    size = index_bytes if sized else formula_bytes
+    size = resident_bytes if sized else formula_bytes
     return size(int(e["rows"]), 512, str(e["quantization"]), int(e["m"])) / (1 << 20)
 
 
@@ -114,7 +114,7 @@ def print_tables(title: str, rows: list[Row]) -> None:
         "(system.data_skipping_indices; bench/graph_cost.py matches them with RSS); cache MiB: what the vector index "
         "cache counts for it once loaded (VectorSimilarityIndexCacheBytes per cell × graphs: usearch's arenas, "
         "reserved); disk MiB: compressed; formula: rows × dim × bytes + rows × M × 8; sized: what `index` sizes it at "
-        "before building, sizing.index_bytes)"
+        "before building, resident, sizing.resident_bytes)"
     )
     print_growth(rows)
     print_projection(rows)
@@ -260,7 +260,7 @@ def print_projection(rows: list[Row]) -> None:
                 if cost is not None
                 else "not converted (that run's tuning grid did not build both)"
             )
-            + f", memory × {size:.2f} (what `index` sizes each at, sizing.index_bytes):"
+            + f", memory × {size:.2f} (what `index` sizes each at, resident, sizing.resident_bytes):"
         )
         converted = [(pairs[0], cost), (pairs[1], cost), (pairs[2], size)]
         for (name, pr, me, _), factor in converted:
@@ -271,10 +271,10 @@ def print_projection(rows: list[Row]) -> None:
 def sized_ratio(projected: dict[str, Any], built: dict[str, Any], rows: int) -> float:
     """Memory of the structure built over the one projected, as `index` sizes them (the measured bytes per row
     carry over; only the structure's share changes)."""
-    from ingest.vector.sizing import index_bytes
+    from ingest.vector.sizing import resident_bytes
 
     def sized(e: dict[str, Any]) -> int:
-        return index_bytes(rows, 512, str(e["quantization"]), int(e["m"]))
+        return resident_bytes(rows, 512, str(e["quantization"]), int(e["m"]))
 
     return sized(built) / sized(projected)
 

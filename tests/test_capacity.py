@@ -9,11 +9,20 @@ from pathlib import Path
 import orjson
 import pytest
 from cli_run import cli
+from exact import chdb_rows
 
+from ingest.clickhouse.index_sql import GRID_ADDED, GRID_COLUMNS, GRID_TABLE
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector.capacity import Ask, Constants, Structure, node_counts, option, plan, scaled
-from ingest.vector.sizing import formula_bytes, index_bytes, merged_graph_rows, scale_build_seconds
+from ingest.vector.sizing import (
+    GRAPH_EXPONENT,
+    counted_bytes,
+    formula_bytes,
+    merged_graph_rows,
+    resident_bytes,
+    scale_build_seconds,
+)
 from ingest.vector.tune import Candidate
 
 GIB = 1 << 30
@@ -38,16 +47,18 @@ def test_one_option_is_the_projects_own_sizing_and_build_models() -> None:
     o = option(ask, k, k.structures[2], 8)  # i8 M=16 rescored
     per_node = 50_000_000
     assert o.rows_per_node == per_node
-    assert o.memory_per_node_bytes == index_bytes(per_node, 512, "i8", 16)
+    assert o.memory_per_node_bytes == resident_bytes(per_node, 512, "i8", 16)
+    assert o.cache_per_node_bytes == counted_bytes(per_node, 512, "i8", 16)
     assert o.disk_per_node_bytes == int(per_node * (8.0 * 512 + 100.0) + formula_bytes(per_node, 512, "i8", 16))
     graph, _ = merged_graph_rows(per_node, DEFAULT_INDEX_GRANULARITY, 16)
     assert o.build_hours == pytest.approx(scale_build_seconds(4.0, 20_000, 20_000, per_node, graph) / 3600)
     assert o.load_hours_per_worker == pytest.approx(400_000_000 / 50_000 / 3600)
     assert o.load_hours == pytest.approx(o.load_hours_per_worker / 8)
-    # (50M × (512 + 128) × 2 + 50M × 256) bytes = 71.5 GiB: more than a 64 GiB node holds
-    assert not o.fits and o.reaches and o.recall_at_10 == 0.98
-    # a bigger node count halves the memory and the build; more cores build faster
-    assert option(ask, k, k.structures[2], 4).memory_per_node_bytes == index_bytes(10**8, 512, "i8", 16)
+    # resident 50M × (512 + 128 + 32) × 1.2 bytes = 37.6 GiB fits a 64 GiB node; on 4 nodes, 75.1 GiB does not
+    assert o.fits and o.reaches and o.recall_at_10 == 0.98
+    four = option(ask, k, k.structures[2], 4)
+    assert four.memory_per_node_bytes == resident_bytes(10**8, 512, "i8", 16) > 64 * GIB and not four.fits
+    # more cores build faster
     faster = option(Ask(400_000_000, 512, 8, 64 * GIB, cores=8), k, k.structures[2], 8)
     assert faster.build_hours == pytest.approx(o.build_hours / 4)
     assert node_counts(8) == [1, 2, 4, 8] and node_counts(6) == [1, 2, 4, 6] and node_counts(1) == [1]
@@ -56,20 +67,21 @@ def test_one_option_is_the_projects_own_sizing_and_build_models() -> None:
 def test_plan_chooses_the_least_total_memory_that_fits_and_reaches_the_target() -> None:
     p = plan(Ask(400_000_000, 512, 8, 64 * GIB), consts())
     assert p.choice is not None
-    # b1 M=8 rescored reaches 0.96 and is the smallest: (64 + 64) × 2 + 256 = 512 bytes a row, 190.7 GiB on one
-    # node, 95.4 GiB a node on 2, 47.7 GiB on 4
-    assert (p.choice.structure.candidate, p.choice.nodes) == (Candidate("b1", 8, 64, 16), 4)
-    assert p.choice.memory_per_node_bytes == index_bytes(100_000_000, 512, "b1", 8) == 512 * 10**8 <= 64 * GIB
+    # b1 M=8 rescored reaches 0.96 and is the smallest: resident (64 + 64 + 32) × 1.2 = 192 bytes a row, 71.5 GiB
+    # on one node, 35.8 GiB a node on 2; the cache counts (64 + 64) × 2 + 256 = 512 bytes a row, 95.4 GiB a node
+    assert (p.choice.structure.candidate, p.choice.nodes) == (Candidate("b1", 8, 64, 16), 2)
+    assert p.choice.memory_per_node_bytes == resident_bytes(200_000_000, 512, "b1", 8) == 192 * 2 * 10**8 <= 64 * GIB
+    assert p.choice.cache_per_node_bytes == counted_bytes(200_000_000, 512, "b1", 8) == 512 * 2 * 10**8
     assert p.choice.nodes == min(o.nodes for o in p.options if o.fits and o.reaches)
     assert {o.nodes for o in p.options} == {1, 2, 4, 8} and len(p.options) == 16
     # i8 unrescored never reaches 0.95: weighed, never chosen
     assert all(not o.reaches for o in p.options if o.structure.candidate == Candidate("i8", 16, 64, 0))
-    # a target only bf16 reaches: bf16 needs 119.2 GiB a node on 8 nodes, so nothing fits, and the reason says
+    # a target only bf16 reaches: bf16 needs 66.2 GiB a node on 8 nodes, so nothing fits, and the reason says
     # what would: that memory per node, or the nodes of 64 GiB
     high = plan(Ask(400_000_000, 512, 8, 64 * GIB, recall_target=0.99), consts())
     assert high.choice is None
-    need = index_bytes(50_000_000, 512, "bf16", 16)
-    nodes = math.ceil(index_bytes(400_000_000, 512, "bf16", 16) / (64 * GIB))
+    need = resident_bytes(50_000_000, 512, "bf16", 16)
+    nodes = math.ceil(resident_bytes(400_000_000, 512, "bf16", 16) / (64 * GIB))
     assert high.reason == (
         "nothing fits 8 node(s) × 64.0 GiB: the smallest structure that reaches recall@10 0.99, bf16 M=16 ef_c=64, "
         f"needs {need / GIB:.1f} GiB per node on 8 node(s), or ≥ {nodes} nodes of 64.0 GiB"
@@ -109,8 +121,12 @@ def test_plan_json_names_the_choice_and_its_candidates() -> None:
     assert choice["memory_per_node_bytes"] <= 64 * GIB and choice["nodes"] <= 8 and choice["recall_at_10"] >= 0.95
     assert len(doc["candidates"]) >= 4 and doc["projected"] is True
     assert doc["constants_source"].startswith("defaults measured here")
+    assert doc["server_settings"] == {"vector_similarity_index_cache_size": choice["cache_per_node_bytes"]}
+    assert choice["cache_per_node_bytes"] > choice["memory_per_node_bytes"]
+    assert doc["graph_exponent"] == GRAPH_EXPONENT
     text = cli("plan", "--rows", "400000000", "--nodes", "8", "--max-memory", "64G")
     assert text.returncode == 0 and "plan: " in text.stdout and "projected (nothing here was built" in text.stdout
+    assert "vector_similarity_index_cache_size ≥ " in text.stdout and "cache_size_to_ram_max_ratio" in text.stdout
 
 
 def test_plan_that_cannot_fit_is_refused_in_one_line_naming_the_hardware() -> None:
@@ -137,3 +153,34 @@ def test_plan_from_a_tuned_table_uses_its_measurements(tmp_path: Path) -> None:
     assert "bytes per row as stored in default.laion" in doc["constants_source"]
     structures = {c["structure"] for c in doc["candidates"]}
     assert any(s.startswith("bf16 M=") for s in structures)  # the tuner's grid, not the defaults' fixed five
+    assert doc["graph_exponent"] == GRAPH_EXPONENT  # no --project-rows: b was not measured
+
+
+def test_plan_reads_the_exponent_the_tuner_measured_and_migrates_an_older_grid_table(tmp_path: Path) -> None:
+    """A grid table recorded before b was kept (no graph_exponent column) gains it when `index` records again;
+    a tuning that measured b (`index --project-rows`) makes `plan --target` scale builds by it."""
+    src, db = tmp_path / "src", tmp_path / "db"
+    write_shard(src, 0, SynthSpec(rows=6000, seed=4))
+    target = f"chdb:{db}"
+    assert cli("run", "--source", str(src), "--shards", "0", "--target", target, "--no-progress").returncode == 0
+    old = GRID_COLUMNS.replace(", " + GRID_ADDED, "")
+    chdb_rows(
+        db,
+        f"CREATE TABLE default.{GRID_TABLE} (table_name String, column_name String, {old}, recorded DateTime64(3)) "
+        "ENGINE = MergeTree ORDER BY (table_name, column_name, recorded)",
+    )
+    tuned = cli("index", "--target", target, "--dry-run", "--sample-rows", "3000", "--no-progress")
+    assert tuned.returncode == 0, tuned.stderr
+    (row,) = chdb_rows(db, f"SELECT count() AS n, countIf(graph_exponent IS NULL) AS null FROM {GRID_TABLE}")
+    assert int(row["n"]) > 0 and row["null"] == row["n"]
+    # what `index --project-rows` records when both builds were long enough to fit b (test_index_tune times one)
+    chdb_rows(
+        db,
+        f"INSERT INTO {GRID_TABLE} SELECT * REPLACE (0.41 AS graph_exponent, addSeconds(recorded, 1) AS recorded) "
+        f"FROM {GRID_TABLE}",
+    )
+    res = cli("plan", "--rows", "100000000", "--nodes", "4", "--target", target, "--json")
+    assert res.returncode == 0, res.stderr
+    assert orjson.loads(res.stdout)["graph_exponent"] == 0.41
+    text = cli("plan", "--rows", "100000000", "--nodes", "4", "--target", target)
+    assert "b = 0.41 (per-row cost ∝ G^b; measured on this table's sample)" in text.stdout, text.stdout

@@ -51,7 +51,6 @@ def target(c: Cluster26, db: str, *extra: str) -> tuple[str, ...]:
     return ("--target", c.entry.http_url, "--database", db, "--cluster", c.name, *c.node_flags(), *extra)
 
 
-
 def rows_of(node: Any, sql: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in node.query(sql + " FORMAT JSONEachRow").splitlines() if line.strip()]
 

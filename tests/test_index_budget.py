@@ -19,7 +19,7 @@ from ingest.core.errors import IndexTooLargeError
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector.autoindex import unreached_error
 from ingest.vector.graphs import PartStats, plan_layout
-from ingest.vector.sizing import MemoryBudget, index_bytes
+from ingest.vector.sizing import MemoryBudget, resident_bytes
 from ingest.vector.tune import (
     Candidate,
     Measured,
@@ -35,7 +35,6 @@ from ingest.vector.tune import (
 )
 
 TUNE = ("--sample-rows", "4000", "--no-progress")
-
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def test_variants_rescore_quantized_builds_and_a_plateau_skips_the_quantization(
     assert ceilinged([graph_bound], 0.95) == set()
     # under a budget: smallest projected memory first, then build cost
     order = by_memory(
-        default_grid(("bf16", "i8", "b1"), (8, 16), (32,)), lambda c: index_bytes(10**6, 512, c.quantization, c.m)
+        default_grid(("bf16", "i8", "b1"), (8, 16), (32,)), lambda c: resident_bytes(10**6, 512, c.quantization, c.m)
     )
     got = [(c.quantization, c.m) for c in order]
     assert got == [("b1", 8), ("b1", 16), ("i8", 8), ("i8", 16), ("bf16", 8), ("bf16", 16)]
@@ -120,15 +119,15 @@ def test_nothing_in_the_grid_fits_is_refused_naming_the_smallest(table: Path) ->
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
-    # 12,000 rows × 512, b1 M=8: (12,000 × 64 + 12,000 × 8 × 8) × 2 + 12,000 × 256 = 6,144,000 bytes
-    assert "no structure in the grid fits 1.0 MiB for 12,000 rows × 512" in lines[0], lines[0]
-    assert "the smallest, b1 M=8 ef_c=24, needs 5.9 MiB" in lines[0], lines[0]
+    # 12,000 rows × 512, b1 M=8, resident: (12,000 × 64 + 12,000 × 8 × 8 + 12,000 × 32) × 1.2 = 2,304,000 bytes
+    assert "no structure in the grid fits --max-memory 1.0 MiB and vector_similarity_index_cache_size" in lines[0]
+    assert "for 12,000 rows × 512: the smallest, b1 M=8 ef_c=24, needs 2.2 MiB over --max-memory 1.0 MiB" in lines[0]
     assert chdb_rows(table, "SELECT name FROM system.data_skipping_indices WHERE table = 'laion'") == []
 
 
 def test_max_memory_below_bf16_builds_the_smallest_structure_that_reaches_the_target(tmp_path: Path) -> None:
-    """10,000 × 512 under --max-memory 6M: bf16 M=8 projects to 23.2 MiB, i8 M=8 to 13.4 MiB, b1 M=8 to 4.9 MiB, so
-    only b1 fits; it is rescored, and the settings recorded are the ones search and eval use."""
+    """10,000 × 512 under --max-memory 6M: bf16 M=8 is resident at 12.8 MiB, i8 M=8 at 7.0 MiB, b1 M=8 at 1.8 MiB,
+    so only b1 fits; it is rescored, and the settings recorded are the ones search and eval use."""
     src, db = tmp_path / "src", tmp_path / "db"
     write_shard(src, 0, SynthSpec(rows=10_000, seed=9))
     target = f"chdb:{db}"

@@ -37,11 +37,13 @@ from ingest.vector.index import poll_interval
 from ingest.vector.sizing import (
     GRAPH_EXPONENT,
     MemoryBudget,
+    Need,
     cheaper_that_fit,
-    check_fit,
+    counted_bytes,
     formula_bytes,
-    index_bytes,
+    need,
     parse_bytes,
+    resident_bytes,
 )
 from ingest.vector.tune import (
     Candidate,
@@ -132,16 +134,28 @@ def test_graphs_as_small_as_max_graphs_allows_and_merge_only_beyond_it() -> None
     assert poll_interval(0.0) == 0.05 and poll_interval(4.0) == pytest.approx(0.2) and poll_interval(600) == 0.5
 
 
-def test_sizing_formula_fit_and_alternatives() -> None:
-    # (rows × dim × bytes + rows × M × 8) × 2 + rows × 256
-    assert index_bytes(1_000_000, 512, "bf16", 16) == (1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 2 + 256_000_000
-    assert index_bytes(1000, 512, "b1", 16) == (1000 * 64 + 1000 * 128) * 2 + 256_000
+def test_sizing_resident_and_counted_fit_and_alternatives() -> None:
+    # counted by the vector index cache: (rows × dim × bytes + rows × M × 8) × 2 + rows × 256
+    assert counted_bytes(1_000_000, 512, "bf16", 16) == (1_000_000 * 512 * 2 + 1_000_000 * 16 * 8) * 2 + 256_000_000
+    assert counted_bytes(1000, 512, "b1", 16) == (1000 * 64 + 1000 * 128) * 2 + 256_000
     assert formula_bytes(1000, 512, "b1", 16) == 1000 * 64 + 1000 * 128
+    # resident in RAM: (formula + rows × 32) × 1.2
+    assert resident_bytes(1000, 512, "b1", 8) == int((1000 * 64 + 1000 * 64 + 1000 * 32) * 1.2) == 192_000
+    assert need(1000, 512, "b1", 8) + need(1000, 512, "b1", 8) == Need(384_000, 2 * 512_000)
+    # the memory holds the resident bytes, the cache its count: either refuses, and is the one named
     budget = MemoryBudget(1 << 30, "--max-memory", cache_bytes=5 << 30)
-    assert check_fit(2 << 30, budget).fits is False and check_fit(2 << 30, budget).limit_source == "--max-memory"
-    assert check_fit(1 << 29, budget).fits
-    fits = cheaper_that_fit(1_000_000, 512, 1, 2 << 30, [("bf16", 16), ("i8", 16), ("b1", 16)])
-    assert [q for q, _, _ in fits] == ["b1", "i8"]
+    ram_bound = budget.check(Need(2 << 30, 1 << 30))
+    assert not ram_bound.fits and ram_bound.limit_source == "--max-memory"
+    cache_bound = budget.check(Need(1 << 29, 6 << 30))
+    assert not cache_bound.fits and cache_bound.limit_source == "vector_similarity_index_cache_size"
+    assert budget.fits(Need(1 << 29, 4 << 30)) and not budget.fits(Need(1 << 29, 6 << 30))
+    assert budget.share(2) == MemoryBudget(1 << 29, "--max-memory", 5 << 29)
+    # 1M × 512 in 1 GiB of RAM: bf16 M=16 is resident at 1.3 GiB; i8 and b1 fit
+    grid = [("bf16", 16), ("i8", 16), ("b1", 16)]
+    assert [q for q, _, _ in cheaper_that_fit(1_000_000, 512, 1, budget, grid)] == ["b1", "i8"]
+    # a 1 GiB cache: i8 M=16 is counted at 1.4 GiB, only b1 (0.6 GiB) stays
+    small_cache = MemoryBudget(8 << 30, "--max-memory", cache_bytes=1 << 30)
+    assert [q for q, _, _ in cheaper_that_fit(1_000_000, 512, 1, small_cache, grid)] == ["b1"]
     assert parse_bytes("1G") == 1 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
 
 

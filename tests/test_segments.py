@@ -181,9 +181,7 @@ def test_a_body_ending_between_blocks_looks_complete_to_18_16_not_to_26_9(server
 
 
 @pytest.mark.server
-def test_a_segment_whose_source_fails_midway_lands_nothing_and_names_the_cause(
-    server: Any, server_db: str
-) -> None:
+def test_a_segment_whose_source_fails_midway_lands_nothing_and_names_the_cause(server: Any, server_db: str) -> None:
     """Our sink's own stream (chunked body, our squash settings): the reader fails after 3 of 4 blocks."""
     ref = TableRef(server_db, "laion")
     seg = plan_segments(0, 4 * BLOCK, 4 * BLOCK, BLOCK, dim=DIM)[0]

@@ -51,7 +51,6 @@ STRIDE = 10_000_000
 SMALL = ("--m", "16", "--ef-construction", "64")
 
 
-
 def one_line_error(res: CompletedProcess[str]) -> str:
     """A refusal: non-zero exit, exactly one line on stderr, no traceback."""
     assert res.returncode != 0, res.stdout

@@ -30,7 +30,6 @@ STRIDE = 10_000_000
 ONLY_26 = servers_with({"18.16": NO_VECTOR_1816})
 
 
-
 @dataclass
 class Table:
     server: Any

@@ -11,9 +11,10 @@ from rich.table import Table
 
 from ingest.cli.flags import QueryFlags, query_config
 from ingest.cli.support import DatabaseOpt, PasswordFileOpt, TableOpt, UserOpt, run_async
+from ingest.clickhouse.index_sql import CACHE_SETTING
 from ingest.core.errors import IndexTooLargeError
 from ingest.vector.capacity import DEFAULTS, DEFAULTS_DIM, Ask, Constants, Plan, plan, scaled
-from ingest.vector.sizing import GRAPH_EXPONENT, human_bytes, parse_bytes
+from ingest.vector.sizing import CACHE_RAM_RATIO, human_bytes, parse_bytes
 
 
 async def _constants(flags: QueryFlags, column: str) -> tuple[Constants, int]:
@@ -37,6 +38,7 @@ def render(p: Plan) -> None:
         "structure",
         "nodes",
         "index memory/node",
+        "cache/node",
         "disk/node",
         "load h/worker",
         "load h",
@@ -52,6 +54,7 @@ def render(p: Plan) -> None:
             mark + o.structure.label(),
             str(o.nodes),
             human_bytes(o.memory_per_node_bytes),
+            human_bytes(o.cache_per_node_bytes),
             human_bytes(o.disk_per_node_bytes),
             f"{o.load_hours_per_worker:.1f}",
             f"{o.load_hours:.1f}",
@@ -65,8 +68,10 @@ def render(p: Plan) -> None:
         "projected (nothing here was built at this size) from: "
         + p.constants.source
         + (f"; load rate {p.constants.load_source}" if p.constants.load_source else "")
-        + f"; build hours scaled by Σ G^(1+b) over each node's graphs, b = {GRAPH_EXPONENT:g} (per-row cost ∝ G^b, "
-        "measured here on graphs of 15,625–250,000 rows, bench/graph_cost.py)",
+        + f"; build hours scaled by Σ G^(1+b) over each node's graphs, b = {p.constants.exponent:.2f} (per-row cost "
+        f"∝ G^b; {p.constants.exponent_source}); index memory: what a loaded index holds in RAM (its uncompressed "
+        "bytes, with a margin); cache: what ClickHouse's vector index cache counts for it (usearch's reserved "
+        "arenas)",
         highlight=False,
         soft_wrap=True,
     )
@@ -80,6 +85,18 @@ def render(p: Plan) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        console.print(cache_advice(o.cache_per_node_bytes), highlight=False, soft_wrap=True)
+
+
+def cache_advice(counted: int) -> str:
+    """The server settings a node needs so its index stays in the vector index cache."""
+    ram = counted / CACHE_RAM_RATIO
+    return (
+        f"each node's server config: {CACHE_SETTING} ≥ {human_bytes(counted)} (an index the cache cannot hold is read "
+        f"from disk again on every search); ClickHouse caps every cache at cache_size_to_ram_max_ratio × RAM "
+        f"({CACHE_RAM_RATIO:g} by default), so on nodes with less than {human_bytes(ram)} of RAM raise that ratio "
+        "too (the count is reserved address space, not RAM the index touches)"
+    )
 
 
 def plan_command(
@@ -140,6 +157,8 @@ def plan_command(
             "recall_target": recall_target,
             "constants_source": constants.source,
             "projected": True,
+            "graph_exponent": constants.exponent,
+            "server_settings": ({CACHE_SETTING: p.choice.cache_per_node_bytes} if p.choice is not None else None),
             "candidates": [o.as_json() for o in p.options],
         }
         typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())

@@ -180,8 +180,10 @@ GRID_TABLE = "_laion_ingest_tune_grid"
 GRID_COLUMNS = (
     "quantization String, m UInt32, ef_construction UInt32, fetch_multiplier UInt32, build_seconds Float64, "
     "sample_rows UInt64, graph_rows UInt64, recall Float64, search_list UInt32, latency_ms Float64, "
-    "table_rows UInt64, dim UInt32"
+    "table_rows UInt64, dim UInt32, graph_exponent Nullable(Float64)"
 )
+GRID_ADDED = "graph_exponent Nullable(Float64)"
+"""Columns added to GRID_COLUMNS after the first release: a table recorded before gets them (NULL)."""
 
 
 def grid_ref(ref: TableRef) -> TableRef:
@@ -196,19 +198,30 @@ def create_grid_sql(ref: TableRef) -> str:
     )
 
 
-def insert_grid_sql(ref: TableRef, column: str, rows: Sequence[Sequence[str | int | float]]) -> str:
-    """One row per candidate, values in GRID_COLUMNS' order (the first, the quantization, a string)."""
+def migrate_grid_sql(ref: TableRef) -> str:
+    return f"ALTER TABLE {grid_ref(ref).sql} ADD COLUMN IF NOT EXISTS {GRID_ADDED}"
+
+
+def _grid_value(v: str | int | float | None) -> str:
+    if v is None:
+        return "NULL"
+    return repr(float(v)) if isinstance(v, float) else str(int(v))
+
+
+def insert_grid_sql(ref: TableRef, column: str, rows: Sequence[Sequence[str | int | float | None]]) -> str:
+    """One row per candidate, values in GRID_COLUMNS' order (the first, the quantization, a string; None is NULL)."""
     values = ", ".join(
         "("
         + ", ".join(
             [quote_string(ref.table), quote_string(column), quote_string(str(r[0]))]
-            + [repr(float(v)) if isinstance(v, float) else str(int(v)) for v in r[1:]]
+            + [_grid_value(v) for v in r[1:]]
             + ["now64(3)"]
         )
         + ")"
         for r in rows
     )
-    return f"INSERT INTO {grid_ref(ref).sql} VALUES {values}"
+    names = ", ".join(["table_name", "column_name", *(c.split()[0] for c in GRID_COLUMNS.split(", ")), "recorded"])
+    return f"INSERT INTO {grid_ref(ref).sql} ({names}) VALUES {values}"  # named: a migrated table's order differs
 
 
 def select_grid_sql(ref: TableRef, column: str) -> str:

@@ -62,13 +62,14 @@ from ingest.vector.index_report import (
 )
 from ingest.vector.sizing import (
     FORMULA,
+    UNBOUNDED,
     MeasuredBuild,
     MemoryBudget,
     Projection,
     cheaper_that_fit,
-    check_fit,
     human_bytes,
-    index_bytes,
+    need,
+    total_need,
 )
 from ingest.vector.tune import TuneReport
 from ingest.vector.tune_run import tune
@@ -118,12 +119,12 @@ def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, re
     new = [p for p in plans if not p.existed]
     if not new:
         return
-    projected = sum(index_bytes(p.rows, p.index.dim, p.index.quantization, p.index.m) for p in new)
-    fit = check_fit(projected, budget)
+    projected = total_need(need(p.rows, p.index.dim, p.index.quantization, p.index.m) for p in new)
+    fit = budget.check(projected)
     what = ", ".join(f"{p.index.name} {p.index.quantization} M={p.index.m}" for p in new)
     report(
-        f"projected index memory {human_bytes(projected)} ({what}; {FORMULA}); "
-        f"limit {human_bytes(fit.limit)} ({fit.limit_source})"
+        f"projected index memory {human_bytes(projected.resident)} resident, {human_bytes(projected.counted)} "
+        f"counted by the vector index cache ({what}; {FORMULA}); limits: {budget.describe()}"
     )
     if fit.fits:
         return
@@ -131,14 +132,13 @@ def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, re
         report(f"warning: the index may not fit ({fit.limit_source}); building anyway (--force)")
         return
     first = new[0]
-    assert fit.limit is not None
     own = (first.index.quantization, first.index.m)
     grid = [(qn, m) for qn in ("bf16", "i8", "b1") for m in (8, 16, 32) if (qn, m) != own]
-    alts = cheaper_that_fit(first.rows, first.index.dim, len(new), fit.limit, grid)[-3:][::-1]
+    alts = cheaper_that_fit(first.rows, first.index.dim, len(new), budget, grid)[-3:][::-1]
     alt_text = "; ".join(f"--quantization {qn} --m {m} ({human_bytes(b)})" for qn, m, b in alts) or "none in the grid"
     raise IndexTooLargeError(
-        f"index {what} on {first.rows:,} rows × {first.index.dim} projects to {human_bytes(projected)}, over "
-        f"{fit.limit_source} {human_bytes(fit.limit)}: configurations that fit: {alt_text}; or pass --force"
+        f"index {what} on {first.rows:,} rows × {first.index.dim} projects to {fit.line()}: configurations that "
+        f"fit: {alt_text}; or pass --force"
     )
 
 
@@ -177,9 +177,8 @@ def unreached_error(name: str, tuned: TuneReport, cfg: TuneConfig, budget: Memor
     """No candidate reaches the target (within the budget): the best reachable recall, and, when a larger
     structure measured does reach it, the memory it would need."""
     c = tuned.choice
-    limit, source = budget.limit()
-    within = f" within {source} {human_bytes(limit)}" if cfg.max_memory is not None else ""
-    best = index_bytes(tuned.rows, tuned.dim, c.candidate.quantization, c.candidate.m)
+    within = f" within {budget.describe()}" if cfg.max_memory is not None else ""
+    best = need(tuned.rows, tuned.dim, c.candidate.quantization, c.candidate.m).resident
     text = (
         f"{name}: no candidate{within} reaches recall@10 {cfg.recall_target:.2f} on the sample (best reachable "
         f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}, {human_bytes(best)})"
@@ -207,11 +206,11 @@ async def plan_request(
     cfg: TuneConfig,
     layout: Layout,
     report: Callable[[str], None],
-    limit: int | None = None,
+    budget: MemoryBudget = UNBOUNDED,
 ) -> Plan:
     """Given parameters: as before (an index of the same name but another definition is refused). Tuned: an
     existing index of that name is kept whatever its parameters (it is only materialized where missing). A
-    new index is built in the layout's graphs, tuned within `limit` bytes when given."""
+    new index is built in the layout's graphs, tuned within `budget`."""
     granularity = layout.graph.granules if layout.graph is not None else None
     if not auto:
         index, existed, rows = await plan_index(sink, ref, req)
@@ -222,7 +221,7 @@ async def plan_request(
         report(f"{req.name}: exists already ({existing.type_full}); not tuning (drop it to tune again)")
         base = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
         return Plan(from_existing(base, existing.type_full), True, rows, None, None)
-    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout, limit)
+    tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout, budget)
     c = tuned.choice.candidate
     chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, granularity)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
@@ -278,8 +277,7 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
         start = time.monotonic()
         layout = await table_layout(sink, ref, cfg.max_graphs)
         budget = await memory_budget(sink, q, cfg.max_memory)
-        limit = None if cfg.force else budget.limit()[0]
-        share = limit // len(requests) if limit is not None else None  # columns share the budget
+        share = UNBOUNDED if cfg.force else budget.share(len(requests))  # columns share the budget
         plans = [await plan_request(sink, ref, req, auto, cfg, layout, report, share) for req in requests]
         log_.add("tuning", time.monotonic() - start)
         for p in plans:
@@ -379,7 +377,14 @@ def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
     c = m.candidate
     graph_rows = tuned.sample_graph_rows or tuned.sample_rows
     built = MeasuredBuild(
-        tuned.sample_rows, tuned.dim, c.quantization, c.m, graph_rows, m.build_seconds, m.index_bytes, None,
+        tuned.sample_rows,
+        tuned.dim,
+        c.quantization,
+        c.m,
+        graph_rows,
+        m.build_seconds,
+        m.index_bytes,
+        None,
         tuned.graph_exponent,
     )
     return projection(built, cfg.project_rows, tuned.layout, cfg.max_graphs)

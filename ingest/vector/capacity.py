@@ -3,8 +3,10 @@
 Every figure is projected from measured constants (`Constants`): per structure, a build and its recall@10 and
 latency measured on a sample (the tuner's grid recorded on the user's table, or DEFAULTS measured here), a load
 rate per worker and the bytes a row takes on disk. The projections reuse the project's own models, so they change
-with them: index memory is vector/sizing.index_bytes (ClickHouse's formula with the margin loaded indexes need),
-build time is vector/sizing.scale_build_seconds (Σ G^(1+b) over the graphs, b = sizing.GRAPH_EXPONENT), per node,
+with them: index memory is vector/sizing.resident_bytes (the RAM a loaded index holds; the vector index cache's limit
+must be set to sizing.counted_bytes, which the plan prints beside it),
+build time is vector/sizing.scale_build_seconds (Σ G^(1+b) over the graphs, b measured on the user's table's
+sample when `index --project-rows` measured it, else sizing.GRAPH_EXPONENT), per node,
 nodes building in parallel.
 Each node holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged
 table (sizing.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
@@ -14,10 +16,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
-from ingest.vector.sizing import formula_bytes, index_bytes, merged_graph_rows, scale_build_seconds
+from ingest.vector.sizing import (
+    GRAPH_EXPONENT,
+    GRAPH_EXPONENT_SOURCE,
+    formula_bytes,
+    merged_graph_rows,
+    need,
+    scale_build_seconds,
+)
 from ingest.vector.tune import Candidate
 
 MEASURED_CORES = 2
@@ -53,6 +62,13 @@ class Constants:
     source: str
     load_source: str = ""
     cores: int = MEASURED_CORES
+    graph_exponent: float | None = None
+    """b of per-row build cost ∝ G^b (None: sizing.GRAPH_EXPONENT)."""
+    exponent_source: str = GRAPH_EXPONENT_SOURCE
+
+    @property
+    def exponent(self) -> float:
+        return GRAPH_EXPONENT if self.graph_exponent is None else self.graph_exponent
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +93,10 @@ class Option:
     nodes: int
     rows_per_node: int
     memory_per_node_bytes: int
+    """RAM the loaded index holds on a node (sizing.resident_bytes)."""
+    cache_per_node_bytes: int
+    """What that node's vector index cache counts for it: `vector_similarity_index_cache_size` must be at least this
+    (sizing.counted_bytes)."""
     disk_per_node_bytes: int
     load_hours_per_worker: float
     load_hours: float
@@ -102,6 +122,7 @@ class Option:
             "nodes": self.nodes,
             "rows_per_node": self.rows_per_node,
             "memory_per_node_bytes": self.memory_per_node_bytes,
+            "cache_per_node_bytes": self.cache_per_node_bytes,
             "disk_per_node_bytes": self.disk_per_node_bytes,
             "load_hours_per_worker": round(self.load_hours_per_worker, 2),
             "load_hours": round(self.load_hours, 2),
@@ -127,11 +148,12 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
     per_node = math.ceil(ask.rows / nodes)
     graph, graphs = merged_graph_rows(per_node, ask.rows_per_granule, ask.max_graphs)
     c = s.candidate
-    memory = index_bytes(per_node, ask.dim, c.quantization, c.m)
+    sized = need(per_node, ask.dim, c.quantization, c.m)
+    memory = sized.resident
     stored = per_node * (k.disk_bytes_per_value * ask.dim + k.disk_bytes_other)
     disk = int(stored + formula_bytes(per_node, ask.dim, c.quantization, c.m))
     speed = k.cores / max(ask.cores, 1)  # builds and searches spread over the node's cores
-    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph) * speed
+    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph, k.exponent) * speed
     log_ratio = math.log(max(graph, 2)) / math.log(max(s.graph_rows, 2))
     latency = s.latency_ms * log_ratio * max(1.0, graphs / max(ask.cores, 1))
     one = ask.rows / k.load_rows_per_second / 3600
@@ -140,6 +162,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
         nodes,
         per_node,
         memory,
+        sized.counted,
         disk,
         one,
         one / (nodes * max(ask.workers_per_node, 1)),
@@ -181,7 +204,7 @@ def what_would_fit(ask: Ask, k: Constants, options: Sequence[Option]) -> str:
         seen = f"{best.recall_at_10:.3f} ({best.label()})" if best else "nothing measured"
         return f"no measured structure reaches recall@10 {ask.recall_target:.2f}: best {seen}"
     small = min(reaching, key=lambda o: o.memory_per_node_bytes)
-    total = index_bytes(ask.rows, ask.dim, small.structure.candidate.quantization, small.structure.candidate.m)
+    total = need(ask.rows, ask.dim, small.structure.candidate.quantization, small.structure.candidate.m).resident
     nodes = math.ceil(total / ask.max_memory) if ask.max_memory else ask.nodes
     limit = human_bytes(ask.max_memory) if ask.max_memory else "?"
     return (
@@ -209,14 +232,11 @@ def scaled(k: Constants, dim_measured: int, dim: int) -> Constants:
         )
         for s in k.structures
     )
-    return Constants(
-        structures,
-        k.load_rows_per_second / f,
-        k.disk_bytes_per_value,
-        k.disk_bytes_other,
-        k.source + f"; build s, latency and load rate scaled from {dim_measured}-d to {dim}-d linearly",
-        k.load_source,
-        k.cores,
+    return replace(
+        k,
+        structures=structures,
+        load_rows_per_second=k.load_rows_per_second / f,
+        source=k.source + f"; build s, latency and load rate scaled from {dim_measured}-d to {dim}-d linearly",
     )
 
 

@@ -5,19 +5,22 @@ vectors as the index stores them plus the graph's level-0 links,
 
     formula = rows × dim × bytes_per_value(quantization) + rows × M × 8
 
-(usearch keeps 2·M neighbours per node on level 0, 4-byte slots). A loaded index is resident at about that: its
-uncompressed bytes, 1,141 a row for bf16 M=12 at 512-d (formula 1,120), which the process's RSS grew by when one
-graph was loaded (bench/graph_cost.py). But 26.9 counts more in its vector index cache
-(`VectorSimilarityIndexCacheBytes`, what the cache limit is checked against): usearch's arenas, reserved as they
-double, 1.1–2.1× the resident bytes by where a graph's size falls; measured here on 512-d rows:
-bf16 M=12 1.51× the formula (one graph of 40,000 random rows) to 1.86× (16 graphs of 63,950 LAION-like rows) and
-2.10× (14 graphs of 7,680); i8 1.39–1.47×; b1 2.23–3.34×. The loaded bytes did not change with M (b1: 427 bytes a
-row at M=8, 12 and 16; i8: 847): a per-row cost the formula lacks, which dominates the small b1 codes. So we size
-with formula × SAFETY_FACTOR + rows × ROW_OVERHEAD, which covers every one of those measurements (the tightest:
-bf16 M=12 in 7,680-row graphs, 2,357 bytes a row measured, 2,496 sized; i8 it over-sizes 1.7×), and compare it
-with the memory of the target and the size of its vector index cache (an index larger than the cache is reloaded
-from disk on every query). A projection from an index measured on this table (project_build) scales its resident
-bytes per row instead (the cache's count does not grow with the rows: 1.92× the formula at 1M rows, 1.15× at 4M).
+(usearch keeps 2·M neighbours per node on level 0, 4-byte slots). An index needs two figures, both sized here:
+
+- **resident** (RAM): a loaded graph takes its uncompressed bytes, the formula + 21 bytes a row whatever the
+  structure (bf16 M=12 1,141 a row, formula 1,120; i8 M=12 629, 608; b1 M=8 149, 128: bench/graph_cost.py), and the
+  process's RSS grew by that (0.85–1.16× it) when one graph was loaded. ClickHouse's memory tracker does not see it
+  (MemoryTracking grew 20–106 bytes a row): nothing but the machine's RAM bounds it. Sized as
+  (formula + rows × RESIDENT_ROW_OVERHEAD) × RESIDENT_MARGIN.
+- **counted** (the vector index cache's limit): 26.9 counts usearch's arenas, reserved as they double
+  (`VectorSimilarityIndexCacheBytes`), 1.1–2.1× the resident bytes by where a graph's size falls: bf16 M=12 1.51×
+  the formula (one graph of 40,000 rows) to 1.86× (16 graphs of 63,950) and 2.10× (14 graphs of 7,680); i8
+  1.39–1.47×; b1 2.23–3.34×. An index counted above `vector_similarity_index_cache_size` is evicted and read from
+  disk again on every query, and the server caps that setting at `cache_size_to_ram_max_ratio` × its RAM (0.5 by
+  default). Sized as formula × SAFETY_FACTOR + rows × ROW_OVERHEAD, which covers every one of those measurements
+  (the tightest: bf16 M=12 in 7,680-row graphs, 2,357 bytes a row measured, 2,496 sized).
+
+A projection from an index measured on this table (project_build) scales its resident bytes per row instead.
 """
 
 from __future__ import annotations
@@ -26,13 +29,22 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ingest.clickhouse.index_sql import CACHE_SETTING
+
 BYTES_PER_VALUE: dict[str, float] = {"f64": 8.0, "f32": 4.0, "f16": 2.0, "bf16": 2.0, "i8": 1.0, "b1": 0.125}
 SAFETY_FACTOR = 2.0
 ROW_OVERHEAD = 256
-"""Bytes a row the loaded index takes beyond the formula × SAFETY_FACTOR (measured b1: 427 a row whatever M)."""
+"""Bytes a row the cache counts beyond the formula × SAFETY_FACTOR (measured b1: 427 a row whatever M)."""
+RESIDENT_ROW_OVERHEAD = 32
+"""Bytes a row a loaded index holds beyond the formula (measured 21 for bf16, i8 and b1 alike)."""
+RESIDENT_MARGIN = 1.2
+"""RSS grew by up to 1.16× the index's uncompressed bytes when one graph was loaded (bench/graph_cost.py)."""
+CACHE_RAM_RATIO = 0.5
+"""ClickHouse's `cache_size_to_ram_max_ratio` default: no cache is allowed more than this share of the RAM."""
 FORMULA = (
-    f"(rows × dim × bytes(quantization) + rows × M × 8) × {SAFETY_FACTOR:g} + rows × {ROW_OVERHEAD}: ClickHouse's "
-    "documented estimate with the margin 26.9's loaded indexes need (measured 1.4–3.3× the estimate)"
+    f"resident (formula + rows × {RESIDENT_ROW_OVERHEAD}) × {RESIDENT_MARGIN:g}, counted by the vector index cache "
+    f"formula × {SAFETY_FACTOR:g} + rows × {ROW_OVERHEAD}; formula = rows × dim × bytes(quantization) + rows × M × 8 "
+    "(ClickHouse's documented estimate)"
 )
 
 
@@ -41,28 +53,33 @@ def formula_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
     return int(rows * dim * BYTES_PER_VALUE[quantization] + rows * m * 8)
 
 
-def index_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
-    """Memory of one loaded index over `rows` vectors of `dim` values, sized before it is built (margin included)."""
+def resident_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
+    """RAM one loaded index over `rows` vectors takes, sized before it is built (margin included)."""
+    return int((formula_bytes(rows, dim, quantization, m) + rows * RESIDENT_ROW_OVERHEAD) * RESIDENT_MARGIN)
+
+
+def counted_bytes(rows: int, dim: int, quantization: str, m: int) -> int:
+    """What the vector index cache counts for one loaded index (its limit must hold it), sized before it is built."""
     return int(formula_bytes(rows, dim, quantization, m) * SAFETY_FACTOR + rows * ROW_OVERHEAD)
 
 
 @dataclass(frozen=True, slots=True)
-class MemoryBudget:
-    """What the target can hold: its memory (or --max-memory) and its vector index cache, when known."""
+class Need:
+    """What one or more indexes need: RAM for their resident bytes, and a cache limit above what it counts."""
 
-    memory_bytes: int | None
-    memory_source: str
-    cache_bytes: int | None = None
+    resident: int
+    counted: int
 
-    def limit(self) -> tuple[int | None, str]:
-        """The tighter of memory and cache, and what it is."""
-        options = [(self.memory_bytes, self.memory_source)]
-        if self.cache_bytes is not None:
-            options.append((self.cache_bytes, "vector_similarity_index_cache_size"))
-        known = [(b, s) for b, s in options if b is not None]
-        if not known:
-            return None, "unknown"
-        return min(known, key=lambda x: x[0])
+    def __add__(self, other: Need) -> Need:
+        return Need(self.resident + other.resident, self.counted + other.counted)
+
+
+def need(rows: int, dim: int, quantization: str, m: int) -> Need:
+    return Need(resident_bytes(rows, dim, quantization, m), counted_bytes(rows, dim, quantization, m))
+
+
+def total_need(needs: Iterable[Need]) -> Need:
+    return sum(needs, Need(0, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +92,58 @@ class Fit:
     def fits(self) -> bool:
         return self.limit is None or self.projected <= self.limit
 
+    def line(self) -> str:
+        return f"{human_bytes(self.projected)} over {self.limit_source} {human_bytes(self.limit)}"
 
-def check_fit(projected: int, budget: MemoryBudget) -> Fit:
-    limit, source = budget.limit()
-    return Fit(projected, limit, source)
+
+@dataclass(frozen=True, slots=True)
+class MemoryBudget:
+    """What the target can hold: its memory (or --max-memory) and its vector index cache, when known."""
+
+    memory_bytes: int | None
+    memory_source: str
+    cache_bytes: int | None = None
+
+    def check(self, need: Need) -> Fit:
+        """Resident bytes against the memory, counted bytes against the cache: the one that fails (or is the
+        tightest), so a refusal names what to raise."""
+        checks = []
+        if self.memory_bytes is not None:
+            checks.append(Fit(need.resident, self.memory_bytes, self.memory_source))
+        if self.cache_bytes is not None:
+            checks.append(Fit(need.counted, self.cache_bytes, CACHE_SETTING))
+        if not checks:
+            return Fit(need.resident, None, "unknown")
+        return max(checks, key=lambda f: f.projected / max(f.limit or 1, 1))
+
+    def fits(self, need: Need) -> bool:
+        return self.check(need).fits
+
+    def share(self, columns: int) -> MemoryBudget:
+        """Each of `columns` indexes built together gets an equal share of both limits."""
+        n = max(columns, 1)
+        return MemoryBudget(
+            None if self.memory_bytes is None else self.memory_bytes // n,
+            self.memory_source,
+            None if self.cache_bytes is None else self.cache_bytes // n,
+        )
+
+    def describe(self) -> str:
+        parts = [f"{self.memory_source} {human_bytes(self.memory_bytes)}"] if self.memory_bytes is not None else []
+        if self.cache_bytes is not None:
+            parts.append(f"{CACHE_SETTING} {human_bytes(self.cache_bytes)}")
+        return " and ".join(parts) or "no known limit"
+
+
+UNBOUNDED = MemoryBudget(None, "unknown")
 
 
 def cheaper_that_fit(
-    rows: int, dim: int, columns: int, limit: int, grid: Iterable[tuple[str, int]]
+    rows: int, dim: int, columns: int, budget: MemoryBudget, grid: Iterable[tuple[str, int]]
 ) -> list[tuple[str, int, int]]:
-    """(quantization, M, projected bytes for all columns) of configurations that fit under `limit`, smallest first."""
-    out = [(q, m, index_bytes(rows, dim, q, m) * columns) for q, m in grid]
-    return sorted([c for c in out if c[2] <= limit], key=lambda c: c[2])
+    """(quantization, M, resident bytes for all columns) of configurations within `budget`, smallest first."""
+    out = [(q, m, total_need([need(rows, dim, q, m)] * columns)) for q, m in grid]
+    return sorted([(q, m, n.resident) for q, m, n in out if budget.fits(n)], key=lambda c: c[2])
 
 
 def human_bytes(n: float | None) -> str:
@@ -122,6 +179,7 @@ doubling). HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a la
 cache, and within a cluster the rows are as hard as random ones. ln G predicted 1.29× from 15,625 to 250,000
 where 2.10–2.54× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured,
 by G^b (b measured on the 1M table's sample) 1.02."""
+GRAPH_EXPONENT_SOURCE = "the default, measured here on graphs of 15,625–250,000 rows (bench/graph_cost.py)"
 BUILD_GROWTH = (
     "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
     f"table's sample in graphs of two sizes, else {GRAPH_EXPONENT:g}); "
@@ -192,7 +250,7 @@ class MeasuredBuild:
     graph_rows: int
     build_seconds: float
     index_bytes: int | None
-    """The index as ClickHouse reports it (its vector index cache bytes once loaded, else its bytes on disk)."""
+    """The index as ClickHouse reports it: its uncompressed bytes, what a loaded graph holds resident."""
     build_cpu_seconds: float | None = None
     """CPU of the build where it is known (chdb: the engine runs in our process; a server's is not ours to read)."""
     graph_exponent: float | None = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from ingest.clickhouse.index_sql import FETCH_MULTIPLIER_SETTING, RESCORING_SETTING
 from ingest.vector.graphs import Layout
-from ingest.vector.sizing import graph_cost, index_bytes
+from ingest.vector.sizing import graph_cost, resident_bytes
 
 BUILD_MODEL = (
     "sample build s × (N/n) × (G/g)^b, G and g the rows of a graph in the table and in the sample, b the growth of "
@@ -73,6 +73,8 @@ RESCORED_ONLY = "b1"
 def searchable(quantization: str, rescoring: bool) -> bool:
     """Whether a quantization has a place in a grid measured with (or without) rescoring."""
     return rescoring or quantization != RESCORED_ONLY
+
+
 QUANT_RANK = {"bf16": 0, "f16": 1, "i8": 2, "b1": 3, "f32": 4, "f64": 5}
 
 
@@ -277,7 +279,7 @@ class TuneReport:
                     self.sample_graph_rows,
                     self.graph_exponent,
                 ),
-                index_bytes(self.rows, self.dim, m.candidate.quantization, m.candidate.m),
+                resident_bytes(self.rows, self.dim, m.candidate.quantization, m.candidate.m),
             )
             for m in self.measured
         ]
@@ -313,11 +315,15 @@ def chunks_under(texts: Sequence[str], budget: int) -> list[list[int]]:
 
 
 def decide(
-    measured: Sequence[Measured], limit: int | None, memory: Callable[[Candidate], int], ranked: bool, target: float
+    measured: Sequence[Measured],
+    fits: Callable[[Candidate], bool],
+    memory: Callable[[Candidate], int],
+    ranked: bool,
+    target: float,
 ) -> Choice:
-    """The choice among what fits `limit` (all measured when none does); when it does not reach the target, the
-    cheapest measured structure outside the limit that does is named with the memory it needs."""
-    inside = [m for m in measured if limit is None or memory(m.candidate) <= limit]
+    """The choice among what `fits` the budget (all measured when none does); when it does not reach the target,
+    the cheapest measured structure outside the budget that does is named with the memory it needs."""
+    inside = [m for m in measured if fits(m.candidate)]
     choice = choose(inside or measured, target, memory if ranked else None)
     if not choice.reached:
         outside = [m for m in measured if m not in inside and m.first_list_reaching(target) is not None]

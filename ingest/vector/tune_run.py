@@ -42,7 +42,7 @@ from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout, plan_sample
-from ingest.vector.sizing import FORMULA, fit_graph_exponent, human_bytes, index_bytes
+from ingest.vector.sizing import FORMULA, UNBOUNDED, MemoryBudget, fit_graph_exponent, need, resident_bytes
 from ingest.vector.tune import (
     LOSSY,
     PLATEAU,
@@ -183,13 +183,13 @@ async def tune(
     cfg: TuneConfig,
     report: Callable[[str], None],
     layout: Layout,
-    limit: int | None = None,
+    budget: MemoryBudget = UNBOUNDED,
 ) -> TuneReport:
     """Sample, measure the grid (stopping early), choose. Needs enough rows for a sample and its queries. The
-    scratch table is built in graphs of the size `layout` will build (graphs.plan_sample). With `limit` (bytes
-    this index may take) builds that would not fit are not measured; under --max-memory the grid goes smallest
-    structure first and, when none that fits reaches the target, on until one that does not fit does (to name
-    the memory it would need)."""
+    scratch table is built in graphs of the size `layout` will build (graphs.plan_sample). Builds that would not
+    fit `budget` (this index's share of the memory and of the vector index cache) are not measured; under
+    --max-memory the grid goes smallest structure first and, when none that fits reaches the target, on until one
+    that does not fit does (to name the memory it would need)."""
     queries_n = min(cfg.queries, max(1, rows // 10))
     planned = plan_sample(layout.graph, cfg.sample_rows, rows - queries_n)
     sample, graph = planned.rows, planned.graph
@@ -208,18 +208,22 @@ async def tune(
     notes.extend([planned.note] if planned.note else [])
 
     def memory(c: Candidate) -> int:
-        return index_bytes(rows, dim, c.quantization, c.m)
+        return resident_bytes(rows, dim, c.quantization, c.m)
+
+    def fits(c: Candidate) -> bool:
+        return budget.fits(need(rows, dim, c.quantization, c.m))
 
     ranked = cfg.max_memory is not None
     grid = default_grid(quants, cfg.ms, cfg.efs, rescoring)
     grid = [c for c in grid if ranked or c.m >= MIN_M_UNBUDGETED] or grid
     grid = by_memory(grid, memory) if ranked else grid
-    fitting = [c for c in grid if limit is None or memory(c) <= limit]
+    fitting = [c for c in grid if fits(c)]
     if not fitting:
         smallest = min(grid, key=memory)
+        over = budget.check(need(rows, dim, smallest.quantization, smallest.m))
         raise IndexTooLargeError(
-            f"{column}: no structure in the grid fits {human_bytes(limit)} for {rows:,} rows × {dim}: the smallest, "
-            f"{smallest.label()}, needs {human_bytes(memory(smallest))} ({FORMULA})"
+            f"{column}: no structure in the grid fits {budget.describe()} for {rows:,} rows × {dim}: the smallest, "
+            f"{smallest.label()}, needs {over.line()} ({FORMULA})"
         )
     if rescoring and not rescoring_wanted(ranked, fitting):
         rescoring = False
@@ -270,7 +274,7 @@ async def tune(
             if any(should_stop(m, cfg.recall_target) for m in got) or late:
                 skipped.extend(todo[i + 1 :])
                 break
-        choice = decide(measured, limit, memory, ranked, cfg.recall_target)
+        choice = decide(measured, fits, memory, ranked, cfg.recall_target)
         exponent = None
         if cfg.project_rows and (chosen := chosen_build(measured, choice)) is not None:
             exponent = await graph_exponent(sink, scratch, dim, metric, chosen, graph.granules if graph else None)

@@ -9,9 +9,10 @@ vectors as the index stores them plus the graph's level-0 links,
 
 - **resident** (RAM): a loaded graph takes its uncompressed bytes, the formula + 21 bytes a row whatever the
   structure (bf16 M=12 1,141 a row, formula 1,120; i8 M=12 629, 608; b1 M=8 149, 128: bench/graph_cost.py), and the
-  process's RSS grew by that (0.85–1.16× it) when one graph was loaded. ClickHouse's memory tracker does not see it
-  (MemoryTracking grew 20–106 bytes a row): nothing but the machine's RAM bounds it. Sized as
-  (formula + rows × RESIDENT_ROW_OVERHEAD) × RESIDENT_MARGIN.
+  process's RSS grew by about that (bf16 0.85–1.16×, b1 1.01–1.23×) when one graph was loaded. ClickHouse's memory
+  tracker does not see it (MemoryTracking grew 16–33 bytes a row): nothing but the machine's RAM bounds it. Sized
+  as (formula + rows × RESIDENT_ROW_OVERHEAD) × RESIDENT_MARGIN, which covers the most RSS measured (bf16 M=12
+  1,382 sized, 1,319 measured; b1 M=8 192 sized, 183 measured).
 - **counted** (the vector index cache's limit): 26.9 counts usearch's arenas, reserved as they double
   (`VectorSimilarityIndexCacheBytes`), 1.1–2.1× the resident bytes by where a graph's size falls: bf16 M=12 1.51×
   the formula (one graph of 40,000 rows) to 1.86× (16 graphs of 63,950) and 2.10× (14 graphs of 7,680); i8
@@ -38,7 +39,8 @@ ROW_OVERHEAD = 256
 RESIDENT_ROW_OVERHEAD = 32
 """Bytes a row a loaded index holds beyond the formula (measured 21 for bf16, i8 and b1 alike)."""
 RESIDENT_MARGIN = 1.2
-"""RSS grew by up to 1.16× the index's uncompressed bytes when one graph was loaded (bench/graph_cost.py)."""
+"""RSS grew by up to 1.16× (bf16) and 1.23× (b1) the index's uncompressed bytes when one graph was loaded
+(bench/graph_cost.py); × 1.2 over formula + 32 bytes a row covers both."""
 CACHE_RAM_RATIO = 0.5
 """ClickHouse's `cache_size_to_ram_max_ratio` default: no cache is allowed more than this share of the RAM."""
 FORMULA = (

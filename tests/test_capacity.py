@@ -90,6 +90,24 @@ def test_plan_chooses_the_least_total_memory_that_fits_and_reaches_the_target() 
     assert never.choice is None and never.reason.startswith("no measured structure reaches recall@10 1.00: best 0.990")
 
 
+def test_a_build_time_bound_buys_nodes_or_names_the_fastest_build() -> None:
+    k = consts()
+    free = plan(Ask(400_000_000, 512, 8, 64 * GIB), k)
+    assert free.choice is not None and free.choice.nodes == 2
+    # half the unbounded choice's build hours: 2 nodes are too slow, the same structure on more nodes is chosen
+    bound = free.choice.build_hours / 2
+    timed = plan(Ask(400_000_000, 512, 8, 64 * GIB, max_build_hours=bound), k)
+    assert timed.choice is not None and timed.choice.nodes > 2 and timed.choice.build_hours <= bound
+    assert timed.reason.endswith(f"within {bound:g} h of build")
+    assert all(not o.in_time for o in timed.options if o.nodes == 2 and o.structure == free.choice.structure)
+    # tighter than even 8 nodes build: nothing is chosen, and the reason names the fastest build and the cores
+    fastest = min(o.build_hours for o in timed.options if o.fits and o.reaches)
+    none = plan(Ask(400_000_000, 512, 8, 64 * GIB, max_build_hours=fastest / 3), k)
+    assert none.choice is None
+    assert none.reason.startswith("nothing builds within ") and f"builds in {fastest:.1f} h" in none.reason
+    assert none.reason.endswith("more nodes, or ≥ 6 cores a node"), none.reason
+
+
 def test_constants_scale_with_the_dimension() -> None:
     k = consts()
     wide = scaled(k, 512, 768)
@@ -127,6 +145,11 @@ def test_plan_json_names_the_choice_and_its_candidates() -> None:
     text = cli("plan", "--rows", "400000000", "--nodes", "8", "--max-memory", "64G")
     assert text.returncode == 0 and "plan: " in text.stdout and "projected (nothing here was built" in text.stdout
     assert "vector_similarity_index_cache_size ≥ " in text.stdout and "cache_size_to_ram_max_ratio" in text.stdout
+    slow = cli("plan", "--rows", "400000000", "--nodes", "8", "--max-memory", "64G", "--max-build-hours", "0.5")
+    assert slow.returncode == 2 and "Traceback" not in slow.stderr
+    lines = [ln for ln in slow.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: nothing builds within 0.5 h on up to 8 node(s)"), lines
+    assert "too slow" in slow.stdout
 
 
 def test_plan_that_cannot_fit_is_refused_in_one_line_naming_the_hardware() -> None:

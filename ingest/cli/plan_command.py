@@ -32,6 +32,7 @@ def render(p: Plan) -> None:
     head = (
         f"{a.rows:,} rows × {a.dim}, up to {a.nodes} node(s) of {human_bytes(a.max_memory)} index memory, "
         f"recall@10 ≥ {a.recall_target:.2f}"
+        + (f", build ≤ {a.max_build_hours:g} h" if a.max_build_hours is not None else "")
     )
     view = Table(title=head)
     for col in (
@@ -61,7 +62,7 @@ def render(p: Plan) -> None:
             f"{o.build_hours:.1f}",
             f"{o.recall_at_10:.3f}",
             f"{o.latency_ms:.1f}",
-            ("yes" if o.fits else "no") + ("" if o.reaches else ", below target"),
+            ("yes" if o.fits else "no") + ("" if o.reaches else ", below target") + ("" if o.in_time else ", too slow"),
         )
     console.print(view)
     console.print(
@@ -114,6 +115,9 @@ def plan_command(
     max_graphs: Annotated[
         int, typer.Option("--max-graphs", min=1, help="Most HNSW graphs a search visits per node")
     ] = 16,
+    max_build_hours: Annotated[
+        float | None, typer.Option("--max-build-hours", min=0.0, help="Longest index build to plan for, e.g. 48")
+    ] = None,
     target: Annotated[
         str | None, typer.Option("--target", "-t", help="Measure from this target's tuned table (else defaults)")
     ] = None,
@@ -144,6 +148,7 @@ def plan_command(
         workers,
         cores,
         max_graphs,
+        max_build_hours=max_build_hours,
     )
     p = plan(ask, constants)
     if as_json:
@@ -154,6 +159,7 @@ def plan_command(
             "dim": want_dim,
             "nodes": nodes,
             "max_memory_per_node_bytes": ask.max_memory,
+            "max_build_hours": ask.max_build_hours,
             "recall_target": recall_target,
             "constants_source": constants.source,
             "projected": True,

@@ -85,6 +85,8 @@ class Ask:
     max_graphs: int = 16
     rows_per_granule: int = DEFAULT_INDEX_GRANULARITY
     """Rows per granule of the tables `run` creates (ClickHouse's own default holds ~2,400 LAION rows)."""
+    max_build_hours: float | None = None
+    """The longest index build the user will wait for (None: any); fewer nodes build longer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,8 @@ class Option:
     latency_ms: float
     fits: bool
     reaches: bool
+    in_time: bool = True
+    """Built within Ask.max_build_hours."""
 
     @property
     def total_memory(self) -> int:
@@ -131,6 +135,7 @@ class Option:
             "latency_ms": round(self.latency_ms, 1),
             "fits": self.fits,
             "reaches_target": self.reaches,
+            "within_build_hours": self.in_time,
         }
 
 
@@ -171,6 +176,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
         latency,
         ask.max_memory is None or memory <= ask.max_memory,
         s.recall_at_10 >= ask.recall_target,
+        ask.max_build_hours is None or build / 3600 <= ask.max_build_hours,
     )
 
 
@@ -185,14 +191,32 @@ class Plan:
 
 def plan(ask: Ask, k: Constants) -> Plan:
     """Every structure × node count up to ask.nodes; the choice is the one that fits and reaches the target on
-    the fewest nodes, then with the least memory, then the fewest build hours. None fits: the reason says what hardware
-    would (memory per node at ask.nodes, or nodes at ask.max_memory, for the smallest structure that reaches it)."""
+    the fewest nodes, then with the least memory, then the fewest build hours (within --max-build-hours when given).
+    None does: the reason says what hardware would (memory per node at ask.nodes, or nodes at ask.max_memory, for the
+    smallest structure that reaches it; or, when only the build time stands in the way, the fastest build)."""
     options = tuple(option(ask, k, s, n) for s in k.structures for n in node_counts(ask.nodes))
-    good = [o for o in options if o.fits and o.reaches]
+    good = [o for o in options if o.fits and o.reaches and o.in_time]
     if good:
         best = min(good, key=lambda o: (o.nodes, o.total_memory, o.build_hours))
-        return Plan(ask, k, options, best, f"cheapest plan that fits and reaches recall@10 {ask.recall_target:.2f}")
+        within = f" within {ask.max_build_hours:g} h of build" if ask.max_build_hours is not None else ""
+        return Plan(
+            ask, k, options, best, f"cheapest plan that fits and reaches recall@10 {ask.recall_target:.2f}{within}"
+        )
+    slow = [o for o in options if o.fits and o.reaches]
+    if slow:
+        fastest = min(slow, key=lambda o: (o.build_hours, o.nodes))
+        return Plan(ask, k, options, None, too_slow(ask, fastest))
     return Plan(ask, k, options, None, what_would_fit(ask, k, options))
+
+
+def too_slow(ask: Ask, fastest: Option) -> str:
+    """Memory is not the limit, the build time is: the fastest build that fits, and how many cores would do."""
+    cores = math.ceil(ask.cores * fastest.build_hours / (ask.max_build_hours or fastest.build_hours))
+    return (
+        f"nothing builds within {ask.max_build_hours:g} h on up to {ask.nodes} node(s) of {ask.cores} core(s): the "
+        f"fastest that fits and reaches recall@10 {ask.recall_target:.2f}, {fastest.structure.label()} on "
+        f"{fastest.nodes} node(s), builds in {fastest.build_hours:.1f} h; more nodes, or ≥ {cores} cores a node"
+    )
 
 
 def what_would_fit(ask: Ask, k: Constants, options: Sequence[Option]) -> str:

@@ -177,13 +177,15 @@ def select_meta_sql(ref: TableRef, index: str) -> str:
 
 
 GRID_TABLE = "_laion_ingest_tune_grid"
+GRID_ADDED = "graph_exponent Nullable(Float64)"
+"""Columns added to GRID_COLUMNS after the first release: a table recorded before gets them (NULL)."""
 GRID_COLUMNS = (
     "quantization String, m UInt32, ef_construction UInt32, fetch_multiplier UInt32, build_seconds Float64, "
     "sample_rows UInt64, graph_rows UInt64, recall Float64, search_list UInt32, latency_ms Float64, "
-    "table_rows UInt64, dim UInt32, graph_exponent Nullable(Float64)"
+    f"table_rows UInt64, dim UInt32, {GRID_ADDED}"
 )
-GRID_ADDED = "graph_exponent Nullable(Float64)"
-"""Columns added to GRID_COLUMNS after the first release: a table recorded before gets them (NULL)."""
+GRID_NAMES = ", ".join(["table_name", "column_name", *(c.split()[0] for c in GRID_COLUMNS.split(", ")), "recorded"])
+"""Named in each insert: a migrated table has the added columns after `recorded`."""
 
 
 def grid_ref(ref: TableRef) -> TableRef:
@@ -220,8 +222,7 @@ def insert_grid_sql(ref: TableRef, column: str, rows: Sequence[Sequence[str | in
         + ")"
         for r in rows
     )
-    names = ", ".join(["table_name", "column_name", *(c.split()[0] for c in GRID_COLUMNS.split(", ")), "recorded"])
-    return f"INSERT INTO {grid_ref(ref).sql} ({names}) VALUES {values}"  # named: a migrated table's order differs
+    return f"INSERT INTO {grid_ref(ref).sql} ({GRID_NAMES}) VALUES {values}"
 
 
 def select_grid_sql(ref: TableRef, column: str) -> str:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.vector.sizing import (
-    GRAPH_EXPONENT,
-    GRAPH_EXPONENT_SOURCE,
     formula_bytes,
+    graph_exponent_of,
+    human_bytes,
     merged_graph_rows,
     need,
     scale_build_seconds,
@@ -63,12 +63,15 @@ class Constants:
     load_source: str = ""
     cores: int = MEASURED_CORES
     graph_exponent: float | None = None
-    """b of per-row build cost ∝ G^b (None: sizing.GRAPH_EXPONENT)."""
-    exponent_source: str = GRAPH_EXPONENT_SOURCE
+    """b of per-row build cost ∝ G^b as the tuner measured it on the table's sample (None: sizing.GRAPH_EXPONENT)."""
 
     @property
     def exponent(self) -> float:
-        return GRAPH_EXPONENT if self.graph_exponent is None else self.graph_exponent
+        return graph_exponent_of(self.graph_exponent)[0]
+
+    @property
+    def exponent_source(self) -> str:
+        return graph_exponent_of(self.graph_exponent)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,6 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
     graph, graphs = merged_graph_rows(per_node, ask.rows_per_granule, ask.max_graphs)
     c = s.candidate
     sized = need(per_node, ask.dim, c.quantization, c.m)
-    memory = sized.resident
     stored = per_node * (k.disk_bytes_per_value * ask.dim + k.disk_bytes_other)
     disk = int(stored + formula_bytes(per_node, ask.dim, c.quantization, c.m))
     speed = k.cores / max(ask.cores, 1)  # builds and searches spread over the node's cores
@@ -166,7 +168,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
         s,
         nodes,
         per_node,
-        memory,
+        sized.resident,
         sized.counted,
         disk,
         one,
@@ -174,7 +176,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
         build / 3600,
         s.recall_at_10,
         latency,
-        ask.max_memory is None or memory <= ask.max_memory,
+        ask.max_memory is None or sized.resident <= ask.max_memory,
         s.recall_at_10 >= ask.recall_target,
         ask.max_build_hours is None or build / 3600 <= ask.max_build_hours,
     )
@@ -220,8 +222,6 @@ def too_slow(ask: Ask, fastest: Option) -> str:
 
 
 def what_would_fit(ask: Ask, k: Constants, options: Sequence[Option]) -> str:
-    from ingest.vector.sizing import human_bytes
-
     reaching = [o for o in options if o.reaches and o.nodes == ask.nodes]
     if not reaching:
         best = max(k.structures, key=lambda s: s.recall_at_10, default=None)

@@ -80,13 +80,11 @@ async def measured_on_table(sink: Sink, ref: TableRef, column: str, defaults: Co
         f"-row sample of {rows:,} rows)"
     )
     b = got[0].get("graph_exponent")
-    exponent = float(b) if b is not None else None
     k = replace(
         defaults,
         structures=structures,
         source=source + "; load rate: " + defaults.load_source,
-        graph_exponent=exponent,
-        exponent_source="measured on this table's sample" if exponent is not None else defaults.exponent_source,
+        graph_exponent=float(b) if b is not None else None,
     )
     if table_rows and table_bytes:
         # the row's other columns as measured here, the rest is its embeddings

@@ -182,6 +182,15 @@ cache, and within a cluster the rows are as hard as random ones. ln G predicted 
 where 2.10–2.54× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured,
 by G^b (b measured on the 1M table's sample) 1.02."""
 GRAPH_EXPONENT_SOURCE = "the default, measured here on graphs of 15,625–250,000 rows (bench/graph_cost.py)"
+
+
+def graph_exponent_of(measured: float | None) -> tuple[float, str]:
+    """b and where it came from: measured on the table's sample (the tuner, --project-rows), else the default."""
+    if measured is None:
+        return GRAPH_EXPONENT, GRAPH_EXPONENT_SOURCE
+    return measured, "measured on this table's sample"
+
+
 BUILD_GROWTH = (
     "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
     f"table's sample in graphs of two sizes, else {GRAPH_EXPONENT:g}); "
@@ -295,12 +304,11 @@ class Projection:
 
     @property
     def exponent(self) -> float:
-        b = self.measured_from.graph_exponent
-        return GRAPH_EXPONENT if b is None else b
+        return graph_exponent_of(self.measured_from.graph_exponent)[0]
 
     @property
     def exponent_source(self) -> str:
-        return "measured on this table" if self.measured_from.graph_exponent is not None else "the default"
+        return graph_exponent_of(self.measured_from.graph_exponent)[1]
 
     def as_dict(self) -> dict[str, float | int | bool | None]:
         return {

@@ -5,12 +5,17 @@ Two models rest on it (vector/sizing.py): the build projection (per-row cost ∝
 predict far less growth) and the memory projection (a loaded index is resident at its uncompressed bytes, while the
 vector index cache counts usearch's reserved arenas, which do not grow with the rows).
 
-Per shape (synth's clustered, noisy, offset) and round, for each G: one INSERT of G rows (one part), ADD INDEX
+Per shape (synth's clustered, noisy, offset; `minilm`: real sentence embeddings, 384-d, of distinct lines of
+Debian's documentation in shuffled order, bench/shapes.py, `pip install '.[shapes]'`), structure and round, for
+each G: one INSERT of G rows (one part), ADD INDEX
 with one graph per part, MATERIALIZE (CPU and wall of the build), drop the vector index cache, RSS, one search
 (loads the graph), RSS again; the cache's bytes for it and the index's uncompressed bytes. Prints per G the
-min–max over rounds (rounds interleave the shapes), and b fitted end to end and per step.
+min–max over rounds (rounds interleave the shapes and structures), and b fitted end to end and per step; with
+more than one --structure, each one's build CPU over the first's at each G (what the tuner's sample builds
+convert between).
 
-Run: python bench/graph_cost.py [--sizes 15625,62500,250000] [--shapes clustered,noisy,offset] [--rounds 3]
+Run: python bench/graph_cost.py [--sizes 15625,62500,250000] [--shapes clustered,noisy,offset,minilm]
+     [--structure bf16,12,24 [--structure bf16,16,32]] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # shapes.minilm
 
 from ingest.stages.synth import SynthSpec, vectors  # noqa: E402
 from ingest.vector.sizing import BYTES_PER_VALUE  # noqa: E402
@@ -49,14 +55,33 @@ def rss_bytes() -> int:
     return 0
 
 
-def write_rows(path: Path, rows: int, shape: str) -> None:
+MINILM_CACHE = Path(tempfile.gettempdir()) / "laion_minilm_graph_cost.npy"
+
+
+def shape_rows(rows: int, shape: str) -> np.ndarray:
+    """`rows` float32 vectors of `shape`: synth's, or real MiniLM embeddings in a fixed shuffled order (the lines
+    come sorted by file; a table's rows arrive in no such order), rounded through float16 as LAION ships them."""
+    if shape == "minilm":
+        from shapes import minilm
+
+        vecs, _ = minilm(rows, MINILM_CACHE)
+        order = np.random.default_rng(3).permutation(len(vecs))
+        return np.asarray(vecs[order].astype(np.float16), dtype=np.float32)
     spec = SynthSpec(rows=rows, shape=shape, dtype="float32", seed=3)
     rng = np.random.default_rng(3)
     centers = rng.normal(size=(spec.clusters, spec.dim))
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     img, _ = vectors(spec, rng, centers)
-    flat = pa.FixedSizeListArray.from_arrays(pa.array(img.reshape(-1)), spec.dim).cast(pa.list_(pa.float32()))
+    return np.asarray(img, dtype=np.float32)
+
+
+def write_rows(path: Path, rows: int, shape: str) -> int:
+    """Write the shape's rows as (id, v) parquet; returns their dimension."""
+    vecs = shape_rows(rows, shape)
+    dim = vecs.shape[1]
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim).cast(pa.list_(pa.float32()))
     pq.write_table(pa.table({"id": np.arange(rows), "v": flat}), path)
+    return int(dim)
 
 
 class Engine:
@@ -77,7 +102,7 @@ class Engine:
         return int(got[0]["value"]) if got else 0
 
 
-def one_graph(db: Engine, data: Path, g: int, structure: tuple[str, int, int]) -> dict[str, float]:
+def one_graph(db: Engine, data: Path, dim: int, g: int, structure: tuple[str, int, int]) -> dict[str, float]:
     q, m, ef = structure
     db.run("DROP TABLE IF EXISTS g SYNC")
     db.run("CREATE TABLE g (id Int64, v Array(Float32)) ENGINE = MergeTree ORDER BY id")
@@ -86,7 +111,7 @@ def one_graph(db: Engine, data: Path, g: int, structure: tuple[str, int, int]) -
         "min_insert_block_size_rows = 100000000, min_insert_block_size_bytes = 0"
     )
     db.run(
-        f"ALTER TABLE g ADD INDEX ix v TYPE vector_similarity('hnsw', 'cosineDistance', 512, '{q}', {m}, {ef}) "
+        f"ALTER TABLE g ADD INDEX ix v TYPE vector_similarity('hnsw', 'cosineDistance', {dim}, '{q}', {m}, {ef}) "
         "GRANULARITY 100000000"
     )
     c0, t0 = cpu_seconds(), time.monotonic()
@@ -114,38 +139,70 @@ def span(xs: list[float], fmt: str) -> str:
     return format(lo, fmt) if len(xs) == 1 or format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}–{hi:{fmt}}"
 
 
+Structure = tuple[str, int, int]
+
+
+def label(s: Structure) -> str:
+    return f"{s[0]} M={s[1]} ef_c={s[2]}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="15625,31250,62500,125000,250000", help="rows of one graph")
     ap.add_argument("--shapes", default="clustered,noisy,offset")
-    ap.add_argument("--structure", default="bf16,12,24", help="quantization,M,ef_construction")
+    ap.add_argument("--structure", action="append", help="quantization,M,ef_construction (repeatable)")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     sizes = sorted(int(x) for x in args.sizes.split(","))
     shapes = args.shapes.split(",")
-    q, m, ef = args.structure.split(",")
-    structure = (q, int(m), int(ef))
-    formula = 512 * BYTES_PER_VALUE[q] + int(m) * 8
+    structures: list[Structure] = []
+    for spec in args.structure or ["bf16,12,24"]:
+        q, m, ef = spec.split(",")
+        structures.append((q, int(m), int(ef)))
     work = Path(tempfile.mkdtemp(prefix="graph-cost-"))
+    got: dict[tuple[Structure, str, int], list[dict[str, float]]] = {}
     try:
-        for shape in shapes:
-            write_rows(work / f"{shape}.parquet", sizes[-1], shape)
+        dims = {shape: write_rows(work / f"{shape}.parquet", sizes[-1], shape) for shape in shapes}
         db = Engine(work / "db")
-        got: dict[tuple[str, int], list[dict[str, float]]] = {}
         for _ in range(args.rounds):
             for shape in shapes:
-                for g in sizes:
-                    got.setdefault((shape, g), []).append(one_graph(db, work / f"{shape}.parquet", g, structure))
+                for structure in structures:
+                    for g in sizes:
+                        run = one_graph(db, work / f"{shape}.parquet", dims[shape], g, structure)
+                        got.setdefault((structure, shape, g), []).append(run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"## one graph of G rows: {q} M={m} ef_c={ef}, 512-d, chdb 26.9 in-process, {args.rounds} rounds (min–max)")
-    print(f"(bytes a row: formula {formula:,.0f} = dim × bytes + M × 8)")
+    for structure in structures:
+        print_structure(structure, shapes, dims, sizes, got, args.rounds)
+    if len(structures) > 1:
+        print_ratios(structures, shapes, sizes, got)
+    print(
+        "(resident: the index's uncompressed bytes, system.data_skipping_indices; RSS: what this process grew by when "
+        "one search loaded the graph, the cache dropped before; tracked: what ClickHouse's memory tracker "
+        "(MemoryTracking, what max_server_memory_usage is checked against) grew by then; cache: "
+        "VectorSimilarityIndexCacheBytes once loaded)"
+    )
+
+
+def print_structure(
+    structure: Structure,
+    shapes: list[str],
+    dims: dict[str, int],
+    sizes: list[int],
+    got: dict[tuple[Structure, str, int], list[dict[str, float]]],
+    rounds: int,
+) -> None:
+    q, m, ef = structure
+    dim_text = "/".join(f"{d}" for d in sorted(set(dims.values())))
+    print(f"## one graph of G rows: {q} M={m} ef_c={ef}, {dim_text}-d, chdb 26.9 in-process, {rounds} rounds (min–max)")
+    formulas = ", ".join(f"{d}-d {d * BYTES_PER_VALUE[q] + m * 8:,.0f}" for d in sorted(set(dims.values())))
+    print(f"(bytes a row: formula {formulas} = dim × bytes + M × 8)")
     head = f"{'shape':<10} {'G':>8} {'build s':>11} {'CPU µs/row':>13} {'b step':>7} {'resident B/row':>15}"
     print(head + f" {'RSS B/row':>13} {'tracked B/row':>13} {'cache B/row':>13}")
     for shape in shapes:
         prev: tuple[int, float] | None = None
         for g in sizes:
-            runs = got[(shape, g)]
+            runs = got[(structure, shape, g)]
             cpu = min(r["cpu_us"] for r in runs)
             step = f"{math.log(cpu / prev[1]) / math.log(g / prev[0]):.2f}" if prev else ""
             prev = (g, cpu)
@@ -155,7 +212,9 @@ def main() -> None:
                 f"{span([r['uncompressed'] for r in runs], ',.0f'):>15} {span([r['rss'] for r in runs], ',.0f'):>13} "
                 f"{span([r['tracked'] for r in runs], ',.0f'):>13} {span([r['cache'] for r in runs], ',.0f'):>13}"
             )
-        lo, hi = got[(shape, sizes[0])], got[(shape, sizes[-1])]
+        if len(sizes) < 2:
+            continue
+        lo, hi = got[(structure, shape, sizes[0])], got[(structure, shape, sizes[-1])]
         ratio = min(r["cpu_us"] for r in hi) / min(r["cpu_us"] for r in lo)
         b = math.log(ratio) / math.log(sizes[-1] / sizes[0])
         ln = math.log(sizes[-1]) / math.log(sizes[0])
@@ -163,12 +222,27 @@ def main() -> None:
             f"{shape}: CPU per row ×{ratio:.2f} from G = {sizes[0]:,} to {sizes[-1]:,}: b = {b:.2f} "
             f"(ln G would say ×{ln:.2f})"
         )
-    print(
-        "(resident: the index's uncompressed bytes, system.data_skipping_indices; RSS: what this process grew by when "
-        "one search loaded the graph, the cache dropped before; tracked: what ClickHouse's memory tracker "
-        "(MemoryTracking, what max_server_memory_usage is checked against) grew by then; cache: "
-        "VectorSimilarityIndexCacheBytes once loaded)"
-    )
+
+
+def print_ratios(
+    structures: list[Structure],
+    shapes: list[str],
+    sizes: list[int],
+    got: dict[tuple[Structure, str, int], list[dict[str, float]]],
+) -> None:
+    """Each structure's build CPU over the first's, per shape and G: min over min, and the range of the rounds'
+    own ratios (each round builds both on the same rows back to back)."""
+    base = structures[0]
+    print(f"## build CPU over {label(base)}'s, per G (min/min; the rounds' own ratios min–max)")
+    for other in structures[1:]:
+        for shape in shapes:
+            cells = []
+            for g in sizes:
+                a, b = got[(base, shape, g)], got[(other, shape, g)]
+                mins = min(r["cpu_us"] for r in b) / min(r["cpu_us"] for r in a)
+                own = [y["cpu_us"] / x["cpu_us"] for x, y in zip(a, b, strict=True)]
+                cells.append(f"G={g:,}: {mins:.2f} ({span(own, '.2f')})")
+            print(f"{label(other)} {shape:<10} " + "   ".join(cells))
 
 
 if __name__ == "__main__":

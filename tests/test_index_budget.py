@@ -17,8 +17,8 @@ from exact import chdb_rows
 from ingest.core.config import TuneConfig
 from ingest.core.errors import IndexTooLargeError
 from ingest.stages.synth import SynthSpec, write_shard
-from ingest.vector.autoindex import unreached_error
 from ingest.vector.graphs import PartStats, plan_layout
+from ingest.vector.index_limits import unreached_error
 from ingest.vector.sizing import MemoryBudget, resident_bytes
 from ingest.vector.tune import (
     Candidate,

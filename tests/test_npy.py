@@ -1,4 +1,4 @@
-"""The NaN/Inf scanner against numpy's own isfinite, on both dtypes and odd widths."""
+"""The NaN/Inf scanner against numpy's isfinite (both dtypes, odd widths); float16 widening against numpy's cast."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.stages.npy import nonfinite_rows
+from ingest.stages.npy import nonfinite_rows, widen
 
 SPECIALS = [np.nan, np.inf, -np.inf, 65504.0, -65504.0, 0.0, -0.0, 1e-7, 6.1e-5, 1.0]
 
@@ -50,3 +50,18 @@ def test_scan_of_a_file_finds_rows_in_every_window(tmp_path) -> None:  # type: i
         np.save(path, rows)
         info = read_npy_header(path, 0, "img_emb", 12)
         np.testing.assert_array_equal(scan_nonfinite(info, 7), np.flatnonzero(~np.isfinite(rows).all(axis=1)))
+
+
+def test_widen_is_numpys_exact_cast_for_every_float16_value() -> None:
+    """numkong's SIMD cast must agree bit for bit with numpy's for all 65,536 float16 values (subnormals, ±0,
+    ±Inf; NaN stays NaN), into a fresh array, into a given one, and from a strided view."""
+    every = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(128, 512)
+    want = every.astype(np.float32)
+    out = np.full(every.shape, 7.0, dtype=np.float32)
+    for got in (widen(every), widen(every, out), widen(every[:, ::2])):
+        ref = want if got.shape == want.shape else want[:, ::2]
+        nan = np.isnan(ref)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+    assert widen(want) is want  # float32 passes through

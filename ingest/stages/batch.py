@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 
 from ingest.core.plan import ID_STRIDE, BatchPlan, RowRange
 from ingest.core.schema import META_COLUMNS, STRING_COLUMNS, Column, TableSchema
+from ingest.stages.npy import widen
 
 __all__ = ["META_COLUMNS", "STRING_COLUMNS", "batch_schema", "build_batch"]
 
@@ -18,8 +19,8 @@ def batch_schema(dim: int) -> pa.Schema:
 
 
 def _vectors(block: np.ndarray) -> pa.FixedSizeListArray:
-    """float16 → float32 is exact widening; float32 passes through without a copy."""
-    flat = np.ascontiguousarray(block, dtype=np.float32).reshape(-1)
+    """float16 widened exactly (npy.widen); float32 passes through without a copy."""
+    flat = np.ascontiguousarray(widen(block)).reshape(-1)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), block.shape[1])
 
 

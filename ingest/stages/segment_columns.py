@@ -20,7 +20,7 @@ from ingest.clickhouse.wire import native_block_bytes
 from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.plan import SegmentPlan
 from ingest.stages.batch import scalar_columns
-from ingest.stages.npy import NpyInfo, read_rows_into
+from ingest.stages.npy import NpyInfo, read_rows_into, widen
 from ingest.stages.shard import MetaCursor, ValidShard
 
 
@@ -57,8 +57,8 @@ def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[P
 def _vector_runs(info: NpyInfo, segment: SegmentPlan, drop: np.ndarray) -> Generator[pa.Array, None, None]:
     """The segment's rows of one .npy file as float32 fixed-size-list runs of `segment.block_rows` rows."""
     window = segment.block_rows
-    widen = info.dtype != np.float32
-    scratch = np.empty((window, info.dim), dtype=info.dtype) if widen else None
+    narrow = info.dtype != np.float32
+    scratch = np.empty((window, info.dim), dtype=info.dtype) if narrow else None
     fd = os.open(info.path, os.O_RDONLY)
     try:
         for start in range(segment.start, segment.stop, window):
@@ -68,7 +68,7 @@ def _vector_runs(info: NpyInfo, segment: SegmentPlan, drop: np.ndarray) -> Gener
                 read_rows_into(info, start, fd, out)
             else:
                 read_rows_into(info, start, fd, scratch[:n])
-                np.copyto(out, scratch[:n])  # float16 → float32 is exact
+                widen(scratch[:n], out)
             gone = drop[(drop >= start) & (drop < start + n)] - start
             if len(gone):
                 out = np.delete(out, gone, axis=0)

@@ -1,12 +1,11 @@
-"""`index` end to end: tune to a recall target (unless M/ef_construction are given), size the index before
-building it, bring the table to few large parts, build once, check recall on the full index, record the search
-list size for `search` and `eval`.
+"""`index` end to end: bring the table to few large parts, tune to a recall target (unless M/ef_construction are
+given), size the index before building it (index_limits: what is refused), build once, check recall on the full
+index, record the search list size for `search` and `eval`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Coroutine
@@ -14,13 +13,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ingest.clickhouse.index_sql import (
-    CACHE_SETTING,
     merge_tree_setting_sql,
     optimize_final_sql,
-    os_memory_sql,
     part_stats_sql,
     parts_summary_sql,
-    server_setting_sql,
 )
 from ingest.clickhouse.vector_sql import (
     DEFAULT_EF_CONSTRUCTION,
@@ -30,7 +26,6 @@ from ingest.clickhouse.vector_sql import (
     VectorIndex,
 )
 from ingest.core.config import QueryConfig, TuneConfig
-from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector import metadata
@@ -50,6 +45,7 @@ from ingest.vector.index import (
     require_vector_index,
     vector_indexes,
 )
+from ingest.vector.index_limits import Plan, check_reached, memory_budget, refuse_if_too_large, setting_value
 from ingest.vector.index_report import (
     CacheState,
     IndexEntry,
@@ -61,85 +57,15 @@ from ingest.vector.index_report import (
     sample_builds,
 )
 from ingest.vector.sizing import (
-    FORMULA,
     UNBOUNDED,
     MeasuredBuild,
     MemoryBudget,
     Projection,
-    cheaper_that_fit,
-    human_bytes,
-    need,
-    total_need,
 )
 from ingest.vector.tune import TuneReport
 from ingest.vector.tune_run import tune
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What will be built for one request (after tuning when asked)."""
-
-    index: VectorIndex
-    existed: bool
-    rows: int
-    search_list: int | None
-    tuned: TuneReport | None
-
-
-# ---- memory -------------------------------------------------------------------------------------------------
-
-
-async def _value(sink: Sink, sql: str) -> int | None:
-    try:
-        rows = await sink.query(sql)
-    except TargetError:
-        return None
-    try:
-        return int(float(rows[0]["value"])) if rows else None
-    except (TypeError, ValueError):
-        return None
-
-
-async def memory_budget(sink: Sink, q: QueryConfig, max_memory: int | None) -> MemoryBudget:
-    """--max-memory if given, else the server's OSMemoryTotal (chdb: this machine's, it is in-process)."""
-    cache = await _value(sink, server_setting_sql(CACHE_SETTING))
-    if max_memory is not None:
-        return MemoryBudget(max_memory, "--max-memory", cache)
-    total = await _value(sink, os_memory_sql())
-    if total is not None:
-        return MemoryBudget(total, "the server's OSMemoryTotal", cache)
-    if q.target.spec.kind == "chdb":
-        return MemoryBudget(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory", cache)
-    return MemoryBudget(None, "unknown", cache)
-
-
-def refuse_if_too_large(plans: list[Plan], budget: MemoryBudget, force: bool, report: Callable[[str], None]) -> None:
-    new = [p for p in plans if not p.existed]
-    if not new:
-        return
-    projected = total_need(need(p.rows, p.index.dim, p.index.quantization, p.index.m) for p in new)
-    fit = budget.check(projected)
-    what = ", ".join(f"{p.index.name} {p.index.quantization} M={p.index.m}" for p in new)
-    report(
-        f"projected index memory {human_bytes(projected.resident)} resident, {human_bytes(projected.counted)} "
-        f"counted by the vector index cache ({what}; {FORMULA}); limits: {budget.describe()}"
-    )
-    if fit.fits:
-        return
-    if force:
-        report(f"warning: the index may not fit ({fit.limit_source}); building anyway (--force)")
-        return
-    first = new[0]
-    own = (first.index.quantization, first.index.m)
-    grid = [(qn, m) for qn in ("bf16", "i8", "b1") for m in (8, 16, 32) if (qn, m) != own]
-    alts = cheaper_that_fit(first.rows, first.index.dim, len(new), budget, grid)[-3:][::-1]
-    alt_text = "; ".join(f"--quantization {qn} --m {m} ({human_bytes(b)})" for qn, m, b in alts) or "none in the grid"
-    raise IndexTooLargeError(
-        f"index {what} on {first.rows:,} rows × {first.index.dim} projects to {fit.line()}: configurations that "
-        f"fit: {alt_text}; or pass --force"
-    )
 
 
 # ---- building once --------------------------------------------------------------------------------------------
@@ -156,7 +82,7 @@ async def table_layout(sink: Sink, ref: TableRef, max_graphs: int) -> Layout:
     """The table's parts as they stand, the server's largest merge, and whether it has a vector index already:
     what plan_layout decides the merge and the graph size from."""
     parts = await part_stats(sink, ref)
-    cap = await _value(sink, merge_tree_setting_sql("max_bytes_to_merge_at_max_space_in_pool"))
+    cap = await setting_value(sink, merge_tree_setting_sql("max_bytes_to_merge_at_max_space_in_pool"))
     indexed = any(ix.is_vector for ix in await vector_indexes(sink, ref))
     return plan_layout(parts, max_graphs, cap, indexed)
 
@@ -173,26 +99,22 @@ async def merge_before_build(sink: Sink, ref: TableRef, layout: Layout, report: 
     report(f"{ref.key}: {layout.why}: {layout.parts} parts into {after} in {time.monotonic() - start:.1f} s")
 
 
-def unreached_error(name: str, tuned: TuneReport, cfg: TuneConfig, budget: MemoryBudget) -> UsageError:
-    """No candidate reaches the target (within the budget): the best reachable recall, and, when a larger
-    structure measured does reach it, the memory it would need."""
-    c = tuned.choice
-    within = f" within {budget.describe()}" if cfg.max_memory is not None else ""
-    best = need(tuned.rows, tuned.dim, c.candidate.quantization, c.candidate.m).resident
-    text = (
-        f"{name}: no candidate{within} reaches recall@10 {cfg.recall_target:.2f} on the sample (best reachable "
-        f"{c.sample_recall:.3f}: {c.candidate.label()} at search list {c.search_list}, {human_bytes(best)})"
-    )
-    if c.needed is not None:
-        n = c.needed
-        text += (
-            f"; {n.candidate.label()} reaches {n.recall:.3f} and needs {human_bytes(n.memory_bytes)} "
-            "(--max-memory at least that)"
-        )
-        return IndexTooLargeError(text)
-    return UsageError(
-        text + ": lower --recall-target, give --m/--ef-construction, or pass --force to build the best one"
-    )
+async def merge_where_new(
+    sink: Sink,
+    ref: TableRef,
+    layout: Layout,
+    requests: list[IndexRequest],
+    dry_run: bool,
+    report: Callable[[str], None],
+) -> bool:
+    """merge_before_build when an index asked for is not on the table yet (never on --dry-run) → whether it ran.
+    Before tuning: the load's parts would otherwise merge in the background while the tuner times its sample
+    builds on the same cores, and the build times it ranks by and projects from would carry those merges."""
+    have = {ix.name for ix in await vector_indexes(sink, ref)}
+    if dry_run or all(r.name in have for r in requests):
+        return False
+    await merge_before_build(sink, ref, layout, report)
+    return True
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
@@ -236,14 +158,6 @@ def from_existing(index: VectorIndex, type_full: str) -> VectorIndex:
     return VectorIndex(index.name, index.column, int(m.group(2)), m.group(1), q, mm, ef)
 
 
-def check_reached(plans: list[Plan], cfg: TuneConfig, budget: MemoryBudget) -> None:
-    """Refuse to build a tuned index no candidate reached the target with (unless --force): one line naming the
-    best reachable recall and, where a measured structure reaches it, the memory it needs."""
-    for p in plans:
-        if p.tuned is not None and not p.tuned.choice.reached and not cfg.force:
-            raise unreached_error(p.index.name, p.tuned, cfg, budget)
-
-
 @dataclass(frozen=True, slots=True)
 class IndexJob:
     """What `index` builds: the indexes asked for, whether to tune them (else their given parameters), how."""
@@ -265,8 +179,8 @@ class IndexView:
 
 
 async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) -> list[IndexOutcome]:
-    """Tune (when `auto`), size, stop on --dry-run, merge, build, verify and record; one line per step, and the
-    seconds of each phase, the structure and its memory in `run_log`."""
+    """Merge (unless --dry-run or nothing is new), tune (when `auto`), size, stop on --dry-run, build, verify and
+    record; one line per step, and the seconds of each phase, the structure and its memory in `run_log`."""
     requests, auto, cfg = job.requests, job.auto, job.cfg
     display_for, report, show_grid = view.display_for, view.report, view.show_grid
     ref = q.table
@@ -278,8 +192,12 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
         layout = await table_layout(sink, ref, cfg.max_graphs)
         budget = await memory_budget(sink, q, cfg.max_memory)
         share = UNBOUNDED if cfg.force else budget.share(len(requests))  # columns share the budget
+        merging = time.monotonic()
+        if await merge_where_new(sink, ref, layout, requests, cfg.dry_run, report):
+            log_.add("merge", time.monotonic() - merging)
+        tuning = time.monotonic()
         plans = [await plan_request(sink, ref, req, auto, cfg, layout, report, share) for req in requests]
-        log_.add("tuning", time.monotonic() - start)
+        log_.add("tuning", time.monotonic() - tuning)
         for p in plans:
             if p.tuned is not None:
                 show_grid(p.tuned)
@@ -293,10 +211,6 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
             report("--dry-run: nothing built")
             return []
         check_reached(plans, cfg, budget)
-        if any(not p.existed for p in plans):
-            merging = time.monotonic()
-            await merge_before_build(sink, ref, layout, report)
-            log_.add("merge", time.monotonic() - merging)
         outcomes = []
         for p in plans:
             outcome = await ensure_index(sink, ref, p.index, p.existed, p.rows, display_for)

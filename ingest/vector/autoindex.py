@@ -1,6 +1,6 @@
-"""`index` end to end: bring the table to few large parts, tune to a recall target (unless M/ef_construction are
-given), size the index before building it (index_limits: what is refused), build once, check recall on the full
-index, record the search list size for `search` and `eval`.
+"""`index` end to end: tune to a recall target (unless M/ef_construction are given), size the index before
+building it (index_limits: what is refused), bring the table to few large parts, build once, check recall on the
+full index, record the search list size for `search` and `eval`.
 """
 
 from __future__ import annotations
@@ -99,24 +99,6 @@ async def merge_before_build(sink: Sink, ref: TableRef, layout: Layout, report: 
     report(f"{ref.key}: {layout.why}: {layout.parts} parts into {after} in {time.monotonic() - start:.1f} s")
 
 
-async def merge_where_new(
-    sink: Sink,
-    ref: TableRef,
-    layout: Layout,
-    requests: list[IndexRequest],
-    dry_run: bool,
-    report: Callable[[str], None],
-) -> bool:
-    """merge_before_build when an index asked for is not on the table yet (never on --dry-run) → whether it ran.
-    Before tuning: the load's parts would otherwise merge in the background while the tuner times its sample
-    builds on the same cores, and the build times it ranks by and projects from would carry those merges."""
-    have = {ix.name for ix in await vector_indexes(sink, ref)}
-    if dry_run or all(r.name in have for r in requests):
-        return False
-    await merge_before_build(sink, ref, layout, report)
-    return True
-
-
 # ---- the command ----------------------------------------------------------------------------------------------
 
 
@@ -179,8 +161,8 @@ class IndexView:
 
 
 async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) -> list[IndexOutcome]:
-    """Merge (unless --dry-run or nothing is new), tune (when `auto`), size, stop on --dry-run, build, verify and
-    record; one line per step, and the seconds of each phase, the structure and its memory in `run_log`."""
+    """Tune (when `auto`), size, stop on --dry-run, refuse, merge, build, verify and record; one line per step, and
+    the seconds of each phase, the structure and its memory in `run_log`."""
     requests, auto, cfg = job.requests, job.auto, job.cfg
     display_for, report, show_grid = view.display_for, view.report, view.show_grid
     ref = q.table
@@ -192,12 +174,8 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
         layout = await table_layout(sink, ref, cfg.max_graphs)
         budget = await memory_budget(sink, q, cfg.max_memory)
         share = UNBOUNDED if cfg.force else budget.share(len(requests))  # columns share the budget
-        merging = time.monotonic()
-        if await merge_where_new(sink, ref, layout, requests, cfg.dry_run, report):
-            log_.add("merge", time.monotonic() - merging)
-        tuning = time.monotonic()
         plans = [await plan_request(sink, ref, req, auto, cfg, layout, report, share) for req in requests]
-        log_.add("tuning", time.monotonic() - tuning)
+        log_.add("tuning", time.monotonic() - start)
         for p in plans:
             if p.tuned is not None:
                 show_grid(p.tuned)
@@ -211,6 +189,10 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
             report("--dry-run: nothing built")
             return []
         check_reached(plans, cfg, budget)
+        if any(not p.existed for p in plans):  # after the refusals: a refused index costs no merge
+            merging = time.monotonic()
+            await merge_before_build(sink, ref, layout, report)
+            log_.add("merge", time.monotonic() - merging)
         outcomes = []
         for p in plans:
             outcome = await ensure_index(sink, ref, p.index, p.existed, p.rows, display_for)

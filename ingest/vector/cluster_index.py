@@ -26,7 +26,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.cluster import ClusterSink, all_of
 from ingest.sinks.http import HttpSink
 from ingest.vector import metadata
-from ingest.vector.autoindex import IndexJob, IndexView, from_existing, merge_where_new, table_layout
+from ingest.vector.autoindex import IndexJob, IndexView, from_existing, merge_before_build, table_layout
 from ingest.vector.check import Searcher, short_of_goal, verify_recall
 from ingest.vector.cluster import ClusterRoute, KnnSearch, as_cluster, plan_route, run_route
 from ingest.vector.graphs import Layout
@@ -182,7 +182,6 @@ async def build_cluster_indexes(q: QueryConfig, job: IndexJob, view: IndexView) 
         homes = await homes_of(cluster, local, cfg)
         for h in homes:
             report(f"{h.name}: {local.key} {h.rows:,} rows in {h.layout.parts} parts; {h.layout.describe()}")
-            await merge_where_new(h.sink, local, h.layout, requests, cfg.dry_run, _prefixed(report, h.name))
         planned = [await plan_on_cluster(cluster, q, homes, req, auto, cfg, report) for req in requests]
         for p, _ in planned:
             if p.tuned is not None:
@@ -194,6 +193,9 @@ async def build_cluster_indexes(q: QueryConfig, job: IndexJob, view: IndexView) 
             report("--dry-run: nothing built")
             return []
         check_reached([p for p, _ in planned], cfg, budget)
+        for i, h in enumerate(homes):
+            if any(not existed[i] for _, existed in planned):
+                await merge_before_build(h.sink, local, h.layout, _prefixed(report, h.name))
         outcomes = []
         for p, existed in planned:
             outcome = await _build_everywhere(homes, local, p, existed, display_for, report)

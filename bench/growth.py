@@ -198,14 +198,16 @@ class CpuSampler:
         return out
 
 
-def one_size(t: Chdb | Http, src: Path, shards: int, project: int, queries: int, like: dict[str, Any] | None) -> Row:
+def one_size(
+    t: Chdb | Http, src: Path, shards: int, project: list[int], queries: int, like: dict[str, Any] | None
+) -> Row:
     """One size: load, `index --recall-target 0.95`, eval; then, when `like` (the smallest size's index entry)
     is another structure than the tuner chose here, that structure built here too (see like_for_like)."""
     rows = shards * SHARD_ROWS
     load, parts = load_size(t, src, shards)
     report_path = t.work / f"index-{rows}.json"
     index_args = ["index", "--target", t.target, "--recall-target", "0.95", "--no-progress", "--report"]
-    index_args += [str(report_path), *(["--project-rows", str(project)] if project > rows else [])]
+    index_args += [str(report_path), *(a for n in project if n > rows for a in ("--project-rows", str(n)))]
     load_before = loadavg()
     index, report, server_cpu = index_run(t, index_args, report_path)
     print(f"  indexed in {index.seconds:.1f} s; eval", flush=True)
@@ -284,7 +286,7 @@ def ensure_shards(data: Path, shards: int) -> None:
 def section_growth(work: Path, sizes: list[int], targets: list[str], data: Path, queries: int) -> None:
     """Each target through every size; the tables (all sizes so far) are printed after each size, and each
     size's figures saved in WORK/TARGET-rows.json: a run given the same --work resumes after the last size."""
-    project = max(sizes) * SHARD_ROWS
+    project = [k * SHARD_ROWS for k in sizes]
     for name in targets:
         t: Chdb | Http = Chdb(work / "chdb") if name == "chdb" else Http(work / "http")
         saved = work / f"{name}-rows.json"

@@ -4,12 +4,11 @@ lines (bench/growth.py runs the processes)."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ingest.vector.sizing import MeasuredBuild
+    from ingest.vector.growth import MeasuredBuild
 
 TOLERANCE = 0.25
 """The projection must land within ±25% of the measurement."""
@@ -129,7 +128,7 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def print_growth(rows: list[Row]) -> None:
-    from ingest.vector.sizing import GRAPH_EXPONENT, build_work
+    from ingest.vector.growth import GRAPH_EXPONENT, build_work
 
     if len(rows) < 2:
         return
@@ -183,7 +182,7 @@ def structure_key(e: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def measured_build(r: Row) -> MeasuredBuild:
-    from ingest.vector.sizing import MeasuredBuild
+    from ingest.vector.growth import Ahead, MeasuredBuild
 
     e = r.entry
     return MeasuredBuild(
@@ -196,14 +195,17 @@ def measured_build(r: Row) -> MeasuredBuild:
         e["memory_bytes"],
         build_cpu(r),
         e.get("graph_exponent"),
+        tuple(Ahead(**a) for a in e.get("ahead") or []),
     )
 
 
 def print_projection(rows: list[Row]) -> None:
-    """The projection from the smallest table (sizing.project_build, the function `index --project-rows` calls)
-    at each larger size measured, against the measurement; and what `index` printed during the run, if its
+    """The projection from the smallest table (growth.project_build, the function `index --project-rows` calls,
+    with the structure the tuner chose looking ahead to that size) at each larger size measured, against the
+    measurement; then the smallest size's own structure projected against that structure built there with given
+    parameters (the model of one structure's growth alone); and what `index` printed during the run, if its
     model differs from this checkout's."""
-    from ingest.vector.sizing import project_build
+    from ingest.vector.growth import project_build
 
     first = rows[0]
     e = first.entry
@@ -212,13 +214,13 @@ def print_projection(rows: list[Row]) -> None:
     cores = built.cores_used
     for last in rows[1:]:
         proj = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS)
-        said = e.get("projection") or {}
-        same = structure_key(first.entry) == structure_key(last.entry)
+        said = next((p for p in e.get("projections") or [] if int(p["rows"]) == last.rows), {})
+        ahead = built.ahead_at(last.rows)
+        chose = structure(last.entry)
+        looked = "no look ahead to this size" if ahead is None else f"looking ahead, the tuner chose {ahead.label}"
         print(
-            f"projection from {first.rows:,} rows vs measured at {last.rows:,}"
-            + ("" if same else f" (NB the tuner chose {structure(last.entry)} at this size)")
-            + (f"; the build used {cores:.2f} cores at {first.rows:,} rows" if cores else "")
-            + ":"
+            f"projection from {first.rows:,} rows vs measured at {last.rows:,} ({looked}; at this size it chose "
+            f"{chose})" + (f"; the build used {cores:.2f} cores at {first.rows:,} rows" if cores else "") + ":"
         )
         mem = last.entry["memory_bytes"] or 0
         pairs = [
@@ -235,84 +237,30 @@ def print_projection(rows: list[Row]) -> None:
             if not pr or not me:
                 continue
             then = ""
-            if int(said.get("rows", 0)) == last.rows and printed and abs(float(printed) - pr) > 0.005 * pr:
+            if printed and abs(float(printed) - pr) > 0.005 * pr:
                 then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
             print(verdict(name, pr, me) + then)
-        if same:
+        if last.same is None:
             continue
-        if last.same is not None:
-            like = last.same["indexes"][0]
-            print(f"  the same structure ({structure(like)}) built at {last.rows:,} rows with given parameters:")
-            checks = [
-                ("build s", proj.build_seconds, float(last.same["phases_seconds"]["build"])),
-                ("build CPU s", proj.build_cpu_seconds or 0.0, build_cpu(last, last.same) or 0.0),
-                ("index memory MiB", proj.index_bytes / (1 << 20), (like["memory_bytes"] or 0) / (1 << 20)),
-            ]
-            for name, pr, me in checks:
-                if pr and me:
-                    print(verdict(name, pr, me))
-        cost = structure_cost(first.entry, last.entry)
-        size = sized_ratio(first.entry, last.entry, last.rows)
+        own = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS, structure=False)
+        like = last.same["indexes"][0]
         print(
-            "  converted to the structure built: build "
-            + (
-                f"× {cost:.2f} (its build time over the projected one's on the {last.rows:,}-row run's tuning sample)"
-                if cost is not None
-                else "not converted (that run's tuning grid did not build both)"
-            )
-            + f", memory × {size:.2f} (what `index` sizes each at, resident, sizing.resident_bytes):"
+            f"  {structure(like)}, built at {first.rows:,}, projected and built at {last.rows:,} with given parameters:"
         )
-        converted = [(pairs[0], cost), (pairs[1], cost), (pairs[2], size)]
-        for (name, pr, me, _), factor in converted:
-            if pr and me and factor is not None:
-                print(verdict(name, pr * factor, me))
-
-
-def sized_ratio(projected: dict[str, Any], built: dict[str, Any], rows: int) -> float:
-    """Memory of the structure built over the one projected, as `index` sizes them (the measured bytes per row
-    carry over; only the structure's share changes)."""
-    from ingest.vector.sizing import resident_bytes
-
-    def sized(e: dict[str, Any]) -> int:
-        return resident_bytes(rows, 512, str(e["quantization"]), int(e["m"]))
-
-    return sized(built) / sized(projected)
+        checks = [
+            ("build s", own.build_seconds, float(last.same["phases_seconds"]["build"])),
+            ("build CPU s", own.build_cpu_seconds or 0.0, build_cpu(last, last.same) or 0.0),
+            ("index memory MiB", own.index_bytes / (1 << 20), (like["memory_bytes"] or 0) / (1 << 20)),
+        ]
+        for name, pr, me in checks:
+            if pr and me:
+                print(verdict(name, pr, me))
 
 
 def verdict(name: str, projected: float, measured: float) -> str:
     ratio = projected / measured
     ok = "within" if abs(ratio - 1) <= TOLERANCE else "OUTSIDE"
     return f"  {name:<17} projected {projected:>8,.0f}  measured {measured:>8,.0f}  ratio {ratio:.2f} ({ok} ±25%)"
-
-
-def structure_cost(projected: dict[str, Any], built: dict[str, Any]) -> float | None:
-    """Build cost of the structure built over the one projected, from the builds the larger run's tuner measured
-    on one sample (same rows, same machine, same graph size): None unless that grid holds both."""
-    grid = {
-        (b["quantization"], int(b["m"]), int(b["ef_construction"])): float(b["build_seconds"])
-        for b in built.get("sample_builds") or []
-    }
-    key = lambda e: (e["quantization"], int(e["m"]), int(e["ef_construction"]))  # noqa: E731
-    a, b = grid.get(key(projected)), grid.get(key(built))
-    return b / a if a and b else None
-
-
-GRID_ROW = re.compile(r"│ (bf16|f16|f32|i8|b1) M=(\d+) ef_c=(\d+)(?: rescore×\d+)?\s+│(.*)")
-
-
-def grid_from_out(text: str) -> list[dict[str, Any]]:
-    """The tuner's sample builds as `index` printed them (its grid table: build s is the third cell from the
-    end), for runs whose --report predates `sample_builds`."""
-    out: dict[tuple[str, int, int], dict[str, Any]] = {}
-    for line in text.splitlines():
-        if (m := GRID_ROW.search(line)) is None:
-            continue
-        cells = [c.strip() for c in m.group(4).split("│") if c.strip()]
-        key = (m.group(1), int(m.group(2)), int(m.group(3)))
-        out.setdefault(
-            key, {"quantization": key[0], "m": key[1], "ef_construction": key[2], "build_seconds": float(cells[-3])}
-        )
-    return list(out.values())
 
 
 def main() -> None:
@@ -325,11 +273,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's `ingest`
     for path in sys.argv[1:]:
         rows = sorted((Row.from_dict(d) for d in json.loads(Path(path).read_text())), key=lambda r: r.rows)
-        for r in rows:  # a run before `index --report` carried its tuning grid: read the grid it printed
-            out = Path(path).parent / Path(path).name.removesuffix("-rows.json") / f"index-{r.rows}.out"
-            if "sample_builds" not in r.entry and out.exists():
-                r.report["indexes"][0]["sample_builds"] = grid_from_out(out.read_text())
-        print_tables(f"growth (reprinted from {path} by this checkout's sizing.project_build)", rows)
+        print_tables(f"growth (reprinted from {path} by this checkout's growth.project_build)", rows)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,8 @@ from ingest.clickhouse.index_sql import GRID_ADDED, GRID_COLUMNS, GRID_TABLE
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector.capacity import Ask, Constants, Structure, node_counts, option, plan, scaled
-from ingest.vector.sizing import (
-    GRAPH_EXPONENT,
-    counted_bytes,
-    formula_bytes,
-    merged_graph_rows,
-    resident_bytes,
-    scale_build_seconds,
-)
+from ingest.vector.growth import GRAPH_EXPONENT, merged_graph_rows, scale_build_seconds
+from ingest.vector.sizing import counted_bytes, formula_bytes, resident_bytes
 from ingest.vector.tune import Candidate
 
 GIB = 1 << 30

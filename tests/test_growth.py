@@ -4,24 +4,43 @@ reports it once loaded."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from cli_run import cli, loaded_chdb, ok
 
 from ingest.vector.graphs import PartStats, graphs_over
-from ingest.vector.index_report import CacheState, cache_bytes
-from ingest.vector.sizing import (
+from ingest.vector.growth import (
     GRAPH_EXPONENT,
+    Ahead,
     MeasuredBuild,
     build_work,
     fit_graph_exponent,
-    formula_bytes,
     merged_graph_rows,
     project_build,
     scale_build_seconds,
 )
+from ingest.vector.index_report import CacheState, cache_bytes
+from ingest.vector.sizing import formula_bytes, resident_bytes
+
+
+def built_from(entry: dict[str, Any]) -> MeasuredBuild:
+    """The MeasuredBuild an `index --report` entry records (what bench/growth_report.py reads back)."""
+    return MeasuredBuild(
+        entry["rows"],
+        512,
+        entry["quantization"],
+        entry["m"],
+        entry["graph_rows"],
+        entry["build_seconds"],
+        entry["memory_bytes"],
+        entry["build_cpu_seconds"],
+        entry["graph_exponent"],
+        tuple(Ahead(**a) for a in entry["ahead"]),
+    )
 
 
 def test_build_scales_by_rows_and_a_power_of_the_graph() -> None:
@@ -47,7 +66,7 @@ def test_the_exponent_is_fitted_from_the_same_rows_in_graphs_of_two_sizes() -> N
     assert fit_graph_exponent(10.0, 400, 10.0, 100) == pytest.approx(0.0)
     assert fit_graph_exponent(9.0, 400, 10.0, 100) == 0.0  # cheaper in larger graphs: noise, kept at 0
     assert fit_graph_exponent(400.0, 400, 4.0, 100) == 1.0  # beyond quadratic: noise, kept at 1
-    assert fit_graph_exponent(20.0, 150, 10.0, 100) is None  # sizes too close to say
+    assert fit_graph_exponent(20.0, 140, 10.0, 100) is None  # sizes too close to say (MIN_FIT_SPAN 1.5)
     assert fit_graph_exponent(4.0, 400, 2.0, 100) is None  # a build too short to time its graphs
 
 
@@ -61,6 +80,25 @@ def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> N
     assert p.build_seconds == pytest.approx(150.0 * work / 1.5)
     assert "CPU s on the 1.50 cores the measured build used" in p.line()
     assert p.as_dict()["cores_used"] == pytest.approx(1.5)
+
+
+def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory() -> None:
+    """At 4M rows the tuner chose M=16 ef_c=32 where 1M built M=12 ef_c=24: the projection is that structure's."""
+    ahead = Ahead(4_000_000, "bf16", 16, 32, 1.4, 200_000, False)
+    built = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, 1_141_000_000, 150.0, 0.3, (ahead,))
+    plain = project_build(built, 4_000_000, 2500, 16, structure=False)
+    p = project_build(built, 4_000_000, 2500, 16)
+    assert p.build_cpu_seconds == pytest.approx(plain.build_cpu_seconds * 1.4)  # type: ignore[operator]
+    sized = resident_bytes(4_000_000, 512, "bf16", 16) / resident_bytes(4_000_000, 512, "bf16", 12)
+    assert p.index_bytes == pytest.approx(plain.index_bytes * sized, rel=1e-6)
+    assert p.formula_bytes == formula_bytes(4_000_000, 512, "bf16", 16)
+    assert "of bf16 M=16 ef_c=32, what the tuner chooses there" in p.line() and "× 1.40" in p.line()
+    assert p.as_dict()["structure"] == ahead.as_dict() and plain.as_dict()["structure"] is None
+    # another size: no look ahead there, the built structure's growth
+    assert project_build(built, 2_000_000, 2500, 16).ahead is None
+    # the same structure chosen there: no factor, nothing said
+    same = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (replace(ahead, same=True),))
+    assert project_build(same, 4_000_000, 2500, 16).ahead is None
 
 
 def test_merged_graphs_are_cut_to_max_graphs() -> None:
@@ -131,19 +169,30 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     assert formula * 0.9 < entry["memory_bytes"] < formula * 1.15
     assert entry["memory_bytes"] < entry["cache_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)
     assert formula * 0.8 < entry["disk_bytes"] <= entry["memory_bytes"]
-    # --project-rows: b is measured on the sample in graphs of two sizes; builds of a 4,000-row sample are too
-    # short to time (bench/growth.py's 1M-row tables measure it), so the projection says it used the default
-    assert entry["graph_exponent"] is None
-    assert "per-row build cost ∝ G^b in graphs of G rows: b = not measurable" in out
-    assert "the default" in out
     builds = {(b["quantization"], b["m"], b["ef_construction"]): b for b in entry["sample_builds"]}
     chosen = builds[(entry["quantization"], entry["m"], entry["ef_construction"])]  # the tuner built it on its sample
     assert chosen["build_seconds"] > 0 and chosen["sample_rows"] <= 12_000
-    proj = entry["projection"]
+    assert chosen["build_cpu_seconds"] > 0  # the engine's own CPU counters, read around the build
+    # --project-rows: the grid again on the table's rows in the 48,000-row table's graphs (4 of 12,000; the
+    # sample holds one of ~11,950): what the tuner would choose there, and b between the two graph sizes
+    assert "looking ahead to 48,000 rows: the grid again on " in out, out
+    (ahead,) = entry["ahead"]
+    assert ahead["rows"] == 48_000 and 11_000 < ahead["sample_graph_rows"] <= 12_000 and ahead["cost"] > 0
+    assert f"at 48,000 rows (graphs of 12,000; sampled in graphs of {ahead['sample_graph_rows']:,})" in out
+    b = entry["graph_exponent"]
+    assert f"b = {'not measurable' if b is None else f'{b:.2f}'}" in out  # builds this small may be too short
+    (proj,) = entry["projections"]
     assert proj["rows"] == 48_000 and proj["graphs"] == 4
-    assert proj["index_bytes"] == pytest.approx(entry["memory_bytes"] * 4, rel=1e-6)
-    assert proj["build_seconds"] > entry["build_seconds"] * 4.1  # more rows, larger graphs
-    assert f"image_index: projected at 48,000 rows (4 graphs of {proj['graph_rows']:,})" in out
+    assert (proj["structure"] is None) == ahead["same"]
+    # the projection is sizing's arithmetic on what the entry recorded: the build, b, the structure chosen there
+    again = project_build(built_from(entry), 48_000, 3000, 4).as_dict()
+    assert again["build_cpu_seconds"] == pytest.approx(proj["build_cpu_seconds"])
+    assert again["index_bytes"] == proj["index_bytes"]
+    sized = resident_bytes(48_000, 512, ahead["quantization"], ahead["m"]) / resident_bytes(
+        48_000, 512, entry["quantization"], entry["m"]
+    )
+    assert proj["index_bytes"] == pytest.approx(entry["memory_bytes"] * 4 * sized, rel=1e-6)
+    assert f"image_index: projected at 48,000 rows (4 graphs of {proj['graph_rows']:,}" in out
     ev = orjson.loads(ok(cli("eval", "--target", f"chdb:{table}", "--queries", "20", "--seed", "3", "--json")))
     assert 0 < ev["brute_force_median_ms"] <= ev["brute_force_p99_ms"]
 
@@ -172,27 +221,4 @@ def test_dry_run_projects_from_the_sample(table: Path, tmp_path: Path) -> None:
     out = ok(cli("index", "--target", f"chdb:{table}", *args, "--project-rows", "1000000", "--report", str(report)))
     assert "dry_index: projected at 1,000,000 rows" in out and "--dry-run: nothing built" in out
     doc = orjson.loads(report.read_bytes())
-    assert doc["phases_seconds"]["build"] == 0 and doc["indexes"][0]["projection"]["rows"] == 1_000_000
-
-
-def test_structure_cost_converts_a_projection_by_the_larger_runs_sample_builds() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-    from growth_report import grid_from_out, structure_cost
-
-    printed = (
-        "│ bf16 M=12 ef_c=24          │  0.600 │  0.924 │    25.9 │             259 │        4.6 GiB │\n"
-        "│ i8 M=12 ef_c=24 rescore×4  │  0.620 │  0.930 │    21.1 │             211 │        2.7 GiB │\n"
-        "│ bf16 M=12 ef_c=32          │  0.628 │  0.960 │    31.4 │             314 │        4.6 GiB │\n"
-    )
-    grid = grid_from_out(printed)
-    assert {(b["quantization"], b["ef_construction"], b["build_seconds"]) for b in grid} == {
-        ("bf16", 24, 25.9),
-        ("i8", 24, 21.1),
-        ("bf16", 32, 31.4),
-    }
-    small = {"quantization": "bf16", "m": 12, "ef_construction": 24}
-    large = {"quantization": "bf16", "m": 12, "ef_construction": 32, "sample_builds": grid}
-    assert structure_cost(small, large) == pytest.approx(31.4 / 25.9)
-    assert structure_cost({**small, "m": 16}, large) is None  # not in that grid: no conversion, said so by omission
+    assert doc["phases_seconds"]["build"] == 0 and doc["indexes"][0]["projections"][0]["rows"] == 1_000_000

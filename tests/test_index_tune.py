@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,12 +16,10 @@ from cli_run import cli, loaded_chdb, ok
 from exact import chdb_rows
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
-from ingest.clickhouse.index_sql import create_scratch_sql, drop_table_sql, scratch_ref
+from ingest.clickhouse.index_sql import drop_table_sql, scratch_ref
 from ingest.clickhouse.vector_sql import (
     VectorIndex,
     add_index_sql,
-    drop_index_sql,
-    materialize_index_sql,
     vector_literal,
 )
 from ingest.core.config import TargetConfig
@@ -31,11 +28,11 @@ from ingest.core.ids import TableRef
 from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
-from ingest.vector import sizing, tune_run
+from ingest.vector import tune_run
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
+from ingest.vector.growth import GRAPH_EXPONENT
 from ingest.vector.index import poll_interval
 from ingest.vector.sizing import (
-    GRAPH_EXPONENT,
     MemoryBudget,
     Need,
     cheaper_that_fit,
@@ -54,6 +51,7 @@ from ingest.vector.tune import (
     project_seconds,
     should_stop,
 )
+from ingest.vector.tune_ahead import per_row_exponent
 from ingest.vector.tune_run import exact_top_ids
 
 # ---- pure --------------------------------------------------------------------------------------------------
@@ -199,43 +197,36 @@ def test_exact_top_ids_in_one_scan_match_numpy_on_the_source(table: Path, monkey
         assert top[0] == ids[i]
 
 
-def test_the_exponent_is_measured_by_building_the_chosen_structure_again_in_smaller_graphs(
-    table: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """tune_run.graph_exponent on real chdb: the 12,000 table rows in a scratch table of 24 granules, the chosen
-    structure timed as one graph, then built again in graphs of 6 granules; b comes back within [0, 1] and the
-    scratch index is gone. Builds this small are under MIN_FIT_SECONDS (the 1M-row growth bench times real ones),
-    so the floor is lowered here."""
-    monkeypatch.setattr(sizing, "MIN_FIT_SECONDS", 0.2)
+def test_a_sample_build_is_timed_in_the_engines_cpu_and_b_fitted_per_row_across_samples(table: Path) -> None:
+    """tune_run on real chdb: a sample of 6,000 of the 12,000 rows in graphs of 6 granules of 500, its query rows'
+    exact top-10 (not among the sample), one candidate built only for its cost: wall and the engine's CPU both
+    measured, the scratch index dropped after. Then tune_ahead.per_row_exponent on two samples of different
+    sizes: per-row cost, not a whole build's, is what b compares."""
     ref = TableRef("default", "laion")
-    scratch = scratch_ref(ref)
-    chosen = Candidate("f32", 32, 256)
+    spec = tune_run.SampleSpec(12_000, 6_000, 20, GraphSize(6, 500, 2), 512, "cosineDistance")
 
-    async def scenario() -> tuple[float | None, float, list[dict[str, object]]]:
+    async def scenario() -> tuple[tune_run.OnSample, tune_run.BuildTime, list[dict[str, object]], int]:
         sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
         await sink.connect()
         try:
-            await sink.execute(drop_table_sql(scratch))
-            await sink.execute(create_scratch_sql(scratch, 500))
-            await sink.execute(f"INSERT INTO {scratch.sql} SELECT id, image_embedding FROM {ref.sql}")
-            index = VectorIndex(tune_run.SCRATCH_INDEX, "v", 512, "cosineDistance", "f32", 32, 256, None)
-            await sink.execute(add_index_sql(scratch, index))
-            start = time.perf_counter()
-            await sink.execute(materialize_index_sql(scratch, tune_run.SCRATCH_INDEX), {"mutations_sync": 2})
-            seconds = time.perf_counter() - start
-            await sink.execute(drop_index_sql(scratch, tune_run.SCRATCH_INDEX))
-            measured = Measured(chosen, seconds, {64: 0.99})
-            b = await tune_run.graph_exponent(sink, scratch, 512, "cosineDistance", measured, None)
-            left = await sink.query(f"SELECT name FROM system.data_skipping_indices WHERE table = '{scratch.table}'")
-            return b, seconds, left
+            on = await tune_run.fill_sample(sink, ref, "image_embedding", spec, 0, (64,))
+            took = await tune_run.build_cost(on, Candidate("f32", 32, 256))
+            left = await sink.query(f"SELECT name FROM system.data_skipping_indices WHERE table = '{on.scratch.table}'")
+            n = int((await sink.query(f"SELECT count() AS n FROM {on.scratch.sql}"))[0]["n"])
+            return on, took, left, n
         finally:
-            await sink.execute(drop_table_sql(scratch))
+            await sink.execute(drop_table_sql(scratch_ref(ref)))
             await sink.close()
 
-    b, seconds, left = asyncio.run(scenario())
-    assert seconds > 0.2, "the one-graph build should be long enough to time"
-    assert b is not None and 0.0 <= b <= 1.0
-    assert left == []  # the scratch index built to measure b is dropped
+    on, took, left, n = asyncio.run(scenario())
+    assert n == 6_000 and len(on.queries) == 20 and all(len(t) == 10 for t in on.truth)
+    assert took.seconds > 0 and took.cpu_seconds is not None and took.cpu_seconds > 0
+    assert took.cost == took.cpu_seconds  # builds are compared in CPU where the engine says
+    assert left == []  # the scratch index is dropped
+    # 10 s a build over 100,000 rows in graphs of 50,000; 30 s over 150,000 rows in graphs of 200,000: per row
+    # 2× in graphs 4× larger, b = 0.5 (the whole builds' 3× would say 0.79)
+    here = Measured(Candidate("bf16", 12, 24), 99.0, {64: 0.99}, build_cpu_seconds=10.0)
+    assert per_row_exponent(here, 100_000, 50_000, 30.0, 150_000, 200_000) == pytest.approx(0.5)
 
 
 def test_dry_run_prints_grid_and_choice_and_builds_nothing(table: Path) -> None:

@@ -137,11 +137,12 @@ def index_command(
     force: Annotated[bool, typer.Option("--force", help="Build even when the projected memory does not fit")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress on a terminal")] = True,
     project_rows: Annotated[
-        int | None,
+        list[int] | None,
         typer.Option(
             "--project-rows",
             min=1,
-            help="Also project build time and index memory at this many rows, from the build measured here "
+            help="Also project build time and index memory at this many rows (repeatable), from the build "
+            "measured here and the structure the tuner chooses on this table's rows in that table's graphs "
             "(with --dry-run: from the tuning sample)",
         ),
     ] = None,
@@ -165,7 +166,7 @@ def index_command(
         max_memory=parse_bytes(max_memory) if max_memory else None,
         force=force,
         dry_run=dry_run,
-        project_rows=project_rows,
+        project_rows=tuple(project_rows or ()),
     )
     requests = requests_for(
         column,

@@ -129,6 +129,13 @@ def index_cache_sql() -> str:
     )
 
 
+def engine_cpu_sql() -> str:
+    """CPU seconds (µs) the engine's threads used since it started, as its own counters say."""
+    return (
+        "SELECT sum(value) AS us FROM system.events WHERE event IN ('UserTimeMicroseconds', 'SystemTimeMicroseconds')"
+    )
+
+
 def index_bytes_sql(ref: TableRef, name: str) -> str:
     return (
         "SELECT data_uncompressed_bytes AS b, data_compressed_bytes AS c FROM system.data_skipping_indices "

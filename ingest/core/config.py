@@ -204,8 +204,9 @@ class TuneConfig:
     max_graphs: int = 16
     """The most HNSW graphs a search visits (--max-graphs): new indexes get graphs as small as this allows, and
     a table of more parts is merged first (vector/graphs.py)."""
-    project_rows: int | None = None
-    """--project-rows: also project the build seconds and index memory at this many rows (vector/sizing.py)."""
+    project_rows: tuple[int, ...] = ()
+    """--project-rows (repeatable): also project the build seconds and index memory at these many rows, with
+    the structure the tuner would choose there (vector/tune_ahead.py, vector/sizing.py)."""
 
 
 def parse_node(text: str) -> NodeEndpoint:

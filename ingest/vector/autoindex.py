@@ -32,6 +32,7 @@ from ingest.vector import metadata
 from ingest.vector.capacity_run import record_grid
 from ingest.vector.check import load_graphs, short_of_goal, verify_recall
 from ingest.vector.graphs import Layout, PartStats, graphs_over, plan_layout
+from ingest.vector.growth import MeasuredBuild, Projection
 from ingest.vector.index import (
     DisplayFactory,
     IndexOutcome,
@@ -53,16 +54,12 @@ from ingest.vector.index_report import (
     cache_bytes,
     cache_state,
     index_sizes,
-    projection,
+    projections,
     sample_builds,
 )
-from ingest.vector.sizing import (
-    UNBOUNDED,
-    MeasuredBuild,
-    MemoryBudget,
-    Projection,
-)
-from ingest.vector.tune import TuneReport
+from ingest.vector.sizing import UNBOUNDED, MemoryBudget
+from ingest.vector.tune import TuneReport, chosen_build
+from ingest.vector.tune_ahead import look_ahead
 from ingest.vector.tune_run import tune
 
 log = logging.getLogger(__name__)
@@ -126,6 +123,8 @@ async def plan_request(
         base = VectorIndex(req.name, req.column, dim, req.metric, req.quantization, req.m, req.ef_construction)
         return Plan(from_existing(base, existing.type_full), True, rows, None, None)
     tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout, budget)
+    if cfg.project_rows:
+        tuned = await look_ahead(sink, ref, tuned, req.metric, cfg, budget, report)
     c = tuned.choice.candidate
     chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, granularity)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)
@@ -183,9 +182,11 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
         refuse_if_too_large(plans, budget, cfg.force, report)
         if cfg.dry_run:
             for p in plans:
-                if p.tuned is not None and (proj := sample_projection(p.tuned, cfg)) is not None:
+                projected = sample_projections(p.tuned, cfg) if p.tuned is not None else []
+                for proj in projected:
                     report(f"{p.index.name}: {proj.line()}")
-                    log_.indexes.append({"name": p.index.name, "projection": proj.as_dict()})
+                if projected:
+                    log_.indexes.append({"name": p.index.name, "projections": [x.as_dict() for x in projected]})
             report("--dry-run: nothing built")
             return []
         check_reached(plans, cfg, budget)
@@ -220,9 +221,11 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
             log_.indexes.append(entry.as_dict(p.search_list))
             if p.tuned is not None:
                 log_.indexes[-1]["sample_builds"] = sample_builds(p.tuned)
-            if (proj := projection(entry.measured, cfg.project_rows, layout, cfg.max_graphs)) is not None:
+            projected = projections(entry.measured, cfg.project_rows, layout, cfg.max_graphs)
+            for proj in projected:
                 report(f"{p.index.name}: {proj.line()}")
-                log_.indexes[-1]["projection"] = proj.as_dict()
+            if projected:
+                log_.indexes[-1]["projections"] = [proj.as_dict() for proj in projected]
             outcomes.append(outcome)
         log_.total_seconds = time.monotonic() - start
         report(f"total (tuning, merge, build, check) {log_.total_seconds:.1f} s")
@@ -260,16 +263,16 @@ async def measured_entry(
     count, graph_rows = graphs
     cached = cache_bytes(before, await cache_state(sink), count)
     resident, disk = await index_sizes(sink, ref, ix.name)
-    b = p.tuned.graph_exponent if p.tuned is not None else None
-    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, resident, cpu, b)
+    b, ahead = (p.tuned.graph_exponent, p.tuned.ahead) if p.tuned is not None else (None, ())
+    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, resident, cpu, b, ahead)
     return IndexEntry(ix, built, count, resident, cached, disk)
 
 
-def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
+def sample_projections(tuned: TuneReport, cfg: TuneConfig) -> list[Projection]:
     """--dry-run --project-rows: the chosen candidate's sample build scaled (no full build to scale from)."""
-    m = next((x for x in tuned.measured if x.candidate == tuned.choice.candidate), None)
+    m = chosen_build(tuned.measured, tuned.choice)
     if m is None or not cfg.project_rows:
-        return None
+        return []
     c = m.candidate
     graph_rows = tuned.sample_graph_rows or tuned.sample_rows
     built = MeasuredBuild(
@@ -280,10 +283,11 @@ def sample_projection(tuned: TuneReport, cfg: TuneConfig) -> Projection | None:
         graph_rows,
         m.build_seconds,
         m.index_bytes,
-        None,
+        m.build_cpu_seconds,
         tuned.graph_exponent,
+        tuned.ahead,
     )
-    return projection(built, cfg.project_rows, tuned.layout, cfg.max_graphs)
+    return projections(built, cfg.project_rows, tuned.layout, cfg.max_graphs)
 
 
 BuildFn = Callable[[QueryConfig, IndexJob, IndexView], Coroutine[Any, Any, list[IndexOutcome]]]

@@ -5,11 +5,11 @@ latency measured on a sample (the tuner's grid recorded on the user's table, or 
 rate per worker and the bytes a row takes on disk. The projections reuse the project's own models, so they change
 with them: index memory is vector/sizing.resident_bytes (the RAM a loaded index holds; the vector index cache's limit
 must be set to sizing.counted_bytes, which the plan prints beside it),
-build time is vector/sizing.scale_build_seconds (Σ G^(1+b) over the graphs, b measured on the user's table's
-sample when `index --project-rows` measured it, else sizing.GRAPH_EXPONENT), per node,
+build time is vector/growth.scale_build_seconds (Σ G^(1+b) over the graphs, b measured on the user's table's
+sample when `index --project-rows` measured it, else growth.GRAPH_EXPONENT), per node,
 nodes building in parallel.
 Each node holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged
-table (sizing.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
+table (growth.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
-from ingest.vector.sizing import (
-    formula_bytes,
-    graph_exponent_of,
-    human_bytes,
-    merged_graph_rows,
-    need,
-    scale_build_seconds,
-)
+from ingest.vector.growth import graph_exponent_of, merged_graph_rows, scale_build_seconds
+from ingest.vector.sizing import formula_bytes, human_bytes, need
 from ingest.vector.tune import Candidate
 
 MEASURED_CORES = 2
@@ -63,7 +57,7 @@ class Constants:
     load_source: str = ""
     cores: int = MEASURED_CORES
     graph_exponent: float | None = None
-    """b of per-row build cost ∝ G^b as the tuner measured it on the table's sample (None: sizing.GRAPH_EXPONENT)."""
+    """b of per-row build cost ∝ G^b as the tuner measured it on the table's sample (None: growth.GRAPH_EXPONENT)."""
 
     @property
     def exponent(self) -> float:

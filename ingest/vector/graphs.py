@@ -81,6 +81,14 @@ class Layout:
         """Rows of the largest graph."""
         return self.graph.rows if self.graph is not None else max((r for r, _ in self.after), default=0)
 
+    @property
+    def rows_per_granule(self) -> int:
+        """Rows of a granule: the graph's, else the densest part's (8192, ClickHouse's default, for none)."""
+        if self.graph is not None:
+            return self.graph.rows_per_granule
+        counted = [(r, g) for r, g in self.after if g > 0]
+        return max((round(r / g) for r, g in counted), default=8192)
+
     def describe(self) -> str:
         if self.graph is not None:
             return f"graphs of {self.graph.rows:,} rows, {self.graphs} per search"

@@ -15,6 +15,7 @@ them: its bytes per cell (one per graph) times the graphs, so an index larger th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout
-from ingest.vector.sizing import MeasuredBuild, Projection, project_build
+from ingest.vector.growth import MeasuredBuild, Projection, project_build
 from ingest.vector.tune import TuneReport
 
 PHASES = ("tuning", "merge", "build", "check")
@@ -102,6 +103,7 @@ class IndexEntry:
             "cache_bytes": self.cache_bytes,
             "disk_bytes": self.disk_bytes,
             "graph_exponent": self.measured.graph_exponent,
+            "ahead": [a.as_dict() for a in self.measured.ahead],
         }
 
 
@@ -118,6 +120,7 @@ def sample_builds(tuned: TuneReport) -> list[dict[str, Any]]:
                 "m": c.m,
                 "ef_construction": c.ef_construction,
                 "build_seconds": m.build_seconds,
+                "build_cpu_seconds": m.build_cpu_seconds,
                 "sample_rows": tuned.sample_rows,
                 "sample_graph_rows": tuned.sample_graph_rows,
             },
@@ -156,14 +159,6 @@ def cache_bytes(before: CacheState, after: CacheState, graphs: int) -> int | Non
     return None
 
 
-def rows_per_granule(layout: Layout) -> int:
-    if layout.graph is not None:
-        return layout.graph.rows_per_granule
-    counted = [(r, g) for r, g in layout.after if g > 0]
-    return max((round(r / g) for r, g in counted), default=8192)
-
-
-def projection(measured: MeasuredBuild, rows: int | None, layout: Layout, max_graphs: int) -> Projection | None:
-    if not rows:
-        return None
-    return project_build(measured, rows, rows_per_granule(layout), max_graphs)
+def projections(measured: MeasuredBuild, rows: Sequence[int], layout: Layout, max_graphs: int) -> list[Projection]:
+    """One projection per --project-rows (growth.project_build), in the layout `index` would make there."""
+    return [project_build(measured, n, layout.rows_per_granule, max_graphs) for n in sorted(set(rows))]

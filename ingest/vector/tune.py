@@ -2,7 +2,7 @@
 target. Everything here is pure (the measuring is in vector/tune_run.py), so the choice is unit-tested.
 
 Projected full build time (stated in the output): a row's insert costs ∝ G^b in a graph of G rows (measured,
-vector/sizing.GRAPH_EXPONENT: HNSW's ~log G hops undercount it), and graphs of a fixed size (vector/graphs.py)
+vector/growth.GRAPH_EXPONENT: HNSW's ~log G hops undercount it), and graphs of a fixed size (vector/graphs.py)
 cost the same per row however many there are, so with graphs of G rows in the table and of g in the sample:
 
     seconds(N) ≈ seconds(n_sample) × (N / n_sample) × (G / g)^b.
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 
 from ingest.clickhouse.index_sql import FETCH_MULTIPLIER_SETTING, RESCORING_SETTING
 from ingest.vector.graphs import Layout
-from ingest.vector.sizing import graph_cost, resident_bytes
+from ingest.vector.growth import Ahead, graph_cost
+from ingest.vector.sizing import resident_bytes
 
 BUILD_MODEL = (
     "sample build s × (N/n) × (G/g)^b, G and g the rows of a graph in the table and in the sample, b the growth of "
@@ -125,7 +126,7 @@ def project_seconds(
     exponent: float | None = None,
 ) -> float:
     """Full build seconds from the sample's (graphs of all the rows unless told otherwise; b = `exponent`, else
-    sizing.GRAPH_EXPONENT)."""
+    growth.GRAPH_EXPONENT)."""
     full, sampled = graph_rows or rows, sample_graph_rows or sample_rows
     scale = rows / max(sample_rows, 1)
     if full <= sampled or sampled <= 1:
@@ -143,6 +144,13 @@ class Measured:
     index_bytes: int = 0
     latency_ms: float = 0.0
     """Mean milliseconds per search at the largest list measured (the capacity plan scales it)."""
+    build_cpu_seconds: float | None = None
+    """The engine's CPU over the build (tune_run.BuildTime), where the target says."""
+
+    @property
+    def build_cost(self) -> float:
+        """CPU seconds of the build where known, else wall: what one build is compared with another by."""
+        return self.build_cpu_seconds if self.build_cpu_seconds is not None else self.build_seconds
 
     def first_list_reaching(self, target: float) -> int | None:
         reached = [size for size, r in sorted(self.recall.items()) if r >= target]
@@ -262,8 +270,13 @@ class TuneReport:
     sample_graph_rows: int | None = None
     """Rows of a graph in the scratch table (None: one graph over the whole sample)."""
     graph_exponent: float | None = None
-    """b of per-row build cost ∝ G^b, from the chosen structure built on the sample in graphs of two sizes
-    (tune_run.graph_exponent; only where a projection was asked for)."""
+    """b of per-row build cost ∝ G^b, from the chosen structure built on samples in this table's graphs and in a
+    larger table's (vector/tune_ahead.py; only where --project-rows asked for one)."""
+    grid: tuple[Candidate, ...] = ()
+    """The candidates in the order measured (the look ahead measures them again in larger graphs)."""
+    rescoring: bool = True
+    ahead: tuple[Ahead, ...] = ()
+    """What the tuner would choose at each --project-rows (vector/tune_ahead.py)."""
 
     def rows_for_print(self) -> list[GridRow]:
         return [

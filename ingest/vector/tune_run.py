@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,11 +20,11 @@ from ingest.clickhouse.index_sql import (
     RESCORING_SETTING,
     create_scratch_sql,
     drop_table_sql,
+    engine_cpu_sql,
     exact_top_ids_sql,
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
-    part_stats_sql,
     query_setting_exists_sql,
     scratch_ref,
     tune_queries_sql,
@@ -41,8 +42,8 @@ from ingest.core.config import TuneConfig
 from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
-from ingest.vector.graphs import Layout, plan_sample
-from ingest.vector.sizing import FORMULA, UNBOUNDED, MemoryBudget, fit_graph_exponent, need, resident_bytes
+from ingest.vector.graphs import GraphSize, Layout, plan_sample
+from ingest.vector.sizing import FORMULA, UNBOUNDED, MemoryBudget, need, resident_bytes
 from ingest.vector.tune import (
     LOSSY,
     PLATEAU,
@@ -51,7 +52,6 @@ from ingest.vector.tune import (
     TuneReport,
     by_memory,
     ceilinged,
-    chosen_build,
     chunks_under,
     decide,
     default_grid,
@@ -132,45 +132,75 @@ async def sweep_lists(
     return recall, ms
 
 
-async def timed_build(sink: Sink, scratch: TableRef, index: VectorIndex) -> float:
-    """Wall seconds of building `index` on the scratch table (replacing the one there); the caller drops it."""
+@dataclass(frozen=True, slots=True)
+class BuildTime:
+    seconds: float
+    cpu_seconds: float | None
+    """The engine's CPU over the build (system.events: the threads ClickHouse accounts, 0.85–0.89 of what chdb's
+    process used in a build), None where the target does not say. Wall time on two shared cores swings with
+    whatever else runs and with how many graphs build at once; a ratio of builds is read in CPU."""
+
+    @property
+    def cost(self) -> float:
+        return self.cpu_seconds if self.cpu_seconds is not None else self.seconds
+
+
+async def engine_cpu(sink: Sink) -> float | None:
+    rows = await sink.query(engine_cpu_sql())
+    return float(rows[0]["us"]) / 1e6 if rows and rows[0]["us"] is not None else None
+
+
+async def timed_build(sink: Sink, scratch: TableRef, index: VectorIndex) -> BuildTime:
+    """Wall and engine CPU seconds of building `index` on the scratch table (replacing the one there); the
+    caller drops it."""
     await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
     await sink.execute(add_index_sql(scratch, index))
+    cpu = await engine_cpu(sink)
     start = time.perf_counter()
     await sink.execute(materialize_index_sql(scratch, SCRATCH_INDEX), {"mutations_sync": 2})
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = await engine_cpu(sink)
+    return BuildTime(seconds, None if cpu is None or after is None else max(0.0, after - cpu))
 
 
-async def measure_candidate(
-    sink: Sink,
-    scratch: TableRef,
-    dim: int,
-    metric: str,
-    build: Candidate,
-    queries: Sequence[str],
-    truth: Sequence[list[int]],
-    lists: Sequence[int],
-    target: float,
-    granules: int | None = None,
-    rescoring: bool = True,
-) -> list[Measured]:
-    """Build one candidate on the scratch table (graphs of `granules` granules; None: one) and measure each of
-    its search variants (tune.variants: plain, rescored over more candidates), cheapest query first, up to the
-    first that reaches `target`."""
-    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, build.quantization, build.m, build.ef_construction, granules)
+def sample_index(on: OnSample, build: Candidate) -> VectorIndex:
+    g = on.spec.graph
+    return VectorIndex(
+        SCRATCH_INDEX,
+        "v",
+        on.spec.dim,
+        on.spec.metric,
+        build.quantization,
+        build.m,
+        build.ef_construction,
+        g.granules if g else None,
+    )
+
+
+async def measure_candidate(on: OnSample, build: Candidate, target: float) -> list[Measured]:
+    """Build one candidate on the sample (in its graphs) and measure each of its search variants (tune.variants:
+    plain, rescored over more candidates), cheapest query first, up to the first that reaches `target`."""
     out: list[Measured] = []
     try:
-        seconds = await timed_build(sink, scratch, index)
-        rows = await sink.query(index_bytes_sql(scratch, SCRATCH_INDEX))
+        took = await timed_build(on.sink, on.scratch, sample_index(on, build))
+        rows = await on.sink.query(index_bytes_sql(on.scratch, SCRATCH_INDEX))
         size_bytes = int(rows[0]["b"]) if rows else 0
-        for cand in variants(build, rescoring):
-            recall, ms = await sweep_lists(sink, queries, truth, lists, cand, target)
-            out.append(Measured(cand, seconds, recall, size_bytes, ms))
+        for cand in variants(build, on.rescoring):
+            recall, ms = await sweep_lists(on.sink, on.queries, on.truth, on.lists, cand, target)
+            out.append(Measured(cand, took.seconds, recall, size_bytes, ms, took.cpu_seconds))
             if max(recall.values(), default=0.0) >= target:
                 break
     finally:
-        await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
+        await on.sink.execute(drop_index_sql(on.scratch, SCRATCH_INDEX))
     return out
+
+
+async def build_cost(on: OnSample, build: Candidate) -> BuildTime:
+    """Build one candidate on the sample only for its cost (no recall), then drop it."""
+    try:
+        return await timed_build(on.sink, on.scratch, sample_index(on, build))
+    finally:
+        await on.sink.execute(drop_index_sql(on.scratch, SCRATCH_INDEX))
 
 
 async def tune(
@@ -235,51 +265,15 @@ async def tune(
         )
     todo = grid if ranked else fitting
     started = time.perf_counter()
-    await sink.execute(drop_table_sql(scratch))
-    await sink.execute(create_scratch_sql(scratch, graph.rows_per_granule if graph else None))
-    measured: list[Measured] = []
-    skipped: list[Candidate] = []
     try:
-        await sink.execute(fill_scratch_sql(scratch, ref, column, rows, sample, queries_n, cfg.seed))
-        qrows = await sink.query(tune_queries_sql(ref, column, rows, sample, queries_n, cfg.seed))
-        literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in qrows]
-        queries = [ids_search_sql(scratch, "v", metric, lit, K) for lit in literals]
-        truth = await exact_top_ids(sink, scratch, "v", metric, literals, K)
+        spec = SampleSpec(rows, sample, queries_n, graph, dim, metric)
+        on = await fill_sample(sink, ref, column, spec, cfg.seed, lists, rescoring)
         report(
-            f"{column}: sampled {sample:,} of {rows:,} rows and {len(queries)} query rows with their exact "
+            f"{column}: sampled {sample:,} of {rows:,} rows and {len(on.queries)} query rows with their exact "
             f"neighbours in {time.perf_counter() - started:.1f} s; measuring the grid"
         )
-        for i, build in enumerate(todo):
-            ceiling = ceilinged(measured, cfg.recall_target)
-            if all((v.quantization, v.fetch_multiplier) in ceiling for v in variants(build, rescoring)):
-                skipped.append(build)
-                continue
-            got = await measure_candidate(
-                sink,
-                scratch,
-                dim,
-                metric,
-                build,
-                queries,
-                truth,
-                lists,
-                cfg.recall_target,
-                graph.granules if graph else None,
-                rescoring,
-            )
-            measured.extend(got)
-            log.debug("%s: build %.1f s, recall %s", build.label(), got[0].build_seconds, [m.recall for m in got])
-            reached = [j for j, m in enumerate(measured) if m.first_list_reaching(cfg.recall_target) is not None]
-            late = reached and len({m.candidate.build() for m in measured[reached[0] :]}) > MORE_AFTER_REACHING
-            if any(should_stop(m, cfg.recall_target) for m in got) or late:
-                skipped.extend(todo[i + 1 :])
-                break
+        measured, skipped = await measure_grid(on, todo, cfg.recall_target)
         choice = decide(measured, fits, memory, ranked, cfg.recall_target)
-        exponent = None
-        if cfg.project_rows and (chosen := chosen_build(measured, choice)) is not None:
-            exponent = await graph_exponent(sink, scratch, dim, metric, chosen, graph.granules if graph else None)
-            said = "not measurable (too few granules, or a timing that says nothing)" if exponent is None else None
-            notes.append(f"per-row build cost ∝ G^b in graphs of G rows: b = {said or f'{exponent:.2f}'}")
     finally:
         with contextlib.suppress(TargetError):
             await sink.execute(drop_table_sql(scratch))
@@ -294,7 +288,7 @@ async def tune(
         rows,
         dim,
         sample,
-        len(queries),
+        len(on.queries),
         cfg.recall_target,
         lists,
         tuple(measured),
@@ -303,31 +297,79 @@ async def tune(
         tuple(skipped),
         tuple(notes),
         graph.rows if graph else None,
-        exponent,
+        grid=tuple(todo),
+        rescoring=rescoring,
     )
 
 
-EXPONENT_SPLIT = 4
-"""To measure b, the chosen structure is built again on the sample in graphs 1/EXPONENT_SPLIT the size."""
+@dataclass(frozen=True, slots=True)
+class SampleSpec:
+    """A tuning sample of a table of `table_rows`: its rows, its query rows (not among them), its graphs (None:
+    one), the column's shape."""
+
+    table_rows: int
+    rows: int
+    queries: int
+    graph: GraphSize | None
+    dim: int
+    metric: str
 
 
-async def graph_exponent(
-    sink: Sink, scratch: TableRef, dim: int, metric: str, chosen: Measured, granules: int | None
-) -> float | None:
-    """b of per-row build cost ∝ G^b on this table's rows: the chosen structure, built by the grid in graphs of
-    `granules` index granules (None: one graph over the sample), built again on the same rows in graphs a quarter
-    that size. b is a property of the data (how hard a neighbour is to find among more rows), so it is measured
-    here rather than assumed (sizing.GRAPH_EXPONENT when it is not)."""
-    if granules is None:
-        rows = await sink.query(part_stats_sql(scratch))
-        granules = sum(int(r["granules"]) for r in rows)
-    small = granules // EXPONENT_SPLIT
-    if small < 1:
-        return None
-    c = chosen.candidate.build()
-    index = VectorIndex(SCRATCH_INDEX, "v", dim, metric, c.quantization, c.m, c.ef_construction, small)
-    try:
-        seconds = await timed_build(sink, scratch, index)
-    finally:
-        await sink.execute(drop_index_sql(scratch, SCRATCH_INDEX))
-    return fit_graph_exponent(chosen.build_seconds, granules, seconds, small)
+@dataclass(frozen=True, slots=True)
+class OnSample:
+    """A filled scratch table and what every candidate is measured with on it."""
+
+    sink: Sink
+    scratch: TableRef
+    spec: SampleSpec
+    queries: list[str]
+    truth: list[list[int]]
+    lists: tuple[int, ...]
+    rescoring: bool
+
+
+async def fill_sample(
+    sink: Sink,
+    ref: TableRef,
+    column: str,
+    spec: SampleSpec,
+    seed: int,
+    lists: Sequence[int] = (),
+    rescoring: bool = True,
+) -> OnSample:
+    """(Re)create the scratch table, copy a seeded sample of `ref` into it in one part, and take the query rows and
+    their exact top-10. The caller drops the scratch table."""
+    scratch = scratch_ref(ref)
+    g = spec.graph
+    await sink.execute(drop_table_sql(scratch))
+    await sink.execute(create_scratch_sql(scratch, g.rows_per_granule if g else None))
+    n = spec.table_rows
+    await sink.execute(fill_scratch_sql(scratch, ref, column, n, spec.rows, spec.queries, seed))
+    qrows = await sink.query(tune_queries_sql(ref, column, n, spec.rows, spec.queries, seed))
+    literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in qrows]
+    queries = [ids_search_sql(scratch, "v", spec.metric, lit, K) for lit in literals]
+    truth = await exact_top_ids(sink, scratch, "v", spec.metric, literals, K)
+    return OnSample(sink, scratch, spec, queries, truth, tuple(sorted(lists)), rescoring)
+
+
+async def measure_grid(
+    on: OnSample, todo: Sequence[Candidate], target: float
+) -> tuple[list[Measured], list[Candidate]]:
+    """Build and measure the candidates in order, skipping quantizations that plateaued below the target and
+    stopping early (tune.should_stop, MORE_AFTER_REACHING): (measured, skipped)."""
+    measured: list[Measured] = []
+    skipped: list[Candidate] = []
+    for i, build in enumerate(todo):
+        ceiling = ceilinged(measured, target)
+        if all((v.quantization, v.fetch_multiplier) in ceiling for v in variants(build, on.rescoring)):
+            skipped.append(build)
+            continue
+        got = await measure_candidate(on, build, target)
+        measured.extend(got)
+        log.debug("%s: build %.1f s, recall %s", build.label(), got[0].build_seconds, [m.recall for m in got])
+        reached = [j for j, m in enumerate(measured) if m.first_list_reaching(target) is not None]
+        late = reached and len({m.candidate.build() for m in measured[reached[0] :]}) > MORE_AFTER_REACHING
+        if any(should_stop(m, target) for m in got) or late:
+            skipped.extend(todo[i + 1 :])
+            break
+    return measured, skipped

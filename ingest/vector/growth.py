@@ -1,0 +1,257 @@
+"""How build time and index memory grow from a table measured here to a larger one: pure arithmetic, no I/O.
+
+Per-row build cost grows with the rows of the graph a row is inserted into (∝ G^b); memory is per row. A
+projection scales an index built on this table (MeasuredBuild) to a larger table laid out as `index` would lay it
+out, with the structure the tuner would choose there (Ahead, vector/tune_ahead.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
+
+# ---- growth: a larger table projected from a build measured on this one ---------------------------------------
+
+GRAPH_EXPONENT = 0.32
+"""Per-row build cost ∝ G^b in graphs of G rows, where no build on the table measured b (tune_run.graph_exponent).
+Measured here (26.9 in chdb, bf16 M=12 ef_c=24, 512-d, one graph of G rows on 2 cores, CPU per row at G = 15,625
+… 250,000, bench/graph_cost.py, 3 rounds): b = 0.33 clustered, 0.27 noisy, 0.34 offset end to end (0.17–0.40 per
+doubling). HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a larger graph misses more
+cache, and within a cluster the rows are as hard as random ones. ln G predicted 1.29× from 15,625 to 250,000
+where 2.10–2.54× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured,
+by G^b (b measured on the 1M table's sample) 1.02. Real sentence embeddings grow less: all-MiniLM-L6-v2 vectors
+(384-d) of 250,000 distinct lines of Debian's documentation read b = 0.07 (M=12 ef_c=24) and 0.12 (M=16 ef_c=32)
+where the clustered synthetic rows read 0.29 and 0.42 in the same run (2 rounds), so the default projects builds on
+the long side; b also grows with M and ef_construction, which is why the tuner measures it on the chosen one."""
+GRAPH_EXPONENT_SOURCE = (
+    "the default, measured here on synthetic graphs of 15,625–250,000 rows (bench/graph_cost.py; real MiniLM "
+    "sentence embeddings grew less, b 0.07–0.12: builds projected on the long side)"
+)
+
+
+def graph_exponent_of(measured: float | None) -> tuple[float, str]:
+    """b and where it came from: measured on the table's sample (the tuner, --project-rows), else the default."""
+    if measured is None:
+        return GRAPH_EXPONENT, GRAPH_EXPONENT_SOURCE
+    return measured, "measured on this table's sample"
+
+
+BUILD_GROWTH = (
+    "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
+    f"table's sample in graphs of two sizes, else {GRAPH_EXPONENT:g}); "
+    "wall = that CPU ÷ the cores the measured build used (its CPU s ÷ its wall s)"
+)
+MEMORY_GROWTH = (
+    "resident bytes of the loaded index at n rows × N/n (vectors and links are per row; the cache's own count "
+    "rounds up to usearch's arenas and is not)"
+)
+
+
+def graph_cost(graph_rows_then: int, graph_rows: int, exponent: float | None = None) -> float:
+    """Per-row build cost in graphs of `graph_rows_then` over that in graphs of `graph_rows`: (G'/G)^b."""
+    b = GRAPH_EXPONENT if exponent is None else exponent
+    return float((max(graph_rows_then, 1) / max(graph_rows, 1)) ** b)
+
+
+def build_work(rows: int, graph_rows: int, exponent: float | None = None) -> float:
+    """Σ over the graphs of G^(1+b): `rows` cut into graphs of `graph_rows` (the last one holds the rest); a
+    row's insert costs ∝ G^b in its graph of G rows, so CPU grows with this."""
+    b = GRAPH_EXPONENT if exponent is None else exponent
+    g = max(1, min(graph_rows, rows))
+    full, rest = divmod(max(rows, 0), g)
+    return float(full * g ** (1 + b) + rest ** (1 + b))
+
+
+def scale_build_seconds(
+    seconds: float, rows: int, graph_rows: int, rows_then: int, graph_rows_then: int, exponent: float | None = None
+) -> float:
+    """Build seconds over `rows_then` rows in graphs of `graph_rows_then`, from `seconds` measured over `rows` in
+    graphs of `graph_rows`, by build_work (the same cores at both sizes)."""
+    work_then = build_work(rows_then, graph_rows_then, exponent)
+    return seconds * work_then / max(build_work(rows, graph_rows, exponent), 1e-9)
+
+
+MIN_FIT_SECONDS = 3.0
+"""A build shorter than this times its overheads, not its graphs (a mutation takes ~1 s however small: a 20,000-row
+sample built in 1.0 s in graphs of 1,265 rows and in 1.0 s in graphs a quarter that size)."""
+
+
+MIN_FIT_SPAN = 1.5
+"""Graphs closer in size than this say too little about b (the look ahead from 1M to 2M rows spans 2×)."""
+
+
+def fit_graph_exponent(seconds: float, graph_rows: int, small_seconds: float, small_graph_rows: int) -> float | None:
+    """b of per-row cost ∝ G^b from the same rows built in graphs of two sizes (None when they are too close, or
+    a build too short to say); kept within [0, 1]: below, a build cheaper per row in larger graphs, above, costlier
+    than quadratic, are timing noise, not HNSW."""
+    if min(seconds, small_seconds) < MIN_FIT_SECONDS or graph_rows < MIN_FIT_SPAN * small_graph_rows:
+        return None
+    b = math.log(seconds / small_seconds) / math.log(graph_rows / small_graph_rows)
+    return min(1.0, max(0.0, b))
+
+
+def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
+    """(rows of a graph, graphs) of `rows` merged into one part and cut into at most `max_graphs` graphs, as
+    `index` lays out a table of more parts than --max-graphs (vector/graphs.py)."""
+    per = max(1, rows_per_granule)
+    granules = max(1, math.ceil(rows / per))
+    per_graph = max(1, math.ceil(granules / max(1, max_graphs)))
+    return min(rows, per_graph * per), math.ceil(granules / per_graph)
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """What the tuner measured for a table of `rows` rows (`index --project-rows`), on this table's own rows laid
+    out in that table's graphs (as many of them as the sample holds): the structure it would choose there, and
+    that structure's build CPU over the built one's on the same sample. A larger table's graphs are larger and
+    recall less at the same structure, so the tuner there chooses a heavier one (1M synthetic rows chose M=12
+    ef_c=24, 2M and 4M M=16 ef_c=32, 1.43× the build CPU): a projection of the structure built here misses that."""
+
+    rows: int
+    quantization: str
+    m: int
+    ef_construction: int
+    cost: float
+    """Build CPU of the structure chosen there over the structure built here, both on the sample in that
+    table's graphs (1.0: the same structure)."""
+    sample_graph_rows: int
+    same: bool
+    """The structure chosen there is the one built here."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.quantization} M={self.m} ef_c={self.ef_construction}"
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return {
+            "rows": self.rows,
+            "quantization": self.quantization,
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "cost": self.cost,
+            "sample_graph_rows": self.sample_graph_rows,
+            "same": self.same,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredBuild:
+    """One index built on this table: what the projection scales from."""
+
+    rows: int
+    dim: int
+    quantization: str
+    m: int
+    graph_rows: int
+    build_seconds: float
+    index_bytes: int | None
+    """The index as ClickHouse reports it: its uncompressed bytes, what a loaded graph holds resident."""
+    build_cpu_seconds: float | None = None
+    """CPU of the build where it is known (chdb: the engine runs in our process; a server's is not ours to read)."""
+    graph_exponent: float | None = None
+    """b of per-row build cost ∝ G^b, measured on this table's sample (None: GRAPH_EXPONENT)."""
+    ahead: tuple[Ahead, ...] = ()
+    """The tuner's choice at each --project-rows, where it measured one."""
+
+    def ahead_at(self, rows: int) -> Ahead | None:
+        return next((a for a in self.ahead if a.rows == rows), None)
+
+    @property
+    def cores_used(self) -> float | None:
+        """CPU seconds per wall second of the build: the cores it had (fewer on a loaded machine)."""
+        if not self.build_cpu_seconds or self.build_seconds <= 0:
+            return None
+        return self.build_cpu_seconds / self.build_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    rows: int
+    graph_rows: int
+    graphs: int
+    build_seconds: float
+    index_bytes: int
+    formula_bytes: int
+    """The documented formula, before any margin."""
+    measured_from: MeasuredBuild
+    build_cpu_seconds: float | None = None
+    ahead: Ahead | None = None
+    """The structure the tuner would choose at `rows` when it differs from the one built (None: the same)."""
+
+    def line(self) -> str:
+        f = self.measured_from
+        cpu = (
+            ""
+            if self.build_cpu_seconds is None or f.cores_used is None
+            else f" ({self.build_cpu_seconds:.0f} CPU s on the {f.cores_used:.2f} cores the measured build used)"
+        )
+        a = self.ahead
+        chosen = (
+            ""
+            if a is None
+            else f" of {a.label}, what the tuner chooses there on this table's rows in graphs of "
+            f"{a.sample_graph_rows:,} (× {a.cost:.2f} the build CPU of the structure built here)"
+        )
+        return (
+            f"projected at {self.rows:,} rows ({self.graphs} graphs of {self.graph_rows:,}{chosen}): build "
+            f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
+            f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
+            f"{f.graph_rows:,}; per-row build cost ∝ G^{self.exponent:.2f}, {self.exponent_source}; the documented "
+            f"formula says {human_bytes(self.formula_bytes)})"
+        )
+
+    @property
+    def exponent(self) -> float:
+        return graph_exponent_of(self.measured_from.graph_exponent)[0]
+
+    @property
+    def exponent_source(self) -> str:
+        return graph_exponent_of(self.measured_from.graph_exponent)[1]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rows": self.rows,
+            "graph_rows": self.graph_rows,
+            "graphs": self.graphs,
+            "build_seconds": self.build_seconds,
+            "index_bytes": self.index_bytes,
+            "formula_bytes": self.formula_bytes,
+            "build_cpu_seconds": self.build_cpu_seconds,
+            "cores_used": self.measured_from.cores_used,
+            "graph_exponent": self.exponent,
+            "graph_exponent_measured": self.measured_from.graph_exponent is not None,
+            "structure": None if self.ahead is None else self.ahead.as_dict(),
+        }
+
+
+def project_build(
+    measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int, structure: bool = True
+) -> Projection:
+    """Build seconds and index memory at `rows`, laid out as `index` would lay them out, from a measured build:
+    CPU by build_work at the measured b, × the structure the tuner chose for `rows` over the one built (Ahead;
+    `structure=False`: the built structure's own growth), wall = that CPU ÷ the cores the measured build used
+    (the wall scaled alike when its CPU is unknown), memory = the measured bytes per row × rows (× that
+    structure's sized bytes over the built one's). `index --project-rows` and bench/growth_report.py both call
+    this."""
+    graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
+    ahead = measured.ahead_at(rows) if structure else None
+    ahead = None if ahead is None or ahead.same else ahead
+    q, m = (ahead.quantization, ahead.m) if ahead is not None else (measured.quantization, measured.m)
+    formula = formula_bytes(rows, measured.dim, q, m)
+    per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
+    if ahead is not None and measured.index_bytes:
+        per_row *= resident_bytes(rows, measured.dim, q, m) / resident_bytes(
+            rows, measured.dim, measured.quantization, measured.m
+        )
+    b = measured.graph_exponent
+    work = build_work(rows, graph_rows, b) / max(build_work(measured.rows, measured.graph_rows, b), 1e-9)
+    work *= ahead.cost if ahead is not None else 1.0
+    cores = measured.cores_used
+    if measured.build_cpu_seconds is not None and cores is not None:
+        cpu_then: float | None = measured.build_cpu_seconds * work
+        seconds = measured.build_cpu_seconds * work / cores
+    else:
+        cpu_then, seconds = None, measured.build_seconds * work
+    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead)

@@ -1,0 +1,139 @@
+"""`index --project-rows N`: what the tuner would choose for a table of N rows, measured on this table's rows.
+
+A larger table is cut into larger graphs (at most --max-graphs of them), and a larger graph both builds dearer per
+row and recalls less at the same structure, so the tuner there chooses a heavier structure. The growth ladder
+showed both: 1M synthetic rows in graphs of 62,720 chose bf16 M=12 ef_c=24; 2M (graphs of 125,184) and 4M
+(237,760) chose M=16 ef_c=32, whose build took 1.43× the CPU of M=12 ef_c=24 at 4M, and a projection that
+scaled the 1M build by one exponent read 0.50–0.62 of the builds measured (bench/growth.py).
+
+So the grid runs again on a sample of this table laid out in the N-row table's graphs (as large as the sample
+allows, tune.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), in CPU seconds (tune_run.BuildTime):
+
+- its choice there, and that structure's build CPU over the structure built here on the same sample (`cost`);
+- b of per-row build cost ∝ G^b, from the structure built here: per row in the N-row sample's graphs over per
+  row in this table's graphs (the range the projection spans, not a quarter of it extrapolated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from ingest.clickhouse.index_sql import drop_table_sql, scratch_ref
+from ingest.core.config import TuneConfig
+from ingest.core.errors import TargetError
+from ingest.core.ids import TableRef
+from ingest.sinks.base import Sink
+from ingest.vector.graphs import GraphSize, plan_sample
+from ingest.vector.growth import Ahead, fit_graph_exponent, merged_graph_rows
+from ingest.vector.sizing import MemoryBudget, need, resident_bytes
+from ingest.vector.tune import Candidate, Measured, TuneReport, chosen_build, decide
+from ingest.vector.tune_run import SampleSpec, build_cost, fill_sample, measure_grid
+
+
+def graph_at(rows: int, rows_per_granule: int, max_graphs: int) -> GraphSize:
+    """The graphs `index` would cut a table of `rows` into (merged, at most `max_graphs` of them)."""
+    graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
+    return GraphSize(max(1, graph_rows // max(1, rows_per_granule)), max(1, rows_per_granule), graphs)
+
+
+async def look_ahead(
+    sink: Sink,
+    ref: TableRef,
+    tuned: TuneReport,
+    metric: str,
+    cfg: TuneConfig,
+    budget: MemoryBudget,
+    report: Callable[[str], None],
+) -> TuneReport:
+    """The tuned report with what the grid chooses at each --project-rows above the table's rows (Ahead) and b
+    from the largest of them."""
+    aheads: list[Ahead] = []
+    notes: list[str] = []
+    b = tuned.graph_exponent
+    for rows in sorted({n for n in cfg.project_rows if n > tuned.rows}):
+        started = time.perf_counter()
+        got, exponent, note = await ahead_at(sink, ref, tuned, metric, cfg, budget, rows, report)
+        notes.append(f"{note} ({time.perf_counter() - started:.1f} s)")
+        if got is not None:
+            aheads.append(got)
+        b = exponent if exponent is not None else b
+    return replace(tuned, ahead=tuple(aheads), graph_exponent=b, notes=tuned.notes + tuple(notes))
+
+
+async def ahead_at(
+    sink: Sink,
+    ref: TableRef,
+    tuned: TuneReport,
+    metric: str,
+    cfg: TuneConfig,
+    budget: MemoryBudget,
+    rows: int,
+    report: Callable[[str], None],
+) -> tuple[Ahead | None, float | None, str]:
+    """(what the tuner chooses at `rows`, b, a line saying so) on a sample in that table's graphs."""
+    here = chosen_build(tuned.measured, tuned.choice)
+    graph = graph_at(rows, tuned.layout.rows_per_granule, cfg.max_graphs)
+    planned = plan_sample(graph, cfg.sample_rows, tuned.rows - tuned.queries)
+    there_rows = planned.graph.rows if planned.graph is not None else planned.rows
+    here_rows = tuned.sample_graph_rows or tuned.sample_rows
+    if here is None or there_rows < 1.5 * here_rows:
+        return (
+            None,
+            None,
+            (
+                f"at {rows:,} rows (graphs of {graph.rows:,}): not looked ahead, this table's sample cannot hold "
+                f"graphs much larger than its own {here_rows:,} rows (the projection scales the structure built here)"
+            ),
+        )
+
+    def memory(c: Candidate) -> int:
+        return resident_bytes(rows, tuned.dim, c.quantization, c.m)
+
+    def fits(c: Candidate) -> bool:
+        return budget.fits(need(rows, tuned.dim, c.quantization, c.m))
+
+    ranked = cfg.max_memory is not None
+    todo = list(tuned.grid) if ranked else [c for c in tuned.grid if fits(c)]
+    if not todo:
+        return None, None, f"at {rows:,} rows: no structure in the grid fits {budget.describe()}"
+    report(
+        f"{tuned.column}: looking ahead to {rows:,} rows: the grid again on {planned.rows:,} rows in graphs of "
+        f"{there_rows:,} (that table's graphs hold {graph.rows:,})"
+    )
+    spec = SampleSpec(tuned.rows, planned.rows, tuned.queries, planned.graph, tuned.dim, metric)
+    try:
+        on = await fill_sample(sink, ref, tuned.column, spec, cfg.seed, tuned.search_lists, tuned.rescoring)
+        measured, _ = await measure_grid(on, todo, cfg.recall_target)
+        choice = decide(measured, fits, memory, ranked, cfg.recall_target)
+        base = chosen_build(measured, tuned.choice)
+        base_cost = base.build_cost if base is not None else (await build_cost(on, tuned.choice.candidate)).cost
+    finally:
+        with contextlib.suppress(TargetError):
+            await sink.execute(drop_table_sql(scratch_ref(ref)))
+    there = chosen_build(measured, choice)
+    c = choice.candidate.build()
+    cost = there.build_cost / base_cost if there is not None and base_cost > 0 else 1.0
+    same = c == tuned.choice.candidate.build()
+    b = per_row_exponent(here, tuned.sample_rows, here_rows, base_cost, planned.rows, there_rows)
+    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, 1.0 if same else cost, there_rows, same)
+    said = "the same structure" if same else f"{ahead.label}, × {cost:.2f} the build CPU of {here.candidate.label()}"
+    return (
+        ahead,
+        b,
+        (
+            f"at {rows:,} rows (graphs of {graph.rows:,}; sampled in graphs of {there_rows:,}): the grid chooses {said}"
+            f"{'' if choice.reached else ' (none reached the target there)'}; per-row build cost ∝ G^b from graphs of "
+            f"{here_rows:,} to {there_rows:,}: b = {'not measurable' if b is None else f'{b:.2f}'}"
+        ),
+    )
+
+
+def per_row_exponent(
+    here: Measured, here_sample: int, here_graph: int, there_cost: float, there_sample: int, there_graph: int
+) -> float | None:
+    """b from one structure's build cost per row on two samples of the same table in graphs of two sizes."""
+    per_row_here = here.build_cost / max(1, here_sample)
+    return fit_graph_exponent(there_cost, there_graph, per_row_here * there_sample, here_graph)

@@ -144,6 +144,9 @@ def test_plan_json_names_the_choice_and_its_candidates() -> None:
     lines = [ln for ln in slow.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: nothing builds within 0.5 h on up to 8 node(s)"), lines
     assert "too slow" in slow.stdout
+    zero = cli("plan", "--rows", "400000000", "--max-build-hours", "0")  # no build takes no time: a usage error
+    assert zero.returncode == 2 and "Traceback" not in zero.stderr and "--max-build-hours" in zero.stderr
+    assert "0<x" in zero.stderr.replace(" ", "") or "greater than 0" in zero.stderr, zero.stderr
 
 
 def test_plan_that_cannot_fit_is_refused_in_one_line_naming_the_hardware() -> None:

@@ -94,8 +94,15 @@ def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory(
     assert p.formula_bytes == formula_bytes(4_000_000, 512, "bf16", 16)
     assert "of bf16 M=16 ef_c=32, what the tuner chooses there" in p.line() and "× 1.40" in p.line()
     assert p.as_dict()["structure"] == ahead.as_dict() and plain.as_dict()["structure"] is None
-    # another size: no look ahead there, the built structure's growth
-    assert project_build(built, 2_000_000, 2500, 16).ahead is None
+    # another size: no look ahead there, the built structure's growth at the table's b
+    two = project_build(built, 2_000_000, 2500, 16)
+    assert two.ahead is None and two.exponent == 0.3
+    # each size looked ahead to scales by the b measured up to its own graphs (b grows with G)
+    own_b = replace(ahead, rows=2_000_000, graph_exponent=0.1)
+    near = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (ahead, own_b))
+    work = build_work(2_000_000, 125_000, 0.1) / build_work(1_000_000, 62_500, 0.1)
+    assert project_build(near, 2_000_000, 2500, 16).build_cpu_seconds == pytest.approx(150.0 * work * 1.4)
+    assert "G^0.10, measured" in project_build(near, 2_000_000, 2500, 16).line()
     # the same structure chosen there: no factor, nothing said
     same = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (replace(ahead, same=True),))
     assert project_build(same, 4_000_000, 2500, 16).ahead is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import click
 import orjson
 import typer
 from rich.console import Console
@@ -116,7 +117,12 @@ def plan_command(
         int, typer.Option("--max-graphs", min=1, help="Most HNSW graphs a search visits per node")
     ] = 16,
     max_build_hours: Annotated[
-        float | None, typer.Option("--max-build-hours", min=0.0, help="Longest index build to plan for, e.g. 48")
+        float | None,
+        typer.Option(
+            "--max-build-hours",
+            click_type=click.FloatRange(min=0.0, min_open=True),
+            help="Longest index build to plan for, e.g. 48",
+        ),
     ] = None,
     target: Annotated[
         str | None, typer.Option("--target", "-t", help="Measure from this target's tuned table (else defaults)")

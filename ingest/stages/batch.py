@@ -19,8 +19,9 @@ def batch_schema(dim: int) -> pa.Schema:
 
 
 def _vectors(block: np.ndarray) -> pa.FixedSizeListArray:
-    """float16 widened exactly (npy.widen); float32 passes through without a copy."""
-    flat = np.ascontiguousarray(widen(block)).reshape(-1)
+    """float16 widened exactly (npy.widen, which returns a C-contiguous array); float32 passes through without a
+    copy."""
+    flat = widen(block).reshape(-1)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), block.shape[1])
 
 

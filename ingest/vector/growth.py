@@ -119,12 +119,15 @@ class Ahead:
     sample_graph_rows: int
     same: bool
     """The structure chosen there is the one built here."""
+    graph_exponent: float | None = None
+    """b from graphs of this table's size to that sample's (None: not measurable): each size its own, b grows with
+    G (clustered rows read 0.13 from 62,720 to 125,184 rows and 0.25 to 200,000 on one 1M table)."""
 
     @property
     def label(self) -> str:
         return f"{self.quantization} M={self.m} ef_c={self.ef_construction}"
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return {
             "rows": self.rows,
             "quantization": self.quantization,
@@ -133,6 +136,7 @@ class Ahead:
             "cost": self.cost,
             "sample_graph_rows": self.sample_graph_rows,
             "same": self.same,
+            "graph_exponent": self.graph_exponent,
         }
 
 
@@ -179,6 +183,8 @@ class Projection:
     build_cpu_seconds: float | None = None
     ahead: Ahead | None = None
     """The structure the tuner would choose at `rows` when it differs from the one built (None: the same)."""
+    graph_exponent: float | None = None
+    """The b it scaled by: measured looking ahead to `rows`, else on the table's sample, else None (the default)."""
 
     def line(self) -> str:
         f = self.measured_from
@@ -204,11 +210,11 @@ class Projection:
 
     @property
     def exponent(self) -> float:
-        return graph_exponent_of(self.measured_from.graph_exponent)[0]
+        return graph_exponent_of(self.graph_exponent)[0]
 
     @property
     def exponent_source(self) -> str:
-        return graph_exponent_of(self.measured_from.graph_exponent)[1]
+        return graph_exponent_of(self.graph_exponent)[1]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -221,7 +227,7 @@ class Projection:
             "build_cpu_seconds": self.build_cpu_seconds,
             "cores_used": self.measured_from.cores_used,
             "graph_exponent": self.exponent,
-            "graph_exponent_measured": self.measured_from.graph_exponent is not None,
+            "graph_exponent_measured": self.graph_exponent is not None,
             "structure": None if self.ahead is None else self.ahead.as_dict(),
         }
 
@@ -236,8 +242,8 @@ def project_build(
     structure's sized bytes over the built one's). `index --project-rows` and bench/growth_report.py both call
     this."""
     graph_rows, graphs = merged_graph_rows(rows, rows_per_granule, max_graphs)
-    ahead = measured.ahead_at(rows) if structure else None
-    ahead = None if ahead is None or ahead.same else ahead
+    looked = measured.ahead_at(rows)
+    ahead = looked if structure and looked is not None and not looked.same else None
     q, m = (ahead.quantization, ahead.m) if ahead is not None else (measured.quantization, measured.m)
     formula = formula_bytes(rows, measured.dim, q, m)
     per_row = measured.index_bytes / measured.rows if measured.index_bytes else formula / max(rows, 1)
@@ -245,7 +251,7 @@ def project_build(
         per_row *= resident_bytes(rows, measured.dim, q, m) / resident_bytes(
             rows, measured.dim, measured.quantization, measured.m
         )
-    b = measured.graph_exponent
+    b = looked.graph_exponent if looked is not None and looked.graph_exponent is not None else measured.graph_exponent
     work = build_work(rows, graph_rows, b) / max(build_work(measured.rows, measured.graph_rows, b), 1e-9)
     work *= ahead.cost if ahead is not None else 1.0
     cores = measured.cores_used
@@ -254,4 +260,4 @@ def project_build(
         seconds = measured.build_cpu_seconds * work / cores
     else:
         cpu_then, seconds = None, measured.build_seconds * work
-    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead)
+    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead, b)

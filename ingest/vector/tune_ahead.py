@@ -118,7 +118,7 @@ async def ahead_at(
     cost = there.build_cost / base_cost if there is not None and base_cost > 0 else 1.0
     same = c == tuned.choice.candidate.build()
     b = per_row_exponent(here, tuned.sample_rows, here_rows, base_cost, planned.rows, there_rows)
-    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, 1.0 if same else cost, there_rows, same)
+    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, 1.0 if same else cost, there_rows, same, b)
     said = "the same structure" if same else f"{ahead.label}, × {cost:.2f} the build CPU of {here.candidate.label()}"
     return (
         ahead,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import struct
 from collections.abc import Callable
@@ -23,12 +24,13 @@ from ingest.clickhouse.vector_sql import (
     vector_literal,
 )
 from ingest.core.config import TargetConfig
-from ingest.core.errors import UsageError
+from ingest.core.errors import TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.core.target import parse_target
 from ingest.sinks.chdb import ChdbSink
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector import tune_run
+from ingest.vector.autoindex import merges_paused
 from ingest.vector.graphs import GraphSize, PartStats, SamplePlan, graph_size, plan_layout, plan_sample
 from ingest.vector.growth import GRAPH_EXPONENT
 from ingest.vector.index import poll_interval
@@ -397,3 +399,31 @@ def test_a_check_left_under_its_margin_says_so_and_names_a_costlier_structure() 
         "(target 0.95 + 0.02): another sample of queries may read under the target; a costlier structure reaches "
         "it (e.g. --m 24 --ef-construction 64)"
     )
+
+
+def test_tuning_on_chdb_pauses_the_tables_merges_and_resumes_them(table: Path) -> None:
+    """autoindex.merges_paused on real chdb: inside, the table's merges are stopped (OPTIMIZE is refused, so no
+    background merge runs beside the timed sample builds); after, even when the body fails, OPTIMIZE runs."""
+
+    async def scenario() -> tuple[str, int]:
+        sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
+        await sink.connect()
+        ref = TableRef("default", "laion")
+        refused = ""
+        try:
+            with contextlib.suppress(RuntimeError):
+                async with merges_paused(sink, ref, True):
+                    try:
+                        await sink.execute(f"OPTIMIZE TABLE {ref.sql} FINAL")
+                    except TargetError as exc:
+                        refused = str(exc)
+                    raise RuntimeError("the tuner failed")
+            await sink.execute(f"OPTIMIZE TABLE {ref.sql} FINAL")  # merges resumed: it runs
+            parts = await sink.query("SELECT count() AS n FROM system.parts WHERE table = 'laion' AND active")
+            return refused, int(parts[0]["n"])
+        finally:
+            await sink.close()
+
+    refused, parts = asyncio.run(scenario())
+    assert "cancel" in refused.lower(), refused
+    assert parts == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import click
 import orjson
 import typer
 from rich.console import Console
@@ -25,6 +24,13 @@ async def _constants(flags: QueryFlags, column: str) -> tuple[Constants, int]:
     q = query_config(flags)
     async with connected_sink(q) as sink:
         return await measured_on_table(sink, q.table, column, DEFAULTS)
+
+
+def positive(value: float | None) -> float | None:
+    """No build takes no time: a bound must be above 0."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be greater than 0, got {value:g}")
+    return value
 
 
 def render(p: Plan) -> None:
@@ -118,11 +124,7 @@ def plan_command(
     ] = 16,
     max_build_hours: Annotated[
         float | None,
-        typer.Option(
-            "--max-build-hours",
-            click_type=click.FloatRange(min=0.0, min_open=True),
-            help="Longest index build to plan for, e.g. 48",
-        ),
+        typer.Option("--max-build-hours", callback=positive, help="Longest index build to plan for, e.g. 48"),
     ] = None,
     target: Annotated[
         str | None, typer.Option("--target", "-t", help="Measure from this target's tuned table (else defaults)")

@@ -17,7 +17,7 @@ from cli_run import cli, loaded_chdb, ok
 from exact import chdb_rows
 from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
-from ingest.clickhouse.index_sql import drop_table_sql, scratch_ref
+from ingest.clickhouse.index_sql import create_scratch_sql, drop_table_sql, fill_scratch_sql, scratch_ref
 from ingest.clickhouse.vector_sql import (
     VectorIndex,
     add_index_sql,
@@ -427,3 +427,39 @@ def test_tuning_on_chdb_pauses_the_tables_merges_and_resumes_them(table: Path) -
     refused, parts = asyncio.run(scenario())
     assert "cancel" in refused.lower(), refused
     assert parts == 1
+
+
+def test_a_sample_larger_than_one_insert_block_is_one_part(tmp_path: Path) -> None:
+    """140,000 rows of 512 float32 (~290 MB) are more than one INSERT block (min_insert_block_size_bytes, 256
+    MiB), so the copy lands as two parts; fill_sample merges them, so its graphs are the size planned (a graph never
+    spans parts) and no background merge of the scratch table runs inside a timed build."""
+    ref = TableRef("default", "laion")
+    spec = tune_run.SampleSpec(140_050, 140_000, 50, None, 512, "cosineDistance")
+
+    async def scenario() -> tuple[int, int, int]:
+        sink = ChdbSink(TargetConfig(parse_target(f"chdb:{tmp_path / 'db'}"), "default"))
+        await sink.connect()
+        try:
+            await sink.ensure_table(ref)
+            await sink.execute(
+                f"INSERT INTO {ref.sql} SELECT number, '', '', '', 0, "
+                "arrayMap(i -> toFloat32(randCanonical() - 0.5), range(512)), [] FROM numbers(140050)"
+            )
+            scratch = scratch_ref(ref)
+            await sink.execute(create_scratch_sql(scratch))
+            await sink.execute(fill_scratch_sql(scratch, ref, "image_embedding", 140_050, 140_000, 50, 0))
+            copied = await sink.query(
+                f"SELECT count() AS n FROM system.parts WHERE table = '{scratch.table}' AND active"
+            )
+            on = await tune_run.fill_sample(sink, ref, "image_embedding", spec, 0)
+            parts = await sink.query(
+                f"SELECT count() AS n, sum(rows) AS r FROM system.parts WHERE table = '{scratch.table}' AND active"
+            )
+            return int(copied[0]["n"]), int(parts[0]["n"]), int(parts[0]["r"]) + len(on.queries)
+        finally:
+            await sink.execute(drop_table_sql(scratch_ref(ref)))
+            await sink.close()
+
+    copied, parts, rows = asyncio.run(scenario())
+    assert copied >= 2, "the plain copy should span more than one part, else this test shows nothing"
+    assert parts == 1 and rows == 140_050

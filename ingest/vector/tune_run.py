@@ -1,6 +1,6 @@
 """Measure the tuning grid on a sample of the table (the choosing is pure, in vector/tune.py).
 
-Once: copy a seeded sample of rows into a scratch MergeTree table with one INSERT (one part), take a fixed set
+Once: copy a seeded sample of rows into a scratch MergeTree table (merged into one part), take a fixed set
 of query rows that are *not* in the sample, and get their exact top-10 by brute force (`use_skip_indexes = 0`).
 Then per candidate: ADD INDEX, MATERIALIZE INDEX (mutations_sync = 2, timed), query at each search list size up
 to the first that reaches the target, DROP INDEX. The scratch table is dropped at the end, whatever happens.
@@ -25,6 +25,7 @@ from ingest.clickhouse.index_sql import (
     fill_scratch_sql,
     ids_search_sql,
     index_bytes_sql,
+    optimize_final_sql,
     query_setting_exists_sql,
     scratch_ref,
     tune_queries_sql,
@@ -337,14 +338,21 @@ async def fill_sample(
     lists: Sequence[int] = (),
     rescoring: bool = True,
 ) -> OnSample:
-    """(Re)create the scratch table, copy a seeded sample of `ref` into it in one part, and take the query rows and
-    their exact top-10. The caller drops the scratch table."""
+    """(Re)create the scratch table, copy a seeded sample of `ref` into it, merge it into one part, and take the
+    query rows and their exact top-10. The caller drops the scratch table.
+
+    One part, merged before any build: one INSERT of more than the server's min_insert_block_size_bytes (256 MiB:
+    200,000 rows of 512 float32) writes two parts, and a graph never spans parts. The "one graph of 200,000 rows"
+    the tuner measured at 4M was two (~131k and ~69k) until a background merge of the scratch table joined them
+    at a moment of its choosing and built that part's graph again, inside whichever build was being timed: on one
+    such sample of the 1M table, M=16 ef_c=32 read 0.80× the build CPU of M=12 ef_c=32."""
     scratch = scratch_ref(ref)
     g = spec.graph
     await sink.execute(drop_table_sql(scratch))
     await sink.execute(create_scratch_sql(scratch, g.rows_per_granule if g else None))
     n = spec.table_rows
     await sink.execute(fill_scratch_sql(scratch, ref, column, n, spec.rows, spec.queries, seed))
+    await sink.execute(optimize_final_sql(scratch))
     qrows = await sink.query(tune_queries_sql(ref, column, n, spec.rows, spec.queries, seed))
     literals = [vector_literal(np.asarray(r["v"], dtype=np.float32)) for r in qrows]
     queries = [ids_search_sql(scratch, "v", spec.metric, lit, K) for lit in literals]

@@ -15,7 +15,7 @@ from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
 # ---- growth: a larger table projected from a build measured on this one ---------------------------------------
 
 GRAPH_EXPONENT = 0.32
-"""Per-row build cost ∝ G^b in graphs of G rows, where no build on the table measured b (tune_run.graph_exponent).
+"""Per-row build cost ∝ G^b in graphs of G rows, where no build on the table measured b (vector/tune_ahead.py).
 Measured here (26.9 in chdb, bf16 M=12 ef_c=24, 512-d, one graph of G rows on 2 cores, CPU per row at G = 15,625
 … 250,000, bench/graph_cost.py, 3 rounds): b = 0.33 clustered, 0.27 noisy, 0.34 offset end to end (0.17–0.40 per
 doubling). HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a larger graph misses more
@@ -40,7 +40,7 @@ def graph_exponent_of(measured: float | None) -> tuple[float, str]:
 
 BUILD_GROWTH = (
     "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
-    f"table's sample in graphs of two sizes, else {GRAPH_EXPONENT:g}); "
+    f"table's samples in its graphs and in the larger table's, else {GRAPH_EXPONENT:g}); "
     "wall = that CPU ÷ the cores the measured build used (its CPU s ÷ its wall s)"
 )
 MEMORY_GROWTH = (

@@ -20,7 +20,8 @@ from ingest.vector.sizing import resident_bytes
 
 BUILD_MODEL = (
     "sample build s × (N/n) × (G/g)^b, G and g the rows of a graph in the table and in the sample, b the growth of "
-    "a row's insert cost with its graph (measured on the sample in graphs of two sizes where --project-rows asks)"
+    "a row's insert cost with its graph (measured on samples in this table's graphs and in a larger table's where "
+    "--project-rows asks)"
 )
 DEFAULT_SEARCH_LISTS = (32, 64, 128, 256, 512)
 REASONABLE_LIST = 256

@@ -7,7 +7,8 @@ showed both: 1M synthetic rows in graphs of 62,720 chose bf16 M=12 ef_c=24; 2M (
 scaled the 1M build by one exponent read 0.50–0.62 of the builds measured (bench/growth.py).
 
 So the grid runs again on a sample of this table laid out in the N-row table's graphs (as large as the sample
-allows, tune.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), in CPU seconds (tune_run.BuildTime):
+allows, graphs.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), in CPU seconds
+(tune_run.BuildTime):
 
 - its choice there, and that structure's build CPU over the structure built here on the same sample (`cost`);
 - b of per-row build cost ∝ G^b, from the structure built here: per row in the N-row sample's graphs over per

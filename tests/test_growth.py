@@ -4,6 +4,7 @@ reports it once loaded."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ def test_the_exponent_is_fitted_from_the_same_rows_in_graphs_of_two_sizes() -> N
     assert fit_graph_exponent(400.0, 400, 4.0, 100) == 1.0  # beyond quadratic: noise, kept at 1
     assert fit_graph_exponent(20.0, 140, 10.0, 100) is None  # sizes too close to say (MIN_FIT_SPAN 1.5)
     assert fit_graph_exponent(4.0, 400, 2.0, 100) is None  # a build too short to time its graphs
+    # a sample of 200,000 rows: graphs of 125,184 leave one of 74,816, graphs of 62,720 one of 11,840; builds
+    # that grew with b = 0.3 per row read back 0.3, where 1.6 and 3.2 graphs of the nominal size would read less
+    cost = [build_work(200_000, g, 0.3) for g in (125_184, 62_720)]
+    assert fit_graph_exponent(cost[0], 125_184, cost[1], 62_720, 200_000) == pytest.approx(0.3, abs=1e-6)
+    nominal = math.log(cost[0] / cost[1]) / math.log(125_184 / 62_720)
+    assert nominal < 0.26
 
 
 def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> None:

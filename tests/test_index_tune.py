@@ -53,7 +53,6 @@ from ingest.vector.tune import (
     project_seconds,
     should_stop,
 )
-from ingest.vector.tune_ahead import per_row_exponent
 from ingest.vector.tune_run import exact_top_ids
 
 # ---- pure --------------------------------------------------------------------------------------------------
@@ -202,17 +201,20 @@ def test_exact_top_ids_in_one_scan_match_numpy_on_the_source(table: Path, monkey
 def test_a_sample_build_is_timed_in_the_engines_cpu_and_b_fitted_per_row_across_samples(table: Path) -> None:
     """tune_run on real chdb: a sample of 6,000 of the 12,000 rows in graphs of 6 granules of 500, its query rows'
     exact top-10 (not among the sample), one candidate built only for its cost: wall and the engine's CPU both
-    measured, the scratch index dropped after. Then tune_ahead.per_row_exponent on two samples of different
-    sizes: per-row cost, not a whole build's, is what b compares."""
+    measured (chdb: this process's CPU, which holds the engine), the scratch index dropped after; then the same
+    candidate on the same rows in graphs twice as large (tune_ahead's b), also dropped."""
     ref = TableRef("default", "laion")
     spec = tune_run.SampleSpec(12_000, 6_000, 20, GraphSize(6, 500, 2), 512, "cosineDistance")
 
-    async def scenario() -> tuple[tune_run.OnSample, tune_run.BuildTime, list[dict[str, object]], int]:
+    larger = GraphSize(12, 500, 1)
+    cand = Candidate("f32", 32, 256)
+
+    async def scenario() -> tuple[tune_run.OnSample, list[tune_run.BuildTime], list[dict[str, object]], int]:
         sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
         await sink.connect()
         try:
             on = await tune_run.fill_sample(sink, ref, "image_embedding", spec, 0, (64,))
-            took = await tune_run.build_cost(on, Candidate("f32", 32, 256))
+            took = [await tune_run.build_cost(on, cand), await tune_run.build_cost(on, cand, larger)]
             left = await sink.query(f"SELECT name FROM system.data_skipping_indices WHERE table = '{on.scratch.table}'")
             n = int((await sink.query(f"SELECT count() AS n FROM {on.scratch.sql}"))[0]["n"])
             return on, took, left, n
@@ -222,13 +224,12 @@ def test_a_sample_build_is_timed_in_the_engines_cpu_and_b_fitted_per_row_across_
 
     on, took, left, n = asyncio.run(scenario())
     assert n == 6_000 and len(on.queries) == 20 and all(len(t) == 10 for t in on.truth)
-    assert took.seconds > 0 and took.cpu_seconds is not None and took.cpu_seconds > 0
-    assert took.cost == took.cpu_seconds  # builds are compared in CPU where the engine says
-    assert left == []  # the scratch index is dropped
-    # 10 s a build over 100,000 rows in graphs of 50,000; 30 s over 150,000 rows in graphs of 200,000: per row
-    # 2× in graphs 4× larger, b = 0.5 (the whole builds' 3× would say 0.79)
-    here = Measured(Candidate("bf16", 12, 24), 99.0, {64: 0.99}, build_cpu_seconds=10.0)
-    assert per_row_exponent(here, 100_000, 50_000, 30.0, 150_000, 200_000) == pytest.approx(0.5)
+    for t in took:
+        assert t.seconds > 0 and t.cpu_seconds is not None and t.cpu_seconds > 0
+        assert t.cost == t.cpu_seconds  # builds are compared in CPU where the engine says
+    assert left == []  # both scratch indexes are dropped
+    assert tune_run.sample_index(on, cand).granularity == 6
+    assert tune_run.sample_index(on, cand, larger).granularity == 12
 
 
 def test_dry_run_prints_grid_and_choice_and_builds_nothing(table: Path) -> None:

@@ -24,6 +24,8 @@ class ServerInfo:
     query_parameters: bool
     async_insert: bool = False
     """The server knows `async_insert` (21.11+; on by default from 26.2): we send async_insert=0."""
+    in_process: bool = False
+    """The engine runs in this process (chdb): its CPU is this process's CPU."""
 
     @property
     def missing(self) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ class ChdbSink:
 
     async def connect(self) -> ServerInfo:
         version = await self._call(self._open)
-        self.info = server_info(version)
+        self.info = replace(server_info(version), in_process=True)
         return self.info
 
     async def ensure_table(self, ref: TableRef) -> None:

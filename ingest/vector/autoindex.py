@@ -62,7 +62,7 @@ from ingest.vector.index_report import (
 )
 from ingest.vector.sizing import UNBOUNDED, MemoryBudget
 from ingest.vector.tune import TuneReport, chosen_build
-from ingest.vector.tune_ahead import look_ahead
+from ingest.vector.tune_ahead import AheadJob, look_ahead
 from ingest.vector.tune_run import tune
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ async def plan_request(
         return Plan(from_existing(base, existing.type_full), True, rows, None, None)
     tuned = await tune(sink, ref, req.column, rows, dim, req.metric, cfg, report, layout, budget)
     if cfg.project_rows:
-        tuned = await look_ahead(sink, ref, tuned, req.metric, cfg, budget, report)
+        tuned = await look_ahead(AheadJob(sink, ref, tuned, req.metric, cfg, budget, report))
     c = tuned.choice.candidate
     chosen = VectorIndex(req.name, req.column, dim, req.metric, c.quantization, c.m, c.ef_construction, granularity)
     return Plan(chosen, False, rows, tuned.choice.search_list, tuned)

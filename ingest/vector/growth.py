@@ -82,14 +82,31 @@ MIN_FIT_SPAN = 1.5
 """Graphs closer in size than this say too little about b (the look ahead from 1M to 2M rows spans 2×)."""
 
 
-def fit_graph_exponent(seconds: float, graph_rows: int, small_seconds: float, small_graph_rows: int) -> float | None:
-    """b of per-row cost ∝ G^b from the same rows built in graphs of two sizes (None when they are too close, or
-    a build too short to say); kept within [0, 1]: below, a build cheaper per row in larger graphs, above, costlier
-    than quadratic, are timing noise, not HNSW."""
+def fit_graph_exponent(
+    seconds: float, graph_rows: int, small_seconds: float, small_graph_rows: int, rows: int | None = None
+) -> float | None:
+    """b of per-row cost ∝ G^b from the same `rows` (default: `graph_rows`) built in graphs of two sizes: the b
+    at which build_work's ratio is the builds' ratio (the last graph of each holds the rest, so a sample of
+    200,000 in graphs of 125,184 is one of 125,184 and one of 74,816, not 1.6 of the first). None when the sizes
+    are too close, or a build too short to say; kept within [0, 1]: below, a build cheaper per row in larger
+    graphs, above, costlier than quadratic, are timing noise, not HNSW."""
     if min(seconds, small_seconds) < MIN_FIT_SECONDS or graph_rows < MIN_FIT_SPAN * small_graph_rows:
         return None
-    b = math.log(seconds / small_seconds) / math.log(graph_rows / small_graph_rows)
-    return min(1.0, max(0.0, b))
+    n = rows if rows is not None else graph_rows
+    ratio = math.log(seconds / small_seconds)
+
+    def gap(b: float) -> float:
+        return math.log(build_work(n, graph_rows, b) / build_work(n, small_graph_rows, b)) - ratio
+
+    low, high = 0.0, 1.0
+    if gap(low) >= 0:
+        return 0.0
+    if gap(high) <= 0:
+        return 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if gap(mid) < 0 else (low, mid)
+    return (low + high) / 2
 
 
 def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:

@@ -187,14 +187,14 @@ class Choice:
 
 def _key(m: Measured, size: int, memory: Callable[[Candidate], int] | None) -> tuple[float, ...]:
     c = m.candidate
-    cost = (m.build_seconds, c.fetch_multiplier, size)
+    cost = (m.build_cost, c.fetch_multiplier, size)
     return (memory(c), *cost) if memory is not None else cost
 
 
 def choose(measured: Sequence[Measured], target: float, memory: Callable[[Candidate], int] | None = None) -> Choice:
     """The cheapest candidate that reaches `target` at some search list, with the smallest such list: by
-    measured build seconds, or (given `memory`, under --max-memory) by projected memory first. If none does,
-    the best recall seen, saying so."""
+    measured build cost (CPU where the target says, else wall), or (given `memory`, under --max-memory) by
+    projected memory first. If none does, the best recall seen, saying so."""
     if not measured:
         raise ValueError("nothing measured")
     reaching = [(m, m.first_list_reaching(target)) for m in measured]

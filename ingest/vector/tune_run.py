@@ -137,9 +137,9 @@ async def sweep_lists(
 class BuildTime:
     seconds: float
     cpu_seconds: float | None
-    """The engine's CPU over the build (system.events: the threads ClickHouse accounts, 0.85–0.89 of what chdb's
-    process used in a build), None where the target does not say. Wall time on two shared cores swings with
-    whatever else runs and with how many graphs build at once; a ratio of builds is read in CPU."""
+    """The engine's CPU over the build (engine_cpu), None where the target does not say. Wall time on two shared
+    cores swings with whatever else runs and with how many graphs build at once; a ratio of builds is read in
+    CPU."""
 
     @property
     def cost(self) -> float:
@@ -147,6 +147,11 @@ class BuildTime:
 
 
 async def engine_cpu(sink: Sink) -> float | None:
+    """CPU seconds the engine has used: in-process (chdb) this process's, all threads; on a server what its
+    counters say (system.events). Those counters miss threads: in sample builds on chdb they read 0.37–0.43 of
+    the process's CPU, from build to build, so a ratio of two builds read from them swings by ±8%."""
+    if sink.info.in_process:
+        return time.process_time()
     rows = await sink.query(engine_cpu_sql())
     return float(rows[0]["us"]) / 1e6 if rows and rows[0]["us"] is not None else None
 
@@ -164,8 +169,9 @@ async def timed_build(sink: Sink, scratch: TableRef, index: VectorIndex) -> Buil
     return BuildTime(seconds, None if cpu is None or after is None else max(0.0, after - cpu))
 
 
-def sample_index(on: OnSample, build: Candidate) -> VectorIndex:
-    g = on.spec.graph
+def sample_index(on: OnSample, build: Candidate, graph: GraphSize | None = None) -> VectorIndex:
+    """`build` on the scratch table in the sample's graphs, or in `graph`'s."""
+    g = graph or on.spec.graph
     return VectorIndex(
         SCRATCH_INDEX,
         "v",
@@ -196,10 +202,11 @@ async def measure_candidate(on: OnSample, build: Candidate, target: float) -> li
     return out
 
 
-async def build_cost(on: OnSample, build: Candidate) -> BuildTime:
-    """Build one candidate on the sample only for its cost (no recall), then drop it."""
+async def build_cost(on: OnSample, build: Candidate, graph: GraphSize | None = None) -> BuildTime:
+    """Build one candidate on the sample (in its graphs, or in `graph`'s) only for its cost (no recall), then
+    drop it."""
     try:
-        return await timed_build(on.sink, on.scratch, sample_index(on, build))
+        return await timed_build(on.sink, on.scratch, sample_index(on, build, graph))
     finally:
         await on.sink.execute(drop_index_sql(on.scratch, SCRATCH_INDEX))
 

@@ -1,6 +1,10 @@
 """Where the CPU of one load into a 26.9 server goes: ours against curl's one POST, the server's CPU split by thread.
 
-Run: python bench/cpu26.py [--rows 1000000] [--repeat 2] [--data-dir DIR]
+Run: python bench/cpu26.py [--rows 1000000] [--repeat 2] [--data-dir DIR] [--paths ours,curl,...]
+
+Paths beside `ours` and `curl` (for A/Bs of where the server's merge CPU comes from): `ours-512M` (`run
+--segment-bytes 512M`: about half as many parts), `ours-stopped` and `curl-stopped` (the table's merges stopped
+with SYSTEM STOP MERGES before the load, started after it).
 
 Both loads are CPU-bound on this machine's two cores, so their wall is about (our CPU + the server's CPU) / 2 and
 every CPU-second either side spends lands on the wall. Per path and round (interleaved, no warm-up, a fresh table
@@ -51,6 +55,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--data-dir", type=Path, default=big.DEFAULT_DATA)
+    ap.add_argument(
+        "--paths", default="ours,curl", help="comma-separated: ours, curl, ours-512M, ours-stopped, curl-stopped"
+    )
     args = ap.parse_args()
     from chdb_server import start_ch26
 
@@ -63,20 +70,29 @@ def main() -> None:
             handle.query(f"CREATE DATABASE IF NOT EXISTS {DB}")
             reset = bench.reset_server_table(handle, DB, work / "ledger.json")
             target = f"/?query=INSERT%20INTO%20{DB}.laion%20FORMAT%20Native"
-            paths = {
+            known = {
                 "ours": lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json"),
+                "ours-512M": lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json", "--segment-bytes",
+                                                     "512M"),
                 "curl": lambda: ["curl", "-sSf", "-X", "POST", "-T", str(native), "--request-target", target,
                                  handle.http_url],
             }  # fmt: skip
+            known["ours-stopped"], known["curl-stopped"] = known["ours"], known["curl"]
+            paths = {name: known[name] for name in args.paths.split(",")}
             rows: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
             for rnd in range(1, args.repeat + 1):
                 for name, cmd in paths.items():
                     handle.query(f"DROP TABLE IF EXISTS {DB}.laion SYNC")
                     reset()
+                    stopped = name.endswith("-stopped")
+                    if stopped:
+                        handle.query(f"SYSTEM STOP MERGES {DB}.laion")
                     since = handle.query("SELECT now64(6)").decode().strip()
                     before = thread_cpu(handle.pid)
                     m = bench.measure(name, cmd())
                     after = thread_cpu(handle.pid)
+                    if stopped:
+                        handle.query(f"SYSTEM START MERGES {DB}.laion")
                     handle.query("SYSTEM FLUSH LOGS")
                     user, system, faults = insert_stats(handle, since)
                     row = {"wall": m.seconds, "ours": m.cpu_seconds, "insert user": user, "insert sys": system,
@@ -84,15 +100,20 @@ def main() -> None:
                     for group in (*GROUPS, "other"):
                         row[group] = after.get(group, 0.0) - before.get(group, 0.0)
                     row["server"] = sum(row[g] for g in (*GROUPS, "other"))
+                    row["parts"] = float(
+                        handle.query(
+                            f"SELECT count() FROM system.parts WHERE database = '{DB}' AND table = 'laion' AND active"
+                        ).decode()
+                    )
                     rows[name].append(row)
-                    print(f"  round {rnd} {name:5s} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+                    print(f"  round {rnd} {name:13s} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
         finally:
             handle.stop()
     keys = list(next(iter(rows.values()))[0])
     print(f"\n## CPU of one {args.rows:,}-row load into 26.9 (min–max of {args.repeat} rounds)")
-    print("path  " + "".join(f"{k:>13s}" for k in keys))
+    print("path          " + "".join(f"{k:>13s}" for k in keys))
     for name, runs in rows.items():
-        print(f"{name:5s} " + "".join(f"{big.span([r[k] for r in runs]):>13s}" for k in keys))
+        print(f"{name:13s} " + "".join(f"{big.span([r[k] for r in runs]):>13s}" for k in keys))
 
 
 if __name__ == "__main__":

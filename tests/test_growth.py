@@ -103,7 +103,7 @@ def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory(
     assert p.as_dict()["structure"] == ahead.as_dict() and plain.as_dict()["structure"] is None
     # another size: no look ahead there, the built structure's growth at the table's b
     two = project_build(built, 2_000_000, 2500, 16)
-    assert two.ahead is None and two.exponent == 0.3
+    assert two.ahead is None and two.graph_exponent == 0.3
     # each size looked ahead to scales by the b measured up to its own graphs (b grows with G)
     own_b = replace(ahead, rows=2_000_000, graph_exponent=0.1)
     near = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (ahead, own_b))

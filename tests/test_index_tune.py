@@ -45,6 +45,7 @@ from ingest.vector.sizing import (
     resident_bytes,
 )
 from ingest.vector.tune import (
+    BuildTime,
     Candidate,
     Measured,
     choose,
@@ -209,7 +210,7 @@ def test_a_sample_build_is_timed_in_the_engines_cpu_and_b_fitted_per_row_across_
     larger = GraphSize(12, 500, 1)
     cand = Candidate("f32", 32, 256)
 
-    async def scenario() -> tuple[tune_run.OnSample, list[tune_run.BuildTime], list[dict[str, object]], int]:
+    async def scenario() -> tuple[tune_run.OnSample, list[BuildTime], list[dict[str, object]], int]:
         sink = ChdbSink(TargetConfig(parse_target(f"chdb:{table}"), "default"))
         await sink.connect()
         try:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
-from ingest.vector.growth import graph_exponent_of, merged_graph_rows, scale_build_seconds
+from ingest.vector.growth import merged_graph_rows, scale_build_seconds
 from ingest.vector.sizing import formula_bytes, human_bytes, need
 from ingest.vector.tune import Candidate
 
@@ -58,14 +58,6 @@ class Constants:
     cores: int = MEASURED_CORES
     graph_exponent: float | None = None
     """b of per-row build cost ∝ G^b as the tuner measured it on the table's sample (None: growth.GRAPH_EXPONENT)."""
-
-    @property
-    def exponent(self) -> float:
-        return graph_exponent_of(self.graph_exponent)[0]
-
-    @property
-    def exponent_source(self) -> str:
-        return graph_exponent_of(self.graph_exponent)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +146,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
     stored = per_node * (k.disk_bytes_per_value * ask.dim + k.disk_bytes_other)
     disk = int(stored + formula_bytes(per_node, ask.dim, c.quantization, c.m))
     speed = k.cores / max(ask.cores, 1)  # builds and searches spread over the node's cores
-    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph, k.exponent) * speed
+    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph, k.graph_exponent) * speed
     log_ratio = math.log(max(graph, 2)) / math.log(max(s.graph_rows, 2))
     latency = s.latency_ms * log_ratio * max(1.0, graphs / max(ask.cores, 1))
     one = ask.rows / k.load_rows_per_second / 3600

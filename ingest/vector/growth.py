@@ -205,6 +205,7 @@ class Projection:
 
     def line(self) -> str:
         f = self.measured_from
+        b, source = graph_exponent_of(self.graph_exponent)
         cpu = (
             ""
             if self.build_cpu_seconds is None or f.cores_used is None
@@ -221,17 +222,9 @@ class Projection:
             f"projected at {self.rows:,} rows ({self.graphs} graphs of {self.graph_rows:,}{chosen}): build "
             f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
             f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
-            f"{f.graph_rows:,}; per-row build cost ∝ G^{self.exponent:.2f}, {self.exponent_source}; the documented "
+            f"{f.graph_rows:,}; per-row build cost ∝ G^{b:.2f}, {source}; the documented "
             f"formula says {human_bytes(self.formula_bytes)})"
         )
-
-    @property
-    def exponent(self) -> float:
-        return graph_exponent_of(self.graph_exponent)[0]
-
-    @property
-    def exponent_source(self) -> str:
-        return graph_exponent_of(self.graph_exponent)[1]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -243,7 +236,7 @@ class Projection:
             "formula_bytes": self.formula_bytes,
             "build_cpu_seconds": self.build_cpu_seconds,
             "cores_used": self.measured_from.cores_used,
-            "graph_exponent": self.exponent,
+            "graph_exponent": graph_exponent_of(self.graph_exponent)[0],
             "graph_exponent_measured": self.graph_exponent is not None,
             "structure": None if self.ahead is None else self.ahead.as_dict(),
         }

@@ -136,6 +136,20 @@ def project_seconds(
 
 
 @dataclass(frozen=True, slots=True)
+class BuildTime:
+    seconds: float
+    cpu_seconds: float | None
+    """The engine's CPU over the build (engine_cpu), None where the target does not say. Wall time on two shared
+    cores swings with whatever else runs and with how many graphs build at once; a ratio of builds is read in
+    CPU."""
+
+    @property
+    def cost(self) -> float:
+        """What one build is compared with another by: CPU where known, else wall."""
+        return self.cpu_seconds if self.cpu_seconds is not None else self.seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Measured:
     """One candidate built on the sample: build seconds and recall@k at each search list size."""
 
@@ -146,12 +160,11 @@ class Measured:
     latency_ms: float = 0.0
     """Mean milliseconds per search at the largest list measured (the capacity plan scales it)."""
     build_cpu_seconds: float | None = None
-    """The engine's CPU over the build (tune_run.BuildTime), where the target says."""
+    """The engine's CPU over the build (BuildTime), where the target says."""
 
     @property
     def build_cost(self) -> float:
-        """CPU seconds of the build where known, else wall: what one build is compared with another by."""
-        return self.build_cpu_seconds if self.build_cpu_seconds is not None else self.build_seconds
+        return BuildTime(self.build_seconds, self.build_cpu_seconds).cost
 
     def first_list_reaching(self, target: float) -> int | None:
         reached = [size for size, r in sorted(self.recall.items()) if r >= target]

@@ -8,7 +8,7 @@ scaled the 1M build by one exponent read 0.50–0.62 of the builds measured (ben
 
 So the grid runs again on a sample of this table laid out in the N-row table's graphs (as large as the sample
 allows, graphs.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), in CPU seconds
-(tune_run.BuildTime):
+(tune.BuildTime):
 
 - its choice there, and that structure's build CPU over the structure built here on the same sample (`cost`);
 - b of per-row build cost ∝ G^b: the structure built here on those same rows in this table's graphs and in the

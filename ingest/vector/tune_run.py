@@ -48,6 +48,7 @@ from ingest.vector.sizing import FORMULA, UNBOUNDED, MemoryBudget, need, residen
 from ingest.vector.tune import (
     LOSSY,
     PLATEAU,
+    BuildTime,
     Candidate,
     Measured,
     TuneReport,
@@ -131,19 +132,6 @@ async def sweep_lists(
             break
         previous = recall[size]
     return recall, ms
-
-
-@dataclass(frozen=True, slots=True)
-class BuildTime:
-    seconds: float
-    cpu_seconds: float | None
-    """The engine's CPU over the build (engine_cpu), None where the target does not say. Wall time on two shared
-    cores swings with whatever else runs and with how many graphs build at once; a ratio of builds is read in
-    CPU."""
-
-    @property
-    def cost(self) -> float:
-        return self.cpu_seconds if self.cpu_seconds is not None else self.seconds
 
 
 async def engine_cpu(sink: Sink) -> float | None:

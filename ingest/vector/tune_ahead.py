@@ -10,12 +10,17 @@ So the grid runs again on a sample of this table laid out in the N-row table's g
 allows, graphs.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), in CPU seconds
 (tune.BuildTime):
 
-- its choice there, and that structure's build CPU over the structure built here on the same sample (`cost`);
+- its choice there, and that structure's build CPU over the structure built here, both in N's graphs on that
+  sample (`cost`);
 - b of per-row build cost ∝ G^b: the structure built here on those same rows in this table's graphs and in the
-  N-row table's, built one right after the other (the range the projection spans, not a quarter of it
-  extrapolated). Same rows, not two samples: on the 1M table a sample of 125,440 rows in graphs of 62,720 built
-  at 176–185 µs of CPU per row and 200,000 rows in the same graphs at 190–213, which a b across the two would
-  read as growth with G.
+  N-row table's (the range the projection spans, not a quarter of it extrapolated). Same rows, not two samples:
+  on the 1M table a sample of 125,440 rows in graphs of 62,720 built at 176–185 µs of CPU per row and 200,000
+  rows in the same graphs at 190–213, which a b across the two would read as growth with G.
+
+Those three builds run again after the grid, in interleaved rounds, the least of each kept (tune_run.least_costs):
+the grid's own timings are one build each, and one build on the same sample read 47.9 and 57.9 CPU s minutes
+apart (a ratio from such single builds read M=16 ef_c=32 at 1.11× M=12 ef_c=24 where the full builds at 2M
+differed 1.39×).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from ingest.vector.graphs import GraphSize, plan_sample
 from ingest.vector.growth import MIN_FIT_SPAN, Ahead, fit_graph_exponent, merged_graph_rows
 from ingest.vector.sizing import MemoryBudget, need, resident_bytes
 from ingest.vector.tune import Candidate, TuneReport, chosen_build, decide
-from ingest.vector.tune_run import SampleSpec, build_cost, fill_sample, measure_grid
+from ingest.vector.tune_run import COST_ROUNDS, SampleSpec, fill_sample, least_costs, measure_grid
 
 
 def graph_at(rows: int, rows_per_granule: int, max_graphs: int) -> GraphSize:
@@ -109,24 +114,24 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
         on = await fill_sample(job.sink, job.ref, tuned.column, spec, cfg.seed, tuned.search_lists, tuned.rescoring)
         measured, _ = await measure_grid(on, todo, cfg.recall_target)
         choice = decide(measured, fits, memory, ranked, cfg.recall_target)
-        # b: the structure built here on these same rows in both graph sizes, one build right after the other
-        in_here = await build_cost(on, built, here_graph)
-        in_there = await build_cost(on, built)
+        c = choice.candidate.build()
+        same = c == built
+        # the structure built here on these rows in this table's graphs and in N's (b), and the one chosen for N
+        # in N's (its cost): interleaved rounds, the least of each (tune_run.least_costs)
+        builds = [(built, here_graph), (built, None)] + ([] if same else [(c, None)])
+        least = await least_costs(on, builds)
     finally:
         with contextlib.suppress(TargetError):
             await job.sink.execute(drop_table_sql(scratch_ref(job.ref)))
-    there = chosen_build(measured, choice)
-    base = chosen_build(measured, tuned.choice)
-    base_cost = base.build_cost if base is not None else in_there.cost
-    c = choice.candidate.build()
-    cost = there.build_cost / base_cost if there is not None and base_cost > 0 else 1.0
-    same = c == built
-    b = fit_graph_exponent(in_there.cost, there_rows, in_here.cost, here_graph.rows, planned.rows)
+    in_here, in_there = least[0], least[1]
+    cost = least[2] / in_there if not same and in_there > 0 else 1.0
+    b = fit_graph_exponent(in_there, there_rows, in_here, here_graph.rows, planned.rows)
     ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, 1.0 if same else cost, there_rows, same, b)
     said = "the same structure" if same else f"{ahead.label}, × {cost:.2f} the build CPU of {here.candidate.label()}"
     return ahead, (
         f"at {rows:,} rows (graphs of {graph.rows:,}; sampled in graphs of {there_rows:,}): the grid chooses {said}"
         f"{'' if choice.reached else ' (none reached the target there)'}; per-row build cost ∝ G^b, {built.label()} "
-        f"on these {planned.rows:,} rows in graphs of {here_graph.rows:,} ({in_here.cost:.1f} CPU s) and of "
-        f"{there_rows:,} ({in_there.cost:.1f}): b = {'not measurable' if b is None else f'{b:.2f}'}"
+        f"on these {planned.rows:,} rows in graphs of {here_graph.rows:,} ({in_here:.1f} CPU s, the least of "
+        f"{COST_ROUNDS} rounds) and of {there_rows:,} ({in_there:.1f}): b = "
+        f"{'not measurable' if b is None else f'{b:.2f}'}"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -197,6 +198,24 @@ async def build_cost(on: OnSample, build: Candidate, graph: GraphSize | None = N
         return await timed_build(on.sink, on.scratch, sample_index(on, build, graph))
     finally:
         await on.sink.execute(drop_index_sql(on.scratch, SCRATCH_INDEX))
+
+
+COST_ROUNDS = 2
+"""Rounds of the builds a ratio is read from (tune_ahead): the same build on the same sample read 47.9 and 57.9
+CPU s minutes apart on this shared machine, noise as large as the ratios sought (1.2–1.5); interference only
+slows a build, so the least of the rounds is kept."""
+
+
+async def least_costs(
+    on: OnSample, builds: Sequence[tuple[Candidate, GraphSize | None]], rounds: int = COST_ROUNDS
+) -> list[float]:
+    """The least cost (BuildTime.cost) of each build over `rounds` rounds, the builds interleaved within a round
+    so that a slow spell of the machine falls on all of them alike."""
+    least = [math.inf] * len(builds)
+    for _ in range(max(1, rounds)):
+        for i, (cand, graph) in enumerate(builds):
+            least[i] = min(least[i], (await build_cost(on, cand, graph)).cost)
+    return least
 
 
 async def tune(

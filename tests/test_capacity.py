@@ -178,7 +178,8 @@ def test_plan_from_a_tuned_table_uses_its_measurements(tmp_path: Path) -> None:
 
 def test_plan_reads_the_exponent_the_tuner_measured_and_migrates_an_older_grid_table(tmp_path: Path) -> None:
     """A grid table recorded before b was kept (no graph_exponent column) gains it when `index` records again;
-    a tuning that measured b (`index --project-rows`) makes `plan --target` scale builds by it."""
+    a b the record holds (`index --project-rows` measured one on the sample before tune_ahead stopped reading b
+    there) makes `plan --target` scale builds by it."""
     src, db = tmp_path / "src", tmp_path / "db"
     write_shard(src, 0, SynthSpec(rows=6000, seed=4))
     target = f"chdb:{db}"
@@ -193,7 +194,7 @@ def test_plan_reads_the_exponent_the_tuner_measured_and_migrates_an_older_grid_t
     assert tuned.returncode == 0, tuned.stderr
     (row,) = chdb_rows(db, f"SELECT count() AS n, countIf(graph_exponent IS NULL) AS null FROM {GRID_TABLE}")
     assert int(row["n"]) > 0 and row["null"] == row["n"]
-    # what `index --project-rows` records when both builds were long enough to fit b (test_index_tune times one)
+    # a b recorded by such an older `index --project-rows`
     chdb_rows(
         db,
         f"INSERT INTO {GRID_TABLE} SELECT * REPLACE (0.41 AS graph_exponent, addSeconds(recorded, 1) AS recorded) "

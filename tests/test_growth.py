@@ -4,7 +4,6 @@ reports it once loaded."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from ingest.vector.growth import (
     Ahead,
     MeasuredBuild,
     build_work,
-    fit_graph_exponent,
     merged_graph_rows,
     project_build,
     scale_build_seconds,
@@ -61,22 +59,6 @@ def test_build_work_sums_g_to_the_one_plus_b_over_the_graphs() -> None:
     assert build_work(4000, 1000) == pytest.approx(4 * 1000 ** (1 + GRAPH_EXPONENT))
 
 
-def test_the_exponent_is_fitted_from_the_same_rows_in_graphs_of_two_sizes() -> None:
-    # graphs 4× larger cost 2× per row: b = 0.5
-    assert fit_graph_exponent(20.0, 400, 10.0, 100) == pytest.approx(0.5)
-    assert fit_graph_exponent(10.0, 400, 10.0, 100) == pytest.approx(0.0)
-    assert fit_graph_exponent(9.0, 400, 10.0, 100) == 0.0  # cheaper in larger graphs: noise, kept at 0
-    assert fit_graph_exponent(400.0, 400, 4.0, 100) == 1.0  # beyond quadratic: noise, kept at 1
-    assert fit_graph_exponent(20.0, 140, 10.0, 100) is None  # sizes too close to say (MIN_FIT_SPAN 1.5)
-    assert fit_graph_exponent(4.0, 400, 2.0, 100) is None  # a build too short to time its graphs
-    # a sample of 200,000 rows: graphs of 125,184 leave one of 74,816, graphs of 62,720 one of 11,840; builds
-    # that grew with b = 0.3 per row read back 0.3, where 1.6 and 3.2 graphs of the nominal size would read less
-    cost = [build_work(200_000, g, 0.3) for g in (125_184, 62_720)]
-    assert fit_graph_exponent(cost[0], 125_184, cost[1], 62_720, 200_000) == pytest.approx(0.3, abs=1e-6)
-    nominal = math.log(cost[0] / cost[1]) / math.log(125_184 / 62_720)
-    assert nominal < 0.26
-
-
 def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> None:
     # 100 s of wall, 150 CPU s: 1.5 cores; at 4× the rows in graphs 4× larger the CPU grows by build_work
     built = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, 1_300_000_000, 150.0)
@@ -104,12 +86,10 @@ def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory(
     # another size: no look ahead there, the built structure's growth at the table's b
     two = project_build(built, 2_000_000, 2500, 16)
     assert two.ahead is None and two.graph_exponent == 0.3
-    # each size looked ahead to scales by the b measured up to its own graphs (b grows with G)
-    own_b = replace(ahead, rows=2_000_000, graph_exponent=0.1)
-    near = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (ahead, own_b))
-    work = build_work(2_000_000, 125_000, 0.1) / build_work(1_000_000, 62_500, 0.1)
+    # every size scales by the table's b, the structure chosen there multiplying it
+    near = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (replace(ahead, rows=2_000_000),))
+    work = build_work(2_000_000, 125_000, 0.3) / build_work(1_000_000, 62_500, 0.3)
     assert project_build(near, 2_000_000, 2500, 16).build_cpu_seconds == pytest.approx(150.0 * work * 1.4)
-    assert "G^0.10, measured" in project_build(near, 2_000_000, 2500, 16).line()
     # the same structure chosen there: no factor, nothing said
     same = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (replace(ahead, same=True),))
     assert project_build(same, 4_000_000, 2500, 16).ahead is None
@@ -188,13 +168,12 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     assert chosen["build_seconds"] > 0 and chosen["sample_rows"] <= 12_000
     assert chosen["build_cpu_seconds"] > 0  # the engine's own CPU counters, read around the build
     # --project-rows: the grid again on the table's rows in the 48,000-row table's graphs (4 of 12,000; the
-    # sample holds one of ~11,950): what the tuner would choose there, and b between the two graph sizes
+    # sample holds one of ~11,950): what the tuner would choose there; b is the default, not read from samples
     assert "looking ahead to 48,000 rows: the grid again on " in out, out
     (ahead,) = entry["ahead"]
     assert ahead["rows"] == 48_000 and 11_000 < ahead["sample_graph_rows"] <= 12_000 and ahead["cost"] > 0
     assert f"at 48,000 rows (graphs of 12,000; sampled in graphs of {ahead['sample_graph_rows']:,})" in out
-    b = entry["graph_exponent"]
-    assert f"b = {'not measurable' if b is None else f'{b:.2f}'}" in out  # builds this small may be too short
+    assert entry["graph_exponent"] is None and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
     (proj,) = entry["projections"]
     assert proj["rows"] == 48_000 and proj["graphs"] == 4
     assert (proj["structure"] is None) == ahead["same"]

@@ -15,16 +15,20 @@ from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
 # ---- growth: a larger table projected from a build measured on this one ---------------------------------------
 
 GRAPH_EXPONENT = 0.32
-"""Per-row build cost ∝ G^b in graphs of G rows, where no build on the table measured b (vector/tune_ahead.py).
-Measured here (26.9 in chdb, bf16 M=12 ef_c=24, 512-d, one graph of G rows on 2 cores, CPU per row at G = 15,625
-… 250,000, bench/graph_cost.py, 3 rounds): b = 0.33 clustered, 0.27 noisy, 0.34 offset end to end (0.17–0.40 per
-doubling). HNSW's ~ln G hops (Malkov & Yashunin) undercount it: each hop in a larger graph misses more
-cache, and within a cluster the rows are as hard as random ones. ln G predicted 1.29× from 15,625 to 250,000
-where 2.10–2.54× was measured; on the growth ladder the 1M → 4M projection by ln G read 0.60 of the CPU measured,
-by G^b (b measured on the 1M table's sample) 1.02. Real sentence embeddings grow less: all-MiniLM-L6-v2 vectors
+"""Per-row build cost ∝ G^b in graphs of G rows. Measured here (26.9 in chdb, bf16 M=12 ef_c=24, 512-d, one graph
+of G rows on 2 cores, CPU per row at G = 15,625 … 250,000, bench/graph_cost.py, 3 rounds): b = 0.33 clustered,
+0.27 noisy, 0.34 offset end to end (0.17–0.40 per doubling); the growth ladder's full builds of one structure read
+0.32 from graphs of 62,720 to 125,184 rows and 0.24 to 250,112. HNSW's ~ln G hops (Malkov & Yashunin) undercount
+it: each hop in a larger graph misses more cache. Real sentence embeddings grow less: all-MiniLM-L6-v2 vectors
 (384-d) of 250,000 distinct lines of Debian's documentation read b = 0.07 (M=12 ef_c=24) and 0.12 (M=16 ef_c=32)
 where the clustered synthetic rows read 0.29 and 0.42 in the same run (2 rounds), so the default projects builds on
-the long side; b also grows with M and ef_construction, which is why the tuner measures it on the chosen one."""
+the long side.
+
+Not measured per table: b is a small exponent read from a small ratio (1.2× over a 2× span of graph sizes) where
+one build on this shared machine swings 1.3–1.5× between rounds, and the tuner's sample builds read it low in all
+five look aheads of the ladder (0.00–0.16 against the full builds' 0.24–0.32), the same rows recut into smaller
+graphs costing as much per row as in larger ones (vector/tune_ahead.py). Only a wide span and rounds pin it, which
+is bench/graph_cost.py's job, not every `index`'s."""
 GRAPH_EXPONENT_SOURCE = (
     "the default, measured here on synthetic graphs of 15,625–250,000 rows (bench/graph_cost.py; real MiniLM "
     "sentence embeddings grew less, b 0.07–0.12: builds projected on the long side)"
@@ -32,15 +36,16 @@ GRAPH_EXPONENT_SOURCE = (
 
 
 def graph_exponent_of(measured: float | None) -> tuple[float, str]:
-    """b and where it came from: measured on the table's sample (the tuner, --project-rows), else the default."""
+    """b and where it came from: a b the table's grid record holds (`index --project-rows` measured one on the
+    table's sample until it was found to read low, tune_ahead), else the default."""
     if measured is None:
         return GRAPH_EXPONENT, GRAPH_EXPONENT_SOURCE
     return measured, "measured on this table's sample"
 
 
 BUILD_GROWTH = (
-    "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b measured by the tuner on the "
-    f"table's samples in its graphs and in the larger table's, else {GRAPH_EXPONENT:g}); "
+    "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b = "
+    f"{GRAPH_EXPONENT:g} measured here by bench/graph_cost.py, or what the table's grid record holds); "
     "wall = that CPU ÷ the cores the measured build used (its CPU s ÷ its wall s)"
 )
 MEMORY_GROWTH = (
@@ -73,40 +78,10 @@ def scale_build_seconds(
     return seconds * work_then / max(build_work(rows, graph_rows, exponent), 1e-9)
 
 
-MIN_FIT_SECONDS = 3.0
-"""A build shorter than this times its overheads, not its graphs (a mutation takes ~1 s however small: a 20,000-row
-sample built in 1.0 s in graphs of 1,265 rows and in 1.0 s in graphs a quarter that size)."""
-
-
-MIN_FIT_SPAN = 1.5
-"""Graphs closer in size than this say too little about b (the look ahead from 1M to 2M rows spans 2×)."""
-
-
-def fit_graph_exponent(
-    seconds: float, graph_rows: int, small_seconds: float, small_graph_rows: int, rows: int | None = None
-) -> float | None:
-    """b of per-row cost ∝ G^b from the same `rows` (default: `graph_rows`) built in graphs of two sizes: the b
-    at which build_work's ratio is the builds' ratio (the last graph of each holds the rest, so a sample of
-    200,000 in graphs of 125,184 is one of 125,184 and one of 74,816, not 1.6 of the first). None when the sizes
-    are too close, or a build too short to say; kept within [0, 1]: below, a build cheaper per row in larger
-    graphs, above, costlier than quadratic, are timing noise, not HNSW."""
-    if min(seconds, small_seconds) < MIN_FIT_SECONDS or graph_rows < MIN_FIT_SPAN * small_graph_rows:
-        return None
-    n = rows if rows is not None else graph_rows
-    ratio = math.log(seconds / small_seconds)
-
-    def gap(b: float) -> float:
-        return math.log(build_work(n, graph_rows, b) / build_work(n, small_graph_rows, b)) - ratio
-
-    low, high = 0.0, 1.0
-    if gap(low) >= 0:
-        return 0.0
-    if gap(high) <= 0:
-        return 1.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if gap(mid) < 0 else (low, mid)
-    return (low + high) / 2
+MIN_AHEAD_SPAN = 1.5
+"""A larger table whose graphs the sample can hold at less than this × this table's own is not looked ahead: its
+structure would be measured on graphs much like the ones measured here (the look ahead from 1M to 2M rows spans
+2×)."""
 
 
 def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
@@ -136,9 +111,6 @@ class Ahead:
     sample_graph_rows: int
     same: bool
     """The structure chosen there is the one built here."""
-    graph_exponent: float | None = None
-    """b from graphs of this table's size to that sample's (None: not measurable): each size its own, b grows with
-    G (clustered rows read 0.13 from 62,720 to 125,184 rows and 0.25 to 200,000 on one 1M table)."""
 
     @property
     def label(self) -> str:
@@ -153,7 +125,6 @@ class Ahead:
             "cost": self.cost,
             "sample_graph_rows": self.sample_graph_rows,
             "same": self.same,
-            "graph_exponent": self.graph_exponent,
         }
 
 
@@ -201,7 +172,7 @@ class Projection:
     ahead: Ahead | None = None
     """The structure the tuner would choose at `rows` when it differs from the one built (None: the same)."""
     graph_exponent: float | None = None
-    """The b it scaled by: measured looking ahead to `rows`, else on the table's sample, else None (the default)."""
+    """The b it scaled by: what the table's grid record holds, else None (the default)."""
 
     def line(self) -> str:
         f = self.measured_from
@@ -261,7 +232,7 @@ def project_build(
         per_row *= resident_bytes(rows, measured.dim, q, m) / resident_bytes(
             rows, measured.dim, measured.quantization, measured.m
         )
-    b = looked.graph_exponent if looked is not None and looked.graph_exponent is not None else measured.graph_exponent
+    b = measured.graph_exponent
     work = build_work(rows, graph_rows, b) / max(build_work(measured.rows, measured.graph_rows, b), 1e-9)
     work *= ahead.cost if ahead is not None else 1.0
     cores = measured.cores_used

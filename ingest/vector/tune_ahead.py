@@ -7,20 +7,16 @@ showed both: 1M synthetic rows in graphs of 62,720 chose bf16 M=12 ef_c=24; 2M (
 scaled the 1M build by one exponent read 0.50–0.62 of the builds measured (bench/growth.py).
 
 So the grid runs again on a sample of this table laid out in the N-row table's graphs (as large as the sample
-allows, graphs.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), in CPU seconds
-(tune.BuildTime):
+allows, graphs.MAX_SAMPLE_ROWS: the sample the N-row table's own tuner would take), and reads its choice there and
+that structure's build CPU over the structure built here, both in N's graphs on that sample (`cost`, in CPU
+seconds, tune.BuildTime). The two builds run again in interleaved rounds, the least of each kept
+(tune_run.least_costs): one build on the same sample read 47.9 and 57.9 CPU s minutes apart.
 
-- its choice there, and that structure's build CPU over the structure built here, both in N's graphs on that
-  sample (`cost`);
-- b of per-row build cost ∝ G^b: the structure built here on those same rows in this table's graphs and in the
-  N-row table's (the range the projection spans, not a quarter of it extrapolated). Same rows, not two samples:
-  on the 1M table a sample of 125,440 rows in graphs of 62,720 built at 176–185 µs of CPU per row and 200,000
-  rows in the same graphs at 190–213, which a b across the two would read as growth with G.
-
-Those three builds run again after the grid, in interleaved rounds, the least of each kept (tune_run.least_costs):
-the grid's own timings are one build each, and one build on the same sample read 47.9 and 57.9 CPU s minutes
-apart (a ratio from such single builds read M=16 ef_c=32 at 1.11× M=12 ef_c=24 where the full builds at 2M
-differed 1.39×).
+How a row's build cost grows with its graph (b) is not read here but is growth.GRAPH_EXPONENT: the same 200,000
+sample rows of the 1M table, bf16 M=12 ef_c=24, cost 205 µs of CPU a row in graphs of 62,720, 203 in graphs of
+125,184 and 185 in one graph of 200,000 (the round before: 319, 233, 270), where the table's full builds grew 167 →
+207 → 233 from graphs of 62,720 to 250,112; b fitted from such pairs read 0.00–0.16 in all five look aheads of the
+growth ladder, and projections scaled by it read 0.69–0.80 of the builds measured.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import GraphSize, plan_sample
-from ingest.vector.growth import MIN_FIT_SPAN, Ahead, fit_graph_exponent, merged_graph_rows
+from ingest.vector.growth import MIN_AHEAD_SPAN, Ahead, merged_graph_rows
 from ingest.vector.sizing import MemoryBudget, need, resident_bytes
 from ingest.vector.tune import Candidate, TuneReport, chosen_build, decide
 from ingest.vector.tune_run import COST_ROUNDS, SampleSpec, fill_sample, least_costs, measure_grid
@@ -62,20 +58,17 @@ class AheadJob:
 
 
 async def look_ahead(job: AheadJob) -> TuneReport:
-    """The tuned report with what the grid chooses at each --project-rows above the table's rows (Ahead) and b
-    from the largest of them."""
+    """The tuned report with what the grid chooses at each --project-rows above the table's rows (Ahead)."""
     tuned = job.tuned
     aheads: list[Ahead] = []
     notes: list[str] = []
-    b = tuned.graph_exponent
     for rows in sorted({n for n in job.cfg.project_rows if n > tuned.rows}):
         started = time.perf_counter()
         got, note = await ahead_at(job, rows)
         notes.append(f"{note} ({time.perf_counter() - started:.1f} s)")
         if got is not None:
             aheads.append(got)
-            b = got.graph_exponent if got.graph_exponent is not None else b
-    return replace(tuned, ahead=tuple(aheads), graph_exponent=b, notes=tuned.notes + tuple(notes))
+    return replace(tuned, ahead=tuple(aheads), notes=tuned.notes + tuple(notes))
 
 
 async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
@@ -87,7 +80,7 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
     planned = plan_sample(graph, cfg.sample_rows, tuned.rows - tuned.queries)
     there_rows = planned.graph.rows if planned.graph is not None else planned.rows
     here_rows = tuned.sample_graph_rows or tuned.sample_rows
-    if here is None or there_rows < MIN_FIT_SPAN * here_rows:
+    if here is None or there_rows < MIN_AHEAD_SPAN * here_rows:
         return None, (
             f"at {rows:,} rows (graphs of {graph.rows:,}): not looked ahead, this table's sample cannot hold "
             f"graphs much larger than its own {here_rows:,} rows (the projection scales the structure built here)"
@@ -109,29 +102,25 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
     )
     spec = SampleSpec(tuned.rows, planned.rows, tuned.queries, planned.graph, tuned.dim, job.metric)
     built = tuned.choice.candidate.build()
-    here_graph = GraphSize(max(1, round(here_rows / rpg)), rpg, 0)
     try:
         on = await fill_sample(job.sink, job.ref, tuned.column, spec, cfg.seed, tuned.search_lists, tuned.rescoring)
         measured, _ = await measure_grid(on, todo, cfg.recall_target)
         choice = decide(measured, fits, memory, ranked, cfg.recall_target)
         c = choice.candidate.build()
         same = c == built
-        # the structure built here on these rows in this table's graphs and in N's (b), and the one chosen for N
-        # in N's (its cost): interleaved rounds, the least of each (tune_run.least_costs)
-        builds = [(built, here_graph), (built, None)] + ([] if same else [(c, None)])
-        least = await least_costs(on, builds)
+        costs = [1.0, 1.0] if same else await least_costs(on, [c, built])
     finally:
         with contextlib.suppress(TargetError):
             await job.sink.execute(drop_table_sql(scratch_ref(job.ref)))
-    in_here, in_there = least[0], least[1]
-    cost = least[2] / in_there if not same and in_there > 0 else 1.0
-    b = fit_graph_exponent(in_there, there_rows, in_here, here_graph.rows, planned.rows)
-    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, 1.0 if same else cost, there_rows, same, b)
-    said = "the same structure" if same else f"{ahead.label}, × {cost:.2f} the build CPU of {here.candidate.label()}"
+    cost = costs[0] / costs[1] if costs[1] > 0 else 1.0
+    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, cost, there_rows, same)
+    said = (
+        "the same structure"
+        if same
+        else f"{ahead.label}, × {cost:.2f} the build CPU of {here.candidate.label()} ({costs[0]:.1f} and "
+        f"{costs[1]:.1f} CPU s, the least of {COST_ROUNDS} rounds)"
+    )
     return ahead, (
         f"at {rows:,} rows (graphs of {graph.rows:,}; sampled in graphs of {there_rows:,}): the grid chooses {said}"
-        f"{'' if choice.reached else ' (none reached the target there)'}; per-row build cost ∝ G^b, {built.label()} "
-        f"on these {planned.rows:,} rows in graphs of {here_graph.rows:,} ({in_here:.1f} CPU s, the least of "
-        f"{COST_ROUNDS} rounds) and of {there_rows:,} ({in_there:.1f}): b = "
-        f"{'not measurable' if b is None else f'{b:.2f}'}"
+        f"{'' if choice.reached else ' (none reached the target there)'}"
     )

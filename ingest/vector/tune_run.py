@@ -158,9 +158,9 @@ async def timed_build(sink: Sink, scratch: TableRef, index: VectorIndex) -> Buil
     return BuildTime(seconds, None if cpu is None or after is None else max(0.0, after - cpu))
 
 
-def sample_index(on: OnSample, build: Candidate, graph: GraphSize | None = None) -> VectorIndex:
-    """`build` on the scratch table in the sample's graphs, or in `graph`'s."""
-    g = graph or on.spec.graph
+def sample_index(on: OnSample, build: Candidate) -> VectorIndex:
+    """`build` on the scratch table in the sample's graphs."""
+    g = on.spec.graph
     return VectorIndex(
         SCRATCH_INDEX,
         "v",
@@ -191,11 +191,10 @@ async def measure_candidate(on: OnSample, build: Candidate, target: float) -> li
     return out
 
 
-async def build_cost(on: OnSample, build: Candidate, graph: GraphSize | None = None) -> BuildTime:
-    """Build one candidate on the sample (in its graphs, or in `graph`'s) only for its cost (no recall), then
-    drop it."""
+async def build_cost(on: OnSample, build: Candidate) -> BuildTime:
+    """Build one candidate on the sample (in its graphs) only for its cost (no recall), then drop it."""
     try:
-        return await timed_build(on.sink, on.scratch, sample_index(on, build, graph))
+        return await timed_build(on.sink, on.scratch, sample_index(on, build))
     finally:
         await on.sink.execute(drop_index_sql(on.scratch, SCRATCH_INDEX))
 
@@ -206,15 +205,13 @@ CPU s minutes apart on this shared machine, noise as large as the ratios sought 
 slows a build, so the least of the rounds is kept."""
 
 
-async def least_costs(
-    on: OnSample, builds: Sequence[tuple[Candidate, GraphSize | None]], rounds: int = COST_ROUNDS
-) -> list[float]:
+async def least_costs(on: OnSample, builds: Sequence[Candidate], rounds: int = COST_ROUNDS) -> list[float]:
     """The least cost (BuildTime.cost) of each build over `rounds` rounds, the builds interleaved within a round
     so that a slow spell of the machine falls on all of them alike."""
     least = [math.inf] * len(builds)
     for _ in range(max(1, rounds)):
-        for i, (cand, graph) in enumerate(builds):
-            least[i] = min(least[i], (await build_cost(on, cand, graph)).cost)
+        for i, cand in enumerate(builds):
+            least[i] = min(least[i], (await build_cost(on, cand)).cost)
     return least
 
 

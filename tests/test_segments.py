@@ -319,7 +319,8 @@ def test_chdb_deferred_merges_wait_for_the_end_of_the_run(tmp_path: Path) -> Non
 
     async def go() -> tuple[str, str, int]:
         sink, ref = _chdb_sink(tmp_path)
-        sink.max_deferred_parts = 3
+        assert sink.merge_hold is not None
+        sink.merge_hold.limit = 3
         try:
             await sink.connect()
             await sink.ensure_table(ref)
@@ -347,11 +348,3 @@ def test_chdb_deferred_merges_wait_for_the_end_of_the_run(tmp_path: Path) -> Non
 
 async def _one(first: int) -> AsyncIterator[pa.RecordBatch]:
     yield block(first)
-
-
-def test_merges_deferred_only_where_a_stop_dies_with_the_process(make_shards, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    src = make_shards([0], rows=100, dim=DIM)
-    res = cli(*run_args(src, "http://127.0.0.1:9/", tmp_path / "l.json"), "--merges", "deferred")
-    assert res.returncode != 0
-    assert "--merges deferred is for the embedded chdb target" in res.stderr
-    assert "Traceback" not in res.stderr

@@ -160,15 +160,14 @@ with_load_flags = with_flags(LoadFlags)
 with_query_flags = with_flags(QueryFlags)
 
 
-def merge_policy(flag: str, spec: TargetSpec, steady: bool) -> MergePolicy:
+def merge_policy(flag: str, spec: TargetSpec, steady: bool, cluster: str | None = None) -> MergePolicy:
     """`--merges` → policy. `auto` defers on the embedded target during a `run` (the process owns the engine, so
     a stop dies with it) and merges during the load on servers and in the daemon (a steady state, not a bulk load).
-    A server is never told to stop merging: a killed run would leave its table unmerged."""
-    if flag == "deferred" and spec.kind != "chdb":
-        raise ConfigError(
-            "--merges deferred is for the embedded chdb target: a server would keep the table's merges stopped "
-            "if the run were killed"
-        )
+    `deferred` on a server is asked for, not assumed: the stop outlives a killed run until the next run, daemon
+    or `index` on the table resumes it (ingest/sinks/merge_hold.py). Not on a cluster: the stop would be per
+    node's local table, which the Distributed insert does not own."""
+    if flag == "deferred" and cluster is not None:
+        raise ConfigError("--merges deferred is for one server or the embedded target, not a --cluster")
     if flag == "auto":
         return "deferred" if spec.kind == "chdb" and not steady else "during"
     return "deferred" if flag == "deferred" else "during"
@@ -224,7 +223,7 @@ def run_config(
             compress=f.compress,
             nodes=node_endpoints(f.cluster, f.node),
             zookeeper_path=validate_zookeeper_path(f.zookeeper_path),
-            merges=merge_policy(f.merges, spec, steady),
+            merges=merge_policy(f.merges, spec, steady, f.cluster),
             read_timeout=f.read_timeout,
         ),
         source=SourceConfig(

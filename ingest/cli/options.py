@@ -66,7 +66,8 @@ MergesOpt = Annotated[
     Literal["auto", "during", "deferred"],
     typer.Option(
         "--merges",
-        help="Background merges while a run loads: auto = deferred on the embedded target, during on servers",
+        help="Background merges while a run loads: auto = deferred on the embedded target, during on servers "
+        "(deferred on a server: stopped until the run ends; a killed run's stop is lifted by the next run or index)",
     ),
 ]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]

@@ -73,6 +73,11 @@ def active_parts_sql(ref: TableRef) -> str:
     )
 
 
+def delay_parts_sql() -> str:
+    """Active parts in a partition past which the server delays inserts (merge_tree_settings; 150 on 18.16)."""
+    return "SELECT value FROM system.merge_tree_settings WHERE name = 'parts_to_delay_insert'"
+
+
 def background_merges_sql(ref: TableRef, run: bool) -> str:
     """Stop or start the table's background merges (its merges only; OPTIMIZE is refused while stopped)."""
     return f"SYSTEM {'START' if run else 'STOP'} MERGES {ref.sql}"

@@ -85,8 +85,8 @@ class TargetConfig:
     zookeeper_path: str = DEFAULT_ZOOKEEPER_PATH
     """Prefix of a replicated `{table}_local`'s coordinator path; must hold the `{shard}` macro."""
     merges: MergePolicy = "during"
-    """`deferred`: the embedded target stops background merges of the table while a run loads it (see
-    ingest/sinks/chdb.py); servers always merge during the load."""
+    """`deferred`: the table's background merges are stopped while a run loads it (ingest/sinks/merge_hold.py):
+    the default on the embedded target, asked for on a server."""
     read_timeout: float = READ_TIMEOUT
     """Seconds an HTTP request may wait for a byte of reply (a stalled proxy or server ends as a retriable error)."""
 

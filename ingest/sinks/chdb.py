@@ -8,6 +8,7 @@ while the engine parses, squashes and writes segments on as many threads as ther
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -20,8 +21,6 @@ from typing import Any
 from ingest.clickhouse.replies import DEDUP_WINDOW, json_rows, parse_error
 from ingest.clickhouse.settings import insert_settings, settings_clause
 from ingest.clickhouse.sql import (
-    active_parts_sql,
-    background_merges_sql,
     count_range_sql,
     create_database_sql,
     create_table_sql,
@@ -38,14 +37,12 @@ from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, server_info, squash_of
 from ingest.sinks.body_pump import pumped
 from ingest.sinks.fifo_body import abort_statement, encoded_blocks, feed_fifo, fifo_path
+from ingest.sinks.merge_hold import MergeHold
 
 log = logging.getLogger(__name__)
 
 PUMP_DEPTH = 1
 """Encoded blocks queued between the insert's body pump and the pipe writer: encoding runs one block ahead."""
-MAX_DEFERRED_PARTS = 300
-"""Active parts a table may gather while its merges wait for the end of a run; past it merges resume (chdb 26.9
-delays inserts at 1,000 parts in a partition and refuses them at 3,000)."""
 
 
 def map_chdb_error(exc: Exception) -> TargetError:
@@ -71,10 +68,7 @@ class ChdbSink:
         self._write_pool = ThreadPoolExecutor(2 * self._insert_sessions, thread_name_prefix="chdb-body")
         self._idle: asyncio.Queue[Any] | None = None
         self._opened: list[Any] = []
-        self._defer_merges = target.merges == "deferred"
-        self.max_deferred_parts = MAX_DEFERRED_PARTS
-        self._merges_stopped: set[TableRef] = set()
-        self._merges_seen: set[TableRef] = set()
+        self.merge_hold = MergeHold(self.execute, self.query) if target.merges == "deferred" else None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -158,7 +152,8 @@ class ChdbSink:
             async_insert=self.info.async_insert,
             skip_indexes=True,  # the load never pays for vector indexes: `laion-ingest index` builds them
         )
-        await self._call(self._merge_policy, ref)
+        if self.merge_hold is not None:
+            await self.merge_hold.before_insert(ref)
         loop = asyncio.get_running_loop()
         session = await self._inserter()
         with fifo_path() as path:
@@ -202,32 +197,6 @@ class ChdbSink:
         except Exception as exc:
             raise map_chdb_error(exc) from exc
 
-    def _merge_policy(self, ref: TableRef) -> None:
-        """Deferred merges: a bulk load into the embedded engine defers the table's background merges.
-
-        Measured on a 1M-row shard: merges of the freshly written ~200 MB parts rewrite the whole shard once
-        during its load (about half the load's CPU), and `index` merges the table again anyway before it builds.
-        The stop lives in this process only (a killed run leaves nothing stopped); past `max_deferred_parts`
-        active parts merges resume for the rest of the run, and `close` resumes them.
-        """
-        if not self._defer_merges:
-            return
-        if ref not in self._merges_seen:
-            self._merges_seen.add(ref)
-            self._stop_merges(ref)
-            return
-        if ref in self._merges_stopped and int(self._rows(active_parts_sql(ref))[0]["n"]) > self.max_deferred_parts:
-            log.info("%s: over %d parts, background merges resume", ref.key, self.max_deferred_parts)
-            self._resume_merges(ref)
-
-    def _stop_merges(self, ref: TableRef) -> None:
-        self._raw(background_merges_sql(ref, run=False))
-        self._merges_stopped.add(ref)
-
-    def _resume_merges(self, ref: TableRef) -> None:
-        self._raw(background_merges_sql(ref, run=True))
-        self._merges_stopped.discard(ref)
-
     async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
         rows = await self._call(self._rows, count_range_sql(ref, first_id, last_id))
         return int(rows[0]["n"])
@@ -238,16 +207,8 @@ class ChdbSink:
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id) + settings_clause({"mutations_sync": 2})
-
-        def work() -> None:
-            stopped = ref in self._merges_stopped
-            if stopped:  # a mutation runs in the merge pool: it would wait for the stop forever
-                self._resume_merges(ref)
-            self._raw(sql)
-            if stopped:
-                self._stop_merges(ref)
-
-        await self._call(work)
+        async with self.merge_hold.lifted(ref) if self.merge_hold else contextlib.nullcontext():
+            await self._call(self._raw, sql)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
         return list(await self._call(self._rows, sql, settings))
@@ -256,19 +217,14 @@ class ChdbSink:
         await self._call(self._raw, sql + settings_clause(settings))
 
     async def close(self) -> None:
+        if self.merge_hold is not None and self._session is not None:
+            await self.merge_hold.release()
+
         def work() -> None:
             for opened in self._opened:
                 opened.close()
             self._opened.clear()
             if self._session is not None:
-                for ref in list(self._merges_stopped):
-                    try:
-                        parts = int(self._rows(active_parts_sql(ref))[0]["n"])
-                        self._resume_merges(ref)
-                    except TargetError as exc:
-                        log.debug("%s: resuming merges failed: %s", ref.key, exc)
-                        continue
-                    log.info("%s: %d parts; merges were deferred during the load and resume now", ref.key, parts)
                 self._session.close()
                 self._session = None
             if self._lock_fd is not None:

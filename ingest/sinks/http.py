@@ -9,8 +9,8 @@ Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +41,6 @@ from ingest.core import metrics
 from ingest.core.config import TargetConfig
 from ingest.core.errors import (
     CUT_BODY_CLICKHOUSE_CODES,
-    ConfigError,
     SchemaMismatchError,
     TargetError,
     TransientTargetError,
@@ -53,6 +52,8 @@ from ingest.core.pieces import BlockStart, Piece
 from ingest.core.plan import SegmentPlan
 from ingest.sinks.base import ServerInfo, parse_version, server_info, squash_of
 from ingest.sinks.body_pump import pumped
+from ingest.sinks.merge_hold import MergeHold, heal
+from ingest.sinks.tls import ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,6 @@ def insert_settings(info: ServerInfo, token: str | None, squash: Squash | None =
 
 def has_mutations_sync(info: ServerInfo) -> bool:
     return parse_version(info.version) >= MUTATIONS_SYNC_SINCE
-
-
-def ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
-    """Verified TLS for https targets (private CA via --ca-file); verification is off only with --insecure."""
-    if not target.spec.base_url.startswith("https://"):
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=str(target.ca_file) if target.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use --ca-file {target.ca_file}: {exc}") from exc
-    if target.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _chunks(parts: list[memoryview]) -> list[memoryview]:
@@ -139,6 +126,7 @@ class HttpSink:
         """Insert body bytes put on the wire (after compression), for bytes/row in the run summary."""
         self.column_major = self._format == "native"
         """Native bodies take a segment as one column-major block (ingest/core/pieces.py): no squash on the server."""
+        self.merge_hold = MergeHold(self.execute, self.query) if target.merges == "deferred" else None
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -231,6 +219,7 @@ class HttpSink:
         problem = table_problem(await self.query(describe_sql(ref)), self._schema)
         if problem:
             raise SchemaMismatchError(f"table {ref.key} {problem}")
+        await heal(self.execute, ref)  # what a killed `--merges deferred` run left stopped
 
     async def insert(
         self,
@@ -241,6 +230,8 @@ class HttpSink:
         query_id: str | None = None,
     ) -> None:
         """One POST per segment; its chunked body is encoded piece by piece as `blocks` yields them."""
+        if self.merge_hold is not None:
+            await self.merge_hold.before_insert(ref)
         codec = self._codec()
         req = build_request(
             self._base,
@@ -352,11 +343,12 @@ class HttpSink:
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id)
-        if has_mutations_sync(self.info):
-            await self.execute(sql, {"mutations_sync": 2})
-            return
-        await self.execute(sql)
-        await self._wait_mutations(ref)
+        async with self.merge_hold.lifted(ref) if self.merge_hold else contextlib.nullcontext():
+            if has_mutations_sync(self.info):
+                await self.execute(sql, {"mutations_sync": 2})
+                return
+            await self.execute(sql)
+            await self._wait_mutations(ref)
 
     async def _wait_mutations(self, ref: TableRef) -> None:
         """18.16 applies ALTER DELETE in the background: poll system.mutations until the table has none left."""
@@ -388,6 +380,8 @@ class HttpSink:
         await self._send(self._request(sql, settings, database))
 
     async def close(self) -> None:
+        if self.merge_hold is not None and self._session is not None:
+            await self.merge_hold.release()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -31,6 +31,7 @@ from ingest.core.config import QueryConfig, TuneConfig
 from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
+from ingest.sinks.merge_hold import heal
 from ingest.vector import metadata
 from ingest.vector.capacity_run import record_grid
 from ingest.vector.check import load_graphs, short_of_goal, verify_recall
@@ -112,6 +113,7 @@ async def merge_before_build(sink: Sink, ref: TableRef, layout: Layout, report: 
         report(f"{ref.key}: {layout.why}")
         return
     start = time.monotonic()
+    await heal(sink.execute, ref)  # a killed `run --merges deferred` leaves them stopped, and OPTIMIZE refused
     await sink.execute(optimize_final_sql(ref))
     after = int((await sink.query(parts_summary_sql(ref)))[0]["parts"] or 0)
     report(f"{ref.key}: {layout.why}: {layout.parts} parts into {after} in {time.monotonic() - start:.1f} s")

@@ -150,7 +150,7 @@ def plan_sample(graph: GraphSize | None, asked: int, available: int, cap: int = 
             rows,
             None,
             f"the sample of {rows:,} rows holds less than one graph of {graph.rows:,}: it is measured as one graph "
-            "(the build projection scales by log of the graph size; the check on the full index sets the list)",
+            "(the build projection scales it to the table's graphs by G^b; the check on the full index sets the list)",
         )
     grown = f"sample grown to {rows:,} rows to hold graphs of {graph.rows:,} rows" if rows > asked else None
     return SamplePlan(rows, graph, grown)

@@ -1,0 +1,144 @@
+"""`run --merges deferred` on a server (ingest/sinks/merge_hold.py), on 18.16 and 26.9: the table's merges held
+while a run loads it, lifted for a torn range's delete, resumed past the part bound and at the end; what a run
+killed while holding them left stopped, resumed by the next run; refused on a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from cli_run import cli
+from cpu_load import busy_cores
+from exact import assert_table_equals, expected_rows, server_table
+from test_faults_load import load_args, start, wait_for_rows
+from test_http_sink import small_batch
+
+from ingest.core.config import TargetConfig
+from ingest.core.errors import TargetError
+from ingest.core.ids import TableRef
+from ingest.core.plan import plan_segments
+from ingest.core.schema import TableSchema
+from ingest.core.target import parse_target
+from ingest.sinks.http import HttpSink
+
+BLOCK = 500
+DIM = 16
+MERGES_STOPPED = ("ancel", "ABORTED")
+"""What OPTIMIZE answers while the table's merges are stopped ("Cancelled merging parts" / ABORTED)."""
+
+
+async def _one(first: int) -> AsyncIterator[pa.RecordBatch]:
+    yield small_batch(first, BLOCK, DIM)
+
+
+def optimize(server: Any, db: str) -> str:
+    """OPTIMIZE … FINAL: "" when it ran, else the server's error."""
+    try:
+        server.query(f"OPTIMIZE TABLE {db}.laion FINAL")
+    except RuntimeError as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.server
+def test_merges_held_while_loading_lifted_for_a_delete_and_resumed_past_the_bound(server: Any, server_db: str) -> None:
+    ref = TableRef(server_db, "laion")
+    segs = plan_segments(0, 6 * BLOCK, BLOCK, BLOCK, dim=DIM)
+    cfg = TargetConfig(
+        spec=parse_target(server.http_url), database=server_db, merges="deferred", schema=TableSchema(DIM)
+    )
+
+    async def go() -> tuple[int, str, int, str, str, str]:
+        sink = HttpSink(cfg)
+        try:
+            await sink.connect()
+            await sink.ensure_table(ref)
+            assert sink.merge_hold is not None
+            for seg in segs[:2]:
+                await sink.insert(ref, seg, _one(seg.start), None)
+            bound = sink.merge_hold.limit
+            held = optimize(server, server_db)
+            await sink.delete_range(ref, segs[1].first_id, segs[1].last_id)  # a mutation: merges lifted around it
+            left = await sink.count_range(ref, segs[1].first_id, segs[1].last_id)
+            still = optimize(server, server_db)
+            sink.merge_hold.limit = 3
+            for seg in segs[2:]:
+                await sink.insert(ref, seg, _one(seg.start), None)
+            resumed = optimize(server, server_db)  # over 3 parts before the last insert: merges resumed
+            return bound, held, left, still, resumed, ",".join(r.key for r in sink.merge_hold.stopped)
+        finally:
+            await sink.close()
+
+    bound, held, left, still, resumed, stopped = asyncio.run(go())
+    assert bound == (75 if getattr(server, "version", "18.16") == "18.16" else 300)  # parts_to_delay_insert / 2
+    assert any(s in held for s in MERGES_STOPPED), held
+    assert left == 0 and any(s in still for s in MERGES_STOPPED), still
+    assert resumed == "" and stopped == ""
+    n = int(server.query(f"SELECT count() FROM {server_db}.laion"))
+    assert n == 5 * BLOCK  # segment 1 deleted, the rest landed once
+
+
+@pytest.mark.server
+def test_a_run_killed_holding_merges_leaves_them_stopped_and_the_next_run_resumes_them(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
+) -> None:
+    """kill -9 of `run --merges deferred` at a random moment after its first rows land, both cores busy: the
+    table's merges stay stopped (a server keeps the stop), the next plain run resumes them, exact table."""
+    src = make_shards([0, 1, 2], rows=6000, dim=128)
+    args = load_args(src, server.http_url, server_db, tmp_path / "ledger.json", "0-2")
+    with busy_cores(seconds=240):
+        proc = start([*args, "--merges", "deferred"])
+        try:
+            assert wait_for_rows(server, server_db, proc), "no rows landed before the run ended"
+            time.sleep(random.uniform(0.0, 0.3))
+            assert proc.poll() is None, "the run finished before it was killed"
+        finally:
+            proc.kill()
+            proc.communicate()
+        held = optimize(server, server_db)
+        rerun = subprocess.run([sys.executable, "-m", "ingest", *args], capture_output=True, text=True, timeout=300)
+    assert any(s in held for s in MERGES_STOPPED), held
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert optimize(server, server_db) == ""
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1, 2]))
+
+
+@pytest.mark.server
+def test_a_deferred_run_says_so_and_leaves_merges_running(make_shards: Any, server: Any, server_db: str) -> None:
+    src = make_shards([0, 1], rows=2000, dim=DIM)
+    res = cli(
+        "run", "--source", str(src), "--shards", "0-1", "--target", server.http_url, "--database", server_db,
+        "--segment-rows", "1000", "--no-progress", "--merges", "deferred",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"{server_db}.laion: 4 parts; merges were deferred during the load and resume now" in res.stderr
+    assert optimize(server, server_db) == ""
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))
+
+
+def test_merges_deferred_is_refused_on_a_cluster(make_shards: Any) -> None:
+    src = make_shards([0], rows=100, dim=DIM)
+    res = cli(
+        "run", "--source", str(src), "--shards", "0", "--target", "http://127.0.0.1:9/", "--cluster", "two",
+        "--merges", "deferred", "--no-progress",
+    )  # fmt: skip
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "--merges deferred is for one server or the embedded target, not a --cluster" in res.stderr
+
+
+def test_a_server_refusing_system_start_merges_does_not_stop_a_load() -> None:
+    """heal() is a courtesy: a user without the SYSTEM privilege still loads (the refusal is not an error)."""
+    from ingest.sinks.merge_hold import heal
+
+    async def refused(sql: str) -> None:
+        raise TargetError("Code: 497. DB::Exception: default: Not enough privileges. (ACCESS_DENIED)", 497)
+
+    assert asyncio.run(heal(refused, TableRef("default", "laion"))) is False

@@ -99,7 +99,7 @@ def test_unsafe_table_name_refused(tmp_path: Path) -> None:
     assert "invalid table name" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_merge_policy_defers_only_a_run_into_the_embedded_engine() -> None:
+def test_merge_policy_defers_a_run_into_the_embedded_engine_and_a_server_only_when_asked() -> None:
     import pytest
 
     from ingest.cli.flags import merge_policy
@@ -112,5 +112,6 @@ def test_merge_policy_defers_only_a_run_into_the_embedded_engine() -> None:
     assert merge_policy("auto", server, steady=False) == "during"
     assert merge_policy("during", chdb, steady=False) == "during"
     assert merge_policy("deferred", chdb, steady=True) == "deferred"
-    with pytest.raises(ConfigError, match="if the run were killed"):
-        merge_policy("deferred", server, steady=False)
+    assert merge_policy("deferred", server, steady=False) == "deferred"  # asked for: ingest/sinks/merge_hold.py
+    with pytest.raises(ConfigError, match="not a --cluster"):
+        merge_policy("deferred", server, steady=False, cluster="two")

@@ -148,14 +148,13 @@ def print_growth(rows: list[Row]) -> None:
     print("growth, y ~ rows^b (least squares over the sizes; b = 0 flat, 1 linear):")
     for name, ys in series.items():
         print(f"  {name:<20} b = {exponent(n, ys):5.2f}   " + "  ".join(f"{y:,.1f}" for y in ys))
-    b = rows[0].entry.get("graph_exponent")
-    work = [build_work(r.rows, int(r.entry["graph_rows"]), b) for r in rows]
+    # an entry written before b was the constant may hold the graph_exponent `index --project-rows` read from
+    # sample builds (too low, e8da9a4): this checkout's model, like the projection, uses the default
+    work = [build_work(r.rows, int(r.entry["graph_rows"])) for r in rows]
     per_cpu = [(build_cpu(r) or 0.0) / w * 1e9 for r, w in zip(rows, work, strict=True)]
     per_wall = [x / w * 1e9 for x, w in zip(build, work, strict=True)]
     print(
-        f"  build ÷ Σ G^(1+b) ns, b = {GRAPH_EXPONENT if b is None else b:.2f} "
-        + ("(measured at the first size)" if b is not None else "(the default)")
-        + ", CPU: "
+        f"  build ÷ Σ G^(1+b) ns, b = {GRAPH_EXPONENT:.2f} (the default), CPU: "
         + "  ".join(f"{p:.2f}" for p in per_cpu)
         + "; wall: "
         + "  ".join(f"{p:.2f}" for p in per_wall)
@@ -194,7 +193,6 @@ def measured_build(r: Row) -> MeasuredBuild:
         float(e["build_seconds"]),
         e["memory_bytes"],
         build_cpu(r),
-        e.get("graph_exponent"),
         tuple(Ahead(**a) for a in e.get("ahead") or []),
     )
 

@@ -11,7 +11,7 @@ import pytest
 from cli_run import cli
 from exact import chdb_rows
 
-from ingest.clickhouse.index_sql import GRID_ADDED, GRID_COLUMNS, GRID_TABLE
+from ingest.clickhouse.index_sql import GRID_COLUMNS, GRID_TABLE
 from ingest.core.schema import DEFAULT_INDEX_GRANULARITY
 from ingest.stages.synth import SynthSpec, write_shard
 from ingest.vector.capacity import Ask, Constants, Structure, node_counts, option, plan, scaled
@@ -173,28 +173,34 @@ def test_plan_from_a_tuned_table_uses_its_measurements(tmp_path: Path) -> None:
     assert "bytes per row as stored in default.laion" in doc["constants_source"]
     structures = {c["structure"] for c in doc["candidates"]}
     assert any(s.startswith("bf16 M=") for s in structures)  # the tuner's grid, not the defaults' fixed five
-    assert doc["graph_exponent"] == GRAPH_EXPONENT  # no --project-rows: b was not measured
+    assert doc["graph_exponent"] == GRAPH_EXPONENT  # b is the default, whatever the tuner measured
+    (cols,) = chdb_rows(
+        db,
+        "SELECT countIf(name = 'graph_exponent') AS b, countIf(name = 'dim') AS dim FROM system.columns "
+        f"WHERE table = '{GRID_TABLE}'",
+    )
+    assert (int(cols["b"]), int(cols["dim"])) == (0, 1)  # the grid table made now has no slot for b
 
 
-def test_plan_reads_the_exponent_the_tuner_measured_and_migrates_an_older_grid_table(tmp_path: Path) -> None:
-    """A grid table recorded before b was kept (no graph_exponent column) gains it when `index` records again;
-    a b the record holds (`index --project-rows` measured one on the sample before tune_ahead stopped reading b
-    there) makes `plan --target` scale builds by it."""
+def test_plan_reads_an_older_grid_table_that_kept_the_exponent(tmp_path: Path) -> None:
+    """A grid table an older `index` made has a graph_exponent column (in its DDL, as here, or added after
+    `recorded`), where `index --project-rows` once kept the b it read from sample builds: `index` still records
+    into it (the column left NULL) and `plan --target` still reads its rows, scaling builds by the default b."""
     src, db = tmp_path / "src", tmp_path / "db"
     write_shard(src, 0, SynthSpec(rows=6000, seed=4))
     target = f"chdb:{db}"
     assert cli("run", "--source", str(src), "--shards", "0", "--target", target, "--no-progress").returncode == 0
-    old = GRID_COLUMNS.replace(", " + GRID_ADDED, "")
     chdb_rows(
         db,
-        f"CREATE TABLE default.{GRID_TABLE} (table_name String, column_name String, {old}, recorded DateTime64(3)) "
+        f"CREATE TABLE default.{GRID_TABLE} (table_name String, column_name String, {GRID_COLUMNS}, "
+        "graph_exponent Nullable(Float64), recorded DateTime64(3)) "
         "ENGINE = MergeTree ORDER BY (table_name, column_name, recorded)",
     )
     tuned = cli("index", "--target", target, "--dry-run", "--sample-rows", "3000", "--no-progress")
     assert tuned.returncode == 0, tuned.stderr
     (row,) = chdb_rows(db, f"SELECT count() AS n, countIf(graph_exponent IS NULL) AS null FROM {GRID_TABLE}")
     assert int(row["n"]) > 0 and row["null"] == row["n"]
-    # a b recorded by such an older `index --project-rows`
+    # a b recorded by such an older `index --project-rows`: the rows load, the value is not used
     chdb_rows(
         db,
         f"INSERT INTO {GRID_TABLE} SELECT * REPLACE (0.41 AS graph_exponent, addSeconds(recorded, 1) AS recorded) "
@@ -202,6 +208,8 @@ def test_plan_reads_the_exponent_the_tuner_measured_and_migrates_an_older_grid_t
     )
     res = cli("plan", "--rows", "100000000", "--nodes", "4", "--target", target, "--json")
     assert res.returncode == 0, res.stderr
-    assert orjson.loads(res.stdout)["graph_exponent"] == 0.41
+    doc = orjson.loads(res.stdout)
+    assert doc["constants_source"].startswith("measured on default.laion.image_embedding by `index`"), doc
+    assert doc["graph_exponent"] == GRAPH_EXPONENT
     text = cli("plan", "--rows", "100000000", "--nodes", "4", "--target", target)
-    assert "b = 0.41 (per-row cost ∝ G^b; measured on this table's sample)" in text.stdout, text.stdout
+    assert f"b = {GRAPH_EXPONENT:.2f} (per-row cost ∝ G^b; the default, measured here" in text.stdout, text.stdout

@@ -4,6 +4,8 @@ reports it once loaded."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,6 @@ def built_from(entry: dict[str, Any]) -> MeasuredBuild:
         entry["build_seconds"],
         entry["memory_bytes"],
         entry["build_cpu_seconds"],
-        entry["graph_exponent"],
         tuple(Ahead(**a) for a in entry["ahead"]),
     )
 
@@ -74,7 +75,7 @@ def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> N
 def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory() -> None:
     """At 4M rows the tuner chose M=16 ef_c=32 where 1M built M=12 ef_c=24: the projection is that structure's."""
     ahead = Ahead(4_000_000, "bf16", 16, 32, 1.4, 200_000, False)
-    built = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, 1_141_000_000, 150.0, 0.3, (ahead,))
+    built = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, 1_141_000_000, 150.0, (ahead,))
     plain = project_build(built, 4_000_000, 2500, 16, structure=False)
     p = project_build(built, 4_000_000, 2500, 16)
     assert p.build_cpu_seconds == pytest.approx(plain.build_cpu_seconds * 1.4)  # type: ignore[operator]
@@ -83,15 +84,15 @@ def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory(
     assert p.formula_bytes == formula_bytes(4_000_000, 512, "bf16", 16)
     assert "of bf16 M=16 ef_c=32, what the tuner chooses there" in p.line() and "× 1.40" in p.line()
     assert p.as_dict()["structure"] == ahead.as_dict() and plain.as_dict()["structure"] is None
-    # another size: no look ahead there, the built structure's growth at the table's b
+    # another size: no look ahead there, the built structure's growth at the default b
     two = project_build(built, 2_000_000, 2500, 16)
-    assert two.ahead is None and two.graph_exponent == 0.3
-    # every size scales by the table's b, the structure chosen there multiplying it
-    near = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (replace(ahead, rows=2_000_000),))
-    work = build_work(2_000_000, 125_000, 0.3) / build_work(1_000_000, 62_500, 0.3)
+    assert two.ahead is None and two.as_dict()["graph_exponent"] == GRAPH_EXPONENT
+    # every size scales by the default b, the structure chosen there multiplying it
+    near = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, (replace(ahead, rows=2_000_000),))
+    work = build_work(2_000_000, 125_000) / build_work(1_000_000, 62_500)
     assert project_build(near, 2_000_000, 2500, 16).build_cpu_seconds == pytest.approx(150.0 * work * 1.4)
     # the same structure chosen there: no factor, nothing said
-    same = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, 0.3, (replace(ahead, same=True),))
+    same = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, (replace(ahead, same=True),))
     assert project_build(same, 4_000_000, 2500, 16).ahead is None
 
 
@@ -108,17 +109,48 @@ def test_projection_scales_measured_bytes_per_row_and_says_the_formula() -> None
     assert (p.rows, p.graph_rows, p.graphs) == (4_000_000, 250_000, 16)
     assert p.index_bytes == 5_200_000_000
     assert p.build_seconds == pytest.approx(400.0 * 4**GRAPH_EXPONENT)
-    assert "G^0.32, the default" in p.line() and p.as_dict()["graph_exponent_measured"] is False
-    # b measured on the table's sample replaces the default
-    measured_b = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, None, None, 0.5)
-    fitted = project_build(measured_b, 4_000_000, 2500, 16)
-    assert fitted.build_seconds == pytest.approx(800.0)
-    assert "G^0.50, measured on this table" in fitted.line()
+    # b is the default, and the projection says so
+    assert "G^0.32, the default" in p.line() and p.as_dict()["graph_exponent"] == GRAPH_EXPONENT
     assert p.formula_bytes == formula_bytes(4_000_000, 512, "bf16", 16)
     assert "projected at 4,000,000 rows (16 graphs of 250,000)" in p.line()
     # nothing measured: the formula is the projection
     unknown = project_build(MeasuredBuild(1000, 512, "i8", 8, 1000, 1.0, None), 2000, 2500, 16)
     assert unknown.index_bytes == unknown.formula_bytes
+
+
+def test_an_older_report_entry_with_a_graph_exponent_still_loads(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A growth bench row saved before b was the constant holds the graph_exponent `index --project-rows` read
+    from sample builds: bench/growth_report.py loads it, and its model scales by the default all the same."""
+    spec = importlib.util.spec_from_file_location(
+        "growth_report", Path(__file__).parent.parent / "bench/growth_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, report)  # its dataclasses look their module up
+    spec.loader.exec_module(report)
+
+    def saved(rows: int, graph_rows: int, build: float) -> dict[str, Any]:
+        entry = dict(quantization="bf16", m=12, ef_construction=24, graphs=16, graph_rows=graph_rows, granularity=1)
+        entry |= dict(build_seconds=build, memory_bytes=1141 * rows, ahead=[], projections=[], graph_exponent=0.5)
+        phases = {"phases_seconds": {"build": build}, "phases_cpu_seconds": {"build": build}}
+        ran = {"seconds": 10.0, "peak_rss_mb": 100.0}
+        return dict(rows=rows, load=ran, server_rss_mb=None, parts=1, index=ran, index_server_cpu=0.0) | {
+            "report": {"indexes": [entry], **phases},
+            "evaluation": {"sweep": [{"p50_ms": 1.0}], "brute_force_median_ms": 2.0},
+        }
+
+    rows = [
+        report.Row.from_dict(saved(1_000_000, 62_500, 100.0)),
+        report.Row.from_dict(saved(4_000_000, 250_000, 450.0)),
+    ]
+    built = report.measured_build(rows[0])
+    assert built == MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, 1_141_000_000, 100.0)
+    p = project_build(built, 4_000_000, 62_500, 16)
+    assert p.build_seconds == pytest.approx(100.0 * build_work(4_000_000, 250_000) / build_work(1_000_000, 62_500))
+    report.print_growth(rows)
+    assert f"b = {GRAPH_EXPONENT:.2f} (the default)" in capsys.readouterr().out
 
 
 def test_graphs_over_the_parts_as_they_are() -> None:
@@ -173,9 +205,9 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     (ahead,) = entry["ahead"]
     assert ahead["rows"] == 48_000 and 11_000 < ahead["sample_graph_rows"] <= 12_000 and ahead["cost"] > 0
     assert f"at 48,000 rows (graphs of 12,000; sampled in graphs of {ahead['sample_graph_rows']:,})" in out
-    assert entry["graph_exponent"] is None and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
+    assert "graph_exponent" not in entry and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
     (proj,) = entry["projections"]
-    assert proj["rows"] == 48_000 and proj["graphs"] == 4
+    assert proj["rows"] == 48_000 and proj["graphs"] == 4 and proj["graph_exponent"] == GRAPH_EXPONENT
     assert (proj["structure"] is None) == ahead["same"]
     # the projection is sizing's arithmetic on what the entry recorded: the build, b, the structure chosen there
     again = project_build(built_from(entry), 48_000, 3000, 4).as_dict()
@@ -205,7 +237,7 @@ def test_a_build_with_given_parameters_reports_the_memory_it_takes_once_loaded(t
     assert formula * 0.9 < entry["memory_bytes"] < formula * 1.15
     assert entry["cache_bytes"] is not None
     assert entry["memory_bytes"] < entry["cache_bytes"] < formula * 2 + entry["graphs"] * (20 << 20)
-    assert entry["graph_exponent"] is None  # no tuner, no sample: projections use the default
+    assert "graph_exponent" not in entry  # b is not the build's: projections use growth.GRAPH_EXPONENT
 
 
 def test_dry_run_projects_from_the_sample(table: Path, tmp_path: Path) -> None:

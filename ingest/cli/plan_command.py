@@ -14,7 +14,7 @@ from ingest.cli.support import DatabaseOpt, PasswordFileOpt, TableOpt, UserOpt, 
 from ingest.clickhouse.index_sql import CACHE_SETTING
 from ingest.core.errors import IndexTooLargeError
 from ingest.vector.capacity import DEFAULTS, DEFAULTS_DIM, Ask, Constants, Plan, plan, scaled
-from ingest.vector.growth import graph_exponent_of
+from ingest.vector.growth import GRAPH_EXPONENT, GRAPH_EXPONENT_SOURCE
 from ingest.vector.sizing import CACHE_RAM_RATIO, human_bytes, parse_bytes
 
 
@@ -73,13 +73,12 @@ def render(p: Plan) -> None:
             ("yes" if o.fits else "no") + ("" if o.reaches else ", below target") + ("" if o.in_time else ", too slow"),
         )
     console.print(view)
-    b, b_source = graph_exponent_of(p.constants.graph_exponent)
     console.print(
         "projected (nothing here was built at this size) from: "
         + p.constants.source
         + (f"; load rate {p.constants.load_source}" if p.constants.load_source else "")
-        + f"; build hours scaled by Σ G^(1+b) over each node's graphs, b = {b:.2f} (per-row cost "
-        f"∝ G^b; {b_source}); index memory: what a loaded index holds in RAM (its uncompressed "
+        + f"; build hours scaled by Σ G^(1+b) over each node's graphs, b = {GRAPH_EXPONENT:.2f} (per-row cost "
+        f"∝ G^b; {GRAPH_EXPONENT_SOURCE}); index memory: what a loaded index holds in RAM (its uncompressed "
         "bytes, with a margin); cache: what ClickHouse's vector index cache counts for it (usearch's reserved "
         "arenas)",
         highlight=False,
@@ -173,7 +172,7 @@ def plan_command(
             "recall_target": recall_target,
             "constants_source": constants.source,
             "projected": True,
-            "graph_exponent": graph_exponent_of(constants.graph_exponent)[0],
+            "graph_exponent": GRAPH_EXPONENT,
             "server_settings": ({CACHE_SETTING: p.choice.cache_per_node_bytes} if p.choice is not None else None),
             "candidates": [o.as_json() for o in p.options],
         }

@@ -184,15 +184,15 @@ def select_meta_sql(ref: TableRef, index: str) -> str:
 
 
 GRID_TABLE = "_laion_ingest_tune_grid"
-GRID_ADDED = "graph_exponent Nullable(Float64)"
-"""Columns added to GRID_COLUMNS after the first release: a table recorded before gets them (NULL)."""
 GRID_COLUMNS = (
     "quantization String, m UInt32, ef_construction UInt32, fetch_multiplier UInt32, build_seconds Float64, "
     "sample_rows UInt64, graph_rows UInt64, recall Float64, search_list UInt32, latency_ms Float64, "
-    f"table_rows UInt64, dim UInt32, {GRID_ADDED}"
+    "table_rows UInt64, dim UInt32"
 )
 GRID_NAMES = ", ".join(["table_name", "column_name", *(c.split()[0] for c in GRID_COLUMNS.split(", ")), "recorded"])
-"""Named in each insert: a migrated table has the added columns after `recorded`."""
+"""Named in each insert and select: a table recorded by an older version may hold more columns (graph_exponent
+Nullable(Float64), b as `index --project-rows` once measured it, in the DDL or added after `recorded`), which an
+insert leaves NULL and a select does not read."""
 
 
 def grid_ref(ref: TableRef) -> TableRef:
@@ -205,10 +205,6 @@ def create_grid_sql(ref: TableRef) -> str:
         f"CREATE TABLE IF NOT EXISTS {grid_ref(ref).sql} (table_name String, column_name String, {GRID_COLUMNS}, "
         "recorded DateTime64(3)) ENGINE = MergeTree ORDER BY (table_name, column_name, recorded)"
     )
-
-
-def migrate_grid_sql(ref: TableRef) -> str:
-    return f"ALTER TABLE {grid_ref(ref).sql} ADD COLUMN IF NOT EXISTS {GRID_ADDED}"
 
 
 def _grid_value(v: str | int | float | None) -> str:
@@ -233,10 +229,10 @@ def insert_grid_sql(ref: TableRef, column: str, rows: Sequence[Sequence[str | in
 
 
 def select_grid_sql(ref: TableRef, column: str) -> str:
-    """The latest tuning's rows for this table and column."""
+    """The latest tuning's rows for this table and column, by the columns this version records."""
     where = f"table_name = {quote_string(ref.table)} AND column_name = {quote_string(column)}"
     return (
-        f"SELECT * FROM {grid_ref(ref).sql} WHERE {where} AND recorded = "
+        f"SELECT {GRID_NAMES} FROM {grid_ref(ref).sql} WHERE {where} AND recorded = "
         f"(SELECT max(recorded) FROM {grid_ref(ref).sql} WHERE {where})"
     )
 

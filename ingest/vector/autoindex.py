@@ -19,7 +19,6 @@ from ingest.clickhouse.index_sql import (
     part_stats_sql,
     parts_summary_sql,
 )
-from ingest.clickhouse.sql import background_merges_sql
 from ingest.clickhouse.vector_sql import (
     DEFAULT_EF_CONSTRUCTION,
     DEFAULT_M,
@@ -28,10 +27,9 @@ from ingest.clickhouse.vector_sql import (
     VectorIndex,
 )
 from ingest.core.config import QueryConfig, TuneConfig
-from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
-from ingest.sinks.merge_hold import heal
+from ingest.sinks.merge_hold import heal, paused
 from ingest.vector import metadata
 from ingest.vector.capacity_run import record_grid
 from ingest.vector.check import load_graphs, short_of_goal, verify_recall
@@ -98,12 +96,8 @@ async def merges_paused(sink: Sink, ref: TableRef, pause: bool) -> AsyncIterator
     if not pause:
         yield
         return
-    await sink.execute(background_merges_sql(ref, run=False))
-    try:
+    async with paused(sink.execute, ref):
         yield
-    finally:
-        with contextlib.suppress(TargetError):
-            await sink.execute(background_merges_sql(ref, run=True))
 
 
 async def merge_before_build(sink: Sink, ref: TableRef, layout: Layout, report: Callable[[str], None]) -> None:
@@ -282,13 +276,13 @@ async def measured_entry(
     cpu: float | None,
 ) -> IndexEntry:
     """The built index as ClickHouse reports it: resident (its uncompressed bytes), what the cache counts once
-    the check's searches loaded it, bytes on disk; and b, where the tuner measured it."""
+    the check's searches loaded it, bytes on disk; and the tuner's look ahead, where it ran one."""
     ix = p.index
     count, graph_rows = graphs
     cached = cache_bytes(before, await cache_state(sink), count)
     resident, disk = await index_sizes(sink, ref, ix.name)
-    b, ahead = (p.tuned.graph_exponent, p.tuned.ahead) if p.tuned is not None else (None, ())
-    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, resident, cpu, b, ahead)
+    ahead = p.tuned.ahead if p.tuned is not None else ()
+    built = MeasuredBuild(p.rows, ix.dim, ix.quantization, ix.m, graph_rows, outcome.seconds, resident, cpu, ahead)
     return IndexEntry(ix, built, count, resident, cached, disk)
 
 
@@ -308,7 +302,6 @@ def sample_projections(tuned: TuneReport, cfg: TuneConfig) -> list[Projection]:
         m.build_seconds,
         m.index_bytes,
         m.build_cpu_seconds,
-        tuned.graph_exponent,
         tuned.ahead,
     )
     return projections(built, cfg.project_rows, tuned.layout, cfg.max_graphs)

@@ -5,8 +5,7 @@ latency measured on a sample (the tuner's grid recorded on the user's table, or 
 rate per worker and the bytes a row takes on disk. The projections reuse the project's own models, so they change
 with them: index memory is vector/sizing.resident_bytes (the RAM a loaded index holds; the vector index cache's limit
 must be set to sizing.counted_bytes, which the plan prints beside it),
-build time is vector/growth.scale_build_seconds (Σ G^(1+b) over the graphs, b measured on the user's table's
-sample when `index --project-rows` measured it, else growth.GRAPH_EXPONENT), per node,
+build time is vector/growth.scale_build_seconds (Σ G^(1+b) over the graphs, b = growth.GRAPH_EXPONENT), per node,
 nodes building in parallel.
 Each node holds rows / nodes (a Distributed table's shards); its index is laid out as `index` lays out a merged
 table (growth.merged_graph_rows: at most max_graphs graphs a search visits, vector/graphs.py's policy).
@@ -56,8 +55,6 @@ class Constants:
     source: str
     load_source: str = ""
     cores: int = MEASURED_CORES
-    graph_exponent: float | None = None
-    """b of per-row build cost ∝ G^b as the tuner measured it on the table's sample (None: growth.GRAPH_EXPONENT)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +143,7 @@ def option(ask: Ask, k: Constants, s: Structure, nodes: int) -> Option:
     stored = per_node * (k.disk_bytes_per_value * ask.dim + k.disk_bytes_other)
     disk = int(stored + formula_bytes(per_node, ask.dim, c.quantization, c.m))
     speed = k.cores / max(ask.cores, 1)  # builds and searches spread over the node's cores
-    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph, k.graph_exponent) * speed
+    build = scale_build_seconds(s.build_seconds, s.sample_rows, s.graph_rows, per_node, graph) * speed
     log_ratio = math.log(max(graph, 2)) / math.log(max(s.graph_rows, 2))
     latency = s.latency_ms * log_ratio * max(1.0, graphs / max(ask.cores, 1))
     one = ask.rows / k.load_rows_per_second / 3600

@@ -10,7 +10,6 @@ from ingest.clickhouse.index_sql import (
     create_grid_sql,
     grid_ref,
     insert_grid_sql,
-    migrate_grid_sql,
     row_bytes_sql,
     select_grid_sql,
     table_exists_in_sql,
@@ -44,12 +43,10 @@ async def record_grid(sink: Sink, ref: TableRef, report: TuneReport) -> None:
                 float(m.latency_ms),
                 report.rows,
                 report.dim,
-                report.graph_exponent,
             )
         )
     if rows:
         await sink.execute(create_grid_sql(ref))
-        await sink.execute(migrate_grid_sql(ref))
         await sink.execute(insert_grid_sql(ref, report.column, rows))
 
 
@@ -79,13 +76,7 @@ async def measured_on_table(sink: Sink, ref: TableRef, column: str, defaults: Co
         f"measured on {ref.key}.{column} by `index` ({len(structures)} candidates on a {structures[0].sample_rows:,}"
         f"-row sample of {rows:,} rows)"
     )
-    b = got[0].get("graph_exponent")
-    k = replace(
-        defaults,
-        structures=structures,
-        source=source + "; load rate: " + defaults.load_source,
-        graph_exponent=float(b) if b is not None else None,
-    )
+    k = replace(defaults, structures=structures, source=source + "; load rate: " + defaults.load_source)
     if table_rows and table_bytes:
         # the row's other columns as measured here, the rest is its embeddings
         per_row = table_bytes / table_rows

@@ -35,17 +35,9 @@ GRAPH_EXPONENT_SOURCE = (
 )
 
 
-def graph_exponent_of(measured: float | None) -> tuple[float, str]:
-    """b and where it came from: a b the table's grid record holds (`index --project-rows` measured one on the
-    table's sample until it was found to read low, tune_ahead), else the default."""
-    if measured is None:
-        return GRAPH_EXPONENT, GRAPH_EXPONENT_SOURCE
-    return measured, "measured on this table's sample"
-
-
 BUILD_GROWTH = (
     "build CPU s × W(N)/W(n), W = Σ over graphs of G^(1+b) (per-row cost ∝ G^b, b = "
-    f"{GRAPH_EXPONENT:g} measured here by bench/graph_cost.py, or what the table's grid record holds); "
+    f"{GRAPH_EXPONENT:g} measured here by bench/graph_cost.py); "
     "wall = that CPU ÷ the cores the measured build used (its CPU s ÷ its wall s)"
 )
 MEMORY_GROWTH = (
@@ -142,8 +134,6 @@ class MeasuredBuild:
     """The index as ClickHouse reports it: its uncompressed bytes, what a loaded graph holds resident."""
     build_cpu_seconds: float | None = None
     """CPU of the build where it is known (chdb: the engine runs in our process; a server's is not ours to read)."""
-    graph_exponent: float | None = None
-    """b of per-row build cost ∝ G^b, measured on this table's sample (None: GRAPH_EXPONENT)."""
     ahead: tuple[Ahead, ...] = ()
     """The tuner's choice at each --project-rows, where it measured one."""
 
@@ -171,12 +161,9 @@ class Projection:
     build_cpu_seconds: float | None = None
     ahead: Ahead | None = None
     """The structure the tuner would choose at `rows` when it differs from the one built (None: the same)."""
-    graph_exponent: float | None = None
-    """The b it scaled by: what the table's grid record holds, else None (the default)."""
 
     def line(self) -> str:
         f = self.measured_from
-        b, source = graph_exponent_of(self.graph_exponent)
         cpu = (
             ""
             if self.build_cpu_seconds is None or f.cores_used is None
@@ -193,7 +180,7 @@ class Projection:
             f"projected at {self.rows:,} rows ({self.graphs} graphs of {self.graph_rows:,}{chosen}): build "
             f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
             f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
-            f"{f.graph_rows:,}; per-row build cost ∝ G^{b:.2f}, {source}; the documented "
+            f"{f.graph_rows:,}; per-row build cost ∝ G^{GRAPH_EXPONENT:.2f}, {GRAPH_EXPONENT_SOURCE}; the documented "
             f"formula says {human_bytes(self.formula_bytes)})"
         )
 
@@ -207,8 +194,7 @@ class Projection:
             "formula_bytes": self.formula_bytes,
             "build_cpu_seconds": self.build_cpu_seconds,
             "cores_used": self.measured_from.cores_used,
-            "graph_exponent": graph_exponent_of(self.graph_exponent)[0],
-            "graph_exponent_measured": self.graph_exponent is not None,
+            "graph_exponent": GRAPH_EXPONENT,
             "structure": None if self.ahead is None else self.ahead.as_dict(),
         }
 
@@ -217,7 +203,7 @@ def project_build(
     measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int, structure: bool = True
 ) -> Projection:
     """Build seconds and index memory at `rows`, laid out as `index` would lay them out, from a measured build:
-    CPU by build_work at the measured b, × the structure the tuner chose for `rows` over the one built (Ahead;
+    CPU by build_work (b = GRAPH_EXPONENT), × the structure the tuner chose for `rows` over the one built (Ahead;
     `structure=False`: the built structure's own growth), wall = that CPU ÷ the cores the measured build used
     (the wall scaled alike when its CPU is unknown), memory = the measured bytes per row × rows (× that
     structure's sized bytes over the built one's). `index --project-rows` and bench/growth_report.py both call
@@ -232,8 +218,7 @@ def project_build(
         per_row *= resident_bytes(rows, measured.dim, q, m) / resident_bytes(
             rows, measured.dim, measured.quantization, measured.m
         )
-    b = measured.graph_exponent
-    work = build_work(rows, graph_rows, b) / max(build_work(measured.rows, measured.graph_rows, b), 1e-9)
+    work = build_work(rows, graph_rows) / max(build_work(measured.rows, measured.graph_rows), 1e-9)
     work *= ahead.cost if ahead is not None else 1.0
     cores = measured.cores_used
     if measured.build_cpu_seconds is not None and cores is not None:
@@ -241,4 +226,4 @@ def project_build(
         seconds = measured.build_cpu_seconds * work / cores
     else:
         cpu_then, seconds = None, measured.build_seconds * work
-    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead, b)
+    return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead)

@@ -102,7 +102,6 @@ class IndexEntry:
             "memory_bytes": self.memory_bytes,
             "cache_bytes": self.cache_bytes,
             "disk_bytes": self.disk_bytes,
-            "graph_exponent": self.measured.graph_exponent,
             "ahead": [a.as_dict() for a in self.measured.ahead],
         }
 

@@ -283,9 +283,6 @@ class TuneReport:
     notes: tuple[str, ...] = ()
     sample_graph_rows: int | None = None
     """Rows of a graph in the scratch table (None: one graph over the whole sample)."""
-    graph_exponent: float | None = None
-    """b of per-row build cost ∝ G^b, from the chosen structure built on samples in this table's graphs and in a
-    larger table's (vector/tune_ahead.py; only where --project-rows asked for one)."""
     grid: tuple[Candidate, ...] = ()
     """The candidates in the order measured (the look ahead measures them again in larger graphs)."""
     rescoring: bool = True
@@ -304,7 +301,6 @@ class TuneReport:
                     self.rows,
                     self.layout.graph_rows,
                     self.sample_graph_rows,
-                    self.graph_exponent,
                 ),
                 resident_bytes(self.rows, self.dim, m.candidate.quantization, m.candidate.m),
             )

@@ -99,19 +99,16 @@ def test_unsafe_table_name_refused(tmp_path: Path) -> None:
     assert "invalid table name" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_merge_policy_defers_a_run_into_the_embedded_engine_and_a_server_only_when_asked() -> None:
+def test_merge_policy_defers_a_run_into_one_target_not_the_daemon_nor_a_cluster() -> None:
     import pytest
 
     from ingest.cli.flags import merge_policy
     from ingest.core.errors import ConfigError
-    from ingest.core.target import parse_target
 
-    chdb, server = parse_target("chdb:./x"), parse_target("http://127.0.0.1:8123")
-    assert merge_policy("auto", chdb, steady=False) == "deferred"
-    assert merge_policy("auto", chdb, steady=True) == "during"  # the daemon
-    assert merge_policy("auto", server, steady=False) == "during"
-    assert merge_policy("during", chdb, steady=False) == "during"
-    assert merge_policy("deferred", chdb, steady=True) == "deferred"
-    assert merge_policy("deferred", server, steady=False) == "deferred"  # asked for: ingest/sinks/merge_hold.py
+    assert merge_policy("auto", steady=False) == "deferred"  # a run into chdb or one server
+    assert merge_policy("auto", steady=True) == "during"  # the daemon
+    assert merge_policy("auto", steady=False, cluster="two") == "during"
+    assert merge_policy("during", steady=False) == "during"
+    assert merge_policy("deferred", steady=True) == "deferred"
     with pytest.raises(ConfigError, match="not a --cluster"):
-        merge_policy("deferred", server, steady=False, cluster="two")
+        merge_policy("deferred", steady=False, cluster="two")

@@ -1,6 +1,7 @@
-"""`run --merges deferred` on a server (ingest/sinks/merge_hold.py), on 18.16 and 26.9: the table's merges held
-while a run loads it, lifted for a torn range's delete, resumed past the part bound and at the end; what a run
-killed while holding them left stopped, resumed by the next run; refused on a cluster."""
+"""Merges deferred on a server (ingest/sinks/merge_hold.py; a run's default), on 18.16 and 26.9: the table's merges
+held while a run loads it, lifted for a torn range's delete, resumed past the part bound and at the end; what a
+run killed while holding them left stopped, resumed by the next run; `--merges during` keeps them; a refused stop
+does not stop a load; refused on a cluster."""
 
 from __future__ import annotations
 
@@ -90,12 +91,12 @@ def test_merges_held_while_loading_lifted_for_a_delete_and_resumed_past_the_boun
 def test_a_run_killed_holding_merges_leaves_them_stopped_and_the_next_run_resumes_them(
     make_shards: Any, server: Any, server_db: str, tmp_path: Path
 ) -> None:
-    """kill -9 of `run --merges deferred` at a random moment after its first rows land, both cores busy: the
-    table's merges stay stopped (a server keeps the stop), the next plain run resumes them, exact table."""
+    """kill -9 of a run (merges deferred: the default) at a random moment after its first rows land, both cores
+    busy: the table's merges stay stopped (a server keeps the stop), the next run resumes them, exact table."""
     src = make_shards([0, 1, 2], rows=6000, dim=128)
     args = load_args(src, server.http_url, server_db, tmp_path / "ledger.json", "0-2")
     with busy_cores(seconds=240):
-        proc = start([*args, "--merges", "deferred"])
+        proc = start(args)
         try:
             assert wait_for_rows(server, server_db, proc), "no rows landed before the run ended"
             time.sleep(random.uniform(0.0, 0.3))
@@ -112,14 +113,18 @@ def test_a_run_killed_holding_merges_leaves_them_stopped_and_the_next_run_resume
 
 
 @pytest.mark.server
-def test_a_deferred_run_says_so_and_leaves_merges_running(make_shards: Any, server: Any, server_db: str) -> None:
+@pytest.mark.parametrize("merges", [None, "during"])
+def test_a_run_defers_merges_by_default_says_so_and_leaves_them_running(
+    make_shards: Any, server: Any, server_db: str, merges: str | None
+) -> None:
     src = make_shards([0, 1], rows=2000, dim=DIM)
     res = cli(
         "run", "--source", str(src), "--shards", "0-1", "--target", server.http_url, "--database", server_db,
-        "--segment-rows", "1000", "--no-progress", "--merges", "deferred",
+        "--segment-rows", "1000", "--no-progress", *(["--merges", merges] if merges else []),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert f"{server_db}.laion: 4 parts; merges were deferred during the load and resume now" in res.stderr
+    said = f"{server_db}.laion: 4 parts; merges were deferred during the load and resume now"
+    assert (said in res.stderr) == (merges is None), res.stderr
     assert optimize(server, server_db) == ""
     assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))
 
@@ -142,3 +147,51 @@ def test_a_server_refusing_system_start_merges_does_not_stop_a_load() -> None:
         raise TargetError("Code: 497. DB::Exception: default: Not enough privileges. (ACCESS_DENIED)", 497)
 
     assert asyncio.run(heal(refused, TableRef("default", "laion"))) is False
+
+
+def test_a_server_refusing_system_stop_merges_loads_with_merges(caplog: pytest.LogCaptureFixture) -> None:
+    """Branch logic with an in-memory stand-in for the server (the refusal a user without SYSTEM gets): the first
+    insert's stop is refused, said once, nothing counted as stopped, no later insert asks again."""
+    from ingest.sinks.merge_hold import MergeHold
+
+    asked: list[str] = []
+
+    async def execute(sql: str) -> None:
+        asked.append(sql)
+        raise TargetError("Code: 497. DB::Exception: ingest: Not enough privileges. (ACCESS_DENIED)", 497)
+
+    async def query(sql: str) -> list[dict[str, Any]]:
+        return [{"value": "1000", "n": 1}]
+
+    async def load() -> MergeHold:
+        hold = MergeHold(execute, query)
+        ref = TableRef("default", "laion")
+        for _ in range(3):
+            await hold.before_insert(ref)
+        await hold.release()
+        return hold
+
+    with caplog.at_level("INFO", logger="ingest.sinks.merge_hold"):
+        hold = asyncio.run(load())
+    assert hold.stopped == frozenset()
+    assert asked == ["SYSTEM STOP MERGES `default`.`laion`"], asked
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "background merges go on during the load (SYSTEM STOP MERGES refused" in said[0], said
+
+
+def test_merges_during_holds_nothing() -> None:
+    from ingest.sinks.merge_hold import MergeHold
+
+    async def never(sql: str) -> Any:
+        raise AssertionError(f"asked {sql!r} under --merges during")
+
+    async def load() -> MergeHold:
+        hold = MergeHold(never, never, enabled=False)
+        ref = TableRef("default", "laion")
+        await hold.before_insert(ref)
+        async with hold.lifted(ref):
+            pass
+        await hold.release()
+        return hold
+
+    assert asyncio.run(load()).stopped == frozenset()

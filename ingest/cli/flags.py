@@ -75,7 +75,7 @@ from ingest.core.layout import parse_layout
 from ingest.core.plan import BLOCK_ROWS, SEGMENT_BYTES, SEGMENT_ROWS
 from ingest.core.retry import RetryPolicy
 from ingest.core.schema import parse_extra_columns
-from ingest.core.target import DEFAULT_TARGET, TargetSpec, parse_target
+from ingest.core.target import DEFAULT_TARGET, parse_target
 
 R = TypeVar("R")
 F = TypeVar("F")
@@ -160,16 +160,18 @@ with_load_flags = with_flags(LoadFlags)
 with_query_flags = with_flags(QueryFlags)
 
 
-def merge_policy(flag: str, spec: TargetSpec, steady: bool, cluster: str | None = None) -> MergePolicy:
-    """`--merges` → policy. `auto` defers on the embedded target during a `run` (the process owns the engine, so
-    a stop dies with it) and merges during the load on servers and in the daemon (a steady state, not a bulk load).
-    `deferred` on a server is asked for, not assumed: the stop outlives a killed run until the next run, daemon
-    or `index` on the table resumes it (ingest/sinks/merge_hold.py). Not on a cluster: the stop would be per
-    node's local table, which the Distributed insert does not own."""
+def merge_policy(flag: str, steady: bool, cluster: str | None = None) -> MergePolicy:
+    """`--merges` → policy. `auto` defers during a `run` into the embedded target or one server: the server
+    then spends its CPU on the load, not on merging parts the load is still adding (on 26.9, 11.7–15.0 server
+    CPU-seconds for a 1M-row shard against 19.0–20.7 with merges, bench/server26.py), and merges once at the end,
+    as after one big INSERT. A stop outlives a killed run on a server until the next run, daemon or `index` on
+    the table resumes it, or the server restarts (ingest/sinks/merge_hold.py). The daemon merges during its loads
+    (a steady state, not a bulk load). Not on a cluster: the stop would be per node's local table, which the
+    Distributed insert does not own."""
     if flag == "deferred" and cluster is not None:
         raise ConfigError("--merges deferred is for one server or the embedded target, not a --cluster")
     if flag == "auto":
-        return "deferred" if spec.kind == "chdb" and not steady else "during"
+        return "during" if steady or cluster is not None else "deferred"
     return "deferred" if flag == "deferred" else "during"
 
 
@@ -223,7 +225,7 @@ def run_config(
             compress=f.compress,
             nodes=node_endpoints(f.cluster, f.node),
             zookeeper_path=validate_zookeeper_path(f.zookeeper_path),
-            merges=merge_policy(f.merges, spec, steady, f.cluster),
+            merges=merge_policy(f.merges, steady, f.cluster),
             read_timeout=f.read_timeout,
         ),
         source=SourceConfig(

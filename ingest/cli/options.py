@@ -66,8 +66,9 @@ MergesOpt = Annotated[
     Literal["auto", "during", "deferred"],
     typer.Option(
         "--merges",
-        help="Background merges while a run loads: auto = deferred on the embedded target, during on servers "
-        "(deferred on a server: stopped until the run ends; a killed run's stop is lifted by the next run or index)",
+        help="Background merges while a run loads: auto = deferred (stopped until the run ends) into the embedded "
+        "target or one server, during on a --cluster and in the daemon; a killed run's stop is lifted by the next "
+        "run, daemon or index",
     ),
 ]
 LogFormatOpt = Annotated[Literal["text", "json"], typer.Option("--log-format")]

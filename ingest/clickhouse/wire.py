@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.core.arrays import as_numpy, empty_binary
 from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.schema import is_text
 
@@ -46,8 +47,7 @@ _VARINT_LIMITS = np.array([1 << 7, 1 << 14, 1 << 21, 1 << 28, 1 << 35, 1 << 42, 
 
 @cache
 def _empty() -> pa.Scalar:
-    """Built on first use: any pyarrow constructor imports pandas (0.16 s), which `index` and `search` never need."""
-    return pa.scalar(b"", pa.large_binary())
+    return empty_binary()
 
 
 def varint(value: int) -> bytes:
@@ -96,7 +96,7 @@ def _primitive(arr: pa.Array, name: str) -> np.ndarray:
     """The values of a null-free primitive array as numpy, zero-copy (honours the array's offset)."""
     if arr.null_count:
         raise ValueError(f"column {name}: {arr.null_count} null value(s); ClickHouse {arr.type} is not nullable")
-    return np.asarray(arr.to_numpy(zero_copy_only=True))
+    return as_numpy(arr)
 
 
 def _text_array(arr: pa.Array) -> pa.LargeBinaryArray:

@@ -86,7 +86,7 @@ class TargetConfig:
     """Prefix of a replicated `{table}_local`'s coordinator path; must hold the `{shard}` macro."""
     merges: MergePolicy = "during"
     """`deferred`: the table's background merges are stopped while a run loads it (ingest/sinks/merge_hold.py):
-    the default on the embedded target, asked for on a server."""
+    the default of a run into the embedded target or one server."""
     read_timeout: float = READ_TIMEOUT
     """Seconds an HTTP request may wait for a byte of reply (a stalled proxy or server ends as a retriable error)."""
 

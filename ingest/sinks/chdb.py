@@ -8,7 +8,6 @@ while the engine parses, squashes and writes segments on as many threads as ther
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -68,7 +67,7 @@ class ChdbSink:
         self._write_pool = ThreadPoolExecutor(2 * self._insert_sessions, thread_name_prefix="chdb-body")
         self._idle: asyncio.Queue[Any] | None = None
         self._opened: list[Any] = []
-        self.merge_hold = MergeHold(self.execute, self.query) if target.merges == "deferred" else None
+        self.merge_hold = MergeHold(self.execute, self.query, enabled=target.merges == "deferred")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -152,8 +151,7 @@ class ChdbSink:
             async_insert=self.info.async_insert,
             skip_indexes=True,  # the load never pays for vector indexes: `laion-ingest index` builds them
         )
-        if self.merge_hold is not None:
-            await self.merge_hold.before_insert(ref)
+        await self.merge_hold.before_insert(ref)
         loop = asyncio.get_running_loop()
         session = await self._inserter()
         with fifo_path() as path:
@@ -207,7 +205,7 @@ class ChdbSink:
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id) + settings_clause({"mutations_sync": 2})
-        async with self.merge_hold.lifted(ref) if self.merge_hold else contextlib.nullcontext():
+        async with self.merge_hold.lifted(ref):
             await self._call(self._raw, sql)
 
     async def query(self, sql: str, settings: dict[str, str | int] | None = None) -> list[dict[str, Any]]:
@@ -217,7 +215,7 @@ class ChdbSink:
         await self._call(self._raw, sql + settings_clause(settings))
 
     async def close(self) -> None:
-        if self.merge_hold is not None and self._session is not None:
+        if self._session is not None:
             await self.merge_hold.release()
 
         def work() -> None:

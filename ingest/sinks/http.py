@@ -9,7 +9,6 @@ Insert bodies are compressed per `--compress` (plan and bytes in ingest/clickhou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -126,7 +125,7 @@ class HttpSink:
         """Insert body bytes put on the wire (after compression), for bytes/row in the run summary."""
         self.column_major = self._format == "native"
         """Native bodies take a segment as one column-major block (ingest/core/pieces.py): no squash on the server."""
-        self.merge_hold = MergeHold(self.execute, self.query) if target.merges == "deferred" else None
+        self.merge_hold = MergeHold(self.execute, self.query, enabled=target.merges == "deferred")
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -230,8 +229,7 @@ class HttpSink:
         query_id: str | None = None,
     ) -> None:
         """One POST per segment; its chunked body is encoded piece by piece as `blocks` yields them."""
-        if self.merge_hold is not None:
-            await self.merge_hold.before_insert(ref)
+        await self.merge_hold.before_insert(ref)
         codec = self._codec()
         req = build_request(
             self._base,
@@ -343,7 +341,7 @@ class HttpSink:
 
     async def delete_range(self, ref: TableRef, first_id: int, last_id: int) -> None:
         sql = delete_range_sql(ref, first_id, last_id)
-        async with self.merge_hold.lifted(ref) if self.merge_hold else contextlib.nullcontext():
+        async with self.merge_hold.lifted(ref):
             if has_mutations_sync(self.info):
                 await self.execute(sql, {"mutations_sync": 2})
                 return
@@ -380,9 +378,8 @@ class HttpSink:
         await self._send(self._request(sql, settings, database))
 
     async def close(self) -> None:
-        if self.merge_hold is not None and self._session is not None:
-            await self.merge_hold.release()
         if self._session is not None:
+            await self.merge_hold.release()
             await self._session.close()
             self._session = None
         self._pool.shutdown(wait=True)

@@ -1,4 +1,5 @@
-"""`--merges deferred`: a table's background merges held while a run loads it, and given back.
+"""`--merges deferred` (the default of a `run` into one server or the embedded target): a table's background
+merges held while a run loads it, and given back.
 
 Background merges of the fresh ~250 MB parts rewrite a shard while it loads: on chdb about half the load's CPU;
 on a 26.9 server 8.2–8.6 CPU-seconds of a 1M-row load, against 3.4–3.7 for curl's one POST of the same rows,
@@ -9,7 +10,8 @@ outlives us, so a killed run would leave the table unmerged. Hence: past `limit`
 the rest of the run (a server delays inserts at `parts_to_delay_insert`, 150 on 18.16, 1,000 on 26.9), a mutation
 (the landing's delete of a torn range) runs with them resumed (it runs in the merge pool), the sink's `close`
 resumes them, and on a server `heal` resumes them when a run, the daemon or `index` opens the table (what a killed
-run left stopped; refused by a server that does not let this user run SYSTEM, which is then said once).
+run left stopped). A server that does not let this user run SYSTEM refuses the stop: the load goes on with
+merges, said once at info level (the stop only saves CPU; nothing depends on it).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ Query = Callable[[str], Awaitable[list[dict[str, Any]]]]
 
 
 class MergeHold:
-    """Which tables' merges this run stopped; the sink calls it around inserts, mutations and close."""
+    """Which tables' merges this run stopped; the sink calls it around inserts, mutations and close (all no-ops
+    when not `enabled`: the `during` policy)."""
 
-    def __init__(self, execute: Execute, query: Query, limit: int = MAX_DEFERRED_PARTS) -> None:
+    def __init__(self, execute: Execute, query: Query, enabled: bool = True, limit: int = MAX_DEFERRED_PARTS) -> None:
         self._execute = execute
         self._query = query
+        self.enabled = enabled
         self.limit = limit
         self._seen: set[TableRef] = set()
         self._stopped: set[TableRef] = set()
@@ -50,10 +54,15 @@ class MergeHold:
 
     async def before_insert(self, ref: TableRef) -> None:
         """The first insert into a table stops its merges; later ones resume them once it holds over `limit`."""
+        if not self.enabled:
+            return
         if ref not in self._seen:
             self._seen.add(ref)
             self.limit = await self._server_limit(self.limit)
-            await self._stop(ref)
+            try:
+                await self._stop(ref)
+            except TargetError as exc:
+                log.info("%s: background merges go on during the load (SYSTEM STOP MERGES refused: %s)", ref.key, exc)
             return
         if ref in self._stopped and await self._parts(ref) > self.limit:
             log.info("%s: over %d parts, background merges resume", ref.key, self.limit)
@@ -97,6 +106,17 @@ class MergeHold:
         rows = await self._query(delay_parts_sql())
         delay = int(rows[0]["value"]) if rows else 0
         return min(limit, delay // 2) if delay > 0 else limit
+
+
+@contextlib.asynccontextmanager
+async def paused(execute: Execute, ref: TableRef) -> AsyncIterator[None]:
+    """The table's merges stopped for the duration, then resumed (a refused resume is not an error)."""
+    await execute(background_merges_sql(ref, run=False))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(TargetError):
+            await execute(background_merges_sql(ref, run=True))
 
 
 async def heal(execute: Execute, ref: TableRef) -> bool:

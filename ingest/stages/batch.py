@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.core.arrays import filled, mask, numeric, vectors
 from ingest.core.plan import ID_STRIDE, BatchPlan, RowRange
 from ingest.core.schema import META_COLUMNS, STRING_COLUMNS, Column, TableSchema
 from ingest.stages.npy import widen
@@ -21,8 +22,7 @@ def batch_schema(dim: int) -> pa.Schema:
 def _vectors(block: np.ndarray) -> pa.FixedSizeListArray:
     """float16 widened exactly (npy.widen, which returns a C-contiguous array); float32 passes through without a
     copy."""
-    flat = widen(block).reshape(-1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), block.shape[1])
+    return vectors(widen(block))
 
 
 def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -33,17 +33,17 @@ def _text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     elif not pa.types.is_string(arr.type):
         arr = pc.cast(arr, pa.string())
     if arr.null_count:
-        arr = pc.fill_null(arr, "")
+        arr = filled(arr, "")
     return arr
 
 
 def _extra(column: pa.ChunkedArray, col: Column) -> pa.Array:
     """An extra metadata column in its table type; nulls as the base columns have them: '' / NaN / 0."""
     if col.ch_type == "String":
-        return _text(column) if col.arrow_type == pa.string() else pc.fill_null(column.combine_chunks(), b"")
+        return _text(column) if col.arrow_type == pa.string() else filled(column.combine_chunks(), b"")
     arr = pc.cast(column.combine_chunks(), col.arrow_type)
     if arr.null_count:
-        arr = pc.fill_null(arr, float("nan") if pa.types.is_floating(col.arrow_type) else 0)
+        arr = filled(arr, float("nan") if pa.types.is_floating(col.arrow_type) else 0)
     return arr
 
 
@@ -51,9 +51,9 @@ def scalar_columns(plan: RowRange, meta: pa.Table, schema: TableSchema) -> dict[
     """Every column but the vectors for rows `plan.start..plan.stop`, by name: ids, texts, similarity, extras."""
     sim = pc.cast(meta.column("similarity").combine_chunks(), pa.float32())
     if sim.null_count:
-        sim = pc.fill_null(sim, float("nan"))
+        sim = filled(sim, float("nan"))
     columns = {
-        "id": pa.array(np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)),
+        "id": numeric(np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)),
         "url": _text(meta.column("url")),
         "caption": _text(meta.column("caption")),
         "NSFW": _text(meta.column("NSFW")),
@@ -81,7 +81,7 @@ def build_batch(
     if drop_rows is not None and len(drop_rows):
         keep = np.ones(plan.rows, dtype=bool)
         keep[drop_rows] = False
-        batch = batch.filter(pa.array(keep))
+        batch = batch.filter(mask(keep))
     return batch
 
 

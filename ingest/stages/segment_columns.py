@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.clickhouse.wire import native_block_bytes
+from ingest.core.arrays import mask, vectors
 from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.plan import SegmentPlan
 from ingest.stages.batch import scalar_columns
@@ -41,8 +42,8 @@ def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[P
     if len(drop):
         keep = np.ones(segment.rows, dtype=bool)
         keep[drop - segment.start] = False
-        mask = pa.array(keep)
-        scalars = {name: arr.filter(mask) for name, arr in scalars.items()}
+        kept = mask(keep)
+        scalars = {name: arr.filter(kept) for name, arr in scalars.items()}
     vectors = {"image_embedding": shard.img, "text_embedding": shard.text}
     schema = shard.schema.arrow_schema()
     yield BlockStart(schema, rows, native_block_bytes(schema, rows, scalars))
@@ -72,6 +73,6 @@ def _vector_runs(info: NpyInfo, segment: SegmentPlan, drop: np.ndarray) -> Gener
             gone = drop[(drop >= start) & (drop < start + n)] - start
             if len(gone):
                 out = np.delete(out, gone, axis=0)
-            yield pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), info.dim)
+            yield vectors(out)
     finally:
         os.close(fd)

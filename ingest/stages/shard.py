@@ -144,7 +144,7 @@ def validate_shard(files: ShardFiles, schema: TableSchema | int, on_nan: NanPoli
         bad_img, bad_txt = (scan.result() for scan in scans)
     if decoded != meta_rows:
         raise BadShardError(files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {meta_rows}")
-    drop = np.union1d(bad_img, bad_txt).astype(np.int64)
+    drop = np.union1d(bad_img, bad_txt).astype(np.int64) if len(bad_img) or len(bad_txt) else bad_img
     if len(drop) and on_nan == "fail-shard":
         which = "img_emb" if len(bad_img) else "text_emb"
         first = int(bad_img[0] if len(bad_img) else bad_txt[0])

@@ -1,0 +1,56 @@
+"""What a load's process imports: not pandas. `pa.array`, `pa.scalar` and `to_numpy` import it on first use
+(0.16–0.23 s), which once held the first segment's body while the server sat idle (ingest/core/arrays.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from exact import assert_table_equals, expected_rows, server_table
+
+RUN_AND_SAY = """
+import sys
+from ingest.cli.app import main
+sys.argv = ["laion-ingest", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("pandas imported:", "pandas" in sys.modules, "exit:", code)
+"""
+
+
+def with_nulls(src: Path, shard: int) -> None:
+    """Null captions and a null similarity in the shard's parquet: the paths that fill nulls run too."""
+    path = src / "metadata" / f"metadata_{shard}.parquet"
+    table = pq.read_table(path)
+    caption = table.column("caption").to_pylist()
+    similarity = table.column("similarity").to_pylist()
+    caption[1] = caption[5] = None
+    similarity[3] = None
+    table = table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(caption, pa.string()))
+    table = table.set_column(
+        table.schema.get_field_index("similarity"), "similarity", pa.array(similarity, pa.float64())
+    )
+    pq.write_table(table, path)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("fmt", ["native", "rowbinary"])
+def test_a_load_over_http_never_imports_pandas(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path, fmt: str
+) -> None:
+    src = make_shards([0, 1], rows=1500, dim=32)
+    with_nulls(src, 0)
+    args = [
+        "run", "--source", str(src), "--shards", "0-1", "--target", server.http_url, "--database", server_db,
+        "--segment-rows", "1000", "--format", fmt, "--no-progress", "--state", str(tmp_path / "ledger.json"),
+    ]  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", RUN_AND_SAY, *args], capture_output=True, text=True, timeout=300)
+    assert "pandas imported: False exit: 0" in res.stdout, (res.stdout, res.stderr[-2000:])
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))

@@ -2,9 +2,9 @@
 
 Run: python bench/server26.py [--rows 1000000] [--repeat 3] [--data-dir DIR]   (or bench/run.py --sections server26)
 
-  ours                 `laion-ingest run` with its defaults, into the server's HTTP port
-  ours, merges held    the same with `--merges deferred`: the table's background merges stopped while it loads
-                       and started at its end (ingest/sinks/merge_hold.py; opt-in on a server)
+  ours                 `laion-ingest run` with its defaults, into the server's HTTP port (the table's background
+                       merges stopped while it loads and started at its end: ingest/sinks/merge_hold.py)
+  ours, merges during  the same with `--merges during`: the server merges parts while the load adds them
   clickhouse-connect   the peer our users would pick: ClickHouse's official client in a plain, well-written script
                        (bench/peer_clickhouse_connect.py: npy memory-mapped, parquet via pyarrow, float16 widened,
                        one `insert_arrow` per 100,000 rows)
@@ -97,8 +97,8 @@ def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
                 after,
             ),
             big.Path_(
-                "ours --merges deferred",
-                lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json", "--merges", "deferred"),
+                "ours --merges during",
+                lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json", "--merges", "during"),
                 reset,
                 after,
             ),
@@ -119,8 +119,8 @@ def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
         version = handle.query("SELECT version()").decode().strip()
         title = f"7. ClickHouse {version} (chdb-core) over HTTP, one {rows:,}-row shard (min–max of {repeat} rounds)"
         big.print_paths(title, paths)
-        ours, held, cc, curl = paths
-        for name, path in (("ours", ours), ("ours --merges deferred", held)):
+        ours, during, cc, curl = paths
+        for name, path in (("ours", ours), ("ours --merges during", during)):
             print(f"{name} / curl wall = {big.wall_ratio(path, curl)}   per round {per_round(path, curl)}")
             print(f"{name} / clickhouse-connect wall = {big.wall_ratio(path, cc)}   per round {per_round(path, cc)}")
     finally:

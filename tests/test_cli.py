@@ -17,6 +17,23 @@ def test_help_lists_every_command() -> None:
         assert name in res.stdout, name
 
 
+def test_only_an_early_command_skips_registering_the_others() -> None:
+    """run/synth/demo/encode-* start without importing the index, serve and daemon layers; anything else (help,
+    a later command after --debug, a typo) gets every command."""
+    from ingest.cli.app import needs_later_commands
+
+    assert not needs_later_commands(["laion-ingest", "run", "--target", "index"])
+    assert not needs_later_commands(["laion-ingest", "--debug", "synth", "--out", "x"])
+    assert needs_later_commands(["laion-ingest"])
+    assert needs_later_commands(["laion-ingest", "--help"])
+    assert needs_later_commands(["laion-ingest", "--debug", "index", "--help"])
+    assert needs_later_commands(["laion-ingest", "serach"])
+    res = cli("--debug", "plan", "--help")
+    assert res.returncode == 0 and "--max-memory" in res.stdout, res.stderr
+    res = cli("serach")
+    assert res.returncode != 0 and "No such command" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_each_command_has_help() -> None:
     for name in COMMANDS:
         res = cli(name, "--help")

@@ -27,13 +27,15 @@ import typer.main
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.cli.app import app
+from ingest.cli.app import app, register_later_commands
 from ingest.core.errors import EXIT_FATAL, EXIT_USAGE, UnreachableTargetError
 from ingest.daemon.backoff import BACKOFF_CAP_SECONDS, back_off, poll_wait
 from ingest.daemon.service import local_signature, shards_to_load
 from ingest.load.ledger import Ledger
 from ingest.stages.shard import ShardFiles
 from ingest.stages.synth import SynthSpec, write_shard
+
+register_later_commands()  # the app registers index/search/daemon/... only when argv may name one
 
 WAIT_LIMIT = 120.0
 """Guard against a hung daemon only (never an assertion about speed)."""

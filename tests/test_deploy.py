@@ -23,8 +23,10 @@ import pytest
 import typer.main
 import yaml
 
-from ingest.cli.app import app
+from ingest.cli.app import app, register_later_commands
 from ingest.core import errors
+
+register_later_commands()  # the app registers index/search/daemon/... only when argv may name one
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "config" / "k8s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -56,7 +57,7 @@ def worker_index_default() -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
-@app.command()
+@app.command("run")
 @cli_errors
 @with_load_flags
 def run(
@@ -113,7 +114,7 @@ def run(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command("synth")
 @cli_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write LAION-layout shards into")],
@@ -137,7 +138,7 @@ def synth(
     typer.echo(f"wrote {len(shard_list)} shard(s) × {rows} rows to {out}")
 
 
-@app.command()
+@app.command("demo")
 @cli_errors
 def demo(
     target: TargetOpt = DEFAULT_TARGET,
@@ -152,7 +153,15 @@ def demo(
     raise typer.Exit(code)
 
 
-def _register_later_commands() -> None:
+LATER_COMMANDS = ("index", "search", "eval", "plan", "daemon", "serve")
+"""Registered only when the command line may name one (their modules import the vector, serve and daemon layers,
+~0.1 s that a `run`, every shard worker's start, would otherwise spend before its first row)."""
+
+
+def register_later_commands() -> None:
+    """Add index, search, eval, plan, daemon and serve to `app` (idempotent)."""
+    if any(c.name == "index" for c in app.registered_commands):
+        return
     from ingest.cli.daemon_command import daemon_command
     from ingest.cli.index_command import index_command
     from ingest.cli.plan_command import plan_command
@@ -165,9 +174,6 @@ def _register_later_commands() -> None:
     app.command("plan")(cli_errors(plan_command))
     app.command("daemon")(cli_errors(daemon_command))
     app.command("serve")(cli_errors(serve_command))
-
-
-_register_later_commands()
 
 
 @app.command("encode-text")
@@ -202,7 +208,16 @@ def _weights(flag: str | None) -> str:
     return value
 
 
+def needs_later_commands(argv: list[str]) -> bool:
+    """False when the first word is an early command (run, synth, demo, encode-*): nothing else can run."""
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    early = {c.name for c in app.registered_commands}
+    return not words or words[0] not in early
+
+
 def main() -> None:
+    if needs_later_commands(sys.argv):
+        register_later_commands()
     use_one_malloc_arena()
     gc.freeze()  # the ~10^5 objects of the imports: a full collection no longer walks them (3.5% of a load's CPU)
     app()

@@ -155,7 +155,7 @@ def demo(
 
 LATER_COMMANDS = ("index", "search", "eval", "plan", "daemon", "serve")
 """Registered only when the command line may name one (their modules import the vector, serve and daemon layers,
-~0.1 s that a `run`, every shard worker's start, would otherwise spend before its first row)."""
+~0.2 s that a `run`, every shard worker's start, would otherwise spend before its first row)."""
 
 
 def register_later_commands() -> None:
@@ -211,7 +211,7 @@ def _weights(flag: str | None) -> str:
 def needs_later_commands(argv: list[str]) -> bool:
     """False when the first word is an early command (run, synth, demo, encode-*): nothing else can run."""
     words = [a for a in argv[1:] if not a.startswith("-")]
-    early = {c.name for c in app.registered_commands}
+    early = {c.name for c in app.registered_commands} - set(LATER_COMMANDS)
     return not words or words[0] not in early
 
 

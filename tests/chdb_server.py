@@ -28,6 +28,8 @@ SEARCHER_USER = "searcher"
 """Reads only but may set query settings (readonly=2): what `laion-ingest serve` needs."""
 STRICT_USER = "strict"
 """readonly=1: may not set query settings either."""
+LOADER_USER = "loader"
+"""Writes and creates tables but has no SYSTEM privilege (GRANTs in users.xml): what a DBA gives a loading job."""
 START_TIMEOUT = 60.0
 VERSION = "26.9"
 
@@ -44,8 +46,8 @@ def chdb_available() -> str | None:
 def _users_xml(password: str, reader_password: str) -> str:
     """`default` (no password: LocalServer's own start-up session logs in as it), `ingest` with a password,
     `reader` and `searcher` (readonly=2: they read and set per-query settings, never write; `searcher` is what
-    `laion-ingest serve` runs as) and `strict` (readonly=1: no settings either), sharing one password; all from
-    loopback only."""
+    `laion-ingest serve` runs as) and `strict` (readonly=1: no settings either), sharing one password; `loader`
+    (ingest's password: SELECT, INSERT, CREATE, ALTER DELETE, no SYSTEM); all from loopback only."""
     pw = xml.sax.saxutils.escape(password)
     rpw = xml.sax.saxutils.escape(reader_password)
     loop = "<networks><ip>127.0.0.1</ip><ip>::1</ip></networks>"
@@ -61,6 +63,10 @@ def _users_xml(password: str, reader_password: str) -> str:
         f"</{SEARCHER_USER}>"
         f"<{STRICT_USER}><password>{rpw}</password>{loop}<profile>strict</profile><quota>default</quota>"
         f"</{STRICT_USER}>"
+        f"<{LOADER_USER}><password>{pw}</password>{loop}<profile>default</profile><quota>default</quota>"
+        "<grants><query>GRANT SELECT, INSERT, CREATE DATABASE, CREATE TABLE, ALTER DELETE ON *.*</query>"
+        "<query>GRANT TABLE ENGINE ON MergeTree</query></grants>"
+        f"</{LOADER_USER}>"
         "</users><profiles><default/><readonly><readonly>2</readonly></readonly>"
         "<strict><readonly>1</readonly></strict></profiles>"
         "<quotas><default/></quotas></clickhouse>"

@@ -19,6 +19,7 @@ import pytest
 from cli_run import cli
 from cpu_load import busy_cores
 from exact import assert_table_equals, expected_rows, server_table
+from server_fixtures import servers_with
 from test_faults_load import load_args, start, wait_for_rows
 from test_http_sink import small_batch
 
@@ -32,6 +33,7 @@ from ingest.sinks.http import HttpSink
 
 BLOCK = 500
 DIM = 16
+NO_GRANTS_1816 = "18.16 has no GRANTs (access control came in 20.4): a user there cannot be denied SYSTEM alone"
 MERGES_STOPPED = ("ancel", "ABORTED")
 """What OPTIMIZE answers while the table's merges are stopped ("Cancelled merging parts" / ABORTED)."""
 
@@ -176,7 +178,33 @@ def test_a_server_refusing_system_stop_merges_loads_with_merges(caplog: pytest.L
     assert hold.stopped == frozenset()
     assert asked == ["SYSTEM STOP MERGES `default`.`laion`"], asked
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and "background merges go on during the load (SYSTEM STOP MERGES refused" in said[0], said
+    assert len(said) == 1 and "background merges go on during the load (holding them failed: Code: 497" in said[0]
+
+
+def test_parts_that_cannot_be_counted_give_the_merges_back() -> None:
+    """Held, then the part count (the bound) fails: merges resume rather than stay stopped unwatched."""
+    from ingest.sinks.merge_hold import MergeHold
+
+    asked: list[str] = []
+
+    async def execute(sql: str) -> None:
+        asked.append(sql)
+
+    async def query(sql: str) -> list[dict[str, Any]]:
+        if "system.parts" in sql:
+            raise TargetError("Code: 497. DB::Exception: ingest: Not enough privileges. (ACCESS_DENIED)", 497)
+        return [{"value": "1000"}]
+
+    async def load() -> MergeHold:
+        hold = MergeHold(execute, query)
+        ref = TableRef("default", "laion")
+        await hold.before_insert(ref)
+        assert hold.stopped == frozenset({ref})
+        await hold.before_insert(ref)
+        return hold
+
+    assert asyncio.run(load()).stopped == frozenset()
+    assert asked == ["SYSTEM STOP MERGES `default`.`laion`", "SYSTEM START MERGES `default`.`laion`"], asked
 
 
 def test_merges_during_holds_nothing() -> None:
@@ -195,3 +223,33 @@ def test_merges_during_holds_nothing() -> None:
         return hold
 
     assert asyncio.run(load()).stopped == frozenset()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("server", servers_with({"18.16": NO_GRANTS_1816}), indirect=True)
+def test_a_user_without_system_loads_exact_with_merges_and_a_missing_grant_is_named(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
+) -> None:
+    """26.9's `loader` may create, insert and delete but not run SYSTEM: the default run says merges go on, and
+    loads exact; the heal at open is refused quietly. Its `index` (no ALTER ADD INDEX grant) ends in one line
+    naming the privilege, not "authentication failed" (a 403 with a code is ACCESS_DENIED, not a bad password)."""
+    from chdb_server import LOADER_USER
+
+    src = make_shards([0, 1], rows=2000, dim=DIM)
+    res = cli(
+        "run", "--source", str(src), "--shards", "0-1", "--target", server.http_url, "--database", server_db,
+        "--segment-rows", "1000", "--no-progress", "--user", LOADER_USER, "--state", str(tmp_path / "ledger.json"),
+        env={"CLICKHOUSE_PASSWORD": server.password},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"{server_db}.laion: background merges go on during the load (holding them failed: " in res.stderr
+    assert "ACCESS_DENIED" in res.stderr and "merges were deferred" not in res.stderr, res.stderr
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))
+    index = cli(
+        "index", "--target", server.http_url, "--database", server_db, "--m", "8", "--ef-construction", "16",
+        "--user", LOADER_USER, env={"CLICKHOUSE_PASSWORD": server.password},
+    )  # fmt: skip
+    lines = [line for line in index.stderr.splitlines() if line.strip()]
+    assert index.returncode != 0 and len(lines) == 1, index.stderr
+    assert "Not enough privileges" in lines[0] and "ACCESS_DENIED" in lines[0], lines
+    assert "authentication failed" not in lines[0] and server.password not in index.stderr

@@ -89,6 +89,6 @@ def server_error(status: int, code_header: str | None, body: str, user: str, whe
     if not reply.first_line:
         reply = dataclasses.replace(reply, first_line=f"HTTP {status}")
     err = reply.error(f"ClickHouse at {where}", status)
-    if isinstance(err, AuthError) or status in (401, 403):
+    if isinstance(err, AuthError):  # a 403 with a code is a privilege the user lacks (ACCESS_DENIED), said as is
         return AuthError(f"authentication failed for user {user!r} at {where}", reply.code)
     return err

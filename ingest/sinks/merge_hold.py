@@ -10,8 +10,9 @@ outlives us, so a killed run would leave the table unmerged. Hence: past `limit`
 the rest of the run (a server delays inserts at `parts_to_delay_insert`, 150 on 18.16, 1,000 on 26.9), a mutation
 (the landing's delete of a torn range) runs with them resumed (it runs in the merge pool), the sink's `close`
 resumes them, and on a server `heal` resumes them when a run, the daemon or `index` opens the table (what a killed
-run left stopped). A server that does not let this user run SYSTEM refuses the stop: the load goes on with
-merges, said once at info level (the stop only saves CPU; nothing depends on it).
+run left stopped). A server that does not let this user run SYSTEM refuses the stop (or read the settings and
+parts it is bounded by): the load goes on with merges, said at info level (the stop only saves CPU; nothing
+depends on it).
 """
 
 from __future__ import annotations
@@ -58,14 +59,21 @@ class MergeHold:
             return
         if ref not in self._seen:
             self._seen.add(ref)
-            self.limit = await self._server_limit(self.limit)
             try:
+                self.limit = await self._server_limit(self.limit)
                 await self._stop(ref)
             except TargetError as exc:
-                log.info("%s: background merges go on during the load (SYSTEM STOP MERGES refused: %s)", ref.key, exc)
+                log.info("%s: background merges go on during the load (holding them failed: %s)", ref.key, exc)
             return
-        if ref in self._stopped and await self._parts(ref) > self.limit:
-            log.info("%s: over %d parts, background merges resume", ref.key, self.limit)
+        if ref not in self._stopped:
+            return
+        try:
+            over = await self._parts(ref) > self.limit
+        except TargetError as exc:  # the bound cannot be watched: give the merges back
+            log.info("%s: counting its parts failed (%s)", ref.key, exc)
+            over = True
+        if over:
+            log.info("%s: over %d parts or uncounted, background merges resume", ref.key, self.limit)
             await self._resume(ref)
 
     @contextlib.asynccontextmanager

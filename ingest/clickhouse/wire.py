@@ -13,14 +13,13 @@ Both encoders accept sliced arrays (nonzero offsets) and string or large_string 
 from __future__ import annotations
 
 import sys
-from functools import cache
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.core.arrays import as_numpy, empty_binary
+from ingest.core.arrays import as_numpy, empty_of
 from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.schema import is_text
 
@@ -43,11 +42,6 @@ _PRIMITIVES: dict[pa.DataType, str] = {
 }
 
 _VARINT_LIMITS = np.array([1 << 7, 1 << 14, 1 << 21, 1 << 28, 1 << 35, 1 << 42, 1 << 49, 1 << 56], dtype=np.uint64)
-
-
-@cache
-def _empty() -> pa.Scalar:
-    return empty_binary()
 
 
 def varint(value: int) -> bytes:
@@ -102,7 +96,7 @@ def _primitive(arr: pa.Array, name: str) -> np.ndarray:
 def _text_array(arr: pa.Array) -> pa.LargeBinaryArray:
     """Any string/binary array as large_binary (data not copied) with nulls as '' (String is not nullable)."""
     binary = arr.cast(pa.large_binary())
-    return pc.fill_null(binary, _empty()) if binary.null_count else binary
+    return pc.fill_null(binary, empty_of(binary.type)) if binary.null_count else binary
 
 
 def _lengths(arr: pa.LargeBinaryArray) -> np.ndarray:
@@ -138,7 +132,7 @@ def _varints(values: np.ndarray) -> pa.LargeBinaryArray:
 
 def _join(columns: list[pa.Array]) -> memoryview:
     """Concatenate per-row byte strings across columns, row after row, in one C++ pass."""
-    joined = pc.binary_join_element_wise(*columns, _empty())
+    joined = pc.binary_join_element_wise(*columns, empty_of(pa.large_binary()))
     total = int(np.frombuffer(joined.buffers()[1], dtype="<i8", count=1, offset=len(joined) * 8)[0])
     data = joined.buffers()[2]
     return memoryview(data).cast("B")[:total] if data is not None else memoryview(b"")

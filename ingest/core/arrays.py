@@ -40,10 +40,12 @@ def vectors(values: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(numeric(values), values.shape[1])
 
 
-def mask(keep: np.ndarray) -> pa.BooleanArray:
-    """A bool array as Arrow's bit-packed booleans (a filter)."""
-    bits = np.packbits(keep.astype(bool, copy=False), bitorder="little")
-    return pa.Array.from_buffers(pa.bool_(), len(keep), [None, pa.py_buffer(bits)])
+def keep_mask(rows: int, drop: np.ndarray) -> pa.BooleanArray:
+    """A filter keeping `rows` rows but the positions in `drop`, as Arrow's bit-packed booleans."""
+    keep = np.ones(rows, dtype=bool)
+    keep[drop] = False
+    bits = np.packbits(keep, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), rows, [None, pa.py_buffer(bits)])
 
 
 def empty_of(kind: pa.DataType) -> pa.Scalar:
@@ -51,10 +53,6 @@ def empty_of(kind: pa.DataType) -> pa.Scalar:
     wide = pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
     offsets = pa.py_buffer(np.zeros(2, dtype=np.int64 if wide else np.int32))
     return pa.Array.from_buffers(kind, 1, [None, offsets, pa.py_buffer(b"")])[0]
-
-
-def empty_binary() -> pa.Scalar:
-    return empty_of(pa.large_binary())
 
 
 def filled(arr: pa.Array, value: float | int | str | bytes) -> pa.Array:

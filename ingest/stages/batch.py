@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.core.arrays import filled, mask, numeric, vectors
+from ingest.core.arrays import filled, keep_mask, numeric, vectors
 from ingest.core.plan import ID_STRIDE, BatchPlan, RowRange
 from ingest.core.schema import META_COLUMNS, STRING_COLUMNS, Column, TableSchema
 from ingest.stages.npy import widen
@@ -79,9 +79,7 @@ def build_batch(
     arrays = [columns[c.name] for c in schema.columns]
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema())
     if drop_rows is not None and len(drop_rows):
-        keep = np.ones(plan.rows, dtype=bool)
-        keep[drop_rows] = False
-        batch = batch.filter(mask(keep))
+        batch = batch.filter(keep_mask(plan.rows, drop_rows))
     return batch
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.clickhouse.wire import native_block_bytes
-from ingest.core.arrays import mask, vectors
+from ingest.core.arrays import keep_mask, vectors
 from ingest.core.pieces import BlockStart, ColumnStart, Piece
 from ingest.core.plan import SegmentPlan
 from ingest.stages.batch import scalar_columns
@@ -40,17 +40,15 @@ def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[P
     scalars = scalar_columns(segment, meta.take(segment.start, segment.stop), shard.schema)
     del meta
     if len(drop):
-        keep = np.ones(segment.rows, dtype=bool)
-        keep[drop - segment.start] = False
-        kept = mask(keep)
+        kept = keep_mask(segment.rows, drop - segment.start)
         scalars = {name: arr.filter(kept) for name, arr in scalars.items()}
-    vectors = {"image_embedding": shard.img, "text_embedding": shard.text}
+    npy_of = {"image_embedding": shard.img, "text_embedding": shard.text}
     schema = shard.schema.arrow_schema()
     yield BlockStart(schema, rows, native_block_bytes(schema, rows, scalars))
     for field in schema:
         yield ColumnStart(field, rows)
-        if field.name in vectors:
-            yield from _vector_runs(vectors[field.name], segment, drop)
+        if field.name in npy_of:
+            yield from _vector_runs(npy_of[field.name], segment, drop)
         else:
             yield scalars.pop(field.name)
 

@@ -72,6 +72,15 @@ def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> N
     assert p.as_dict()["cores_used"] == pytest.approx(1.5)
 
 
+def test_the_base_is_the_lesser_of_two_builds_by_cpu_else_by_wall() -> None:
+    built = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, 1_300_000_000, 150.0)
+    second = built.least_with(110.0, 140.0)  # slower on the clock, less CPU: the second
+    assert (second.build_seconds, second.build_cpu_seconds, second.index_bytes) == (110.0, 140.0, 1_300_000_000)
+    assert built.least_with(90.0, 160.0) is built
+    wall_only = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, None)  # a server's CPU is not ours
+    assert wall_only.least_with(80.0, None).build_seconds == 80.0 and wall_only.least_with(120.0, None) is wall_only
+
+
 def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory() -> None:
     """At 4M rows the tuner chose M=16 ef_c=32 where 1M built M=12 ef_c=24: the projection is that structure's."""
     ahead = Ahead(4_000_000, "bf16", 16, 32, 1.4, 200_000, False)
@@ -182,7 +191,7 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     out = ok(cli("index", "--target", f"chdb:{table}", *args, "--project-rows", "48000", "--report", str(report)))
     doc = orjson.loads(report.read_bytes())
     phases = doc["phases_seconds"]
-    assert set(phases) == {"tuning", "merge", "build", "check"} and all(v > 0 for v in phases.values())
+    assert set(phases) == {"tuning", "merge", "build", "check", "rebuild"} and all(v > 0 for v in phases.values())
     # no --max-memory and bf16 fits: only unrescored searches are weighed (rescoring is the slow search)
     assert "rescore×" not in out and "rescored variants left out" in out, out
     assert doc["total_seconds"] >= sum(phases.values()) * 0.99
@@ -206,6 +215,10 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     assert ahead["rows"] == 48_000 and 11_000 < ahead["sample_graph_rows"] <= 12_000 and ahead["cost"] > 0
     assert f"at 48,000 rows (graphs of 12,000; sampled in graphs of {ahead['sample_graph_rows']:,})" in out
     assert "graph_exponent" not in entry and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
+    # --project-rows builds the index twice and scales the lesser build (index_rebuild.py): the entry holds it
+    assert "image_index: built again for the projection's base in " in out, out
+    cpu = doc["phases_cpu_seconds"]
+    assert entry["build_cpu_seconds"] == pytest.approx(min(cpu["build"], cpu["rebuild"]))
     (proj,) = entry["projections"]
     assert proj["rows"] == 48_000 and proj["graphs"] == 4 and proj["graph_exponent"] == GRAPH_EXPONENT
     assert (proj["structure"] is None) == ahead["same"]

@@ -70,6 +70,12 @@ def test_choose_takes_the_cheapest_build_that_reaches_the_target() -> None:
     none = choose([cheap_bad, mid_ok], 0.99)
     assert (none.candidate, none.search_list, none.reached) == (Candidate("bf16", 16, 64), 256, False)
     assert "no candidate reaches" in none.reason
+    # ranked by build cost, reaching at a reasonable list beats a cheaper build that needs a longer one
+    long_only = Measured(Candidate("bf16", 12, 64), 1.5, {256: 0.94, 512: 0.96})
+    assert choose([long_only, dear_ok], 0.95).candidate == Candidate("bf16", 32, 128)
+    assert choose([long_only, cheap_bad], 0.95).search_list == 512  # the only one that reaches it
+    # under --max-memory the smallest structure still wins, at whatever list it needs
+    assert choose([long_only, dear_ok], 0.95, lambda c: c.m).candidate == Candidate("bf16", 12, 64)
 
 
 def test_grid_is_ordered_by_cost_and_stops_early() -> None:

@@ -49,6 +49,7 @@ from ingest.vector.index import (
     vector_indexes,
 )
 from ingest.vector.index_limits import Plan, check_reached, memory_budget, refuse_if_too_large, setting_value
+from ingest.vector.index_rebuild import least_of_two_builds
 from ingest.vector.index_report import (
     CacheState,
     IndexEntry,
@@ -236,6 +237,9 @@ async def build_tuned_indexes(q: QueryConfig, job: IndexJob, view: IndexView) ->
             engine_cpu = build_cpu if q.target.spec.kind == "chdb" else None  # a server's CPU is not ours
             graphs = await graphs_now(sink, ref, p.index.granularity, layout, report)
             entry = await measured_entry(sink, ref, p, outcome, graphs, cache_before, engine_cpu)
+            if cfg.project_rows and not p.existed:
+                entry, said = await least_of_two_builds(sink, ref, p, entry, engine_cpu is not None, display_for, log_)
+                report(said)
             log_.indexes.append(entry.as_dict(p.search_list))
             if p.tuned is not None:
                 log_.indexes[-1]["sample_builds"] = sample_builds(p.tuned)

@@ -176,7 +176,8 @@ def phase_cpu(r: Row, report: dict[str, Any], phase: str) -> float | None:
 def least_build(r: Row, report: dict[str, Any] | None = None) -> tuple[float, float | None]:
     """(wall, CPU) seconds of the build of `report` (default the row's tuned one): where `index --project-rows`
     built the index again (its 'rebuild' phase, vector/index_rebuild.py), the lesser of the two by CPU, as the
-    projection's base is; else the one build."""
+    projection's base is (over HTTP `index` keeps the lesser by wall, all it can read; the bench reads the
+    server's CPU from /proc); else the one build."""
     report = r.report if report is None else report
     builds = [
         (float(report["phases_seconds"].get(phase, 0.0)), phase_cpu(r, report, phase))

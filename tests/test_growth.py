@@ -14,6 +14,7 @@ import orjson
 import pytest
 from cli_run import cli, loaded_chdb, ok
 
+from ingest.clickhouse.vector_sql import VectorIndex
 from ingest.vector.graphs import PartStats, graphs_over
 from ingest.vector.growth import (
     GRAPH_EXPONENT,
@@ -24,6 +25,8 @@ from ingest.vector.growth import (
     project_build,
     scale_build_seconds,
 )
+from ingest.vector.index import IndexOutcome
+from ingest.vector.index_rebuild import Build, lesser
 from ingest.vector.index_report import CacheState, cache_bytes
 from ingest.vector.sizing import formula_bytes, resident_bytes
 
@@ -72,13 +75,13 @@ def test_wall_is_the_projected_cpu_over_the_cores_the_measured_build_used() -> N
     assert p.as_dict()["cores_used"] == pytest.approx(1.5)
 
 
-def test_the_base_is_the_lesser_of_two_builds_by_cpu_else_by_wall() -> None:
-    built = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, 1_300_000_000, 150.0)
-    second = built.least_with(110.0, 140.0)  # slower on the clock, less CPU: the second
-    assert (second.build_seconds, second.build_cpu_seconds, second.index_bytes) == (110.0, 140.0, 1_300_000_000)
-    assert built.least_with(90.0, 160.0) is built
-    wall_only = MeasuredBuild(1_000_000, 512, "bf16", 16, 62_500, 100.0, None)  # a server's CPU is not ours
-    assert wall_only.least_with(80.0, None).build_seconds == 80.0 and wall_only.least_with(120.0, None) is wall_only
+def test_the_base_is_the_lesser_of_two_builds_by_cpu_on_chdb_else_by_wall() -> None:
+    ix = VectorIndex("image_index", "image_embedding", 512)
+    first = Build(IndexOutcome(ix, False, 1000, 100.0), 150.0)
+    second = Build(IndexOutcome(ix, False, 1000, 110.0), 140.0)  # slower on the clock, less CPU
+    assert lesser(first, second, by_cpu=True) is second
+    assert lesser(first, second, by_cpu=False) is first  # a server's CPU is not ours: the wall decides
+    assert lesser(first, Build(second.outcome, 150.0), by_cpu=True) is first  # a tie keeps the first
 
 
 def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory() -> None:

@@ -8,7 +8,7 @@ out, with the structure the tuner would choose there (Ahead, vector/tune_ahead.p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
 
@@ -139,17 +139,6 @@ class MeasuredBuild:
 
     def ahead_at(self, rows: int) -> Ahead | None:
         return next((a for a in self.ahead if a.rows == rows), None)
-
-    def least_with(self, seconds: float, cpu_seconds: float | None) -> MeasuredBuild:
-        """This build or another of the same index over the same rows, whichever cost less (CPU where both are
-        known, else wall): the base a projection scales (index_rebuild.py says why two)."""
-        known = self.build_cpu_seconds is not None and cpu_seconds is not None
-        mine, theirs = (self.build_cpu_seconds, cpu_seconds) if known else (self.build_seconds, seconds)
-        return (
-            self
-            if (mine or 0.0) <= (theirs or 0.0)
-            else replace(self, build_seconds=seconds, build_cpu_seconds=cpu_seconds)
-        )
 
     @property
     def cores_used(self) -> float | None:

@@ -142,8 +142,8 @@ def index_command(
             "--project-rows",
             min=1,
             help="Also project build time and index memory at this many rows (repeatable), from the build "
-            "measured here and the structure the tuner chooses on this table's rows in that table's graphs "
-            "(with --dry-run: from the tuning sample)",
+            "measured here (built twice, the lesser kept) and the structure the tuner chooses on this table's rows "
+            "in that table's graphs (with --dry-run: from the tuning sample)",
         ),
     ] = None,
     report_file: Annotated[

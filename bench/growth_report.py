@@ -213,7 +213,7 @@ def measured_build(r: Row) -> MeasuredBuild:
         least_build(r)[0],
         e["memory_bytes"],
         build_cpu(r),
-        tuple(Ahead(**a) for a in e.get("ahead") or []),
+        tuple(Ahead.from_dict(a) for a in e.get("ahead") or []),
     )
 
 

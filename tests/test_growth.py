@@ -42,7 +42,7 @@ def built_from(entry: dict[str, Any]) -> MeasuredBuild:
         entry["build_seconds"],
         entry["memory_bytes"],
         entry["build_cpu_seconds"],
-        tuple(Ahead(**a) for a in entry["ahead"]),
+        tuple(Ahead.from_dict(a) for a in entry["ahead"]),
     )
 
 
@@ -217,6 +217,10 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     (ahead,) = entry["ahead"]
     assert ahead["rows"] == 48_000 and 11_000 < ahead["sample_graph_rows"] <= 12_000 and ahead["cost"] > 0
     assert f"at 48,000 rows (graphs of 12,000; sampled in graphs of {ahead['sample_graph_rows']:,})" in out
+    # what the choice there stood on: each candidate's recall at each list measured, the chosen one among them
+    chosen_there = f"{ahead['quantization']} M={ahead['m']} ef_c={ahead['ef_construction']}"
+    assert ahead["grid"][chosen_there] and set(ahead["grid"][chosen_there]) <= {"32", "64", "128", "256", "512"}
+    assert all(0 <= r <= 1 for rs in ahead["grid"].values() for r in rs.values())
     assert "graph_exponent" not in entry and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
     # --project-rows builds the index twice and scales the lesser build (index_rebuild.py): the entry holds it
     assert "image_index: built again for the projection's base in " in out, out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
 
@@ -103,12 +104,15 @@ class Ahead:
     sample_graph_rows: int
     same: bool
     """The structure chosen there is the one built here."""
+    grid: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
+    """Each candidate measured there and its recall@10 at each search list: what the choice stood on, for
+    comparing it with the larger table's own tuner (their samples disagreed by ~0.03 at 2M, bench/growth.py)."""
 
     @property
     def label(self) -> str:
         return f"{self.quantization} M={self.m} ef_c={self.ef_construction}"
 
-    def as_dict(self) -> dict[str, float | int | str | None]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "rows": self.rows,
             "quantization": self.quantization,
@@ -117,7 +121,15 @@ class Ahead:
             "cost": self.cost,
             "sample_graph_rows": self.sample_graph_rows,
             "same": self.same,
+            "grid": {label: {str(size): r for size, r in recall} for label, recall in self.grid},
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ahead:
+        """An entry of an `index --report` (older ones have no grid)."""
+        grid = tuple((label, tuple((int(k), float(v)) for k, v in r.items())) for label, r in d.get("grid", {}).items())
+        fields = ("rows", "quantization", "m", "ef_construction", "cost", "sample_graph_rows", "same")
+        return cls(**{k: d[k] for k in fields}, grid=grid)
 
 
 @dataclass(frozen=True, slots=True)

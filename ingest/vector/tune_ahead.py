@@ -113,7 +113,8 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
         with contextlib.suppress(TargetError):
             await job.sink.execute(drop_table_sql(scratch_ref(job.ref)))
     cost = costs[0] / costs[1] if costs[1] > 0 else 1.0
-    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, cost, there_rows, same)
+    grid = tuple((m.candidate.label(), tuple(sorted(m.recall.items()))) for m in measured)
+    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, cost, there_rows, same, grid)
     said = (
         "the same structure"
         if same

@@ -8,7 +8,7 @@ out, with the structure the tuner would choose there (Ahead, vector/tune_ahead.p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
@@ -128,8 +128,7 @@ class Ahead:
     def from_dict(cls, d: dict[str, Any]) -> Ahead:
         """An entry of an `index --report` (older ones have no grid)."""
         grid = tuple((label, tuple((int(k), float(v)) for k, v in r.items())) for label, r in d.get("grid", {}).items())
-        fields = ("rows", "quantization", "m", "ef_construction", "cost", "sample_graph_rows", "same")
-        return cls(**{k: d[k] for k in fields}, grid=grid)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name != "grid"}, grid=grid)
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,8 +242,8 @@ def at_reasonable_lists(ok: list[tuple[Measured, int]]) -> list[tuple[Measured, 
     """The candidates that reach the target at a reasonable search list, if any do, else all that reach it. A
     structure that reaches it only at a longer list searches twice the candidates for every query, and stands
     nearest the edge of the sample's recall: the 4M-row growth table's tuner chose bf16 M=12 ef_c=64 at search
-    list 512 (the grid went on past it to a neighbour that reached the target sooner), where the 1M table's look
-    ahead had named M=16 ef_c=64, so which neighbour won turned on the sample's noise (bench/growth.py)."""
+    list 512 where the 1M table's look ahead had named M=16 ef_c=64, so which neighbour won turned on the
+    sample's noise (bench/growth.py)."""
     short = [(m, size) for m, size in ok if size <= REASONABLE_LIST]
     return short or ok
 

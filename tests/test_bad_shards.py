@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,76 @@ def test_bad_shard_is_quarantined_over_http(
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert [q["shard"] for q in json.loads(report.read_text())["quarantined"]] == [1]
     assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 2]))
+
+
+STRIDE = 10_000_000
+"""Ids of shard s start at s × STRIDE (ingest.core.plan.ID_STRIDE)."""
+
+
+@pytest.mark.server
+def test_a_shard_sent_before_its_nan_scan_ends_lands_nothing(
+    make_shards: Any, server: Any, server_db: str, tmp_path: Path
+) -> None:
+    """The NaN/Inf scan runs while a shard's first segments are sent (--on-nan fail-shard). Shard 1's scan is
+    slowed 4 s (tests/slow_scan_cli.py) and its NaN sits in its last segment: its segments reach their gate (all
+    but their last piece sent) before the verdict, and polled from outside while the run goes, its id range never
+    holds a row; then the run names the shard and the NaN, and shards 0 and 2 land exactly."""
+    import subprocess
+    import sys
+    import time
+
+    src = make_shards([0, 1, 2], rows=1000, dim=16, row_group_rows=300)
+    break_nan_late(src)
+    args = [
+        "run", "--source", str(src), "--shards", "0-2", "--target", server.http_url, "--database", server_db,
+        "--dim", "16", "--batch-rows", "125", "--segment-rows", "250", "--no-progress",
+        "--state", str(tmp_path / "ledger.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "CLICKHOUSE_USER": "ingest", "CLICKHOUSE_PASSWORD": server.password}
+    script = Path(__file__).with_name("slow_scan_cli.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "4", "1", "--", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    landed: list[int] = []
+    try:
+        while proc.poll() is None:
+            exists = f"SELECT count() FROM system.tables WHERE database = '{server_db}' AND name = 'laion'"
+            if server.query(exists).decode().strip() == "1":
+                shard1 = f"SELECT count() FROM `{server_db}`.laion WHERE id BETWEEN {STRIDE} AND {2 * STRIDE - 1}"
+                landed.append(int(server.query(shard1).decode().strip() or 0))
+            time.sleep(0.1)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert "shard 1: text_emb has NaN/Inf in 1 row(s), first at row 950" in err and "Traceback" not in err, err
+    assert "gate: a segment of shard 1 waits for its scan" in err, err
+    assert landed and max(landed) == 0, landed
+    assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 2]))
+
+
+def test_a_shard_sent_before_its_nan_scan_ends_lands_nothing_in_chdb(make_shards: Any, tmp_path: Path) -> None:
+    """The same race in the embedded engine (which no other process may open while the run goes, so no poll):
+    shard 1's segments reach their gate before the verdict, and none of its rows is in the table after."""
+    import subprocess
+    import sys
+
+    src = make_shards([0, 1, 2], rows=1000, dim=16, row_group_rows=300)
+    break_nan_late(src)
+    db = tmp_path / "db"
+    script = Path(__file__).with_name("slow_scan_cli.py")
+    res = subprocess.run(
+        [sys.executable, str(script), "2", "1", "--", "run", "--source", str(src), "--shards", "0-2",
+         "--target", f"chdb:{db}", "--dim", "16", "--batch-rows", "125", "--segment-rows", "250", "--no-progress"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert "shard 1: text_emb has NaN/Inf in 1 row(s), first at row 950" in res.stderr, res.stderr
+    assert "gate: a segment of shard 1 waits for its scan" in res.stderr and "Traceback" not in res.stderr
+    assert_table_equals(chdb_table(db), expected_rows(src, [0, 2]))

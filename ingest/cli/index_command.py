@@ -121,6 +121,9 @@ def index_command(
         float, typer.Option("--recall-target", min=0.0, max=1.0, help="Recall@10 the tuned index must reach")
     ] = 0.95,
     sample_rows: Annotated[int, typer.Option("--sample-rows", min=100, help="Rows sampled for tuning")] = 20_000,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Which rows the tuning samples (same seed, same rows)")
+    ] = TuneConfig.seed,
     max_graphs: Annotated[
         int,
         typer.Option(
@@ -161,6 +164,7 @@ def index_command(
     cfg = TuneConfig(
         recall_target=recall_target,
         sample_rows=sample_rows,
+        seed=seed,
         max_graphs=max_graphs,
         quantizations=(quantization,) if quantization else TuneConfig.quantizations,
         max_memory=parse_bytes(max_memory) if max_memory else None,

@@ -37,7 +37,7 @@ from ingest.load.ledger import Ledger
 from ingest.load.progress import Reporter
 from ingest.sinks.base import Sink, TakesColumns
 from ingest.stages.segment_columns import read_segment_columns
-from ingest.stages.shard import ShardFiles, ValidShard, read_segment, validate_shard
+from ingest.stages.shard import ShardFiles, ValidShard, gated, read_segment, validate_shard
 from ingest.stages.source import Source
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class Pipeline:
         self.stop = stop or asyncio.Event()
         self.result = RunResult()
         self._read_pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="read")
+        self._scan_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nan-scan")
+        """A shard's NaN/Inf scans, left running while its first segments are sent (validate_shard's defer_scan);
+        apart from the read pool, whose threads may be waiting for the scans' verdict."""
         self._landing = Landing(sink, self.table, self.cfg.retry, use_token=False)
 
     async def run(self, shards: list[int]) -> RunResult:
@@ -127,6 +130,7 @@ class Pipeline:
             )
         finally:
             self._read_pool.shutdown(wait=False, cancel_futures=True)
+            self._scan_pool.shutdown(wait=False, cancel_futures=True)
             self.ledger.flush()
             self.reporter.close()
         self.result.interrupted = self.stop.is_set()
@@ -171,7 +175,7 @@ class Pipeline:
                 continue
             try:
                 valid = await loop.run_in_executor(
-                    self._read_pool, validate_shard, files, self._schema, self.cfg.on_nan
+                    self._read_pool, validate_shard, files, self._schema, self.cfg.on_nan, self._scan_pool
                 )
             except BadShardError as exc:
                 self._quarantine(files.shard, exc)
@@ -212,7 +216,7 @@ class Pipeline:
         the read pool into a queue of `queue_depth // workers` pieces."""
         loop = asyncio.get_running_loop()
         columns = isinstance(self.sink, TakesColumns) and self.sink.column_major
-        gen = read_segment_columns(valid, seg) if columns else read_segment(valid, seg)
+        gen = gated(read_segment_columns(valid, seg) if columns else read_segment(valid, seg), valid.settle)
         q: asyncio.Queue[Piece | BadShardError | None] = asyncio.Queue(
             maxsize=max(1, self.cfg.queue_depth // self._workers)
         )
@@ -225,6 +229,8 @@ class Pipeline:
                     await q.put(block)
                     if block is None:
                         return
+            except BadShardError as exc:  # the deferred NaN/Inf scan's verdict, before the segment's last piece
+                await q.put(exc)
             except (OSError, pa.ArrowException, ValueError) as exc:
                 await q.put(BadShardError(valid.shard, f"read failed after validation ({exc})"))
 

@@ -23,6 +23,7 @@ from ingest.vector.growth import (
     build_work,
     merged_graph_rows,
     project_build,
+    project_wary,
     scale_build_seconds,
 )
 from ingest.vector.index import IndexOutcome
@@ -106,6 +107,35 @@ def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory(
     # the same structure chosen there: no factor, nothing said
     same = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, None, 150.0, (replace(ahead, same=True),))
     assert project_build(same, 4_000_000, 2500, 16).ahead is None
+
+
+def test_the_wary_choice_is_the_other_end_of_the_projected_range() -> None:
+    """The 2M table's own tuner chose M=12 ef_c=64 where the 1M table's look ahead chose ef_c=32 (1.65× the build
+    apart): the projection gives both ends, the wary one scaled by its own measured cost, and says why."""
+    wary = Ahead(2_000_000, "bf16", 12, 64, 1.65, 125_000, False)
+    ahead = Ahead(2_000_000, "bf16", 12, 32, 1.0, 125_000, True, wary=wary)
+    built = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, 1_141_000_000, 150.0, (ahead,))
+    choice, other = project_build(built, 2_000_000, 2500, 16), project_wary(built, 2_000_000, 2500, 16)
+    assert other is not None and choice.ahead is None  # the choice there is the structure built here
+    assert other.build_cpu_seconds == pytest.approx(choice.build_cpu_seconds * 1.65)  # type: ignore[operator]
+    assert other.index_bytes == choice.index_bytes  # same M, same quantization
+    line = replace(choice, wary=other).line()
+    assert f"build {other.build_seconds:.0f} s" in line and "reads recall@10 0.02 lower" in line
+    assert "its tuner then chooses bf16 M=12 ef_c=64" in line
+    assert Ahead.from_dict(ahead.as_dict()) == ahead  # the report keeps it, nested
+    assert project_wary(replace(built, ahead=(replace(ahead, wary=None),)), 2_000_000, 2500, 16) is None
+
+
+def test_the_grid_a_lower_target_would_have_stopped_at() -> None:
+    """The look ahead measures on to the wary target; the choice at the target is made on the builds a tuner
+    aiming at it would have measured (measure_grid stops at the first reaching it at list ≤ 256)."""
+    from ingest.vector.grid_stop import measured_to
+    from ingest.vector.tune import Candidate, Measured
+
+    a, b, c = (Candidate("bf16", 12, ef) for ef in (24, 32, 64))
+    grid = [Measured(a, 1.0, {256: 0.93, 512: 0.95}), Measured(b, 1.2, {256: 0.955}), Measured(c, 0.9, {256: 0.975})]
+    assert [m.candidate for m in measured_to(grid, 0.95)] == [a, b]  # c (cheaper by noise) was never built there
+    assert [m.candidate for m in measured_to(grid, 0.97)] == [a, b, c]
 
 
 def test_merged_graphs_are_cut_to_max_graphs() -> None:
@@ -221,6 +251,15 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     chosen_there = f"{ahead['quantization']} M={ahead['m']} ef_c={ahead['ef_construction']}"
     assert ahead["grid"][chosen_there] and set(ahead["grid"][chosen_there]) <= {"32", "64", "128", "256", "512"}
     assert all(0 <= r <= 1 for rs in ahead["grid"].values() for r in rs.values())
+    # the wary end: what a sample reading recall 0.02 lower chooses there, if it differs; it reached that there
+    if ahead["wary"] is not None:
+        wary = ahead["wary"]
+        label = f"{wary['quantization']} M={wary['m']} ef_c={wary['ef_construction']}"
+        assert label != chosen_there and max(ahead["grid"][label].values()) >= 0.92 and wary["cost"] > 0
+        assert "(a sample there reading 0.02 lower) " + label in out, out
+        assert entry["projections"][0]["wary"]["build_seconds"] > 0
+    else:
+        assert entry["projections"][0]["wary"] is None
     assert "graph_exponent" not in entry and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
     # --project-rows builds the index twice and scales the lesser build (index_rebuild.py): the entry holds it
     assert "image_index: built again for the projection's base in " in out, out
@@ -267,3 +306,14 @@ def test_dry_run_projects_from_the_sample(table: Path, tmp_path: Path) -> None:
     assert "dry_index: projected at 1,000,000 rows" in out and "--dry-run: nothing built" in out
     doc = orjson.loads(report.read_bytes())
     assert doc["phases_seconds"]["build"] == 0 and doc["indexes"][0]["projections"][0]["rows"] == 1_000_000
+
+
+def test_the_bench_reads_a_range_within_when_the_measurement_is_near_either_end() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from growth_report import verdict, verdict_range
+
+    assert "(within ±25% of the range)" in verdict_range("build s", 160, 265, 265)
+    assert "ratio 0.60–1.00" in verdict_range("build s", 160, 265, 265)
+    assert "(within ±25% of the range)" in verdict_range("build s", 160, 265, 140)  # 160 / 140 = 1.14
+    assert "OUTSIDE" in verdict_range("build s", 160, 265, 100) and "OUTSIDE" in verdict_range("build s", 160, 265, 400)
+    assert "OUTSIDE" in verdict("build s", 160, 265)

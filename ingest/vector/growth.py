@@ -8,7 +8,7 @@ out, with the structure the tuner would choose there (Ahead, vector/tune_ahead.p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ingest.vector.sizing import formula_bytes, human_bytes, resident_bytes
@@ -77,6 +77,15 @@ structure would be measured on graphs much like the ones measured here (the look
 2×)."""
 
 
+DECISION_NOISE = 0.02
+"""How far recall@10 of one structure at one search list moves between two tuning samples of a table. bf16 M=12
+ef_c=32 in graphs of 125,184 rows, 200 query rows, 200,000-row samples of the 1M and 2M synthetic tables (seeds 0–2,
+and seed 0 again in the growth ladder): 0.916–0.937 at search list 256 on the 2M table's own samples, 0.921–0.95+
+on the 1M table's look aheads; 0.940–0.960 at 512. Against a target of 0.95 the 2M table's tuner chose, in four
+runs, M=12 ef_c=32 at list 512 twice, M=16 ef_c=32 at 512 and M=12 ef_c=64 at 256 (1.65× the build): a projection
+of its choice is a range, from the choice on this sample to the one a sample reading this much lower makes."""
+
+
 def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
     """(rows of a graph, graphs) of `rows` merged into one part and cut into at most `max_graphs` graphs, as
     `index` lays out a table of more parts than --max-graphs (vector/graphs.py)."""
@@ -107,6 +116,9 @@ class Ahead:
     grid: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
     """Each candidate measured there and its recall@10 at each search list: what the choice stood on, for
     comparing it with the larger table's own tuner (their samples disagreed by ~0.03 at 2M, bench/growth.py)."""
+    wary: Ahead | None = None
+    """What the tuner there chooses instead if its own sample reads recall DECISION_NOISE lower than this one
+    did (None: the same choice): the larger table's tuner decides on a sample of its own."""
 
     @property
     def label(self) -> str:
@@ -122,13 +134,16 @@ class Ahead:
             "sample_graph_rows": self.sample_graph_rows,
             "same": self.same,
             "grid": {label: {str(size): r for size, r in recall} for label, recall in self.grid},
+            "wary": None if self.wary is None else self.wary.as_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Ahead:
-        """An entry of an `index --report` (older ones have no grid)."""
+        """An entry of an `index --report` (older ones have no grid and no wary choice)."""
         grid = tuple((label, tuple((int(k), float(v)) for k, v in r.items())) for label, r in d.get("grid", {}).items())
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name != "grid"}, grid=grid)
+        wary = Ahead.from_dict(d["wary"]) if d.get("wary") else None
+        plain = {f.name: d[f.name] for f in fields(cls) if f.name not in ("grid", "wary")}
+        return cls(**plain, grid=grid, wary=wary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +187,9 @@ class Projection:
     build_cpu_seconds: float | None = None
     ahead: Ahead | None = None
     """The structure the tuner would choose at `rows` when it differs from the one built (None: the same)."""
+    wary: Projection | None = None
+    """The projection with the choice a sample reading DECISION_NOISE lower makes there (project_wary), where it
+    differs: the projected build is the range from this one's to that one's."""
 
     def line(self) -> str:
         f = self.measured_from
@@ -192,7 +210,18 @@ class Projection:
             f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
             f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
             f"{f.graph_rows:,}; per-row build cost ∝ G^{GRAPH_EXPONENT:.2f}, {GRAPH_EXPONENT_SOURCE}; the documented "
-            f"formula says {human_bytes(self.formula_bytes)})"
+            f"formula says {human_bytes(self.formula_bytes)})" + self._wary_line()
+        )
+
+    def _wary_line(self) -> str:
+        w = self.wary
+        if w is None:
+            return ""
+        label = w.ahead.label if w.ahead is not None else "the structure built here"
+        cpu = "" if w.build_cpu_seconds is None else f" ({w.build_cpu_seconds:.0f} CPU s)"
+        return (
+            f"; build {w.build_seconds:.0f} s{cpu}, index memory {human_bytes(w.index_bytes)} if that table's own "
+            f"sample reads recall@10 {DECISION_NOISE:g} lower than this one did (its tuner then chooses {label})"
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -207,6 +236,7 @@ class Projection:
             "cores_used": self.measured_from.cores_used,
             "graph_exponent": GRAPH_EXPONENT,
             "structure": None if self.ahead is None else self.ahead.as_dict(),
+            "wary": None if self.wary is None else self.wary.as_dict(),
         }
 
 
@@ -238,3 +268,12 @@ def project_build(
     else:
         cpu_then, seconds = None, measured.build_seconds * work
     return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead)
+
+
+def project_wary(measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int) -> Projection | None:
+    """project_build with the structure the tuner at `rows` chooses if its sample reads DECISION_NOISE lower
+    (Ahead.wary): the other end of the projected range; None where that choice is the same."""
+    looked = measured.ahead_at(rows)
+    if looked is None or looked.wary is None:
+        return None
+    return project_build(replace(measured, ahead=(looked.wary,)), rows, rows_per_granule, max_graphs)

@@ -32,10 +32,14 @@ from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import GraphSize, plan_sample
-from ingest.vector.growth import MIN_AHEAD_SPAN, Ahead, merged_graph_rows
+from ingest.vector.grid_stop import measured_to
+from ingest.vector.growth import DECISION_NOISE, MIN_AHEAD_SPAN, Ahead, merged_graph_rows
 from ingest.vector.sizing import MemoryBudget, need, resident_bytes
 from ingest.vector.tune import Candidate, TuneReport, chosen_build, decide
 from ingest.vector.tune_run import COST_ROUNDS, SampleSpec, fill_sample, least_costs, measure_grid
+
+WARY_TARGET_CAP = 0.995
+"""The wary choice's target never above this: recall@10 1.0 is what brute force gives."""
 
 
 def graph_at(rows: int, rows_per_granule: int, max_graphs: int) -> GraphSize:
@@ -102,25 +106,40 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
     )
     spec = SampleSpec(tuned.rows, planned.rows, tuned.queries, planned.graph, tuned.dim, job.metric)
     built = tuned.choice.candidate.build()
+    wary_target = min(cfg.recall_target + DECISION_NOISE, WARY_TARGET_CAP)
     try:
         on = await fill_sample(job.sink, job.ref, tuned.column, spec, cfg.seed, tuned.search_lists, tuned.rescoring)
-        measured, _ = await measure_grid(on, todo, cfg.recall_target)
-        choice = decide(measured, fits, memory, ranked, cfg.recall_target)
-        c = choice.candidate.build()
-        same = c == built
-        costs = [1.0, 1.0] if same else await least_costs(on, [c, built])
+        measured, _ = await measure_grid(on, todo, wary_target)  # on past the target: the wary choice's grid
+        choice = decide(measured_to(measured, cfg.recall_target), fits, memory, ranked, cfg.recall_target)
+        wary = decide(measured, fits, memory, ranked, wary_target)
+        c, w = choice.candidate.build(), wary.candidate.build()
+        other = w if wary.reached and w != c else None
+        builds = list(dict.fromkeys([c, built] + ([other] if other is not None else [])))
+        least = dict(zip(builds, await least_costs(on, builds), strict=True)) if len(builds) > 1 else {c: 1.0}
     finally:
         with contextlib.suppress(TargetError):
             await job.sink.execute(drop_table_sql(scratch_ref(job.ref)))
-    cost = costs[0] / costs[1] if costs[1] > 0 else 1.0
+
+    def over_built(b: Candidate) -> float:
+        return least[b] / least[built] if least[built] > 0 else 1.0
+
     grid = tuple((m.candidate.label(), tuple(sorted(m.recall.items()))) for m in measured)
-    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, cost, there_rows, same, grid)
+    alt = None
+    if other is not None:
+        q, m, ef = other.quantization, other.m, other.ef_construction
+        alt = Ahead(rows, q, m, ef, over_built(other), there_rows, other == built)
+    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, over_built(c), there_rows, c == built, grid, alt)
     said = (
         "the same structure"
-        if same
-        else f"{ahead.label}, × {cost:.2f} the build CPU of {here.candidate.label()} ({costs[0]:.1f} and "
-        f"{costs[1]:.1f} CPU s, the least of {COST_ROUNDS} rounds)"
+        if c == built
+        else f"{ahead.label}, × {ahead.cost:.2f} the build CPU of {here.candidate.label()} ({least[c]:.1f} and "
+        f"{least[built]:.1f} CPU s, the least of {COST_ROUNDS} rounds)"
     )
+    if alt is not None:
+        said += (
+            f"; at recall@10 {wary_target:.2f} (a sample there reading {DECISION_NOISE:g} lower) {alt.label}, × "
+            f"{alt.cost:.2f}"
+        )
     return ahead, (
         f"at {rows:,} rows (graphs of {graph.rows:,}; sampled in graphs of {there_rows:,}): the grid chooses {said}"
         f"{'' if choice.reached else ' (none reached the target there)'}"

@@ -45,6 +45,7 @@ from ingest.core.errors import IndexTooLargeError, TargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import GraphSize, Layout, plan_sample
+from ingest.vector.grid_stop import stops_after
 from ingest.vector.sizing import FORMULA, UNBOUNDED, MemoryBudget, need, resident_bytes
 from ingest.vector.tune import (
     LOSSY,
@@ -60,7 +61,6 @@ from ingest.vector.tune import (
     default_grid,
     rescoring_wanted,
     searchable,
-    should_stop,
     variants,
 )
 
@@ -73,11 +73,6 @@ MIN_M_UNBUDGETED = 12
 """Without --max-memory the cheapest build wins, and M=8 builds cheapest but searches worst: on 100k noisy rows
 bf16 M=8 ef_c=24 was chosen at search list 128 on the sample and needed 1024 on the full table (recall@10
 0.976), where M=12 needed 256. M=8 is for saving memory: only under a budget."""
-
-MORE_AFTER_REACHING = 2
-"""Once a candidate reaches the target only at a large search list (> 256), at most this many more builds look
-for one that reaches it at a smaller list: on the issue's noisy data nothing reached 0.95 at ≤ 256 and the whole
-grid ran (25.9–41.7 s of tuning) to choose list 512 anyway."""
 
 QUERY_TEXT_BUDGET = 200_000
 """Characters of vector literals per brute-force scan: ClickHouse parses at most max_query_size (256 KiB)."""
@@ -386,9 +381,7 @@ async def measure_grid(
         got = await measure_candidate(on, build, target)
         measured.extend(got)
         log.debug("%s: build %.1f s, recall %s", build.label(), got[0].build_seconds, [m.recall for m in got])
-        reached = [j for j, m in enumerate(measured) if m.first_list_reaching(target) is not None]
-        late = reached and len({m.candidate.build() for m in measured[reached[0] :]}) > MORE_AFTER_REACHING
-        if any(should_stop(m, target) for m in got) or late:
+        if stops_after(measured, got, target):
             skipped.extend(todo[i + 1 :])
             break
     return measured, skipped

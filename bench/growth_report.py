@@ -223,7 +223,7 @@ def print_projection(rows: list[Row]) -> None:
     measurement; then the smallest size's own structure projected against that structure built there with given
     parameters (the model of one structure's growth alone); and what `index` printed during the run, if its
     model differs from this checkout's."""
-    from ingest.vector.growth import project_build, project_wary
+    from ingest.vector.growth import project_build, project_range
 
     first = rows[0]
     e = first.entry
@@ -231,44 +231,44 @@ def print_projection(rows: list[Row]) -> None:
     built = measured_build(first)
     cores = built.cores_used
     for last in rows[1:]:
-        proj = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS)
-        wary = project_wary(built, last.rows, rows_per_granule, MAX_GRAPHS)
+        proj = project_range(built, last.rows, rows_per_granule, MAX_GRAPHS)
         said = next((p for p in e.get("projections") or [] if int(p["rows"]) == last.rows), {})
         ahead = built.ahead_at(last.rows)
         chose = structure(last.entry)
         looked = "no look ahead to this size" if ahead is None else f"looking ahead, the tuner chose {ahead.label}"
-        if ahead is not None and ahead.wary is not None:
-            looked += f", or {ahead.wary.label} on a sample reading recall 0.02 lower"
+        for other, how in ((ahead and ahead.eager, "higher"), (ahead and ahead.wary, "lower")):
+            if other is not None:
+                looked += f", or {other.label} on a sample reading recall 0.02 {how}"
         print(
             f"projection from {first.rows:,} rows vs measured at {last.rows:,} ({looked}; at this size it chose "
             f"{chose})" + (f"; the build used {cores:.2f} cores at {first.rows:,} rows" if cores else "") + ":"
         )
         mem = last.entry["memory_bytes"] or 0
-        other = wary or proj
         pairs = [
-            ("build s", proj.build_seconds, other.build_seconds, least_build(last)[0], said.get("build_seconds")),
+            ("build s", proj.span(lambda p: p.build_seconds), least_build(last)[0], said.get("build_seconds")),
             (
                 "build CPU s",
-                proj.build_cpu_seconds or 0.0,
-                other.build_cpu_seconds or 0.0,
+                proj.span(lambda p: p.build_cpu_seconds),
                 build_cpu(last) or 0.0,
                 said.get("build_cpu_seconds"),
             ),
             (
                 "index memory MiB",
-                proj.index_bytes / (1 << 20),
-                other.index_bytes / (1 << 20),
+                proj.span(lambda p: p.index_bytes / (1 << 20)),
                 mem / (1 << 20),
                 (said.get("index_bytes") or 0) / (1 << 20),
             ),
         ]
-        for name, pr, far, me, printed in pairs:
-            if not pr or not me:
+        for name, (lo, hi), me, printed in pairs:
+            if not hi or not me:
                 continue
             then = ""
-            if printed and abs(float(printed) - pr) > 0.005 * pr:
+            point = {"build s": proj.build_seconds, "build CPU s": proj.build_cpu_seconds or 0.0}.get(
+                name, proj.index_bytes / (1 << 20)
+            )
+            if printed and abs(float(printed) - point) > 0.005 * point:
                 then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
-            print((verdict(name, pr, me) if far == pr else verdict_range(name, pr, far, me)) + then)
+            print((verdict(name, lo, me) if lo == hi else verdict_range(name, lo, hi, me)) + then)
         if last.same is None:
             continue
         own = project_build(built, last.rows, rows_per_granule, MAX_GRAPHS, structure=False)
@@ -286,14 +286,13 @@ def print_projection(rows: list[Row]) -> None:
                 print(verdict(name, pr, me))
 
 
-def verdict_range(name: str, projected: float, wary: float, measured: float) -> str:
-    """A projected range (the choice there, and a sample reading lower's choice): within when the measurement
-    is within ±25% of some point of it."""
-    lo, hi = sorted((projected, wary))
+def verdict_range(name: str, lo: float, hi: float, measured: float) -> str:
+    """A projected range (the choices a larger table's tuner makes on samples reading recall 0.02 higher or lower
+    than the look ahead's): within when the measurement is within ±25% of some point of it."""
     ok = "within" if lo / measured <= 1 + TOLERANCE and hi / measured >= 1 - TOLERANCE else "OUTSIDE"
     return (
-        f"  {name:<17} projected {projected:>8,.0f}–{wary:,.0f}  measured {measured:>8,.0f}  ratio "
-        f"{projected / measured:.2f}–{wary / measured:.2f} ({ok} ±25% of the range)"
+        f"  {name:<17} projected {lo:>8,.0f}–{hi:,.0f}  measured {measured:>8,.0f}  ratio "
+        f"{lo / measured:.2f}–{hi / measured:.2f} ({ok} ±25% of the range)"
     )
 
 

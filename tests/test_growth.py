@@ -23,7 +23,8 @@ from ingest.vector.growth import (
     build_work,
     merged_graph_rows,
     project_build,
-    project_wary,
+    project_end,
+    project_range,
     scale_build_seconds,
 )
 from ingest.vector.index import IndexOutcome
@@ -109,21 +110,27 @@ def test_the_structure_chosen_ahead_multiplies_the_build_and_resizes_the_memory(
     assert project_build(same, 4_000_000, 2500, 16).ahead is None
 
 
-def test_the_wary_choice_is_the_other_end_of_the_projected_range() -> None:
-    """The 2M table's own tuner chose M=12 ef_c=64 where the 1M table's look ahead chose ef_c=32 (1.65× the build
-    apart): the projection gives both ends, the wary one scaled by its own measured cost, and says why."""
-    wary = Ahead(2_000_000, "bf16", 12, 64, 1.65, 125_000, False)
-    ahead = Ahead(2_000_000, "bf16", 12, 32, 1.0, 125_000, True, wary=wary)
+def test_the_choices_of_samples_reading_higher_and_lower_are_the_ends_of_the_projected_range() -> None:
+    """The 2M table's own tuner chose, over four samples, M=12 ef_c=32 (twice), M=16 ef_c=32 and M=12 ef_c=64 (1.65×
+    the build): the projection gives the choice and both ends, each scaled by its own measured cost, and says why."""
+    eager = Ahead(2_000_000, "bf16", 12, 24, 0.9, 125_000, False)
+    wary = Ahead(2_000_000, "bf16", 16, 64, 1.9, 125_000, False)
+    ahead = Ahead(2_000_000, "bf16", 12, 32, 1.0, 125_000, True, eager=eager, wary=wary)
     built = MeasuredBuild(1_000_000, 512, "bf16", 12, 62_500, 100.0, 1_141_000_000, 150.0, (ahead,))
-    choice, other = project_build(built, 2_000_000, 2500, 16), project_wary(built, 2_000_000, 2500, 16)
-    assert other is not None and choice.ahead is None  # the choice there is the structure built here
-    assert other.build_cpu_seconds == pytest.approx(choice.build_cpu_seconds * 1.65)  # type: ignore[operator]
-    assert other.index_bytes == choice.index_bytes  # same M, same quantization
-    line = replace(choice, wary=other).line()
-    assert f"build {other.build_seconds:.0f} s" in line and "reads recall@10 0.02 lower" in line
-    assert "its tuner then chooses bf16 M=12 ef_c=64" in line
-    assert Ahead.from_dict(ahead.as_dict()) == ahead  # the report keeps it, nested
-    assert project_wary(replace(built, ahead=(replace(ahead, wary=None),)), 2_000_000, 2500, 16) is None
+    p = project_range(built, 2_000_000, 2500, 16)
+    assert p.ahead is None and p.eager is not None and p.wary is not None  # the choice is the structure built here
+    assert p.eager.build_cpu_seconds == pytest.approx(p.build_cpu_seconds * 0.9)  # type: ignore[operator]
+    assert p.wary.build_cpu_seconds == pytest.approx(p.build_cpu_seconds * 1.9)  # type: ignore[operator]
+    assert p.wary.index_bytes > p.index_bytes == p.eager.index_bytes  # M=16 holds more links
+    assert p.span(lambda x: x.build_seconds) == (p.eager.build_seconds, p.wary.build_seconds)
+    line = p.line()
+    assert f"build {p.wary.build_seconds:.0f} s" in line and "reads recall@10 0.02 lower" in line
+    assert "reads recall@10 0.02 higher than this one did (its tuner then chooses bf16 M=12 ef_c=24)" in line
+    assert p.as_dict()["wary"]["build_seconds"] == p.wary.build_seconds  # type: ignore[index]
+    assert Ahead.from_dict(ahead.as_dict()) == ahead  # the report keeps both, nested
+    plain = replace(built, ahead=(replace(ahead, eager=None, wary=None),))
+    assert project_end(plain, 2_000_000, 2500, 16, "wary") is None
+    assert project_range(plain, 2_000_000, 2500, 16).span(lambda x: x.build_seconds)[0] == p.build_seconds
 
 
 def test_the_grid_a_lower_target_would_have_stopped_at() -> None:
@@ -251,15 +258,16 @@ def test_report_and_projection_of_a_tuned_build(table: Path, tmp_path: Path) -> 
     chosen_there = f"{ahead['quantization']} M={ahead['m']} ef_c={ahead['ef_construction']}"
     assert ahead["grid"][chosen_there] and set(ahead["grid"][chosen_there]) <= {"32", "64", "128", "256", "512"}
     assert all(0 <= r <= 1 for rs in ahead["grid"].values() for r in rs.values())
-    # the wary end: what a sample reading recall 0.02 lower chooses there, if it differs; it reached that there
-    if ahead["wary"] is not None:
-        wary = ahead["wary"]
-        label = f"{wary['quantization']} M={wary['m']} ef_c={wary['ef_construction']}"
-        assert label != chosen_there and max(ahead["grid"][label].values()) >= 0.92 and wary["cost"] > 0
-        assert "(a sample there reading 0.02 lower) " + label in out, out
-        assert entry["projections"][0]["wary"]["build_seconds"] > 0
-    else:
-        assert entry["projections"][0]["wary"] is None
+    # the range's ends: what samples reading recall 0.02 higher / lower choose there, where that differs
+    for end, how, aim in (("eager", "higher", 0.88), ("wary", "lower", 0.92)):
+        if ahead[end] is None:
+            assert entry["projections"][0][end] is None
+            continue
+        other = ahead[end]
+        label = f"{other['quantization']} M={other['m']} ef_c={other['ef_construction']}"
+        assert label != chosen_there and max(ahead["grid"][label].values()) >= aim and other["cost"] > 0
+        assert f"(a sample there reading 0.02 {how}) {label}" in out, out
+        assert entry["projections"][0][end]["build_seconds"] > 0
     assert "graph_exponent" not in entry and f"G^{GRAPH_EXPONENT:.2f}, the default" in out
     # --project-rows builds the index twice and scales the lesser build (index_rebuild.py): the entry holds it
     assert "image_index: built again for the projection's base in " in out, out
@@ -312,7 +320,7 @@ def test_the_bench_reads_a_range_within_when_the_measurement_is_near_either_end(
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from growth_report import verdict, verdict_range
 
-    assert "(within ±25% of the range)" in verdict_range("build s", 160, 265, 265)
+    assert "(within ±25% of the range)" in verdict_range("build s", 160, 265, 265)  # the 2M line of the ladder
     assert "ratio 0.60–1.00" in verdict_range("build s", 160, 265, 265)
     assert "(within ±25% of the range)" in verdict_range("build s", 160, 265, 140)  # 160 / 140 = 1.14
     assert "OUTSIDE" in verdict_range("build s", 160, 265, 100) and "OUTSIDE" in verdict_range("build s", 160, 265, 400)

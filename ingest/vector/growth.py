@@ -8,6 +8,7 @@ out, with the structure the tuner would choose there (Ahead, vector/tune_ahead.p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -77,6 +78,9 @@ structure would be measured on graphs much like the ones measured here (the look
 2×)."""
 
 
+ENDS = ("eager", "wary")
+"""The two other choices a larger table's tuner may make: on a sample reading DECISION_NOISE higher, or lower."""
+
 DECISION_NOISE = 0.02
 """How far recall@10 of one structure at one search list moves between two tuning samples of a table. bf16 M=12
 ef_c=32 in graphs of 125,184 rows, 200 query rows, 200,000-row samples of the 1M and 2M synthetic tables (seeds 0–2,
@@ -93,6 +97,10 @@ def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tupl
     granules = max(1, math.ceil(rows / per))
     per_graph = max(1, math.ceil(granules / max(1, max_graphs)))
     return min(rows, per_graph * per), math.ceil(granules / per_graph)
+
+
+Grid = tuple[tuple[str, tuple[tuple[int, float], ...]], ...]
+"""Each candidate's label and its recall@10 at each search list measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +121,14 @@ class Ahead:
     sample_graph_rows: int
     same: bool
     """The structure chosen there is the one built here."""
-    grid: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
+    grid: Grid = ()
     """Each candidate measured there and its recall@10 at each search list: what the choice stood on, for
     comparing it with the larger table's own tuner (their samples disagreed by ~0.03 at 2M, bench/growth.py)."""
-    wary: Ahead | None = None
-    """What the tuner there chooses instead if its own sample reads recall DECISION_NOISE lower than this one
+    eager: Ahead | None = None
+    """What the tuner there chooses instead if its own sample reads recall DECISION_NOISE higher than this one
     did (None: the same choice): the larger table's tuner decides on a sample of its own."""
+    wary: Ahead | None = None
+    """The same if its sample reads DECISION_NOISE lower."""
 
     @property
     def label(self) -> str:
@@ -134,16 +144,17 @@ class Ahead:
             "sample_graph_rows": self.sample_graph_rows,
             "same": self.same,
             "grid": {label: {str(size): r for size, r in recall} for label, recall in self.grid},
+            "eager": None if self.eager is None else self.eager.as_dict(),
             "wary": None if self.wary is None else self.wary.as_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Ahead:
-        """An entry of an `index --report` (older ones have no grid and no wary choice)."""
+        """An entry of an `index --report` (older ones have no grid and no eager or wary choice)."""
         grid = tuple((label, tuple((int(k), float(v)) for k, v in r.items())) for label, r in d.get("grid", {}).items())
-        wary = Ahead.from_dict(d["wary"]) if d.get("wary") else None
-        plain = {f.name: d[f.name] for f in fields(cls) if f.name not in ("grid", "wary")}
-        return cls(**plain, grid=grid, wary=wary)
+        eager, wary = (Ahead.from_dict(d[end]) if d.get(end) else None for end in ENDS)
+        plain = {f.name: d[f.name] for f in fields(cls) if f.name not in ("grid", *ENDS)}
+        return cls(**plain, grid=grid, eager=eager, wary=wary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +198,16 @@ class Projection:
     build_cpu_seconds: float | None = None
     ahead: Ahead | None = None
     """The structure the tuner would choose at `rows` when it differs from the one built (None: the same)."""
+    eager: Projection | None = None
+    """The projection with the choice a sample reading DECISION_NOISE higher makes there (project_end), where it
+    differs: the projected build is the range over this one, `eager` and `wary`."""
     wary: Projection | None = None
-    """The projection with the choice a sample reading DECISION_NOISE lower makes there (project_wary), where it
-    differs: the projected build is the range from this one's to that one's."""
+    """The same with the choice a sample reading DECISION_NOISE lower makes there."""
+
+    def span(self, value: Callable[[Projection], float | None]) -> tuple[float, float]:
+        """(least, most) of `value` over this projection and its ends."""
+        got = [v for p in (self, self.eager, self.wary) if p is not None and (v := value(p)) is not None]
+        return (min(got), max(got)) if got else (0.0, 0.0)
 
     def line(self) -> str:
         f = self.measured_from
@@ -210,19 +228,22 @@ class Projection:
             f"{self.build_seconds:.0f} s{cpu}, index memory {human_bytes(self.index_bytes)} (from "
             f"{f.build_seconds:.1f} s and {human_bytes(f.index_bytes)} measured over {f.rows:,} rows in graphs of "
             f"{f.graph_rows:,}; per-row build cost ∝ G^{GRAPH_EXPONENT:.2f}, {GRAPH_EXPONENT_SOURCE}; the documented "
-            f"formula says {human_bytes(self.formula_bytes)})" + self._wary_line()
+            f"formula says {human_bytes(self.formula_bytes)})" + self._ends_line()
         )
 
-    def _wary_line(self) -> str:
-        w = self.wary
-        if w is None:
-            return ""
-        label = w.ahead.label if w.ahead is not None else "the structure built here"
-        cpu = "" if w.build_cpu_seconds is None else f" ({w.build_cpu_seconds:.0f} CPU s)"
-        return (
-            f"; build {w.build_seconds:.0f} s{cpu}, index memory {human_bytes(w.index_bytes)} if that table's own "
-            f"sample reads recall@10 {DECISION_NOISE:g} lower than this one did (its tuner then chooses {label})"
-        )
+    def _ends_line(self) -> str:
+        said = []
+        for end, how in ((self.eager, "higher"), (self.wary, "lower")):
+            if end is None:
+                continue
+            label = end.ahead.label if end.ahead is not None else "the structure built here"
+            cpu = "" if end.build_cpu_seconds is None else f" ({end.build_cpu_seconds:.0f} CPU s)"
+            said.append(
+                f"build {end.build_seconds:.0f} s{cpu}, index memory {human_bytes(end.index_bytes)} if that table's "
+                f"own sample reads recall@10 {DECISION_NOISE:g} {how} than this one did (its tuner then chooses "
+                f"{label})"
+            )
+        return "".join(f"; {x}" for x in said)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -236,6 +257,7 @@ class Projection:
             "cores_used": self.measured_from.cores_used,
             "graph_exponent": GRAPH_EXPONENT,
             "structure": None if self.ahead is None else self.ahead.as_dict(),
+            "eager": None if self.eager is None else self.eager.as_dict(),
             "wary": None if self.wary is None else self.wary.as_dict(),
         }
 
@@ -270,10 +292,21 @@ def project_build(
     return Projection(rows, graph_rows, graphs, seconds, int(per_row * rows), formula, measured, cpu_then, ahead)
 
 
-def project_wary(measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int) -> Projection | None:
-    """project_build with the structure the tuner at `rows` chooses if its sample reads DECISION_NOISE lower
-    (Ahead.wary): the other end of the projected range; None where that choice is the same."""
+def project_end(
+    measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int, end: str
+) -> Projection | None:
+    """project_build with the structure the tuner at `rows` chooses if its sample reads DECISION_NOISE higher
+    (`end` "eager") or lower ("wary") than the look ahead's did: an end of the projected range; None where that
+    choice is the same."""
     looked = measured.ahead_at(rows)
-    if looked is None or looked.wary is None:
+    other = None if looked is None else looked.eager if end == "eager" else looked.wary
+    if other is None:
         return None
-    return project_build(replace(measured, ahead=(looked.wary,)), rows, rows_per_granule, max_graphs)
+    return project_build(replace(measured, ahead=(other,)), rows, rows_per_granule, max_graphs)
+
+
+def project_range(measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int) -> Projection:
+    """project_build at `rows` with both ends of its range (`index --project-rows`, bench/growth_report.py)."""
+    p = project_build(measured, rows, rows_per_granule, max_graphs)
+    ends = {end: project_end(measured, rows, rows_per_granule, max_graphs, end) for end in ENDS}
+    return replace(p, eager=ends["eager"], wary=ends["wary"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import Layout
-from ingest.vector.growth import MeasuredBuild, Projection, project_build, project_wary
+from ingest.vector.growth import MeasuredBuild, Projection, project_range
 from ingest.vector.tune import TuneReport
 
 PHASES = ("tuning", "merge", "build", "check")
@@ -160,9 +160,5 @@ def cache_bytes(before: CacheState, after: CacheState, graphs: int) -> int | Non
 
 def projections(measured: MeasuredBuild, rows: Sequence[int], layout: Layout, max_graphs: int) -> list[Projection]:
     """One projection per --project-rows (growth.project_build), in the layout `index` would make there, with the
-    range's other end where a sample reading lower would choose otherwise (growth.project_wary)."""
-    rpg = layout.rows_per_granule
-    return [
-        replace(project_build(measured, n, rpg, max_graphs), wary=project_wary(measured, n, rpg, max_graphs))
-        for n in sorted(set(rows))
-    ]
+    range's ends where a sample reading higher or lower would choose otherwise (growth.project_range)."""
+    return [project_range(measured, n, layout.rows_per_granule, max_graphs) for n in sorted(set(rows))]

@@ -33,7 +33,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import GraphSize, plan_sample
 from ingest.vector.grid_stop import measured_to
-from ingest.vector.growth import DECISION_NOISE, MIN_AHEAD_SPAN, Ahead, merged_graph_rows
+from ingest.vector.growth import DECISION_NOISE, MIN_AHEAD_SPAN, Ahead, Grid, merged_graph_rows
 from ingest.vector.sizing import MemoryBudget, need, resident_bytes
 from ingest.vector.tune import Candidate, TuneReport, chosen_build, decide
 from ingest.vector.tune_run import COST_ROUNDS, SampleSpec, fill_sample, least_costs, measure_grid
@@ -106,40 +106,43 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
     )
     spec = SampleSpec(tuned.rows, planned.rows, tuned.queries, planned.graph, tuned.dim, job.metric)
     built = tuned.choice.candidate.build()
-    wary_target = min(cfg.recall_target + DECISION_NOISE, WARY_TARGET_CAP)
+    target = cfg.recall_target
+    targets = {"eager": max(target - DECISION_NOISE, 0.0), "wary": min(target + DECISION_NOISE, WARY_TARGET_CAP)}
     try:
         on = await fill_sample(job.sink, job.ref, tuned.column, spec, cfg.seed, tuned.search_lists, tuned.rescoring)
-        measured, _ = await measure_grid(on, todo, wary_target)  # on past the target: the wary choice's grid
-        choice = decide(measured_to(measured, cfg.recall_target), fits, memory, ranked, cfg.recall_target)
-        wary = decide(measured, fits, memory, ranked, wary_target)
-        c, w = choice.candidate.build(), wary.candidate.build()
-        other = w if wary.reached and w != c else None
-        builds = list(dict.fromkeys([c, built] + ([other] if other is not None else [])))
+        measured, _ = await measure_grid(on, todo, targets["wary"])  # on past the target: the wary end's grid
+        choice = decide(measured_to(measured, target), fits, memory, ranked, target)
+        c = choice.candidate.build()
+        ends: dict[str, Candidate] = {}
+        for end, aim in targets.items():
+            other = decide(measured_to(measured, aim), fits, memory, ranked, aim)
+            if other.reached and other.candidate.build() != c:
+                ends[end] = other.candidate.build()
+        builds = list(dict.fromkeys([c, built, *ends.values()]))
         least = dict(zip(builds, await least_costs(on, builds), strict=True)) if len(builds) > 1 else {c: 1.0}
     finally:
         with contextlib.suppress(TargetError):
             await job.sink.execute(drop_table_sql(scratch_ref(job.ref)))
 
-    def over_built(b: Candidate) -> float:
-        return least[b] / least[built] if least[built] > 0 else 1.0
+    def ahead_of(b: Candidate, grid: Grid = (), **others: Ahead | None) -> Ahead:
+        cost = least[b] / least[built] if least[built] > 0 else 1.0
+        return Ahead(rows, b.quantization, b.m, b.ef_construction, cost, there_rows, b == built, grid, **others)
 
     grid = tuple((m.candidate.label(), tuple(sorted(m.recall.items()))) for m in measured)
-    alt = None
-    if other is not None:
-        q, m, ef = other.quantization, other.m, other.ef_construction
-        alt = Ahead(rows, q, m, ef, over_built(other), there_rows, other == built)
-    ahead = Ahead(rows, c.quantization, c.m, c.ef_construction, over_built(c), there_rows, c == built, grid, alt)
+    others = {end: ahead_of(b) for end, b in ends.items()}
+    ahead = ahead_of(c, grid, **others)
     said = (
         "the same structure"
         if c == built
         else f"{ahead.label}, × {ahead.cost:.2f} the build CPU of {here.candidate.label()} ({least[c]:.1f} and "
         f"{least[built]:.1f} CPU s, the least of {COST_ROUNDS} rounds)"
     )
-    if alt is not None:
-        said += (
-            f"; at recall@10 {wary_target:.2f} (a sample there reading {DECISION_NOISE:g} lower) {alt.label}, × "
-            f"{alt.cost:.2f}"
-        )
+    for end, how in (("eager", "higher"), ("wary", "lower")):
+        if end in others:
+            said += (
+                f"; at recall@10 {targets[end]:.2f} (a sample there reading {DECISION_NOISE:g} {how}) "
+                f"{others[end].label}, × {others[end].cost:.2f}"
+            )
     return ahead, (
         f"at {rows:,} rows (graphs of {graph.rows:,}; sampled in graphs of {there_rows:,}): the grid chooses {said}"
         f"{'' if choice.reached else ' (none reached the target there)'}"

@@ -9,6 +9,7 @@ aiohttp and OS exceptions are mapped into ingest.core.errors here and nowhere el
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -315,10 +316,7 @@ class HttpSource(CachingSource):
                     return None
                 if offset and plan.start == 0:
                     log.info("%s: the server ignored Range; downloading it again from 0", name)
-                try:
-                    f = await aiofiles.open(part, "ab" if plan.start else "wb")
-                except OSError as exc:
-                    raise cache_error(part, exc) from exc
+                f = await _open_part(part, bool(plan.start))
                 try:
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                         await _write(f, chunk, part)
@@ -362,8 +360,29 @@ class HttpSource(CachingSource):
         return shards
 
 
-async def _write(f: aiofiles.threadpool.binary.AsyncBufferedIOBase, chunk: bytes, path: Path) -> None:
+async def _open_part(part: Path, append: bool) -> aiofiles.threadpool.binary.AsyncBufferedIOBase:
+    """Open the .part on aiofiles' thread. A thread cannot be interrupted: a download cancelled while its open is
+    on the way (its shard refused for another file's 404) would still create the file after the shard's cleanup
+    had looked (seen in CI under load). So a cancel waits for the open, closes the file, and then propagates."""
+    opening = asyncio.ensure_future(aiofiles.open(part, "ab") if append else aiofiles.open(part, "wb"))
     try:
-        await f.write(chunk)
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            await (await opening).close()
+        raise
+    except OSError as exc:
+        raise cache_error(part, exc) from exc
+
+
+async def _write(f: aiofiles.threadpool.binary.AsyncBufferedIOBase, chunk: bytes, path: Path) -> None:
+    """One write on aiofiles' thread; a cancel waits for it (the file is closed right after, never under it)."""
+    writing = asyncio.ensure_future(f.write(chunk))
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            await writing
+        raise
     except OSError as exc:
         raise cache_error(path, exc) from exc

@@ -12,6 +12,12 @@ that structure's build CPU over the structure built here, both in N's graphs on 
 seconds, tune.BuildTime). The two builds run again in interleaved rounds, the least of each kept
 (tune_run.least_costs): one build on the same sample read 47.9 and 57.9 CPU s minutes apart.
 
+The larger table's tuner decides on a sample of its own, and near the target two samples disagree: four runs of the
+2M synthetic table's tuner chose three structures (growth.DECISION_NOISE). So the grid here runs on to the target
++ DECISION_NOISE, and besides the choice (made on the builds a grid stopping at the target measures,
+grid_stop.measured_to) names what a sample reading that much higher (`eager`) or lower (`wary`) chooses, each with
+its own build cost: the projection is the range over the three.
+
 How a row's build cost grows with its graph (b) is not read here but is growth.GRAPH_EXPONENT: the same 200,000
 sample rows of the 1M table, bf16 M=12 ef_c=24, cost 205 µs of CPU a row in graphs of 62,720, 203 in graphs of
 125,184 and 185 in one graph of 200,000 (the round before: 319, 233, 270), where the table's full builds grew 167 →

@@ -105,10 +105,13 @@ def test_a_run_killed_holding_merges_leaves_them_stopped_and_the_next_run_resume
             assert proc.poll() is None, "the run finished before it was killed"
         finally:
             proc.kill()
-            proc.communicate()
+            _, err = proc.communicate()
         held = optimize(server, server_db)
         rerun = subprocess.run([sys.executable, "-m", "ingest", *args], capture_output=True, text=True, timeout=300)
-    assert any(s in held for s in MERGES_STOPPED), held
+    if "resume now" in err:  # killed while exiting, after its own release (logged after it): the merges run
+        assert held == "", held
+    else:
+        assert any(s in held for s in MERGES_STOPPED), held
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert optimize(server, server_db) == ""
     assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1, 2]))

@@ -4,11 +4,12 @@ lines (bench/growth.py runs the processes)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ingest.vector.growth import MeasuredBuild
+    from ingest.vector.growth import MeasuredBuild, Projection
 
 TOLERANCE = 0.25
 """The projection must land within ±25% of the measurement."""
@@ -223,7 +224,7 @@ def print_projection(rows: list[Row]) -> None:
     measurement; then the smallest size's own structure projected against that structure built there with given
     parameters (the model of one structure's growth alone); and what `index` printed during the run, if its
     model differs from this checkout's."""
-    from ingest.vector.growth import project_build, project_range
+    from ingest.vector.growth import DECISION_NOISE, ENDS, project_build, project_range
 
     first = rows[0]
     e = first.entry
@@ -236,36 +237,30 @@ def print_projection(rows: list[Row]) -> None:
         ahead = built.ahead_at(last.rows)
         chose = structure(last.entry)
         looked = "no look ahead to this size" if ahead is None else f"looking ahead, the tuner chose {ahead.label}"
-        for other, how in ((ahead and ahead.eager, "higher"), (ahead and ahead.wary, "lower")):
-            if other is not None:
-                looked += f", or {other.label} on a sample reading recall 0.02 {how}"
+        for end, how in ENDS.items() if ahead is not None else ():
+            if (other := getattr(ahead, end)) is not None:
+                looked += f", or {other.label} on a sample reading recall {DECISION_NOISE:g} {how}"
         print(
             f"projection from {first.rows:,} rows vs measured at {last.rows:,} ({looked}; at this size it chose "
             f"{chose})" + (f"; the build used {cores:.2f} cores at {first.rows:,} rows" if cores else "") + ":"
         )
         mem = last.entry["memory_bytes"] or 0
-        pairs = [
-            ("build s", proj.span(lambda p: p.build_seconds), least_build(last)[0], said.get("build_seconds")),
-            (
-                "build CPU s",
-                proj.span(lambda p: p.build_cpu_seconds),
-                build_cpu(last) or 0.0,
-                said.get("build_cpu_seconds"),
-            ),
+        figures: list[tuple[str, Callable[[Projection], float | None], float, Any]] = [
+            ("build s", lambda p: p.build_seconds, least_build(last)[0], said.get("build_seconds")),
+            ("build CPU s", lambda p: p.build_cpu_seconds, build_cpu(last) or 0.0, said.get("build_cpu_seconds")),
             (
                 "index memory MiB",
-                proj.span(lambda p: p.index_bytes / (1 << 20)),
+                lambda p: p.index_bytes / (1 << 20),
                 mem / (1 << 20),
                 (said.get("index_bytes") or 0) / (1 << 20),
             ),
         ]
-        for name, (lo, hi), me, printed in pairs:
+        for name, value, me, printed in figures:
+            lo, hi = proj.span(value)
             if not hi or not me:
                 continue
             then = ""
-            point = {"build s": proj.build_seconds, "build CPU s": proj.build_cpu_seconds or 0.0}.get(
-                name, proj.index_bytes / (1 << 20)
-            )
+            point = value(proj) or 0.0
             if printed and abs(float(printed) - point) > 0.005 * point:
                 then = f"; `index` printed {float(printed):,.0f} during the run (ratio {float(printed) / me:.2f})"
             print((verdict(name, lo, me) if lo == hi else verdict_range(name, lo, hi, me)) + then)

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiofiles
@@ -38,6 +39,7 @@ from ingest.stages.cache import (
 __all__ = ["human_bytes"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 HEAD_CONCURRENCY = 16
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 HEADERS = {"Accept-Encoding": "identity", "User-Agent": "laion-ingest"}
@@ -360,29 +362,31 @@ class HttpSource(CachingSource):
         return shards
 
 
-async def _open_part(part: Path, append: bool) -> aiofiles.threadpool.binary.AsyncBufferedIOBase:
-    """Open the .part on aiofiles' thread. A thread cannot be interrupted: a download cancelled while its open is
-    on the way (its shard refused for another file's 404) would still create the file after the shard's cleanup
-    had looked (seen in CI under load). So a cancel waits for the open, closes the file, and then propagates."""
-    opening = asyncio.ensure_future(aiofiles.open(part, "ab") if append else aiofiles.open(part, "wb"))
+async def _finished(work: Awaitable[T], undo: Callable[[T], Awaitable[object]] | None = None) -> T:
+    """`work` on aiofiles' thread. A thread cannot be interrupted: a download cancelled while its open was on the
+    way (its shard refused for another file's 404) still created the .part after the shard's cleanup had looked
+    (seen in CI under load), and a write could run under the close that follows. So a cancel waits for the work,
+    undoes it (`undo`: close what was opened), then propagates."""
+    task = asyncio.ensure_future(work)
     try:
-        return await asyncio.shield(opening)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         with contextlib.suppress(OSError):
-            await (await opening).close()
+            done = await task
+            if undo is not None:
+                await undo(done)
         raise
+
+
+async def _open_part(part: Path, append: bool) -> aiofiles.threadpool.binary.AsyncBufferedIOBase:
+    try:
+        return await _finished(aiofiles.open(part, "ab") if append else aiofiles.open(part, "wb"), lambda f: f.close())
     except OSError as exc:
         raise cache_error(part, exc) from exc
 
 
 async def _write(f: aiofiles.threadpool.binary.AsyncBufferedIOBase, chunk: bytes, path: Path) -> None:
-    """One write on aiofiles' thread; a cancel waits for it (the file is closed right after, never under it)."""
-    writing = asyncio.ensure_future(f.write(chunk))
     try:
-        await asyncio.shield(writing)
-    except asyncio.CancelledError:
-        with contextlib.suppress(OSError):
-            await writing
-        raise
+        await _finished(f.write(chunk))
     except OSError as exc:
         raise cache_error(path, exc) from exc

@@ -158,9 +158,9 @@ def validate_shard(
         raise BadShardError(files.shard, f"img_emb row count {img.rows} != metadata {meta_rows}")
     if txt.rows != meta_rows:
         raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
-    deferred = defer_scan is not None and on_nan == "fail-shard"
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as own:  # numpy and pread drop the GIL
-        pool = defer_scan if deferred and defer_scan is not None else own
+    deferred = defer_scan if on_nan == "fail-shard" else None
+    with contextlib.ExitStack() as own:  # numpy and pread drop the GIL: the two scans beside the parquet check
+        pool = deferred or own.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate"))
         scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info, SCAN_ROWS) for info in (img, txt)))
         try:
             decoded, text_bytes = _check_parquet(files, pf, schema)
@@ -171,7 +171,7 @@ def validate_shard(
         except BadShardError:
             scan.cancel()
             raise
-        drop = np.empty(0, dtype=np.int64) if deferred else scan.dropped(on_nan)
+        drop = np.empty(0, dtype=np.int64) if deferred is not None else scan.dropped(on_nan)
     return ValidShard(
         files=files,
         rows=meta_rows,
@@ -180,7 +180,7 @@ def validate_shard(
         schema=schema,
         drop_rows=drop,
         text_bytes=text_bytes,
-        scan=scan if deferred else None,
+        scan=scan if deferred is not None else None,
     )
 
 

@@ -78,8 +78,9 @@ structure would be measured on graphs much like the ones measured here (the look
 2×)."""
 
 
-ENDS = ("eager", "wary")
-"""The two other choices a larger table's tuner may make: on a sample reading DECISION_NOISE higher, or lower."""
+ENDS = {"eager": "higher", "wary": "lower"}
+"""The two other choices a larger table's tuner may make (Ahead and Projection fields): on a sample reading
+DECISION_NOISE higher, or lower, than the look ahead's."""
 
 DECISION_NOISE = 0.02
 """How far recall@10 of one structure at one search list moves between two tuning samples of a table. bf16 M=12
@@ -87,7 +88,7 @@ ef_c=32 in graphs of 125,184 rows, 200 query rows, 200,000-row samples of the 1M
 and seed 0 again in the growth ladder): 0.916–0.937 at search list 256 on the 2M table's own samples, 0.921–0.95+
 on the 1M table's look aheads; 0.940–0.960 at 512. Against a target of 0.95 the 2M table's tuner chose, in four
 runs, M=12 ef_c=32 at list 512 twice, M=16 ef_c=32 at 512 and M=12 ef_c=64 at 256 (1.65× the build): a projection
-of its choice is a range, from the choice on this sample to the one a sample reading this much lower makes."""
+of its choice is a range over the choice on this sample and those of samples reading this much higher or lower."""
 
 
 def merged_graph_rows(rows: int, rows_per_granule: int, max_graphs: int) -> tuple[int, int]:
@@ -233,7 +234,8 @@ class Projection:
 
     def _ends_line(self) -> str:
         said = []
-        for end, how in ((self.eager, "higher"), (self.wary, "lower")):
+        for name, how in ENDS.items():
+            end: Projection | None = getattr(self, name)
             if end is None:
                 continue
             label = end.ahead.label if end.ahead is not None else "the structure built here"
@@ -296,10 +298,10 @@ def project_end(
     measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int, end: str
 ) -> Projection | None:
     """project_build with the structure the tuner at `rows` chooses if its sample reads DECISION_NOISE higher
-    (`end` "eager") or lower ("wary") than the look ahead's did: an end of the projected range; None where that
-    choice is the same."""
+    (`end` "eager") or lower ("wary") than the look ahead's did (ENDS): an end of the projected range; None where
+    that choice is the same."""
     looked = measured.ahead_at(rows)
-    other = None if looked is None else looked.eager if end == "eager" else looked.wary
+    other: Ahead | None = None if looked is None else getattr(looked, end)
     if other is None:
         return None
     return project_build(replace(measured, ahead=(other,)), rows, rows_per_granule, max_graphs)
@@ -308,5 +310,5 @@ def project_end(
 def project_range(measured: MeasuredBuild, rows: int, rows_per_granule: int, max_graphs: int) -> Projection:
     """project_build at `rows` with both ends of its range (`index --project-rows`, bench/growth_report.py)."""
     p = project_build(measured, rows, rows_per_granule, max_graphs)
-    ends = {end: project_end(measured, rows, rows_per_granule, max_graphs, end) for end in ENDS}
-    return replace(p, eager=ends["eager"], wary=ends["wary"])
+    eager, wary = (project_end(measured, rows, rows_per_granule, max_graphs, end) for end in ENDS)
+    return replace(p, eager=eager, wary=wary)

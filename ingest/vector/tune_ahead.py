@@ -39,7 +39,7 @@ from ingest.core.ids import TableRef
 from ingest.sinks.base import Sink
 from ingest.vector.graphs import GraphSize, plan_sample
 from ingest.vector.grid_stop import measured_to
-from ingest.vector.growth import DECISION_NOISE, MIN_AHEAD_SPAN, Ahead, Grid, merged_graph_rows
+from ingest.vector.growth import DECISION_NOISE, ENDS, MIN_AHEAD_SPAN, Ahead, Grid, merged_graph_rows
 from ingest.vector.sizing import MemoryBudget, need, resident_bytes
 from ingest.vector.tune import Candidate, TuneReport, chosen_build, decide
 from ingest.vector.tune_run import COST_ROUNDS, SampleSpec, fill_sample, least_costs, measure_grid
@@ -143,7 +143,7 @@ async def ahead_at(job: AheadJob, rows: int) -> tuple[Ahead | None, str]:
         else f"{ahead.label}, × {ahead.cost:.2f} the build CPU of {here.candidate.label()} ({least[c]:.1f} and "
         f"{least[built]:.1f} CPU s, the least of {COST_ROUNDS} rounds)"
     )
-    for end, how in (("eager", "higher"), ("wary", "lower")):
+    for end, how in ENDS.items():
         if end in others:
             said += (
                 f"; at recall@10 {targets[end]:.2f} (a sample there reading {DECISION_NOISE:g} {how}) "

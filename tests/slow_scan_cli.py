@@ -1,6 +1,7 @@
 """`python tests/slow_scan_cli.py SECONDS SHARD -- ARGS`: the real CLI, with the NaN/Inf scan of SHARD's files
 slowed by SECONDS (a fault at a chosen moment): its segments are read and sent, then wait at their gate for the
-verdict. Each segment of SHARD that reaches its gate before the scan has ended says so on stderr ("gate: ...")."""
+verdict. Each segment of SHARD that reaches its gate before the scan has ended says so on stderr ("gate: ...").
+With `fail` for SECONDS the scan of SHARD's files raises RuntimeError instead (a bug, not a bad file)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ import ingest.stages.shard as shard_mod
 from ingest.cli.app import main
 from ingest.stages.npy import NpyInfo, scan_nonfinite
 
-SECONDS, SHARD = float(sys.argv[1]), int(sys.argv[2])
+FAIL = sys.argv[1] == "fail"
+SECONDS, SHARD = 0.0 if FAIL else float(sys.argv[1]), int(sys.argv[2])
 _settle = shard_mod.ValidShard.settle
 
 
-def slow_scan(info: NpyInfo, window_rows: int) -> np.ndarray:
+def slow_scan(info: NpyInfo) -> np.ndarray:
     if Path(info.path).stem.endswith(f"_{SHARD}"):
+        if FAIL:
+            raise RuntimeError(f"scan of {Path(info.path).name} broke")
         time.sleep(SECONDS)
-    return scan_nonfinite(info, window_rows)
+    return scan_nonfinite(info)
 
 
 def settle(self: shard_mod.ValidShard) -> None:

@@ -38,8 +38,31 @@ def test_all_bit_patterns_float16() -> None:
         np.testing.assert_array_equal(nonfinite_rows(block), want)
 
 
+def test_float32_bit_patterns_at_every_boundary() -> None:
+    """The float32 patterns where finite meets non-finite, both signs (NaN with and without its sign bit)."""
+    edges = [
+        0x00000000,
+        0x7F7FFFFF,
+        0x7F800000,
+        0x7F800001,
+        0x7FC00000,
+        0x7FFFFFFF,
+        0x80000000,
+        0xFF7FFFFF,
+        0xFF800000,
+        0xFF800001,
+        0xFFC00000,
+        0xFFFFFFFF,
+    ]
+    values = np.array(edges, dtype=np.uint32).view(np.float32)
+    for lane in range(2):
+        block = np.ones((len(edges), 2), dtype=np.float32)
+        block[:, lane] = values
+        np.testing.assert_array_equal(nonfinite_rows(block), np.flatnonzero(~np.isfinite(values)))
+
+
 def test_scan_of_a_file_finds_rows_in_every_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The whole-file scan (reused buffers, windows of 7 rows, a short last window) against np.isfinite."""
+    """The whole-file scan (one reused buffer, windows of 7 rows, a short last window) against np.isfinite."""
     from ingest.stages.npy import read_npy_header, scan_nonfinite
 
     for dtype in (np.float16, np.float32):
@@ -49,7 +72,9 @@ def test_scan_of_a_file_finds_rows_in_every_window(tmp_path) -> None:  # type: i
         path = tmp_path / f"e_{np.dtype(dtype).name}.npy"
         np.save(path, rows)
         info = read_npy_header(path, 0, "img_emb", 12)
-        np.testing.assert_array_equal(scan_nonfinite(info, 7), np.flatnonzero(~np.isfinite(rows).all(axis=1)))
+        np.testing.assert_array_equal(
+            scan_nonfinite(info, 7 * 12 * rows.itemsize), np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        )
 
 
 def test_widen_is_numpys_exact_cast_for_every_float16_value() -> None:

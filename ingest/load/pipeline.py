@@ -217,7 +217,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         columns = isinstance(self.sink, TakesColumns) and self.sink.column_major
         gen = gated(read_segment_columns(valid, seg) if columns else read_segment(valid, seg), valid.settle)
-        q: asyncio.Queue[Piece | BadShardError | None] = asyncio.Queue(
+        q: asyncio.Queue[Piece | Exception | None] = asyncio.Queue(
             maxsize=max(1, self.cfg.queue_depth // self._workers)
         )
         closing = False
@@ -233,11 +233,13 @@ class Pipeline:
                 await q.put(exc)
             except (OSError, pa.ArrowException, ValueError) as exc:
                 await q.put(BadShardError(valid.shard, f"read failed after validation ({exc})"))
+            except Exception as exc:  # anything else (a bug) must end the insert, not leave it waiting on `q`
+                await q.put(exc)
 
         task = asyncio.create_task(produce())
         try:
             while (item := await q.get()) is not None:
-                if isinstance(item, BadShardError):
+                if isinstance(item, Exception):
                     raise item
                 yield item
         finally:

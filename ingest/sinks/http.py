@@ -56,8 +56,10 @@ from ingest.sinks.tls import ssl_context
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
-"""Body pieces handed to the transport: big enough to be cheap, small enough to keep the loop responsive."""
+CHUNK_BYTES = 4 << 20
+"""Body pieces handed to the transport: big enough to be cheap (each is one write and one drain on the loop; 4 MiB
+against 1 MiB saved ~0.2 of ~3.3 CPU-seconds on a 1M-row shard into 26.9, medians of 8 interleaved runs), small
+enough to keep the loop responsive."""
 PUMP_DEPTH = 2
 """Body pieces (each at most CHUNK_BYTES) queued between the insert's body pump and aiohttp's writer."""
 CONNECT_TIMEOUT = 10.0

@@ -138,51 +138,53 @@ def widen(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 EXPONENT_MASK = {2: 0x7C00, 4: 0x7F800000}
 """All-ones exponent of float16 / float32: the value is NaN or Inf exactly when its bits without the sign are at
 least this."""
-SIGN_OFF = {2: 0x7FFF, 4: 0x7FFFFFFF}
+SIGN_BIT = {2: 0x8000, 4: 0x80000000}
 UINT_OF_WIDTH: dict[int, np.dtype[np.unsignedinteger]] = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
+INT_OF_WIDTH: dict[int, np.dtype[np.signedinteger]] = {2: np.dtype(np.int16), 4: np.dtype(np.int32)}
+SCAN_WINDOW_BYTES = 512 << 10
+"""What the whole-file scan reads at a time: small enough that the two reductions after the read find it in the
+core's cache. Against 16 MB windows it measured 2x cheaper (14 against 29 CPU-ms on a 256 MB float16 file)."""
 
 
-class NonfiniteScratch:
-    """A buffer reused across the windows of one scan: a fresh buffer per window costs its zero-fill and page
-    faults, which measured 3× the arithmetic on a 1 GB float16 file."""
+def all_finite(block: np.ndarray) -> bool:
+    """No NaN or Inf in `block`, by two max reductions over its raw bits and no write.
 
-    def __init__(self, rows: int, dim: int, itemsize: int) -> None:
-        self.bits = np.empty(rows * dim, dtype=UINT_OF_WIDTH[itemsize])
-        self.masked = np.empty_like(self.bits)
-
-
-def nonfinite_rows(block: np.ndarray, scratch: NonfiniteScratch | None = None) -> np.ndarray:
-    """Row positions holding NaN or Inf: the bits without the sign at or above the all-ones exponent.
-
-    Integer ops on the raw bits, and one max over the block for the common clean case (rows are located only
-    when it says there is something): measured 2.2× cheaper than an equality test reduced per row, which was ~2×
-    cheaper than `np.isfinite` on float16. It matters because every shard is scanned before any of its rows is
-    sent. With `scratch` the sign-cleared bits are written into a reused buffer.
+    As unsigned integers, the negative values are those with the sign bit, and the non-finite among them are at or
+    above sign bit + all-ones exponent; as signed integers, the negative values are below zero and the positive
+    non-finite ones at or above the all-ones exponent. Every shard is scanned whole before its last rows commit,
+    so this is the cost of `--on-nan fail-shard` on the clean shards nearly all are.
     """
-    rows, dim = block.shape
     width = block.dtype.itemsize
-    bits = block.view(UINT_OF_WIDTH[width]).reshape(-1)
-    out = scratch.masked[: bits.size] if scratch is not None else None
-    magnitude = np.bitwise_and(bits, UINT_OF_WIDTH[width].type(SIGN_OFF[width]), out=out)
-    if not bits.size or magnitude.max() < EXPONENT_MASK[width]:
+    if not block.size:
+        return True
+    flat = block.reshape(-1)
+    unsigned, signed = flat.view(UINT_OF_WIDTH[width]), flat.view(INT_OF_WIDTH[width])
+    return bool(unsigned.max() < SIGN_BIT[width] + EXPONENT_MASK[width] and signed.max() < EXPONENT_MASK[width])
+
+
+def nonfinite_rows(block: np.ndarray) -> np.ndarray:
+    """Row positions holding NaN or Inf: the bits without the sign at or above the all-ones exponent (rows are
+    located only when `all_finite` says there is something)."""
+    if all_finite(block):
         return np.empty(0, dtype=np.int64)
-    return np.flatnonzero((magnitude.reshape(rows, dim) >= EXPONENT_MASK[width]).any(axis=1))
+    width = block.dtype.itemsize
+    magnitude = block.view(UINT_OF_WIDTH[width]) & UINT_OF_WIDTH[width].type(SIGN_BIT[width] - 1)
+    return np.flatnonzero((magnitude >= EXPONENT_MASK[width]).any(axis=1))
 
 
-def scan_nonfinite(info: NpyInfo, window_rows: int) -> np.ndarray:
-    """Rows of the whole file holding NaN or Inf, read `window_rows` at a time into one reused buffer."""
-    window = min(window_rows, max(1, info.rows))
-    scratch = NonfiniteScratch(window, info.dim, info.dtype.itemsize)
+def scan_nonfinite(info: NpyInfo, window_bytes: int = SCAN_WINDOW_BYTES) -> np.ndarray:
+    """Rows of the whole file holding NaN or Inf, read a window of whole rows at a time into one reused buffer."""
     row_bytes = info.dim * info.dtype.itemsize
+    window = min(max(1, window_bytes // row_bytes), max(1, info.rows))
+    buf = np.empty((window, info.dim), dtype=info.dtype)
+    raw = memoryview(buf).cast("B")  # type: ignore[arg-type]
     found = []
     fd = os.open(info.path, os.O_RDONLY)
     try:
         for start in range(0, info.rows, window):
             n = min(window, info.rows - start)
-            view = memoryview(scratch.bits.data).cast("B")[: n * row_bytes]
-            _pread_exact(fd, view, info.data_offset + start * row_bytes, info.path)
-            block = scratch.bits[: n * info.dim].view(info.dtype).reshape(n, info.dim)
-            bad = nonfinite_rows(block, scratch)
+            _pread_exact(fd, raw[: n * row_bytes], info.data_offset + start * row_bytes, info.path)
+            bad = nonfinite_rows(buf[:n])
             if len(bad):
                 found.append(bad + start)
     finally:

@@ -161,7 +161,7 @@ def validate_shard(
     deferred = defer_scan if on_nan == "fail-shard" else None
     with contextlib.ExitStack() as own:  # numpy and pread drop the GIL: the two scans beside the parquet check
         pool = deferred or own.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate"))
-        scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info, SCAN_ROWS) for info in (img, txt)))
+        scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info) for info in (img, txt)))
         try:
             decoded, text_bytes = _check_parquet(files, pf, schema)
             if decoded != meta_rows:

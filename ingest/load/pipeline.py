@@ -229,11 +229,9 @@ class Pipeline:
                     await q.put(block)
                     if block is None:
                         return
-            except BadShardError as exc:  # the deferred NaN/Inf scan's verdict, before the segment's last piece
-                await q.put(exc)
             except (OSError, pa.ArrowException, ValueError) as exc:
                 await q.put(BadShardError(valid.shard, f"read failed after validation ({exc})"))
-            except Exception as exc:  # anything else (a bug) must end the insert, not leave it waiting on `q`
+            except Exception as exc:  # the scan's verdict (BadShardError) or a bug: it ends the insert, never hangs it
                 await q.put(exc)
 
         task = asyncio.create_task(produce())

@@ -26,6 +26,7 @@ from ingest.clickhouse.http_request import build_request, insert_sql
 from ingest.clickhouse.settings import Squash
 from ingest.clickhouse.sql import create_table_sql
 from ingest.clickhouse.wire import encode_native
+from ingest.core.arrays import vectors
 from ingest.core.config import Credentials, TargetConfig
 from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
@@ -35,6 +36,7 @@ from ingest.core.target import parse_target
 from ingest.sinks.base import ServerInfo, server_info
 from ingest.sinks.chdb import ChdbSink
 from ingest.sinks.http import HttpSink, insert_settings
+from ingest.stages.segment_columns import WindowPool
 
 STRIDE = 10_000_000
 BLOCK = 500
@@ -348,3 +350,24 @@ def test_chdb_deferred_merges_wait_for_the_end_of_the_run(tmp_path: Path) -> Non
 
 async def _one(first: int) -> AsyncIterator[pa.RecordBatch]:
     yield block(first)
+
+
+def test_a_window_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
+    """The pool behind the HTTP Native reader's windows: a buffer an Arrow array or a view (a body chunk on its
+    way) still refers to is never handed out again; once released it is the one handed out next."""
+    pool = WindowPool()
+    first = pool.take(4, 3)
+    at = first.ctypes.data
+    run = vectors(first[:2])  # what the reader yields: an Arrow array over the buffer's first rows
+    chunk = memoryview(first).cast("B")[8:16]  # what the transport may still hold
+    del first
+    second = pool.take(4, 3)
+    assert second.ctypes.data != at
+    del run
+    third = pool.take(4, 3)  # the chunk still refers to the first buffer, `second` is held here
+    assert third.ctypes.data not in (at, second.ctypes.data)
+    chunk.release()
+    del chunk
+    assert pool.take(4, 3).ctypes.data == at  # nothing refers to the first buffer any more
+    narrow = pool.take(4, 3, np.dtype(np.float16))
+    assert narrow.dtype == np.float16 and narrow.ctypes.data not in (at, second.ctypes.data, third.ctypes.data)

@@ -1,5 +1,9 @@
 """What landed, per shard and segment, in a small JSON file written atomically (temp, fsync, rename).
 
+Writes while a run goes on happen on the ledger's own writer thread, never on the caller's (the event loop): an
+fsync on a disk busy with the server's parts took up to 76 ms, and every socket of the run stalled meanwhile.
+`flush()` is the barrier: it waits for the write in flight and writes what is left, on the caller's thread.
+
 The ledger is a fast path, not the source of truth: a segment it does not list as done is counted in the target
 before it is inserted, so a lost or stale ledger can cost a few queries but never a duplicate or a missing row.
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,8 @@ class Ledger:
         self._dirty = False
         self._last_flush = 0.0
         self._interval = flush_interval
+        self._writer: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None
 
     @classmethod
     def load(cls, path: Path, table_key: str) -> Ledger:
@@ -112,24 +119,51 @@ class Ledger:
         st = self.shards[shard]
         st.complete = True
         st.done = set()
-        self._touch()
-        self.flush()
+        self._touch(now=True)
 
     def quarantine(self, shard: int, reason: str) -> None:
         self.quarantined[shard] = reason
         self.shards.pop(shard, None)
-        self._touch()
-        self.flush()
+        self._touch(now=True)
 
-    def _touch(self) -> None:
+    def _touch(self, now: bool = False) -> None:
+        """Mark dirty; hand a snapshot to the writer thread when due (`now`: a shard's end) and none is in flight."""
         self._dirty = True
-        if time.monotonic() - self._last_flush >= self._interval:
-            self.flush()
+        if self._writing is not None:
+            if not self._writing.done():
+                return  # the next touch after it, or flush(), writes the rest
+            self._settle()
+        if now or time.monotonic() - self._last_flush >= self._interval:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+            self._writing = self._writer.submit(self._write, self._snapshot())
+
+    def _settle(self) -> None:
+        """Wait for the write in flight; its failure is ours (the state it held is written again)."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
+        try:
+            writing.result()
+        except LedgerError:
+            self._dirty = True
+            raise
 
     def flush(self) -> None:
-        """Write temp file, fsync, rename, fsync the directory: a crash leaves the old or the new ledger."""
-        if not self._dirty:
-            return
+        """Everything written and fsynced when this returns (waits for the writer thread, then lets it go)."""
+        try:
+            self._settle()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+        if self._dirty:
+            self._write(self._snapshot())
+
+    def _snapshot(self) -> bytes:
+        """The ledger as JSON bytes, taken on the caller's thread (the only one that changes the state)."""
+        self._dirty = False
+        self._last_flush = time.monotonic()
         doc = {
             "version": FORMAT_VERSION,
             "table": self.table_key,
@@ -144,7 +178,10 @@ class Ledger:
             },
             "quarantined": {str(k): v for k, v in sorted(self.quarantined.items())},
         }
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+    def _write(self, data: bytes) -> None:
+        """Write temp file, fsync, rename, fsync the directory: a crash leaves the old or the new ledger."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
@@ -161,8 +198,6 @@ class Ledger:
                     os.close(dfd)
         except OSError as exc:
             raise LedgerError(f"cannot write ledger {self.path}: {exc.strerror}") from exc
-        self._dirty = False
-        self._last_flush = time.monotonic()
 
 
 def default_ledger_path(target_kind: str, target_path: str, base_url: str, table_key: str) -> Path:

@@ -36,7 +36,7 @@ from ingest.load.landing import Landing
 from ingest.load.ledger import Ledger
 from ingest.load.progress import Reporter
 from ingest.sinks.base import Sink, TakesColumns
-from ingest.stages.segment_columns import read_segment_columns
+from ingest.stages.segment_columns import WindowPool, read_segment_columns
 from ingest.stages.shard import ShardFiles, ValidShard, gated, read_segment, validate_shard
 from ingest.stages.source import Source
 
@@ -98,6 +98,7 @@ class Pipeline:
         """A shard's NaN/Inf scans, left running while its first segments are sent (validate_shard's defer_scan);
         apart from the read pool, whose threads may be waiting for the scans' verdict."""
         self._landing = Landing(sink, self.table, self.cfg.retry, use_token=False)
+        self._windows = WindowPool()
 
     async def run(self, shards: list[int]) -> RunResult:
         """Load `shards` (finished ones are skipped); returns what happened. Fatal errors propagate."""
@@ -216,7 +217,8 @@ class Pipeline:
         the read pool into a queue of `queue_depth // workers` pieces."""
         loop = asyncio.get_running_loop()
         columns = isinstance(self.sink, TakesColumns) and self.sink.column_major
-        gen = gated(read_segment_columns(valid, seg) if columns else read_segment(valid, seg), valid.settle)
+        reader = read_segment_columns(valid, seg, self._windows) if columns else read_segment(valid, seg)
+        gen = gated(reader, valid.settle)
         q: asyncio.Queue[Piece | Exception | None] = asyncio.Queue(
             maxsize=max(1, self.cfg.queue_depth // self._workers)
         )

@@ -2,7 +2,7 @@
 
 The scalar columns (ids, texts, similarity, extras: ~200 bytes a LAION row) are read for the whole segment at
 once; each vector column then follows window by window from its .npy file (a second pass over the segment's rows
-per vector column, pread into a reused buffer, float16 widened straight into the window's fresh float32 buffer).
+per vector column, pread into a reused buffer, float16 widened straight into a float32 window from `WindowPool`).
 So we hold the scalars and a window or two, never the segment's vectors, and the server gets the segment as
 one block: nothing to squash. NaN/Inf rows dropped by validation (`--on-nan skip-row`) are left out of every
 column alike.
@@ -11,6 +11,8 @@ column alike.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Generator
 
 import numpy as np
@@ -24,8 +26,43 @@ from ingest.stages.batch import scalar_columns
 from ingest.stages.npy import NpyInfo, read_rows_into, widen
 from ingest.stages.shard import MetaCursor, ValidShard
 
+FLOAT32 = np.dtype(np.float32)
 
-def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[Piece, None, None]:
+
+class WindowPool:
+    """Window buffers (the float32 runs, the float16 read scratch), each handed out again once nothing refers to it.
+
+    A fresh buffer costs the kernel a zeroed page per 4 KiB at first touch (2 GB of windows a 1M-row shard): up
+    to 6% of a load's CPU in `clear_page`. A window's Arrow array, the encoder's views of it and the body chunks
+    the transport still holds all refer to the buffer (numpy views point at the array that owns the memory), so a
+    buffer whose only reference is this pool's is free to overwrite. Buffers are only made when none is free, so
+    the pool holds at most as many as were ever in flight at once (the read-ahead queues bound that).
+    """
+
+    IDLE_REFS = 2
+    """`sys.getrefcount` of a buffer only the pool's list refers to (the list's, and the call's argument)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffers: list[np.ndarray] = []
+
+    def take(self, rows: int, dim: int, dtype: np.dtype[np.floating] = FLOAT32) -> np.ndarray:
+        """A C-contiguous (rows, dim) buffer nobody else uses (contents undefined)."""
+        with self._lock:
+            for i in range(len(self._buffers)):  # by index: a loop variable would be one more reference
+                if sys.getrefcount(self._buffers[i]) == self.IDLE_REFS and self._fits(i, rows, dim, dtype):
+                    return self._buffers[i]
+            buffer = np.empty((rows, dim), dtype=dtype)
+            self._buffers.append(buffer)
+            return buffer
+
+    def _fits(self, i: int, rows: int, dim: int, dtype: np.dtype[np.floating]) -> bool:
+        return self._buffers[i].shape == (rows, dim) and self._buffers[i].dtype == dtype
+
+
+def read_segment_columns(
+    shard: ValidShard, segment: SegmentPlan, windows: WindowPool | None = None
+) -> Generator[Piece, None, None]:
     """Yield the segment as one column-major block: BlockStart, then per column its ColumnStart and runs.
 
     Every call reads afresh (a retried insert re-reads its segment); nothing is yielded for a segment whose rows
@@ -48,21 +85,23 @@ def read_segment_columns(shard: ValidShard, segment: SegmentPlan) -> Generator[P
     for field in schema:
         yield ColumnStart(field, rows)
         if field.name in npy_of:
-            yield from _vector_runs(npy_of[field.name], segment, drop)
+            yield from _vector_runs(npy_of[field.name], segment, drop, windows or WindowPool())
         else:
             yield scalars.pop(field.name)
 
 
-def _vector_runs(info: NpyInfo, segment: SegmentPlan, drop: np.ndarray) -> Generator[pa.Array, None, None]:
+def _vector_runs(
+    info: NpyInfo, segment: SegmentPlan, drop: np.ndarray, windows: WindowPool
+) -> Generator[pa.Array, None, None]:
     """The segment's rows of one .npy file as float32 fixed-size-list runs of `segment.block_rows` rows."""
     window = segment.block_rows
     narrow = info.dtype != np.float32
-    scratch = np.empty((window, info.dim), dtype=info.dtype) if narrow else None
+    scratch = windows.take(window, info.dim, info.dtype) if narrow else None
     fd = os.open(info.path, os.O_RDONLY)
     try:
         for start in range(segment.start, segment.stop, window):
             n = min(window, segment.stop - start)
-            out = np.empty((n, info.dim), dtype=np.float32)  # fresh: the previous run may still be on its way
+            out = windows.take(window, info.dim)[:n]  # a buffer no earlier run still refers to
             if scratch is None:
                 read_rows_into(info, start, fd, out)
             else:

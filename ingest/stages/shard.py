@@ -141,9 +141,10 @@ def validate_shard(
 ) -> ValidShard:
     """Every check a shard must pass before any of its rows is sent; raises BadShardError naming the cause.
 
-    With `defer_scan` (and fail-shard) the NaN/Inf scan is left running on that pool: the shard's segments are
-    sent meanwhile, each holding its last piece until `ValidShard.settle` (the scan took ~0.4 s of a 1M-row shard's
-    first byte into a 26.9 server, bench/server26.py, while the server idled)."""
+    With `defer_scan` (and fail-shard) the NaN/Inf scan starts on that pool once the parquet check passed and is
+    left running: the shard's segments are sent meanwhile, each holding its last piece until `ValidShard.settle`
+    (the scan took ~0.4 s of a 1M-row shard's first byte into a 26.9 server, bench/server26.py, while the server
+    idled)."""
     if isinstance(schema, int):
         schema = TableSchema(schema)
     dim = schema.dim
@@ -158,30 +159,35 @@ def validate_shard(
         raise BadShardError(files.shard, f"img_emb row count {img.rows} != metadata {meta_rows}")
     if txt.rows != meta_rows:
         raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
-    deferred = defer_scan if on_nan == "fail-shard" else None
-    with contextlib.ExitStack() as own:  # numpy and pread drop the GIL: the two scans beside the parquet check
-        pool = deferred or own.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate"))
+    if on_nan == "fail-shard" and defer_scan is not None:
+        # the first byte waits for the parquet check alone: the scans start once it passed (they ran beside it
+        # and slowed it by a third on two cores) and only the segments' ends wait for them
+        text_bytes = _decoded_text_bytes(files, pf, schema)
+        scan = NanScan(files.shard, *(defer_scan.submit(scan_nonfinite, info) for info in (img, txt)))
+        return ValidShard(
+            files=files, rows=meta_rows, img=img, text=txt, schema=schema, text_bytes=text_bytes, scan=scan
+        )
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as pool:  # numpy and pread drop the GIL
         scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info) for info in (img, txt)))
         try:
-            decoded, text_bytes = _check_parquet(files, pf, schema)
-            if decoded != meta_rows:
-                raise BadShardError(
-                    files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {meta_rows}"
-                )
+            text_bytes = _decoded_text_bytes(files, pf, schema)
         except BadShardError:
             scan.cancel()
             raise
-        drop = np.empty(0, dtype=np.int64) if deferred is not None else scan.dropped(on_nan)
+        drop = scan.dropped(on_nan)
     return ValidShard(
-        files=files,
-        rows=meta_rows,
-        img=img,
-        text=txt,
-        schema=schema,
-        drop_rows=drop,
-        text_bytes=text_bytes,
-        scan=scan if deferred is not None else None,
+        files=files, rows=meta_rows, img=img, text=txt, schema=schema, drop_rows=drop, text_bytes=text_bytes
     )
+
+
+def _decoded_text_bytes(files: ShardFiles, pf: pq.ParquetFile, schema: TableSchema) -> int:
+    """The parquet check (every page decodes, as many rows as the footer says); the heaviest window's text bytes."""
+    decoded, text_bytes = _check_parquet(files, pf, schema)
+    if decoded != pf.metadata.num_rows:
+        raise BadShardError(
+            files.shard, f"metadata {files.meta.name}: decoded {decoded} rows, footer says {pf.metadata.num_rows}"
+        )
+    return text_bytes
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,19 @@ from hypothesis import strategies as st
 from server_fixtures import SERVERS
 
 from ingest.clickhouse.sql import COLUMNS, create_table_sql
-from ingest.clickhouse.wire import FORMAT_NAMES, clickhouse_type, encode, encode_native, encode_rowbinary, varint
+from ingest.clickhouse.wire import (
+    FORMAT_NAMES,
+    clickhouse_type,
+    encode,
+    encode_native,
+    encode_piece,
+    encode_rowbinary,
+    encodes_as_views,
+    varint,
+)
+from ingest.core.arrays import vectors as vector_array
 from ingest.core.ids import TableRef
+from ingest.core.pieces import BlockStart, ColumnStart
 from ingest.stages.batch import batch_schema
 
 STRUCTURE = ", ".join(f"{name} {typ}" for name, typ in COLUMNS)
@@ -330,3 +341,18 @@ def test_empty_batch_encodes_to_a_header_or_nothing() -> None:
     assert body(batch, "rowbinary") == b""
     native = body(batch, "native")
     assert native.startswith(b"\x07\x00\x02id\x05Int64\x03url\x06String")
+
+
+def test_only_pieces_that_encode_as_views_skip_the_encoder_thread() -> None:
+    """The HTTP sink encodes a column-major block's headers and its numeric and vector runs on the event loop (the
+    encoding is views of the run's memory); string runs (a varint before every value) and row blocks go to a
+    thread."""
+    run = vector_array(np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert encodes_as_views(run) and encodes_as_views(pa.array([1.5, 2.5], pa.float32()))
+    assert encodes_as_views(BlockStart(pa.schema([("id", pa.int64())]), 3)) and encodes_as_views(
+        ColumnStart(pa.field("v", run.type), 3)
+    )
+    assert not encodes_as_views(pa.array(["a", "b"])) and not encodes_as_views(
+        pa.record_batch([pa.array([1], pa.int64())], names=["id"])
+    )
+    assert b"".join(encode_piece(run, "native")) == np.arange(12, dtype="<f4").tobytes()  # the run's own bytes

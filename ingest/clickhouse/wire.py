@@ -289,6 +289,15 @@ def encode_piece(piece: Piece, fmt: Format) -> list[memoryview]:
     return [p for p in _column_run(piece) if p.nbytes]
 
 
+def encodes_as_views(piece: Piece) -> bool:
+    """True when encoding `piece` is only views of its memory and a few header bytes (a block's or a column's
+    start, a run of numbers or fixed-size arrays): too little work to be worth a hop to a thread. Row blocks and
+    runs of strings (a varint before every value) are real work."""
+    return isinstance(piece, BlockStart | ColumnStart) or (
+        isinstance(piece, pa.Array) and (piece.type in _PRIMITIVES or pa.types.is_fixed_size_list(piece.type))
+    )
+
+
 def body_size(parts: list[memoryview]) -> int:
     return sum(p.nbytes for p in parts)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,20 @@ def test_a_load_over_http_never_imports_pandas(
     res = subprocess.run([sys.executable, "-c", RUN_AND_SAY, *args], capture_output=True, text=True, timeout=300)
     assert "pandas imported: False exit: 0" in res.stdout, (res.stdout, res.stderr[-2000:])
     assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))
+
+
+THREADS_AFTER_IMPORT = """
+import os
+import ingest.cli.app
+print(sum(open(f"/proc/self/task/{t}/comm").read().strip() == "python" for t in os.listdir("/proc/self/task")))
+"""
+
+
+def test_the_command_line_starts_no_blas_threads() -> None:
+    """OpenBLAS would start a spinning thread per core at `import numpy` (0.05–0.09 s of a load's start) for BLAS
+    calls no command makes: the CLI has it start with one, so the main thread is the only one named `python` (the
+    BLAS threads are; pyarrow's jemalloc thread is not)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", THREADS_AFTER_IMPORT], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

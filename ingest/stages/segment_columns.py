@@ -73,7 +73,7 @@ def read_segment_columns(
     rows = segment.rows - len(drop)
     if rows == 0:
         return
-    meta = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start)
+    meta = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start, shard.footer)
     scalars = scalar_columns(segment, meta.take(segment.start, segment.stop), shard.schema)
     del meta
     if len(drop):

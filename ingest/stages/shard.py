@@ -66,6 +66,8 @@ class ValidShard:
     """Text bytes a row (url, caption, NSFW, string extras) in the shard's heaviest scan window: sizes segments."""
     scan: NanScan | None = None
     """The NaN/Inf scan still running (validate_shard's `defer_scan`): no segment may end before `settle`."""
+    footer: pq.FileMetaData | None = None
+    """The parquet footer, parsed once: each segment's reader opens the file with it (2.5 ms a segment less)."""
 
     @property
     def shard(self) -> int:
@@ -165,7 +167,14 @@ def validate_shard(
         text_bytes = _decoded_text_bytes(files, pf, schema)
         scan = NanScan(files.shard, *(defer_scan.submit(scan_nonfinite, info) for info in (img, txt)))
         return ValidShard(
-            files=files, rows=meta_rows, img=img, text=txt, schema=schema, text_bytes=text_bytes, scan=scan
+            files=files,
+            rows=meta_rows,
+            img=img,
+            text=txt,
+            schema=schema,
+            text_bytes=text_bytes,
+            scan=scan,
+            footer=pf.metadata,
         )
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as pool:  # numpy and pread drop the GIL
         scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info) for info in (img, txt)))
@@ -176,7 +185,14 @@ def validate_shard(
             raise
         drop = scan.dropped(on_nan)
     return ValidShard(
-        files=files, rows=meta_rows, img=img, text=txt, schema=schema, drop_rows=drop, text_bytes=text_bytes
+        files=files,
+        rows=meta_rows,
+        img=img,
+        text=txt,
+        schema=schema,
+        drop_rows=drop,
+        text_bytes=text_bytes,
+        footer=pf.metadata,
     )
 
 
@@ -240,9 +256,17 @@ def gated(pieces: Generator[T, None, None], settle: Callable[[], None]) -> Gener
 class MetaCursor:
     """Sequential reader of the metadata columns that hands out exact row ranges across row groups."""
 
-    def __init__(self, path: Path, batch_rows: int, columns: tuple[str, ...], from_row: int = 0) -> None:
-        """Read from the row group holding `from_row` on (earlier groups are not decoded)."""
-        pf = pq.ParquetFile(path)
+    def __init__(
+        self,
+        path: Path,
+        batch_rows: int,
+        columns: tuple[str, ...],
+        from_row: int = 0,
+        footer: pq.FileMetaData | None = None,
+    ) -> None:
+        """Read from the row group holding `from_row` on (earlier groups are not decoded); `footer`: the file's
+        footer already parsed."""
+        pf = pq.ParquetFile(path, metadata=footer)
         groups, base = _groups_from(pf.metadata, from_row)
         self._it = pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(columns))
         self._buf: list[pa.RecordBatch] = []
@@ -284,7 +308,7 @@ def read_segment(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.Record
     Every call reads afresh, so a retried insert re-reads its segment instead of anyone buffering it.
     """
     blocks = segment.blocks()
-    cursor = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start)
+    cursor = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start, shard.footer)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:
@@ -310,7 +334,7 @@ def read_batches(
     shard: ValidShard, plans: list[BatchPlan], batch_rows: int
 ) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
     """Yield `(plan, batch)` for each plan (sorted by start); rows outside `plans` are read past, not built."""
-    cursor = MetaCursor(shard.files.meta, batch_rows, shard.schema.meta_columns)
+    cursor = MetaCursor(shard.files.meta, batch_rows, shard.schema.meta_columns, footer=shard.footer)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:

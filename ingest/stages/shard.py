@@ -161,29 +161,22 @@ def validate_shard(
         raise BadShardError(files.shard, f"img_emb row count {img.rows} != metadata {meta_rows}")
     if txt.rows != meta_rows:
         raise BadShardError(files.shard, f"text_emb row count {txt.rows} != metadata {meta_rows}")
+    deferred: NanScan | None = None
+    drop = np.empty(0, dtype=np.int64)
     if on_nan == "fail-shard" and defer_scan is not None:
         # the first byte waits for the parquet check alone: the scans start once it passed (they ran beside it
         # and slowed it by a third on two cores) and only the segments' ends wait for them
         text_bytes = _decoded_text_bytes(files, pf, schema)
-        scan = NanScan(files.shard, *(defer_scan.submit(scan_nonfinite, info) for info in (img, txt)))
-        return ValidShard(
-            files=files,
-            rows=meta_rows,
-            img=img,
-            text=txt,
-            schema=schema,
-            text_bytes=text_bytes,
-            scan=scan,
-            footer=pf.metadata,
-        )
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as pool:  # numpy and pread drop the GIL
-        scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info) for info in (img, txt)))
-        try:
-            text_bytes = _decoded_text_bytes(files, pf, schema)
-        except BadShardError:
-            scan.cancel()
-            raise
-        drop = scan.dropped(on_nan)
+        deferred = NanScan(files.shard, *(defer_scan.submit(scan_nonfinite, info) for info in (img, txt)))
+    else:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate") as pool:  # numpy, pread drop the GIL
+            scan = NanScan(files.shard, *(pool.submit(scan_nonfinite, info) for info in (img, txt)))
+            try:
+                text_bytes = _decoded_text_bytes(files, pf, schema)
+            except BadShardError:
+                scan.cancel()
+                raise
+            drop = scan.dropped(on_nan)
     return ValidShard(
         files=files,
         rows=meta_rows,
@@ -192,6 +185,7 @@ def validate_shard(
         schema=schema,
         drop_rows=drop,
         text_bytes=text_bytes,
+        scan=deferred,
         footer=pf.metadata,
     )
 

@@ -174,16 +174,14 @@ def nonfinite_rows(block: np.ndarray) -> np.ndarray:
 
 def scan_nonfinite(info: NpyInfo, window_bytes: int = SCAN_WINDOW_BYTES) -> np.ndarray:
     """Rows of the whole file holding NaN or Inf, read a window of whole rows at a time into one reused buffer."""
-    row_bytes = info.dim * info.dtype.itemsize
-    window = min(max(1, window_bytes // row_bytes), max(1, info.rows))
+    window = min(max(1, window_bytes // (info.dim * info.dtype.itemsize)), max(1, info.rows))
     buf = np.empty((window, info.dim), dtype=info.dtype)
-    raw = memoryview(buf).cast("B")  # type: ignore[arg-type]
     found = []
     fd = os.open(info.path, os.O_RDONLY)
     try:
         for start in range(0, info.rows, window):
             n = min(window, info.rows - start)
-            _pread_exact(fd, raw[: n * row_bytes], info.data_offset + start * row_bytes, info.path)
+            read_rows_into(info, start, fd, buf[:n])
             bad = nonfinite_rows(buf[:n])
             if len(bad):
                 found.append(bad + start)

@@ -60,9 +60,7 @@ class WindowPool:
         return self._buffers[i].shape == (rows, dim) and self._buffers[i].dtype == dtype
 
 
-def read_segment_columns(
-    shard: ValidShard, segment: SegmentPlan, windows: WindowPool | None = None
-) -> Generator[Piece, None, None]:
+def read_segment_columns(shard: ValidShard, segment: SegmentPlan, windows: WindowPool) -> Generator[Piece, None, None]:
     """Yield the segment as one column-major block: BlockStart, then per column its ColumnStart and runs.
 
     Every call reads afresh (a retried insert re-reads its segment); nothing is yielded for a segment whose rows
@@ -85,7 +83,7 @@ def read_segment_columns(
     for field in schema:
         yield ColumnStart(field, rows)
         if field.name in npy_of:
-            yield from _vector_runs(npy_of[field.name], segment, drop, windows or WindowPool())
+            yield from _vector_runs(npy_of[field.name], segment, drop, windows)
         else:
             yield scalars.pop(field.name)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +133,45 @@ def test_merge_policy_defers_a_run_into_one_target_not_the_daemon_nor_a_cluster(
     assert merge_policy("deferred", steady=True) == "deferred"
     with pytest.raises(ConfigError, match="not a --cluster"):
         merge_policy("deferred", steady=False, cluster="two")
+
+
+class _SlowRefusal(BaseHTTPRequestHandler):
+    """A server that takes a second to refuse every user: long enough for a run to validate its shards."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(1.0)
+        body = b"Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)\n"
+        self.send_response(401)
+        self.send_header("X-ClickHouse-Exception-Code", "516")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_target_that_refuses_us_is_the_one_line_and_no_shard_is_judged_meanwhile(tmp_path: Path) -> None:
+    """Shards are validated while the target opens, but a shard is recorded (planned, quarantined) only once it
+    opened: a run into a server that refuses our user says that alone, and leaves no verdict in the ledger."""
+    src = tmp_path / "src"
+    assert cli("synth", "--out", str(src), "--shards", "0-1", "--rows", "50", "--dim", "8").returncode == 0
+    (src / "img_emb" / "img_emb_0.npy").unlink()  # shard 0 is bad: validated in well under the second
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowRefusal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state = tmp_path / "ledger.json"
+    try:
+        res = cli(
+            *("run", "--source", str(src), "--shards", "0-1", "--target", f"http://127.0.0.1:{server.server_port}"),
+            *("--state", str(state), "--no-progress"),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert "authentication failed for user 'default'" in lines[0] and "Traceback" not in res.stderr
+    assert not state.exists() or not json.loads(state.read_text()).get("shards")

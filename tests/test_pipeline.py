@@ -4,8 +4,12 @@ streaming is cleaned up, and that the ledger resumes at segment granularity (v1 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +17,7 @@ import pytest
 from test_landing import FakeSink
 
 from ingest.core.config import LoadConfig, RunConfig, SourceConfig, TargetConfig
+from ingest.core.errors import BadShardError
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan
 from ingest.core.retry import RetryPolicy
@@ -123,3 +128,90 @@ def test_segments_are_sized_from_the_shards_own_texts(make_shards, tmp_path: Pat
     light = plan_segments(0, n, 100_000, 1, segment_bytes=budget, dim=16, text_bytes=60)
     heavy = plan_segments(0, n, 100_000, 1, segment_bytes=budget, dim=16, text_bytes=valid.text_bytes)
     assert light[0].rows == 1000 and heavy[0].rows == budget // row_bytes(16, valid.text_bytes) < 1000
+
+
+def test_the_next_segments_read_starts_once_this_ones_is_read_and_before_its_insert_returns(
+    make_shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One worker: segment k+1's first block is read while segment k's INSERT still runs on the server (its tail:
+    the part written after the body), never before segment k's last block was read (memory stays bounded)."""
+    src = make_shards([0, 1], rows=1000, dim=8)
+    first_read: dict[tuple[int, int], float] = {}
+    last_read: dict[tuple[int, int], float] = {}
+    returned: dict[tuple[int, int], float] = {}
+
+    def timed(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.RecordBatch, None, None]:
+        key = (shard.shard, segment.index)
+        for b in read_segment(shard, segment):
+            first_read.setdefault(key, time.monotonic())
+            last_read[key] = time.monotonic()
+            yield b
+
+    class TailSink(FakeSink):
+        async def insert(self, ref, segment, blocks, token, query_id=None) -> None:  # type: ignore[no-untyped-def]
+            await super().insert(ref, segment, blocks, token, query_id)
+            await asyncio.sleep(0.3)  # the server squashes and writes the part after the last byte
+            returned[(segment.shard, segment.index)] = time.monotonic()
+
+    monkeypatch.setattr(pipeline_mod, "read_segment", timed)
+    cfg = settings(src)
+    cfg = replace(cfg, load=replace(cfg.load, insert_concurrency=1, queue_depth=1))
+    sink = TailSink(dedup=False)
+    pipe = Pipeline(
+        cfg, sink, open_source(cfg.source), Ledger.load(tmp_path / "l.json", "default.laion"), LogReporter()
+    )  # type: ignore[arg-type]
+    res = asyncio.run(pipe.run([0, 1]))
+    assert res.rows_inserted == 2000 and sink.ids == set(range(1000)) | set(range(STRIDE, STRIDE + 1000))
+    order = sorted(returned, key=returned.__getitem__)
+    assert len(order) == 8
+    for this, following in itertools.pairwise(order):
+        assert last_read[this] < first_read[following] < returned[this], (this, following)
+
+
+def test_a_read_opened_ahead_reads_a_bounded_way_and_closes_its_files_unused() -> None:
+    """SegmentRead reads as soon as it is opened, at most its queue plus the piece in hand ahead of its consumer;
+    closed unused (the segment was already in the table), its generator is closed and never advanced again."""
+    from ingest.load.segment_read import SegmentRead
+
+    advanced: list[int] = []
+    closed: list[bool] = []
+
+    def pieces() -> Generator[pa.RecordBatch, None, None]:
+        try:
+            for i in range(100):
+                advanced.append(i)
+                yield pa.record_batch({"id": [i]})
+        finally:
+            closed.append(True)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            read = SegmentRead(pieces(), pool, depth=2, shard=7)
+            await asyncio.sleep(0.3)
+            assert 1 <= len(advanced) <= 3  # two queued, one waiting to be queued
+            await read.close()
+            n = len(advanced)
+            await asyncio.sleep(0.1)
+            assert closed == [True] and len(advanced) == n
+            await read.read()  # returns at once: the read is over
+
+    asyncio.run(main())
+
+
+def test_a_read_error_reaches_the_insert_as_the_shards_fault() -> None:
+    from ingest.load.segment_read import SegmentRead
+
+    def pieces() -> Generator[pa.RecordBatch, None, None]:
+        yield pa.record_batch({"id": [1]})
+        raise OSError("Input/output error")
+
+    async def main() -> list[int]:
+        got: list[int] = []
+        fault = r"shard 7.*read failed after validation \(Input/output error\)"
+        with ThreadPoolExecutor(1) as pool, pytest.raises(BadShardError, match=fault):
+            async for p in SegmentRead(pieces(), pool, depth=1, shard=7).pieces():
+                assert isinstance(p, pa.RecordBatch)
+                got.append(p.column(0)[0].as_py())
+        return got
+
+    assert asyncio.run(main()) == [1]

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from ingest.cli import demo as demo_mod
 from ingest.cli.flags import LoadFlags, run_config, with_load_flags
 from ingest.cli.options import (
     LayoutOpt,
@@ -147,6 +146,8 @@ def demo(
     rows: Annotated[int, typer.Option("--rows", min=1)] = 5000,
 ) -> None:
     """Offline tour: synthesise shards, ingest them into TARGET, run a brute-force similarity search."""
+    from ingest.cli import demo as demo_mod  # rich's tables: not imported by the commands that load
+
     setup_logging()
     with tempfile.TemporaryDirectory(prefix="laion-demo-") as tmp:
         code = run_async(demo_mod.run_demo(Path(tmp), target, table, shards, rows))

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import sys
 import time
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING
 
 from ingest.load.progress import LogReporter, Reporter
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class RichReporter:
     """A total bar plus one bar per shard in flight, with rows and rows/s."""
 
     def __init__(self, total_shards: int) -> None:
+        # imported here: a run without a terminal (every shard worker, every benchmark) spares rich's ~30 ms
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self._console = Console(stderr=True)
         self._progress = Progress(
             TextColumn("{task.description}"),

@@ -10,6 +10,9 @@ or segment size. A sink that takes a segment as one column-major Native block (H
 instead (ingest/core/pieces.py): the segment's scalar columns, then each vector column a block's rows at a time,
 so memory stays bounded the same way. A retried segment is read again from the shard files, never buffered.
 
+The target may still be opening when the run starts (`sink` given as the task opening it): fetch, validate and
+plan go ahead meanwhile, and only the insert workers wait for it.
+
 Shutdown is ordered: on stop we take no new shard and start no new segment, let the in-flight segments finish
 (up to drain_seconds; an abandoned one commits nothing and the next run reconciles it), then flush the ledger.
 """
@@ -17,15 +20,11 @@ Shutdown is ordered: on stop we take no new shard and start no new segment, let 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import pyarrow as pa
 
 from ingest.core import metrics
 from ingest.core.config import RunConfig
@@ -35,6 +34,7 @@ from ingest.core.plan import ID_STRIDE, SegmentPlan, plan_segments
 from ingest.load.landing import Landing
 from ingest.load.ledger import Ledger
 from ingest.load.progress import Reporter
+from ingest.load.segment_read import SegmentRead
 from ingest.sinks.base import Sink, TakesColumns
 from ingest.stages.segment_columns import WindowPool, read_segment_columns
 from ingest.stages.shard import ShardFiles, ValidShard, gated, read_segment, validate_shard
@@ -66,6 +66,7 @@ class _ShardJob:
 _DONE = None
 
 _Segments = asyncio.Queue[tuple[_ShardJob, SegmentPlan] | None]
+_Taken = tuple[_ShardJob, SegmentPlan, SegmentRead | None]
 
 
 class _DrainTimeout(Exception):
@@ -76,7 +77,7 @@ class Pipeline:
     def __init__(
         self,
         settings: RunConfig,
-        sink: Sink,
+        sink: Sink | asyncio.Task[Sink],
         source: Source,
         ledger: Ledger,
         reporter: Reporter,
@@ -87,7 +88,7 @@ class Pipeline:
         self._schema = settings.target.schema
         self._fetchers = max(1, settings.source.download_concurrency)
         self._workers = max(1, self.cfg.insert_concurrency)
-        self.sink = sink
+        self._sink = sink
         self.source = source
         self.ledger = ledger
         self.reporter = reporter
@@ -97,13 +98,28 @@ class Pipeline:
         self._scan_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nan-scan")
         """A shard's NaN/Inf scans, left running while its first segments are sent (validate_shard's defer_scan);
         apart from the read pool, whose threads may be waiting for the scans' verdict."""
-        self._landing = Landing(sink, self.table, self.cfg.retry, use_token=False)
+        self._landing: Landing | None = None
         self._windows = WindowPool()
+
+    @property
+    def sink(self) -> Sink:
+        """The open sink (insert workers only: they wait for it in `_connected`)."""
+        assert not isinstance(self._sink, asyncio.Task), "the sink is still opening"
+        return self._sink
+
+    async def _connected(self) -> Landing:
+        """Wait for the sink to open (opening it imports its client library and asks the server: ~0.15 s of a
+        run's start, in which the first shard is validated); the Landing over it. Nothing is recorded of a shard
+        (planned, quarantined) before: a run whose target fails (unreachable, unknown cluster) says only that."""
+        if isinstance(self._sink, asyncio.Task):
+            self._sink = await asyncio.shield(self._sink)  # one worker's cancellation must not cancel the opening
+        if self._landing is None:
+            self._landing = Landing(self._sink, self.table, self.cfg.retry, use_token=self._sink.info.dedup_token)
+        return self._landing
 
     async def run(self, shards: list[int]) -> RunResult:
         """Load `shards` (finished ones are skipped); returns what happened. Fatal errors propagate."""
         t0 = time.monotonic()
-        self._landing.use_token = self.sink.info.dedup_token
         todo = [s for s in shards if not self.ledger.is_complete(s)]
         for s in shards:
             if self.ledger.is_complete(s):
@@ -153,7 +169,7 @@ class Pipeline:
             except (BadShardError, SourceError) as exc:
                 if exc.retriable:
                     raise
-                self._quarantine(shard, exc if isinstance(exc, BadShardError) else BadShardError(shard, str(exc)))
+                await self._quarantine(shard, exc if isinstance(exc, BadShardError) else BadShardError(shard, str(exc)))
                 return
             finally:
                 sem.release()
@@ -179,13 +195,14 @@ class Pipeline:
                     self._read_pool, validate_shard, files, self._schema, self.cfg.on_nan, self._scan_pool
                 )
             except BadShardError as exc:
-                self._quarantine(files.shard, exc)
+                await self._quarantine(files.shard, exc)
                 continue
             await self._plan_shard(valid, segments)
         for _ in range(self._workers):
             await segments.put(_DONE)
 
     async def _plan_shard(self, valid: ValidShard, segments: _Segments) -> None:
+        await self._connected()
         cfg = self.cfg
         plans = plan_segments(
             valid.shard,
@@ -212,43 +229,13 @@ class Pipeline:
             await segments.put((job, seg))
             metrics.QUEUE_DEPTH.set(segments.qsize())
 
-    async def _blocks(self, valid: ValidShard, seg: SegmentPlan) -> AsyncGenerator[Piece, None]:
-        """The segment's pieces (row blocks, or one column-major block for a sink that takes it), read ahead on
+    def _read(self, valid: ValidShard, seg: SegmentPlan) -> SegmentRead:
+        """Start reading the segment's pieces (row blocks, or one column-major block for a sink that takes it) on
         the read pool into a queue of `queue_depth // workers` pieces."""
-        loop = asyncio.get_running_loop()
         columns = isinstance(self.sink, TakesColumns) and self.sink.column_major
         reader = read_segment_columns(valid, seg, self._windows) if columns else read_segment(valid, seg)
-        gen = gated(reader, valid.settle)
-        q: asyncio.Queue[Piece | Exception | None] = asyncio.Queue(
-            maxsize=max(1, self.cfg.queue_depth // self._workers)
-        )
-        closing = False
-
-        async def produce() -> None:
-            try:
-                while not closing:
-                    block = await loop.run_in_executor(self._read_pool, next, gen, None)
-                    await q.put(block)
-                    if block is None:
-                        return
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                await q.put(BadShardError(valid.shard, f"read failed after validation ({exc})"))
-            except Exception as exc:  # the scan's verdict (BadShardError) or a bug: it ends the insert, never hangs it
-                await q.put(exc)
-
-        task = asyncio.create_task(produce())
-        try:
-            while (item := await q.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            closing = True
-            while not task.done():  # let a read in progress finish: the generator must not run when closed
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    q.get_nowait()
-                await asyncio.wait({task}, timeout=0.05)
-            gen.close()
+        depth = self.cfg.queue_depth // self._workers
+        return SegmentRead(gated(reader, valid.settle), self._read_pool, depth, valid.shard)
 
     async def _fail_midway(self, job: _ShardJob, exc: BadShardError) -> None:
         """A shard broke while streaming: wait for its other in-flight segments, delete what landed, quarantine."""
@@ -259,33 +246,67 @@ class Pipeline:
             await asyncio.sleep(0.05)
         shard = job.valid.shard
         await self.sink.delete_range(self.table, shard * ID_STRIDE, (shard + 1) * ID_STRIDE - 1)
-        self._quarantine(shard, exc)
+        await self._quarantine(shard, exc)
 
     # -- stage 3: insert ------------------------------------------------------------------------------------
     async def _insert_worker(self, segments: _Segments) -> None:
-        while (item := await segments.get()) is not _DONE:
-            job, seg = item
-            metrics.QUEUE_DEPTH.set(segments.qsize())
-            if job.failed or self.stop.is_set():
-                continue  # not started: the next run lands it
-            job.active += 1
-            try:
-                expected = job.valid.expected_rows(seg)
-                t = time.monotonic()
-                inserted = await self._landing.land(seg, expected, functools.partial(self._blocks, job.valid, seg))
-                metrics.BATCH_INSERT_SECONDS.observe(time.monotonic() - t)
-                metrics.ROWS_INSERTED.inc(inserted)
-                self.result.rows_inserted += inserted
-                self.result.rows_already += expected - inserted
-                self.ledger.mark_segment(seg.shard, seg.index)
-                self.reporter.rows_landed(seg.shard, expected)
-                job.remaining -= 1
-                if job.remaining == 0 and not job.failed:
-                    await self._complete(job)
-            except BadShardError as exc:
-                await self._fail_midway(job, exc)
-            finally:
-                job.active -= 1
+        landing = await self._connected()
+        ahead = asyncio.create_task(self._take(segments, None))
+        try:
+            while (item := await ahead) is not None:
+                job, seg, read = item
+                # the next segment is taken, and its read opened, once this one's pieces are all read
+                ahead = asyncio.create_task(self._take(segments, read))
+                if read is None:
+                    continue  # not started (shard failed, or stopping): the next run lands it
+                try:
+                    await self._land(landing, job, seg, read)
+                finally:
+                    await read.close()
+        finally:
+            ahead.cancel()
+            await asyncio.wait({ahead})
+            if not ahead.cancelled() and ahead.exception() is None and (left := ahead.result()) and left[2]:
+                await left[2].close()
+
+    async def _take(self, segments: _Segments, after: SegmentRead | None) -> _Taken | None:
+        """The next segment and its read (None: not to be started), once `after` is read; None at the end."""
+        if after is not None:
+            await after.read()
+        if (item := await segments.get()) is _DONE:
+            return None
+        job, seg = item
+        metrics.QUEUE_DEPTH.set(segments.qsize())
+        started = not (job.failed or self.stop.is_set())
+        return job, seg, self._read(job.valid, seg) if started else None
+
+    async def _land(self, landing: Landing, job: _ShardJob, seg: SegmentPlan, read: SegmentRead) -> None:
+        if job.failed or self.stop.is_set():
+            return  # not started: the next run lands it
+        job.active += 1
+        reads = iter([read])
+
+        def open_blocks() -> AsyncGenerator[Piece, None]:
+            """The read opened ahead for the first attempt; a fresh one for every retry."""
+            return (next(reads, None) or self._read(job.valid, seg)).pieces()
+
+        try:
+            expected = job.valid.expected_rows(seg)
+            t = time.monotonic()
+            inserted = await landing.land(seg, expected, open_blocks)
+            metrics.BATCH_INSERT_SECONDS.observe(time.monotonic() - t)
+            metrics.ROWS_INSERTED.inc(inserted)
+            self.result.rows_inserted += inserted
+            self.result.rows_already += expected - inserted
+            self.ledger.mark_segment(seg.shard, seg.index)
+            self.reporter.rows_landed(seg.shard, expected)
+            job.remaining -= 1
+            if job.remaining == 0 and not job.failed:
+                await self._complete(job)
+        except BadShardError as exc:
+            await self._fail_midway(job, exc)
+        finally:
+            job.active -= 1
 
     async def _complete(self, job: _ShardJob) -> None:
         shard = job.valid.shard
@@ -295,7 +316,8 @@ class Pipeline:
         self.reporter.shard_done(shard)
         await self.source.release(shard)
 
-    def _quarantine(self, shard: int, exc: BadShardError) -> None:
+    async def _quarantine(self, shard: int, exc: BadShardError) -> None:
+        await self._connected()
         self.result.shards_bad[shard] = str(exc)
         self.ledger.quarantine(shard, exc.reason)
         metrics.SHARDS.labels(status="quarantined").inc()

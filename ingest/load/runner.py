@@ -37,7 +37,7 @@ def ledger_for(settings: RunConfig) -> Ledger:
 
 async def prepare_sink(settings: RunConfig) -> Sink:
     """Connect, say plainly what an old server lacks, make sure the table is ours."""
-    sink = open_sink(settings.target)
+    sink = await asyncio.to_thread(open_sink, settings.target)  # imports the client library (aiohttp: ~0.1 s)
     try:
         info = await sink.connect()
         if info.missing:
@@ -110,20 +110,30 @@ async def run_ingest(
         settings = await resolve_schema(settings, source, todo + [s for s in shards if s not in todo])
         if not todo and shards and needs_probe(settings.load):
             await source.release(shards[0])  # fetched only to learn the schema: nothing left to load
-        sink = await prepare_sink(settings)
     except BaseException:
         await source.close()
         raise
+    opening = asyncio.create_task(prepare_sink(settings))  # the first shard is validated while it opens
     try:
-        pipeline = Pipeline(settings, sink, source, ledger, reporter or LogReporter(), stop)
+        pipeline = Pipeline(settings, opening, source, ledger, reporter or LogReporter(), stop)
         result = await pipeline.run(list(settings.shards))
+        sink = pipeline.sink
         result.bytes_sent = sink.bytes_sent if isinstance(sink, CountsBytes) else 0
     finally:
         await source.close()
-        await sink.close()
+        await _closed(opening)
     if settings.report_path is not None:
         write_report(settings, result)
     return result
+
+
+async def _closed(opening: asyncio.Task[Sink]) -> None:
+    """Close the sink the task opened; a task still opening is cancelled (prepare_sink closes what it opened)."""
+    if not opening.done():
+        opening.cancel()
+    await asyncio.wait({opening})
+    if not opening.cancelled() and opening.exception() is None:
+        await opening.result().close()
 
 
 def write_report(settings: RunConfig, result: RunResult) -> None:

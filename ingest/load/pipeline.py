@@ -266,8 +266,9 @@ class Pipeline:
         finally:
             ahead.cancel()
             await asyncio.wait({ahead})
-            if not ahead.cancelled() and ahead.exception() is None and (left := ahead.result()) and left[2]:
-                await left[2].close()
+            left = None if ahead.cancelled() or ahead.exception() else ahead.result()
+            if left is not None and left[2] is not None:
+                await left[2].close()  # taken, never landed
 
     async def _take(self, segments: _Segments, after: SegmentRead | None) -> _Taken | None:
         """The next segment and its read (None: not to be started), once `after` is read; None at the end."""
@@ -277,12 +278,15 @@ class Pipeline:
             return None
         job, seg = item
         metrics.QUEUE_DEPTH.set(segments.qsize())
-        started = not (job.failed or self.stop.is_set())
-        return job, seg, self._read(job.valid, seg) if started else None
+        return job, seg, None if self._held_back(job) else self._read(job.valid, seg)
+
+    def _held_back(self, job: _ShardJob) -> bool:
+        """A segment not to start: its shard failed, or the run is stopping (the next run lands it)."""
+        return job.failed or self.stop.is_set()
 
     async def _land(self, landing: Landing, job: _ShardJob, seg: SegmentPlan, read: SegmentRead) -> None:
-        if job.failed or self.stop.is_set():
-            return  # not started: the next run lands it
+        if self._held_back(job):  # again: the shard may have failed, or a stop come, since the read was opened
+            return
         job.active += 1
         reads = iter([read])
 

@@ -254,3 +254,23 @@ def test_a_query_id_refused_as_running_is_transient_and_counted_again() -> None:
     with pytest.raises(TransientTargetError, match="Code: 216"):
         land(sink, blocks, retries=1)
     assert sink.ids == set() and len(sink.inserts) == 2
+
+
+def test_a_count_asked_ahead_starts_the_first_attempt_and_a_retry_waits_and_counts_afresh() -> None:
+    """The pipeline asks a segment's wait-and-count while the worker's previous INSERT is still written
+    (Landing.settled_count): the first attempt starts from that answer instead of asking again; a retry, whose
+    range an attempt may have touched, waits for the query id and counts anew."""
+    sink, blocks = FakeSink(), Blocks(SEG)
+    sink.script = ["midway"]
+    landing = Landing(sink, REF, RetryPolicy(max_retries=3), use_token=True, sleep=_no_wait)
+
+    async def main() -> int:
+        ahead = asyncio.create_task(landing.settled_count(SEG))
+        await asyncio.sleep(0)  # asked before the landing starts, as the pipeline does
+        return await landing.land(SEG, SEG.rows, blocks, ahead)  # type: ignore[arg-type]
+
+    assert asyncio.run(main()) == SEG.rows
+    qid = SEG.query_id(REF.key)
+    assert sink.waited == [qid, qid]  # ahead, and before the retry: not again for the first attempt
+    assert sink.counts == 3  # ahead, before the retry, and the verification after the tokened insert
+    assert sink.ids == segment_ids() and len(sink.inserts) == 2

@@ -172,7 +172,8 @@ def test_a_server_refusing_system_stop_merges_loads_with_merges(caplog: pytest.L
         hold = MergeHold(execute, query)
         ref = TableRef("default", "laion")
         for _ in range(3):
-            await hold.before_insert(ref)
+            async with hold.inserting(ref):
+                pass
         await hold.release()
         return hold
 
@@ -201,9 +202,10 @@ def test_parts_that_cannot_be_counted_give_the_merges_back() -> None:
     async def load() -> MergeHold:
         hold = MergeHold(execute, query)
         ref = TableRef("default", "laion")
-        await hold.before_insert(ref)
-        assert hold.stopped == frozenset({ref})
-        await hold.before_insert(ref)
+        async with hold.inserting(ref):
+            assert hold.stopped == frozenset({ref})  # the first insert: stopped before it starts
+        async with hold.inserting(ref):
+            pass
         return hold
 
     assert asyncio.run(load()).stopped == frozenset()
@@ -219,7 +221,8 @@ def test_merges_during_holds_nothing() -> None:
     async def load() -> MergeHold:
         hold = MergeHold(never, never, enabled=False)
         ref = TableRef("default", "laion")
-        await hold.before_insert(ref)
+        async with hold.inserting(ref):
+            pass
         async with hold.lifted(ref):
             pass
         await hold.release()
@@ -256,3 +259,41 @@ def test_a_user_without_system_loads_exact_with_merges_and_a_missing_grant_is_na
     assert index.returncode != 0 and len(lines) == 1, index.stderr
     assert "Not enough privileges" in lines[0] and "ACCESS_DENIED" in lines[0], lines
     assert "authentication failed" not in lines[0] and server.password not in index.stderr
+
+
+def test_the_part_bound_is_counted_while_an_insert_runs_and_acted_on_once_it_landed() -> None:
+    """Held merges: each later insert's part count runs beside it (not in the gap before it); over the bound, the
+    merges resume once the insert landed. An insert that fails leaves the merges held (the count is dropped)."""
+    from ingest.sinks.merge_hold import MergeHold
+
+    asked: list[str] = []
+
+    async def execute(sql: str) -> None:
+        asked.append(sql)
+
+    async def query(sql: str) -> list[dict[str, Any]]:
+        if "system.parts" in sql:
+            asked.append("parts counted")
+            return [{"n": 5}]
+        return [{"value": "1000"}]
+
+    async def load() -> tuple[MergeHold, list[str], list[str]]:
+        hold = MergeHold(execute, query, limit=3)
+        ref = TableRef("default", "laion")
+        async with hold.inserting(ref):
+            pass
+        with pytest.raises(RuntimeError):
+            async with hold.inserting(ref):
+                raise RuntimeError("the insert failed")
+        failed = list(asked)
+        async with hold.inserting(ref):
+            asked.append("body sent")
+            await asyncio.sleep(0.01)  # the server writes the part
+            during = list(asked)
+        return hold, failed, during
+
+    hold, failed, during = asyncio.run(load())
+    stop, start = "SYSTEM STOP MERGES `default`.`laion`", "SYSTEM START MERGES `default`.`laion`"
+    assert failed == [stop]
+    assert during == [stop, "body sent", "parts counted"]
+    assert asked == [*during, start] and hold.stopped == frozenset()

@@ -133,12 +133,15 @@ def test_segments_are_sized_from_the_shards_own_texts(make_shards, tmp_path: Pat
 def test_the_next_segments_read_starts_once_this_ones_is_read_and_before_its_insert_returns(
     make_shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """One worker: segment k+1's first block is read while segment k's INSERT still runs on the server (its tail:
-    the part written after the body), never before segment k's last block was read (memory stays bounded)."""
+    """One worker: segment k+1's first block is read, and its range waited for and counted, while segment k's
+    INSERT still runs on the server (its tail: the part written after the body), never before segment k's last
+    block was read (memory stays bounded)."""
     src = make_shards([0, 1], rows=1000, dim=8)
     first_read: dict[tuple[int, int], float] = {}
     last_read: dict[tuple[int, int], float] = {}
     returned: dict[tuple[int, int], float] = {}
+    counted: dict[int, float] = {}
+    first_ids: dict[tuple[int, int], int] = {}
 
     def timed(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.RecordBatch, None, None]:
         key = (shard.shard, segment.index)
@@ -148,7 +151,12 @@ def test_the_next_segments_read_starts_once_this_ones_is_read_and_before_its_ins
             yield b
 
     class TailSink(FakeSink):
+        async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
+            counted.setdefault(first_id, time.monotonic())
+            return await super().count_range(ref, first_id, last_id)
+
         async def insert(self, ref, segment, blocks, token, query_id=None) -> None:  # type: ignore[no-untyped-def]
+            first_ids[(segment.shard, segment.index)] = segment.first_id
             await super().insert(ref, segment, blocks, token, query_id)
             await asyncio.sleep(0.3)  # the server squashes and writes the part after the last byte
             returned[(segment.shard, segment.index)] = time.monotonic()
@@ -166,6 +174,7 @@ def test_the_next_segments_read_starts_once_this_ones_is_read_and_before_its_ins
     assert len(order) == 8
     for this, following in itertools.pairwise(order):
         assert last_read[this] < first_read[following] < returned[this], (this, following)
+        assert last_read[this] < counted[first_ids[following]] < returned[this], (this, following)
 
 
 def test_a_read_opened_ahead_reads_a_bounded_way_and_closes_its_files_unused() -> None:

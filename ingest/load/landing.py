@@ -18,6 +18,11 @@ fail as transient: it waits and counts again. The embedded target has no such wi
 with it.
 
 Every attempt re-reads the segment through `open_blocks()`: nothing buffers a segment to allow a retry.
+
+The wait and the count a first attempt starts from may be asked ahead (`settled_count`, while the worker's previous
+INSERT is still being written): nothing of this run writes the segment's range before its own INSERT, and a dead
+run's INSERT is waited for all the same, so the answer holds when the attempt uses it. It takes two round trips off
+the gap between a connection's INSERTs (~25 ms a segment on a busy 26.9 server).
 """
 
 from __future__ import annotations
@@ -67,10 +72,22 @@ class Landing:
         self.use_token = use_token
         self._sleep = sleep
 
-    async def land(self, segment: SegmentPlan, expected: int, open_blocks: BlockSource) -> int:
+    async def settled_count(self, segment: SegmentPlan) -> int:
+        """Rows the segment's id range holds once no INSERT of it runs any more: what an attempt starts from."""
+        await self.sink.wait_query_gone(segment.query_id(self.table.key))
+        return await self.sink.count_range(self.table, segment.first_id, segment.last_id)
+
+    async def land(
+        self,
+        segment: SegmentPlan,
+        expected: int,
+        open_blocks: BlockSource,
+        counted: Awaitable[int] | None = None,
+    ) -> int:
         """Make the segment's id range hold exactly its `expected` rows; returns rows inserted now (0 if they
-        were already there). Retriable failures are retried (the range is counted again first); others raise."""
-        state = _Attempt(segment.token(self.table.key) if self.use_token else None)
+        were already there). Retriable failures are retried (the range is counted again first); others raise.
+        `counted`: `settled_count(segment)` asked ahead, for the first attempt."""
+        state = _Attempt(segment.token(self.table.key) if self.use_token else None, counted)
 
         def on_retry(_exc: IngestError, _attempt: int) -> str:
             metrics.RETRIES.inc()
@@ -87,11 +104,12 @@ class Landing:
 
     async def _attempt(self, segment: SegmentPlan, expected: int, open_blocks: BlockSource, state: _Attempt) -> int:
         sink, ref = self.sink, self.table
-        query_id = segment.query_id(ref.key)
-        await sink.wait_query_gone(query_id)  # an INSERT of a dead run (or our last attempt) may still be writing
+        # an INSERT of a dead run (or our last attempt) may still be writing: counted once it is gone
+        first = state.counted or self.settled_count(segment)
+        state.counted = None  # a retry waits and counts afresh
         inserted = False
         for sent in range(VERIFY_RESENDS + 2):
-            have = await sink.count_range(ref, segment.first_id, segment.last_id)
+            have = await (first if sent == 0 else sink.count_range(ref, segment.first_id, segment.last_id))
             if have == expected:
                 return expected if inserted else 0
             if sent > VERIFY_RESENDS:
@@ -109,7 +127,7 @@ class Landing:
                 # the old token may be remembered for rows deleted since: dedup would drop ours; send it fresh
                 state.token = fresh_token(state.token)
             async with contextlib.aclosing(open_blocks()) as blocks:
-                await sink.insert(ref, segment, blocks, state.token, query_id)
+                await sink.insert(ref, segment, blocks, state.token, segment.query_id(ref.key))
             inserted = True
             if state.token is None:
                 return expected  # no token, no dedup: what the server acknowledged is there
@@ -119,7 +137,8 @@ class Landing:
 
 
 class _Attempt:
-    """What survives between attempts of one segment: the token in use."""
+    """What survives between attempts of one segment: the token in use, the count asked ahead (first attempt)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, counted: Awaitable[int] | None) -> None:
         self.token = token
+        self.counted = counted

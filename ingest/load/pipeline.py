@@ -66,7 +66,26 @@ class _ShardJob:
 _DONE = None
 
 _Segments = asyncio.Queue[tuple[_ShardJob, SegmentPlan] | None]
-_Taken = tuple[_ShardJob, SegmentPlan, SegmentRead | None]
+
+
+@dataclass
+class _Started:
+    """What a worker starts for its next segment while the current one lands: the read, and the count the first
+    attempt starts from (Landing.settled_count)."""
+
+    read: SegmentRead
+    counted: asyncio.Task[int]
+
+    async def close(self) -> None:
+        """Stop both (idempotent): a count nobody used is cancelled, and its error, if it had one, dropped."""
+        self.counted.cancel()
+        await asyncio.wait({self.counted})
+        if not self.counted.cancelled():
+            self.counted.exception()  # retrieved: asyncio would report it as never retrieved
+        await self.read.close()
+
+
+_Taken = tuple[_ShardJob, SegmentPlan, _Started | None]
 
 
 class _DrainTimeout(Exception):
@@ -251,18 +270,18 @@ class Pipeline:
     # -- stage 3: insert ------------------------------------------------------------------------------------
     async def _insert_worker(self, segments: _Segments) -> None:
         landing = await self._connected()
-        ahead = asyncio.create_task(self._take(segments, None))
+        ahead = asyncio.create_task(self._take(segments, None, landing))
         try:
             while (item := await ahead) is not None:
-                job, seg, read = item
-                # the next segment is taken, and its read opened, once this one's pieces are all read
-                ahead = asyncio.create_task(self._take(segments, read))
-                if read is None:
+                job, seg, started = item
+                # the next segment is taken, its read opened and its range counted, once this one is all read
+                ahead = asyncio.create_task(self._take(segments, started.read if started else None, landing))
+                if started is None:
                     continue  # not started (shard failed, or stopping): the next run lands it
                 try:
-                    await self._land(landing, job, seg, read)
+                    await self._land(landing, job, seg, started)
                 finally:
-                    await read.close()
+                    await started.close()
         finally:
             ahead.cancel()
             await asyncio.wait({ahead})
@@ -270,25 +289,28 @@ class Pipeline:
             if left is not None and left[2] is not None:
                 await left[2].close()  # taken, never landed
 
-    async def _take(self, segments: _Segments, after: SegmentRead | None) -> _Taken | None:
-        """The next segment and its read (None: not to be started), once `after` is read; None at the end."""
+    async def _take(self, segments: _Segments, after: SegmentRead | None, landing: Landing) -> _Taken | None:
+        """The next segment and what is started of it (None: not to be started), once `after` is read; None at
+        the end."""
         if after is not None:
             await after.read()
         if (item := await segments.get()) is _DONE:
             return None
         job, seg = item
         metrics.QUEUE_DEPTH.set(segments.qsize())
-        return job, seg, None if self._held_back(job) else self._read(job.valid, seg)
+        if self._held_back(job):
+            return job, seg, None
+        return job, seg, _Started(self._read(job.valid, seg), asyncio.create_task(landing.settled_count(seg)))
 
     def _held_back(self, job: _ShardJob) -> bool:
         """A segment not to start: its shard failed, or the run is stopping (the next run lands it)."""
         return job.failed or self.stop.is_set()
 
-    async def _land(self, landing: Landing, job: _ShardJob, seg: SegmentPlan, read: SegmentRead) -> None:
+    async def _land(self, landing: Landing, job: _ShardJob, seg: SegmentPlan, started: _Started) -> None:
         if self._held_back(job):  # again: the shard may have failed, or a stop come, since the read was opened
             return
         job.active += 1
-        reads = iter([read])
+        reads = iter([started.read])
 
         def open_blocks() -> AsyncGenerator[Piece, None]:
             """The read opened ahead for the first attempt; a fresh one for every retry."""
@@ -297,7 +319,7 @@ class Pipeline:
         try:
             expected = job.valid.expected_rows(seg)
             t = time.monotonic()
-            inserted = await landing.land(seg, expected, open_blocks)
+            inserted = await landing.land(seg, expected, open_blocks, started.counted)
             metrics.BATCH_INSERT_SECONDS.observe(time.monotonic() - t)
             metrics.ROWS_INSERTED.inc(inserted)
             self.result.rows_inserted += inserted

@@ -151,11 +151,14 @@ class ChdbSink:
             async_insert=self.info.async_insert,
             skip_indexes=True,  # the load never pays for vector indexes: `laion-ingest index` builds them
         )
-        await self.merge_hold.before_insert(ref)
+        async with self.merge_hold.inserting(ref):
+            await self._insert_from_fifo(ref, blocks, settings_clause(settings))
+
+    async def _insert_from_fifo(self, ref: TableRef, blocks: AsyncIterator[Piece], clause: str) -> None:
         loop = asyncio.get_running_loop()
         session = await self._inserter()
         with fifo_path() as path:
-            sql = insert_from_file_sql(ref, str(path), settings_clause(settings))
+            sql = insert_from_file_sql(ref, str(path), clause)
             statement = loop.run_in_executor(self._insert_pool, self._query_on, session, sql)
             statement.add_done_callback(lambda _: self._release(session))
             try:

@@ -231,7 +231,6 @@ class HttpSink:
         query_id: str | None = None,
     ) -> None:
         """One POST per segment; its chunked body is encoded piece by piece as `blocks` yields them."""
-        await self.merge_hold.before_insert(ref)
         codec = self._codec()
         req = build_request(
             self._base,
@@ -242,15 +241,16 @@ class HttpSink:
             insert=True,
             query_id=query_id,
         )
-        first = await anext(blocks, None)  # before the pump starts: nothing else iterates `blocks` yet
-        size = first.nbytes if isinstance(first, BlockStart) and codec.identity else None
-        try:
-            async with pumped(self._wire_body(codec, self._body(ref, _prepend(first, blocks))), PUMP_DEPTH) as feed:
-                await self._send(self._wired(req, codec), feed, size)
-        except TargetError as exc:
-            if exc.code in CUT_BODY_CLICKHOUSE_CODES:  # the server read a body cut short: the cut is the cause
-                raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None
-            raise
+        async with self.merge_hold.inserting(ref):
+            first = await anext(blocks, None)  # before the pump starts: nothing else iterates `blocks` yet
+            size = first.nbytes if isinstance(first, BlockStart) and codec.identity else None
+            try:
+                async with pumped(self._wire_body(codec, self._body(ref, _prepend(first, blocks))), PUMP_DEPTH) as feed:
+                    await self._send(self._wired(req, codec), feed, size)
+            except TargetError as exc:
+                if exc.code in CUT_BODY_CLICKHOUSE_CODES:  # the server read a body cut short: the cut is the cause
+                    raise UncertainInsertError(f"{exc} (the insert body was cut on the way)", exc.code) from None
+                raise
 
     async def _body(self, ref: TableRef, blocks: AsyncIterator[Piece]) -> AsyncIterator[memoryview | bytes]:
         """The insert body: each piece (a row block, or a piece of one column-major block) encoded on the encoder

@@ -17,6 +17,7 @@ depends on it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,9 +54,13 @@ class MergeHold:
     def stopped(self) -> frozenset[TableRef]:
         return frozenset(self._stopped)
 
-    async def before_insert(self, ref: TableRef) -> None:
-        """The first insert into a table stops its merges; later ones resume them once it holds over `limit`."""
+    @contextlib.asynccontextmanager
+    async def inserting(self, ref: TableRef) -> AsyncIterator[None]:
+        """Around one insert into `ref`: the first stops the table's merges before it starts; each later one counts
+        the table's parts while it runs (not in the gap between a connection's two INSERTs) and, once it landed,
+        resumes the merges if the table holds over `limit`. A failed insert leaves the count to the next one."""
         if not self.enabled:
+            yield
             return
         if ref not in self._seen:
             self._seen.add(ref)
@@ -64,17 +69,29 @@ class MergeHold:
                 await self._stop(ref)
             except TargetError as exc:
                 log.info("%s: background merges go on during the load (holding them failed: %s)", ref.key, exc)
+            yield
             return
         if ref not in self._stopped:
+            yield
             return
+        over = asyncio.create_task(self._over_limit(ref))
         try:
-            over = await self._parts(ref) > self.limit
-        except TargetError as exc:  # the bound cannot be watched: give the merges back
-            log.info("%s: counting its parts failed (%s)", ref.key, exc)
-            over = True
-        if over:
+            yield
+        except BaseException:
+            over.cancel()
+            raise
+        if await over and ref in self._stopped:
             log.info("%s: over %d parts or uncounted, background merges resume", ref.key, self.limit)
             await self._resume(ref)
+
+    async def _over_limit(self, ref: TableRef) -> bool:
+        """The table holds more than `limit` parts, or they cannot be counted (the bound cannot be watched: the
+        merges are given back)."""
+        try:
+            return await self._parts(ref) > self.limit
+        except TargetError as exc:
+            log.info("%s: counting its parts failed (%s)", ref.key, exc)
+            return True
 
     @contextlib.asynccontextmanager
     async def lifted(self, ref: TableRef) -> AsyncIterator[None]:

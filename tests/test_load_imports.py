@@ -1,6 +1,7 @@
 """What a load's process imports: not pandas. `pa.array`, `pa.scalar` and `to_numpy` import it on first use
 (0.16–0.23 s), which once held the first segment's body while the server sat idle (ingest/core/arrays.py). Nor rich
-without a terminal to draw on (~30 ms before the first row)."""
+without a terminal to draw on (~30 ms before the first row). Nor pydantic, which typer 0.29 imports to build a
+TypeAdapter per parameter as it parses a command line (~50 ms of every command's start; pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code
-print("pandas imported:", "pandas" in sys.modules, "rich imported:", "rich" in sys.modules, "exit:", code)
+print(*(f"{m} imported: {m in sys.modules}" for m in ("pandas", "rich", "pydantic")), f"exit: {code}")
 """
 
 
@@ -44,7 +45,7 @@ def with_nulls(src: Path, shard: int) -> None:
 
 @pytest.mark.server
 @pytest.mark.parametrize("fmt", ["native", "rowbinary"])
-def test_a_load_over_http_never_imports_pandas_nor_rich_without_a_terminal(
+def test_a_load_over_http_never_imports_pandas_pydantic_nor_rich_without_a_terminal(
     make_shards: Any, server: Any, server_db: str, tmp_path: Path, fmt: str
 ) -> None:
     src = make_shards([0, 1], rows=1500, dim=32)
@@ -54,7 +55,8 @@ def test_a_load_over_http_never_imports_pandas_nor_rich_without_a_terminal(
         "--segment-rows", "1000", "--format", fmt, "--no-progress", "--state", str(tmp_path / "ledger.json"),
     ]  # fmt: skip
     res = subprocess.run([sys.executable, "-c", RUN_AND_SAY, *args], capture_output=True, text=True, timeout=300)
-    assert "pandas imported: False rich imported: False exit: 0" in res.stdout, (res.stdout, res.stderr[-2000:])
+    said = "pandas imported: False rich imported: False pydantic imported: False exit: 0"
+    assert said in res.stdout, (res.stdout, res.stderr[-2000:])
     assert_table_equals(server_table(server, server_db), expected_rows(src, [0, 1]))
 
 

@@ -71,7 +71,7 @@ def read_segment_columns(shard: ValidShard, segment: SegmentPlan, windows: Windo
     rows = segment.rows - len(drop)
     if rows == 0:
         return
-    meta = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start, shard.footer)
+    meta = MetaCursor(shard, segment.block_rows, segment.start)
     scalars = scalar_columns(segment, meta.take(segment.start, segment.stop), shard.schema)
     del meta
     if len(drop):

@@ -250,19 +250,12 @@ def gated(pieces: Generator[T, None, None], settle: Callable[[], None]) -> Gener
 class MetaCursor:
     """Sequential reader of the metadata columns that hands out exact row ranges across row groups."""
 
-    def __init__(
-        self,
-        path: Path,
-        batch_rows: int,
-        columns: tuple[str, ...],
-        from_row: int = 0,
-        footer: pq.FileMetaData | None = None,
-    ) -> None:
-        """Read from the row group holding `from_row` on (earlier groups are not decoded); `footer`: the file's
-        footer already parsed."""
-        pf = pq.ParquetFile(path, metadata=footer)
+    def __init__(self, shard: ValidShard, batch_rows: int, from_row: int = 0) -> None:
+        """The shard's metadata columns from the row group holding `from_row` on (earlier groups are not decoded),
+        the file opened with the footer validation parsed."""
+        pf = pq.ParquetFile(shard.files.meta, metadata=shard.footer)
         groups, base = _groups_from(pf.metadata, from_row)
-        self._it = pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(columns))
+        self._it = pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(shard.schema.meta_columns))
         self._buf: list[pa.RecordBatch] = []
         self._buf_start = base
         self._buf_rows = 0
@@ -302,7 +295,7 @@ def read_segment(shard: ValidShard, segment: SegmentPlan) -> Generator[pa.Record
     Every call reads afresh, so a retried insert re-reads its segment instead of anyone buffering it.
     """
     blocks = segment.blocks()
-    cursor = MetaCursor(shard.files.meta, segment.block_rows, shard.schema.meta_columns, segment.start, shard.footer)
+    cursor = MetaCursor(shard, segment.block_rows, segment.start)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:
@@ -328,7 +321,7 @@ def read_batches(
     shard: ValidShard, plans: list[BatchPlan], batch_rows: int
 ) -> Generator[tuple[BatchPlan, pa.RecordBatch], None, None]:
     """Yield `(plan, batch)` for each plan (sorted by start); rows outside `plans` are read past, not built."""
-    cursor = MetaCursor(shard.files.meta, batch_rows, shard.schema.meta_columns, footer=shard.footer)
+    cursor = MetaCursor(shard, batch_rows)
     fd_img = os.open(shard.img.path, os.O_RDONLY)
     fd_txt = os.open(shard.text.path, os.O_RDONLY)
     try:

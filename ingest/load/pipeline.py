@@ -31,6 +31,7 @@ from ingest.core.config import RunConfig
 from ingest.core.errors import BadShardError, IngestError, SourceError, exception_leaves, first_error
 from ingest.core.pieces import Piece
 from ingest.core.plan import ID_STRIDE, SegmentPlan, plan_segments
+from ingest.core.tasks import stopped
 from ingest.load.landing import Landing
 from ingest.load.ledger import Ledger
 from ingest.load.progress import Reporter
@@ -78,10 +79,7 @@ class _Started:
 
     async def close(self) -> None:
         """Stop both (idempotent): a count nobody used is cancelled, and its error, if it had one, dropped."""
-        self.counted.cancel()
-        await asyncio.wait({self.counted})
-        if not self.counted.cancelled():
-            self.counted.exception()  # retrieved: asyncio would report it as never retrieved
+        await stopped(self.counted)
         await self.read.close()
 
 
@@ -283,8 +281,7 @@ class Pipeline:
                 finally:
                     await started.close()
         finally:
-            ahead.cancel()
-            await asyncio.wait({ahead})
+            await stopped(ahead)
             left = None if ahead.cancelled() or ahead.exception() else ahead.result()
             if left is not None and left[2] is not None:
                 await left[2].close()  # taken, never landed

@@ -18,6 +18,7 @@ from ingest.core.errors import (
     UsageError,
 )
 from ingest.core.schema import DEFAULT_DIM
+from ingest.core.tasks import stopped
 from ingest.load.ledger import Ledger, default_ledger_path
 from ingest.load.pipeline import Pipeline, RunResult
 from ingest.load.progress import LogReporter, Reporter
@@ -129,9 +130,7 @@ async def run_ingest(
 
 async def _closed(opening: asyncio.Task[Sink]) -> None:
     """Close the sink the task opened; a task still opening is cancelled (prepare_sink closes what it opened)."""
-    if not opening.done():
-        opening.cancel()
-    await asyncio.wait({opening})
+    await stopped(opening)
     if not opening.cancelled() and opening.exception() is None:
         await opening.result().close()
 

@@ -22,6 +22,8 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Generic, TypeVar
 
+from ingest.core.tasks import stopped
+
 T = TypeVar("T")
 
 
@@ -93,21 +95,13 @@ async def pumped(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator[Fee
     try:
         yield feed
     except Exception:
-        await _stop(task)
+        await stopped(task)  # the pump keeps its source's failure in the feed, it never raises it
         if feed.failure is not None:
             raise feed.failure from None
         raise
     except BaseException:
-        await _stop(task)
+        await stopped(task)
         raise
-    await _stop(task)
+    await stopped(task)
     if feed.failure is not None:
         raise feed.failure from None
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel the pump and wait until it has stopped: a cancel is only a request."""
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()  # retrieved (the pump keeps its source's failure in the feed, it never raises it)

@@ -26,6 +26,7 @@ from typing import Any
 from ingest.clickhouse.sql import active_parts_sql, background_merges_sql, delay_parts_sql
 from ingest.core.errors import TargetError
 from ingest.core.ids import TableRef
+from ingest.core.tasks import stopped
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class MergeHold:
         try:
             yield
         except BaseException:
-            over.cancel()
+            await stopped(over)
             raise
         if await over and ref in self._stopped:
             log.info("%s: over %d parts or uncounted, background merges resume", ref.key, self.limit)

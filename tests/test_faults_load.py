@@ -135,6 +135,11 @@ def test_a_block_source_failing_mid_body_is_the_cause_and_commits_nothing(server
 # -- through the CLI, with both cores busy ---------------------------------------------------------------------
 
 
+KILLABLE_ROWS = 20_000
+"""Rows a shard of the runs faults interrupt (3 shards, dim 128): long enough that a run on a quiet machine is
+still loading a moment after its first rows land (6,000 a shard was not, once the gaps between INSERTs shrank)."""
+
+
 def load_args(src: Path, url: str, db: str, ledger: Path, shards: str, segment_rows: int = 1000) -> list[str]:
     return ["run", "--source", str(src), "--shards", shards, "--target", url, "--database", db, "--dim", "128",
             "--batch-rows", "250", "--segment-rows", str(segment_rows), "--no-progress", "--state", str(ledger),
@@ -205,7 +210,7 @@ def test_server_killed_mid_segment_with_both_cores_busy_ends_exact(
 ) -> None:
     """The issue's reproduction, small: kill -9 the server once rows appear, start it again 2 s later, while two
     busy loops hold both cores. The run ends exit 0 (or 4, then a rerun 0) and the table is exact."""
-    src = make_shards([0, 1, 2], rows=6000, dim=128)
+    src = make_shards([0, 1, 2], rows=KILLABLE_ROWS, dim=128)
     args = load_args(src, server.http_url, server_db, tmp_path / "ledger.json", "0-2")
     with busy_cores(seconds=240):
         code, err = server_fault(args, server, server_db, after=0.2, down=2.0)
@@ -222,7 +227,7 @@ def test_seeded_random_kills_of_server_and_ingester_under_load(
     seed = int(os.environ.get("FAULT_SEED", "19"))
     tries = int(os.environ.get("FAULT_TRIES", "2"))
     rng = random.Random(seed)
-    src = make_shards([0, 1, 2], rows=20000, dim=128)  # long enough that a quiet machine is still loading at the kill
+    src = make_shards([0, 1, 2], rows=KILLABLE_ROWS, dim=128)
     want = expected_rows(src, [0, 1, 2])
     with busy_cores(seconds=900):
         for i in range(tries):

@@ -20,7 +20,7 @@ from cli_run import cli
 from cpu_load import busy_cores
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import servers_with
-from test_faults_load import load_args, start, wait_for_rows
+from test_faults_load import KILLABLE_ROWS, load_args, start, wait_for_rows
 from test_http_sink import small_batch
 
 from ingest.core.config import TargetConfig
@@ -95,7 +95,7 @@ def test_a_run_killed_holding_merges_leaves_them_stopped_and_the_next_run_resume
 ) -> None:
     """kill -9 of a run (merges deferred: the default) at a random moment after its first rows land, both cores
     busy: the table's merges stay stopped (a server keeps the stop), the next run resumes them, exact table."""
-    src = make_shards([0, 1, 2], rows=6000, dim=128)
+    src = make_shards([0, 1, 2], rows=KILLABLE_ROWS, dim=128)
     args = load_args(src, server.http_url, server_db, tmp_path / "ledger.json", "0-2")
     with busy_cores(seconds=240):
         proc = start(args)

@@ -14,7 +14,8 @@ One untimed warm-up round, then `--repeat` interleaved rounds (ours, peer, curl,
 created table. Per path, min–max of wall, CPU of the loading process, the server process's CPU during the run (from
 /proc), peak RSS, active parts right after the load and body bytes the server received (`system.query_log`'s
 NetworkReceiveBytes of the run's INSERTs); then ours / curl and ours / peer wall, from the fastest and from the
-slowest rounds, and per round (the two runs of a round are seconds apart, so that ratio is the least noisy).
+slowest rounds, and per round, min–max and median (the two runs of a round are seconds apart, so that ratio is the
+least noisy).
 The shard and its Native file are big.py's cache (--data-dir, default $LAION_BENCH_DATA).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -128,8 +130,9 @@ def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
 
 
 def per_round(a: big.Path_, b: big.Path_) -> str:
-    """The ratio of the two paths' walls within each round, min–max over the rounds."""
-    return big.span([x.seconds / y.seconds for x, y in zip(a.runs, b.runs, strict=True)], "{:.2f}")
+    """The ratio of the two paths' walls within each round, min–max over the rounds and their median."""
+    ratios = [x.seconds / y.seconds for x, y in zip(a.runs, b.runs, strict=True)]
+    return f"{big.span(ratios, '{:.2f}')} (median {statistics.median(ratios):.2f})"
 
 
 def main() -> None:

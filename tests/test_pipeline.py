@@ -207,6 +207,44 @@ def test_a_read_opened_ahead_reads_a_bounded_way_and_closes_its_files_unused() -
     asyncio.run(main())
 
 
+def test_a_read_closed_while_reading_waits_for_that_read_and_queues_nothing_after() -> None:
+    """close() during a slow next(): the generator finishes that step, is closed (never advanced while or after it
+    is closed), and the piece read meanwhile is not queued for anyone."""
+    import threading
+
+    from ingest.load.segment_read import SegmentRead
+
+    inside = threading.Event()
+    release = threading.Event()
+    steps: list[str] = []
+
+    def pieces() -> Generator[pa.RecordBatch, None, None]:
+        try:
+            for i in range(10):
+                steps.append(f"start {i}")
+                if i == 1:
+                    inside.set()
+                    release.wait(5)
+                steps.append(f"end {i}")
+                yield pa.record_batch({"id": [i]})
+        finally:
+            steps.append("closed")
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            read = SegmentRead(pieces(), pool, depth=4, shard=7)
+            await asyncio.to_thread(inside.wait, 5)
+            closing = asyncio.create_task(read.close())
+            await asyncio.sleep(0.1)
+            assert not closing.done()  # the read in progress finishes first
+            release.set()
+            await asyncio.wait_for(closing, 5)
+            assert steps == ["start 0", "end 0", "start 1", "end 1", "closed"]
+            assert read._q.empty()  # piece 0 was emptied out, piece 1 never queued
+
+    asyncio.run(main())
+
+
 def test_a_read_error_reaches_the_insert_as_the_shards_fault() -> None:
     from ingest.load.segment_read import SegmentRead
 

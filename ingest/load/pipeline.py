@@ -83,7 +83,13 @@ class _Started:
         await self.read.close()
 
 
-_Taken = tuple[_ShardJob, SegmentPlan, _Started | None]
+@dataclass
+class _Taken:
+    """A segment a worker took off the queue, and what is started of it (None: not to be started)."""
+
+    job: _ShardJob
+    seg: SegmentPlan
+    started: _Started | None
 
 
 class _DrainTimeout(Exception):
@@ -270,21 +276,21 @@ class Pipeline:
         landing = await self._connected()
         ahead = asyncio.create_task(self._take(segments, None, landing))
         try:
-            while (item := await ahead) is not None:
-                job, seg, started = item
+            while (taken := await ahead) is not None:
+                started = taken.started
                 # the next segment is taken, its read opened and its range counted, once this one is all read
                 ahead = asyncio.create_task(self._take(segments, started.read if started else None, landing))
                 if started is None:
                     continue  # not started (shard failed, or stopping): the next run lands it
                 try:
-                    await self._land(landing, job, seg, started)
+                    await self._land(landing, taken.job, taken.seg, started)
                 finally:
                     await started.close()
         finally:
             await stopped(ahead)
             left = None if ahead.cancelled() or ahead.exception() else ahead.result()
-            if left is not None and left[2] is not None:
-                await left[2].close()  # taken, never landed
+            if left is not None and left.started is not None:
+                await left.started.close()  # taken, never landed
 
     async def _take(self, segments: _Segments, after: SegmentRead | None, landing: Landing) -> _Taken | None:
         """The next segment and what is started of it (None: not to be started), once `after` is read; None at
@@ -296,8 +302,8 @@ class Pipeline:
         job, seg = item
         metrics.QUEUE_DEPTH.set(segments.qsize())
         if self._held_back(job):
-            return job, seg, None
-        return job, seg, _Started(self._read(job.valid, seg), asyncio.create_task(landing.settled_count(seg)))
+            return _Taken(job, seg, None)
+        return _Taken(job, seg, _Started(self._read(job.valid, seg), asyncio.create_task(landing.settled_count(seg))))
 
     def _held_back(self, job: _ShardJob) -> bool:
         """A segment not to start: its shard failed, or the run is stopping (the next run lands it)."""

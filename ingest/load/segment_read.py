@@ -8,7 +8,6 @@ once per segment per connection, that the connection otherwise idled for between
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Generator
 from concurrent.futures import Executor
 
@@ -35,6 +34,8 @@ class SegmentRead:
         try:
             while not self._closing:
                 piece = await loop.run_in_executor(self._pool, next, self._gen, None)
+                if self._closing:
+                    return  # read while closing: nobody takes it
                 await self._q.put(piece)
                 if piece is None:
                     return
@@ -58,10 +59,12 @@ class SegmentRead:
             await self.close()
 
     async def close(self) -> None:
-        """Stop reading: a read in progress finishes first (the generator must not run when closed). Idempotent."""
+        """Stop reading: a read in progress finishes first (the generator must not run when closed). Idempotent.
+
+        Emptying the queue once is enough: the one producer is either reading (it sees `_closing` after and puts
+        nothing) or waiting to put one piece into a full queue (the put goes through, then it sees `_closing`)."""
         self._closing = True
-        while not self._task.done():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._q.get_nowait()
-            await asyncio.wait({self._task}, timeout=0.05)
+        while not self._q.empty():
+            self._q.get_nowait()
+        await asyncio.wait({self._task})
         self._gen.close()

@@ -159,8 +159,11 @@ def test_replica_killed_mid_load_catches_up_and_rerun_adds_nothing(
 ) -> None:
     src = make_shards(SHARDS, rows=ROWS, dim=32)
     victim = repl.grid[1][0]  # shard 2's first replica: the one deletes and reads try first
+    # 1,000-row segments: 48 INSERTs landing one after another, so the victim holds rows well before the load ends
+    # (one 12,000-row segment a shard ended the load before the poll saw any, once the run got faster)
+    short = ("--segment-rows", "1000")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest", *run_args(repl, src, db, tmp_path / "ledger.json")],
+        [sys.executable, "-m", "ingest", *run_args(repl, src, db, tmp_path / "ledger.json", *short)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **repl.env()},
@@ -182,7 +185,7 @@ def test_replica_killed_mid_load_catches_up_and_rerun_adds_nothing(
     victim.start()
     if first[0] != 0:  # allowed: fail retriably (a torn range is not deleted while a replica is down), rerun
         assert "while a replica is down" in first[2], first
-        res = cli(*run_args(repl, src, db, tmp_path / "ledger.json"), env=repl.env())
+        res = cli(*run_args(repl, src, db, tmp_path / "ledger.json", *short), env=repl.env())
         assert res.returncode == 0, (first, res.stderr)
     assert_replicas_equal_and_exact(repl, db, src)
     engines = victim.query(f"SELECT name, engine FROM system.tables WHERE database = '{db}' ORDER BY name").decode()

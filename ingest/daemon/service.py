@@ -40,6 +40,7 @@ from ingest.core.errors import (
 from ingest.core.layout import LAION400M, Layout
 from ingest.core.metrics import SHARDS
 from ingest.core.retry import RetryPolicy, retrying
+from ingest.core.tasks import stopped
 from ingest.daemon.backoff import back_off, poll_wait
 from ingest.daemon.metrics import (
     INDEX_BUILDS,
@@ -358,9 +359,7 @@ class Daemon:
         finally:
             stopper.cancel()
         if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stopped(task)
             raise _Stopped
         return task.result()
 

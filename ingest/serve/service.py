@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ingest.core.config import QueryConfig
 from ingest.core.errors import ConfigError, IngestError
+from ingest.core.tasks import stopped
 from ingest.serve.app import DEFAULT_BODY_LIMIT, Service, make_app
 from ingest.serve.encoder import ClipEncoder
 from ingest.serve.engine import Searcher, ServeOptions
@@ -148,7 +149,5 @@ async def serve_until(q: QueryConfig, opts: ServeOptions, http: HttpOptions, sto
     async with running_service(q, opts, http) as (service, _port):
         refresher = asyncio.create_task(refresh_every(service.searcher, stop))
         await stop.wait()
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        await stopped(refresher)
     return 0

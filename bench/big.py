@@ -341,6 +341,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="laion-big-"))
     print(f"# laion-ingest big bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"# {bench.OURS_IS}")
     try:
         section_big(work, args.rows, max(1, args.repeat), args.data_dir, args.only)
     finally:

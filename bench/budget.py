@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,7 @@ import growth  # noqa: E402  (its `sql` child and the cache size it raises, so b
 
 
 def ingest(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "ingest", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    res = subprocess.run(growth.ingest(*args), cwd=cwd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"ingest {args[0]} exited {res.returncode}:\n{res.stderr[-3000:]}")
     return res.stdout + res.stderr

@@ -27,14 +27,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from harness import PY, synth  # noqa: E402 - the shared helpers (bench/harness.py)
+from harness import LAION_INGEST, OURS_IS, synth  # noqa: E402 - the shared helpers (bench/harness.py)
 
 from ingest.vector.sizing import formula_bytes  # noqa: E402
 
 
 def cli(env: dict[str, str], *args: str) -> str:
     proc = subprocess.run(
-        [PY, "-m", "ingest", *args], cwd=HERE.parent, env={**os.environ, **env}, capture_output=True, text=True
+        [*LAION_INGEST, *args], cwd=HERE.parent, env={**os.environ, **env}, capture_output=True, text=True
     )
     if proc.returncode != 0:
         raise SystemExit(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -122,6 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-cluster-bench-"))
     print(f"# laion-ingest cluster bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"# {OURS_IS}")
     try:
         section_cluster(work, args.rows, args.repeat, args.queries)
     finally:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))  # this checkout's `ingest` (sizing's projection), not an installed one
 
 from growth_report import Ran, Row, print_tables, structure_key  # noqa: E402
+from harness import LAION_INGEST, OURS_IS  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
 
 PY = sys.executable
 SHARD_ROWS = 1_000_000
@@ -56,9 +57,8 @@ CACHE_XML = f"<vector_similarity_index_cache_size>{CACHE_BYTES}</vector_similari
 def timed(cmd: list[str], cwd: Path) -> Ran:
     """Wall and peak RSS (ru_maxrss of the child) of one whole process; its output; a failure ends the bench."""
     t0 = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with (cwd / "stderr.log").open("ab") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
     timer = threading.Timer(TIMEOUT, proc.kill)
     timer.start()
     chunks: list[bytes] = []
@@ -81,7 +81,7 @@ def loadavg() -> str:
 
 
 def ingest(*args: str) -> list[str]:
-    return [PY, "-m", "ingest", *args]
+    return [*LAION_INGEST, *args]
 
 
 # -- targets --------------------------------------------------------------------------------------------------
@@ -334,6 +334,7 @@ def main() -> None:
     SHARD_ROWS = args.shard_rows
     work = args.work or Path(tempfile.mkdtemp(prefix="laion-growth-", dir="/var/tmp"))
     print(f"# laion-ingest growth bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"# {OURS_IS}")
     try:
         sizes = [int(x) for x in args.sizes.split(",")]
         section_growth(work, sizes, args.targets.split(","), args.data_dir, args.queries)

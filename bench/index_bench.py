@@ -23,7 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-PY = sys.executable
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import LAION_INGEST, OURS_IS, PY  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
+
 TIMEOUT = 1800.0
 TUTORIAL = ("bf16", 64, 256)
 
@@ -64,7 +68,7 @@ def index_bytes(db: Path) -> int:
 
 
 def evaluate(db: Path, queries: int) -> dict[str, float]:
-    cmd = [PY, "-m", "ingest", "eval", "--target", f"chdb:{db}", "--queries", str(queries), "--seed", "99", "--json"]
+    cmd = [*LAION_INGEST, "eval", "--target", f"chdb:{db}", "--queries", str(queries), "--seed", "99", "--json"]
     _, out = _run(cmd, "eval")
     doc: dict[str, float] = json.loads(out)
     return doc
@@ -79,7 +83,7 @@ def section_index(work: Path, rows: int, queries: int = 100, rounds: int = 2) ->
         stdout=subprocess.DEVNULL,
         timeout=TIMEOUT,
     )
-    load = [PY, "-m", "ingest", "run", "--source", str(src), "--shards", "0", "--no-progress"]
+    load = [*LAION_INGEST, "run", "--source", str(src), "--shards", "0", "--no-progress"]
     arms: dict[str, tuple[float, str]] = {}
     rounds_s: dict[str, list[float]] = {"tutorial": [], "tuned": []}
     for r in range(rounds):  # interleaved rounds, fresh load each time; the fastest round per arm is kept
@@ -148,6 +152,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-index-bench-"))
     print(f"# laion-ingest index bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"# {OURS_IS}")
     try:
         section_index(work, args.rows, args.queries, args.rounds)
     finally:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from harness import (  # noqa: E402 - the shared helpers (bench/harness.py)
+    OURS_IS,
     PY,
     Measure,
     best_of,
@@ -265,6 +266,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="laion-bench-"))
     stamp = time.strftime("%Y-%m-%d %H:%M")
     print(f"# laion-ingest bench — {stamp}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    print(f"# {OURS_IS}")
     try:
         for name in args.sections.split(","):
             rows = {"tutorial": args.tutorial_rows, "big": args.big_rows, "server26": args.big_rows}.get(

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-PY = sys.executable
+from harness import LAION_INGEST, OURS_IS  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
+
 PARTS = (
     "SELECT count() AS parts, max(max_block_number) - min(min_block_number) + 1 AS inserts "
     "FROM system.parts WHERE database = '{db}' AND table = 'laion' AND active"
@@ -64,7 +66,7 @@ def timed(cmd: list[str]) -> list[str]:
 
 
 def ours(source: str, target: str, state: Path, *extra: str) -> list[str]:
-    return timed([PY, "-m", "ingest", "run", "--source", source, "--shards", "0", "--target", target,
+    return timed([*LAION_INGEST, "run", "--source", source, "--shards", "0", "--target", target,
                   "--no-progress", "--state", str(state), *extra])  # fmt: skip
 
 
@@ -140,6 +142,7 @@ def main() -> None:
     ap.add_argument("--rss-sources", default="", help="comma-separated shard dirs for the rss section")
     ap.add_argument("--block-rows", default="8192,4096")
     args = ap.parse_args()
+    print(f"# {OURS_IS}")
     work = Path(tempfile.mkdtemp(prefix="segbench-"))
     try:
         sections = args.sections.split(",")

@@ -144,6 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-ch26-"))
     print(f"# laion-ingest 26.9 bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"# {bench.OURS_IS}")
     try:
         section_server26(work, args.rows, max(1, args.repeat), args.data_dir)
     finally:

@@ -143,6 +143,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-squash26-"))
     print(f"# laion-ingest squash bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
+    print(f"# {bench.OURS_IS}")
     try:
         section_squash26(work, args.rows, max(1, args.repeat), args.data_dir)
     finally:

@@ -74,31 +74,35 @@ def write_big_shard(root: Path, shard: int, rows: int, dim: int = 512) -> None:
         t.replace(p)
 
 
-def write_native(root: Path, shard: int, out: Path, batch_rows: int = 65_536) -> None:
-    """The whole shard as Native blocks, by our own reader and encoder (what curl and the ceiling send)."""
+def write_native(root: Path, shards: int, out: Path, batch_rows: int = 65_536) -> None:
+    """Shards 0..shards-1 as Native blocks one after another, by our own reader and encoder (what curl and the
+    ceiling send: Native is a sequence of blocks, so one file holds them all)."""
     from ingest.clickhouse.wire import encode
     from ingest.core.plan import plan_batches
     from ingest.stages.shard import ShardFiles, read_batches, validate_shard
 
-    valid = validate_shard(ShardFiles.in_dir(root, shard), 512, "fail-shard")
     tmp = out.with_suffix(".tmp")
     with tmp.open("wb") as f:
-        for _, batch in read_batches(valid, plan_batches(shard, valid.rows, batch_rows), batch_rows):
-            for part in encode(batch, "native"):
-                f.write(part)
+        for shard in range(shards):
+            valid = validate_shard(ShardFiles.in_dir(root, shard), 512, "fail-shard")
+            for _, batch in read_batches(valid, plan_batches(shard, valid.rows, batch_rows), batch_rows):
+                for part in encode(batch, "native"):
+                    f.write(part)
     tmp.replace(out)
 
 
-def ensure_data(data: Path, rows: int) -> tuple[Path, Path]:
+def ensure_data(data: Path, rows: int, shards: int = 1) -> tuple[Path, Path]:
+    """The shards 0..shards-1 of `rows` rows each (one directory) and their one Native file, made once."""
     src = data / f"shard-{rows}"
-    native = data / f"shard-{rows}.native"
-    if not (src / "metadata" / "metadata_0.parquet").exists():
-        t = time.monotonic()
-        subprocess.run([bench.PY, __file__, "synth", str(src), str(rows)], check=True)
-        print(f"(synthesized {rows:,} rows in {time.monotonic() - t:.0f} s into {src})")
+    native = data / (f"shard-{rows}.native" if shards == 1 else f"shards-{shards}x{rows}.native")
+    for shard in range(shards):
+        if not (src / "metadata" / f"metadata_{shard}.parquet").exists():
+            t = time.monotonic()
+            subprocess.run([bench.PY, __file__, "synth", str(src), str(rows), str(shard)], check=True)
+            print(f"(synthesized shard {shard}, {rows:,} rows, in {time.monotonic() - t:.0f} s into {src})")
     if not native.exists():
         t = time.monotonic()
-        subprocess.run([bench.PY, __file__, "native", str(src), str(native)], check=True)
+        subprocess.run([bench.PY, __file__, "native", str(src), str(native), str(shards)], check=True)
         print(f"(encoded {native.stat().st_size / 1e9:.2f} GB of Native in {time.monotonic() - t:.0f} s)")
     return src, native
 
@@ -309,9 +313,9 @@ def section_big(work: Path, rows: int, repeat: int, data: Path = DEFAULT_DATA, o
 
 def child(mode: str, args: list[str]) -> None:
     if mode == "synth":
-        write_big_shard(Path(args[0]), 0, int(args[1]))
+        write_big_shard(Path(args[0]), int(args[2]) if len(args) > 2 else 0, int(args[1]))
     elif mode == "native":
-        write_native(Path(args[0]), 0, Path(args[1]))
+        write_native(Path(args[0]), int(args[2]) if len(args) > 2 else 1, Path(args[1]))
     elif mode in ("ceiling", "parts"):
         from chdb import session
         from tutorial_load import DDL

@@ -1,6 +1,11 @@
 """The 26.9 server section: the 1,000,000-row shard into a ClickHouse 26.9 server (from chdb-core), three ways.
 
-Run: python bench/server26.py [--rows 1000000] [--repeat 3] [--data-dir DIR]   (or bench/run.py --sections server26)
+Run: python bench/server26.py [--rows 1000000] [--repeat 3] [--shards 1] [--data-dir DIR]
+     (or bench/run.py --sections server26)
+
+--shards N loads shards 0..N-1 in one run of each path (curl: all of them in one POST): the steady state a
+LAION-400M load is in: the start (imports, the first shard's parquet check and NaN/Inf scan) is paid once, and
+later shards are checked while the earlier one's last segments are sent.
 
   ours                 `laion-ingest run` with its defaults, into the server's HTTP port (the table's background
                        merges stopped while it loads and started at its end: ingest/sinks/merge_hold.py)
@@ -70,7 +75,7 @@ class Stats:
         return int(parts.decode().strip()), int(received.decode().strip() or 0)
 
 
-def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAULT_DATA) -> None:
+def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAULT_DATA, shards: int = 1) -> None:
     import importlib.util
 
     from chdb_server import start_ch26
@@ -81,7 +86,8 @@ def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
         print("\n(26.9 section skipped: chdb-core is not installed)")
         return
     bench.PROCESS_TIMEOUT = max(bench.PROCESS_TIMEOUT, big.BIG_TIMEOUT)
-    src, native = big.ensure_data(data, rows)
+    src, native = big.ensure_data(data, rows, shards)
+    spec, listed = f"0-{shards - 1}", ",".join(map(str, range(shards)))
     work.mkdir(parents=True, exist_ok=True)
     handle = start_ch26(work / "ch26", extra_config=LOGS, password="")
     try:
@@ -93,20 +99,20 @@ def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
         peer = HERE / "peer_clickhouse_connect.py"
         paths = [
             big.Path_(
-                f"ours → HTTP 26.9 ({rows:,} rows)",
-                lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json"),
+                f"ours → HTTP 26.9 ({shards * rows:,} rows)",
+                lambda: bench.ours_http(src, handle, DB, spec, work / "ledger.json"),
                 reset,
                 after,
             ),
             big.Path_(
                 "ours --merges during",
-                lambda: bench.ours_http(src, handle, DB, "0", work / "ledger.json", "--merges", "during"),
+                lambda: bench.ours_http(src, handle, DB, spec, work / "ledger.json", "--merges", "during"),
                 reset,
                 after,
             ),
             big.Path_(
                 "clickhouse-connect insert_arrow, 100k rows/insert",
-                lambda: [bench.PY, str(peer), handle.http_url, DB, str(src), "0", "100000"],
+                lambda: [bench.PY, str(peer), handle.http_url, DB, str(src), listed, "100000"],
                 reset,
                 after,
             ),
@@ -119,7 +125,8 @@ def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
         ]
         big.interleave(repeat, paths, handle.pid)
         version = handle.query("SELECT version()").decode().strip()
-        title = f"7. ClickHouse {version} (chdb-core) over HTTP, one {rows:,}-row shard (min–max of {repeat} rounds)"
+        what = f"one {rows:,}-row shard" if shards == 1 else f"{shards} shards of {rows:,} rows, one run"
+        title = f"7. ClickHouse {version} (chdb-core) over HTTP, {what} (min–max of {repeat} rounds)"
         big.print_paths(title, paths)
         ours, during, cc, curl = paths
         for name, path in (("ours", ours), ("ours --merges during", during)):
@@ -140,13 +147,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds per path (after one warm-up)")
+    ap.add_argument("--shards", type=int, default=1, help="load shards 0..N-1 in one run (curl: one POST of all)")
     ap.add_argument("--data-dir", type=Path, default=big.DEFAULT_DATA, help="cache for the shard and its Native file")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="laion-ch26-"))
     print(f"# laion-ingest 26.9 bench — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
     print(f"# {bench.OURS_IS}")
     try:
-        section_server26(work, args.rows, max(1, args.repeat), args.data_dir)
+        section_server26(work, args.rows, max(1, args.repeat), args.data_dir, max(1, args.shards))
     finally:
         import shutil
 

@@ -123,7 +123,7 @@ def compare(rounds: int, entries: list[tuple[str, object, object]]) -> list[Meas
 
 def synth(root: Path, shard: int, rows: int) -> None:
     subprocess.run(
-        [PY, "-m", "ingest", "synth", "--out", str(root), "--shards", str(shard), "--rows", str(rows)],
+        [*LAION_INGEST, "synth", "--out", str(root), "--shards", str(shard), "--rows", str(rows)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

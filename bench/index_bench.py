@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import LAION_INGEST, OURS_IS, PY  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
+from harness import LAION_INGEST, OURS_IS, PY, synth  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
 
 TIMEOUT = 1800.0
 TUTORIAL = ("bf16", 64, 256)
@@ -77,12 +77,7 @@ def evaluate(db: Path, queries: int) -> dict[str, float]:
 def section_index(work: Path, rows: int, queries: int = 100, rounds: int = 2) -> None:
     work.mkdir(parents=True, exist_ok=True)
     src = work / "src"
-    subprocess.run(
-        [PY, "-m", "ingest", "synth", "--out", str(src), "--shards", "0", "--rows", str(rows)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=TIMEOUT,
-    )
+    synth(src, 0, rows)
     load = [*LAION_INGEST, "run", "--source", str(src), "--shards", "0", "--no-progress"]
     arms: dict[str, tuple[float, str]] = {}
     rounds_s: dict[str, list[float]] = {"tutorial": [], "tuned": []}

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))  # this checkout's `ingest` (sizing's projection), not an installed one
 
 from growth_report import Ran, Row, print_tables, structure_key  # noqa: E402
-from harness import LAION_INGEST, OURS_IS  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
+from harness import LAION_INGEST, OURS_IS, measure  # noqa: E402 - how a run of ours starts and is measured
 
 PY = sys.executable
 SHARD_ROWS = 1_000_000
@@ -55,25 +54,9 @@ CACHE_XML = f"<vector_similarity_index_cache_size>{CACHE_BYTES}</vector_similari
 
 
 def timed(cmd: list[str], cwd: Path) -> Ran:
-    """Wall and peak RSS (ru_maxrss of the child) of one whole process; its output; a failure ends the bench."""
-    t0 = time.monotonic()
-    with (cwd / "stderr.log").open("ab") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-    timer = threading.Timer(TIMEOUT, proc.kill)
-    timer.start()
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout else b""))
-    reader.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-        reader.join()
-    out = b"".join(chunks).decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        tail = (cwd / "stderr.log").read_text(errors="replace")[-3000:]
-        raise SystemExit(f"{' '.join(cmd[:4])} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{tail}")
-    return Ran(time.monotonic() - t0, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime)
+    """One whole process measured (bench/harness.py), its stderr kept in the work directory's stderr.log."""
+    m = measure(" ".join(cmd[:4]), cmd, cwd=cwd, timeout=TIMEOUT, stderr_log=cwd / "stderr.log")
+    return Ran(m.seconds, m.peak_rss_mb, m.out, m.cpu_seconds)
 
 
 def loadavg() -> str:

@@ -6,6 +6,7 @@ means no section imports run.py (no import circle).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import os
 import shutil
@@ -16,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -63,35 +65,56 @@ class Measure:
     peak_rss_mb: float
     cpu_seconds: float = 0.0
     """User + system CPU of the process and its waited-for children."""
+    out: str = ""
+    """What the process printed on stdout."""
 
 
-def measure(label: str, cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Measure:
-    """Wall time and peak RSS (ru_maxrss of the child and its waited-for children) of one whole process.
+def _drained(stream: IO[bytes] | None, into: list[bytes]) -> threading.Thread:
+    """A thread reading `stream` to its end: a child that prints more than a pipe holds never blocks on us."""
+    reader = threading.Thread(target=lambda: into.append(stream.read() if stream else b""), daemon=True)
+    reader.start()
+    return reader
+
+
+def measure(
+    label: str,
+    cmd: list[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = PROCESS_TIMEOUT,
+    stderr_log: Path | None = None,
+) -> Measure:
+    """Wall time, peak RSS (ru_maxrss of the child and its waited-for children), CPU and stdout of one whole
+    process; a failure ends the bench with the process's last words. Its stderr is appended to `stderr_log` when
+    given (a long bench keeps it), else kept for that message.
 
     ru_maxrss also keeps the high-water mark of the forking process's memory at exec, so this process must never
     hold large data itself (it only starts processes and reads files' sizes).
     """
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    timer = threading.Timer(PROCESS_TIMEOUT, proc.kill)  # a hung process fails the bench instead of stalling it
+    with contextlib.ExitStack() as files:
+        err_to = files.enter_context(stderr_log.open("ab")) if stderr_log else subprocess.PIPE
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=err_to,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [_drained(proc.stdout, out), _drained(proc.stderr, err)]
+    timer = threading.Timer(timeout, proc.kill)  # a hung process fails the bench instead of stalling it
     timer.start()
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
     seconds = time.monotonic() - t0
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed ({os.waitstatus_to_exitcode(status)}):\n{out[-2000:]}\n{err[-2000:]}")
-    return Measure(label, seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    for reader in readers:
+        reader.join()
+    text = b"".join(out).decode(errors="replace")
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        said = stderr_log.read_bytes()[-2000:] if stderr_log else b"".join(err)[-2000:]
+        raise SystemExit(f"{label} failed ({code}):\n{text[-2000:]}\n{said.decode(errors='replace')}")
+    return Measure(label, seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, text)
 
 
 def best_of(n: int, label: str, make_cmd, setup=None) -> Measure:  # type: ignore[no-untyped-def]

@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from harness import LAION_INGEST, OURS_IS  # noqa: E402 - how a timed run of ours starts (bench/harness.py)
+from harness import LAION_INGEST, OURS_IS, measure  # noqa: E402 - how a run of ours starts and is measured
 
 PARTS = (
     "SELECT count() AS parts, max(max_block_number) - min(min_block_number) + 1 AS inserts "
@@ -30,44 +28,15 @@ PARTS = (
 )
 
 
-def measure(cmd: list[str], timeout: float = 900) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS MB and stdout of one whole process."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        _out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    seconds = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:4]} failed: {err.decode()[-800:]}")
-    return seconds, rss_of(err), f"{cpu_of(err):.1f} CPU-s"
-
-
-def rss_of(stderr: bytes) -> float:
-    for line in stderr.decode(errors="replace").splitlines():
-        if "Maximum resident set size" in line:
-            return int(line.split(":")[1]) / 1024
-    return float("nan")
-
-
-def cpu_of(stderr: bytes) -> float:
-    """User + system CPU seconds of the process (/usr/bin/time -v)."""
-    total = 0.0
-    for line in stderr.decode(errors="replace").splitlines():
-        if "User time (seconds)" in line or "System time (seconds)" in line:
-            total += float(line.split(":")[1])
-    return total
-
-
-def timed(cmd: list[str]) -> list[str]:
-    return ["/usr/bin/time", "-v", *cmd]
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS MB and CPU of one whole process (bench/harness.py)."""
+    m = measure(" ".join(cmd[:4]), cmd, timeout=900)
+    return m.seconds, m.peak_rss_mb, f"{m.cpu_seconds:.1f} CPU-s"
 
 
 def ours(source: str, target: str, state: Path, *extra: str) -> list[str]:
-    return timed([*LAION_INGEST, "run", "--source", source, "--shards", "0", "--target", target,
-                  "--no-progress", "--state", str(state), *extra])  # fmt: skip
+    return [*LAION_INGEST, "run", "--source", source, "--shards", "0", "--target", target,
+            "--no-progress", "--state", str(state), *extra]  # fmt: skip
 
 
 def chdb_parts(path: Path) -> dict[str, int]:
@@ -84,7 +53,7 @@ def section_chdb(source: str, work: Path) -> None:
     runs = {"ours, segments (default)": (), "ours, one INSERT per 8,192-row batch": ("--segment-rows", "8192")}
     for label, extra in runs.items():
         db = work / f"chdb-{len(extra)}"
-        sec, rss, cpu = measure(ours(source, f"chdb:{db}", work / f"ledger-chdb-{len(extra)}.json", *extra))
+        sec, rss, cpu = timed(ours(source, f"chdb:{db}", work / f"ledger-chdb-{len(extra)}.json", *extra))
         print(f"chdb   {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {chdb_parts(db)}  {cpu}", flush=True)
         shutil.rmtree(db, ignore_errors=True)
 
@@ -99,7 +68,7 @@ def section_http(source: str, native: str | None, work: Path) -> None:
             db = f"b{i}"
             handle.query(f"CREATE DATABASE {db}")
             cmd = ours(source, handle.http_url, work / f"ledger-http-{i}.json", "--database", db, *extra)
-            sec, rss, _ = measure(cmd)
+            sec, rss, _ = timed(cmd)
             parts = json.loads(handle.query(PARTS.format(db=db) + " FORMAT JSONEachRow"))
             print(f"18.16  {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {parts}  ours {_}", flush=True)
         if native:
@@ -109,7 +78,7 @@ def section_http(source: str, native: str | None, work: Path) -> None:
                 "image_embedding Array(Float32), text_embedding Array(Float32)) ENGINE = MergeTree ORDER BY id"
             )
             url = f"{handle.http_url}/?query=INSERT%20INTO%20curl.laion%20FORMAT%20Native"
-            sec, _, _ = measure(["curl", "-sS", "--fail", "-X", "POST", "-T", native, url])  # streams the file
+            sec, _, _ = timed(["curl", "-sS", "--fail", "-X", "POST", "-T", native, url])  # streams the file
             parts = json.loads(handle.query(PARTS.format(db="curl") + " FORMAT JSONEachRow"))
             print(f"18.16  {'curl, whole shard as Native, one POST':40s} {sec:7.1f} s  {'':19s}{parts}", flush=True)
     finally:
@@ -126,7 +95,7 @@ def section_rss(sources: list[str], work: Path, block_rows: list[str]) -> None:
             db = f"r{i}"
             handle.query(f"CREATE DATABASE {db}")
             cmd = ours(source, handle.http_url, work / f"ledger-rss-{i}.json", "--database", db, "--batch-rows", rows)
-            sec, rss, cpu = measure(cmd)
+            sec, rss, cpu = timed(cmd)
             print(f"18.16  rss {Path(source).name:16s} --batch-rows {rows:6s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  "
                   f"{cpu}", flush=True)  # fmt: skip
             handle.query(f"DROP DATABASE {db}")

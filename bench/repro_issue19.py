@@ -26,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from harness import LAION_INGEST  # noqa: E402 - this checkout's program, never an older install (bench/harness.py)
 from server_fixtures import ServerHandle, start_clickhouse  # noqa: E402
 
 from ingest.stages.synth import SynthSpec, write_shard  # noqa: E402
@@ -42,7 +44,7 @@ def shards(root: Path, count: int, rows: int) -> Path:
 
 
 def run_args(src: Path, url: str, db: str, ledger: Path, spec: str) -> list[str]:
-    return [sys.executable, "-m", "ingest", "run", "--source", str(src), "--shards", spec, "--target", url,
+    return [*LAION_INGEST, "run", "--source", str(src), "--shards", spec, "--target", url,
             "--database", db, "--state", str(ledger), "--no-progress"]  # fmt: skip
 
 

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from chdb_server import start_ch26  # noqa: E402
+from harness import LAION_INGEST  # noqa: E402 - this checkout's program (bench/harness.py)
 from serve_run import serving  # noqa: E402
 
 from ingest.core.config import QueryConfig, TargetConfig  # noqa: E402
@@ -47,7 +48,6 @@ from ingest.serve.engine import Searcher, ServeOptions  # noqa: E402
 from ingest.serve.protocol import parse_knn  # noqa: E402
 from ingest.sinks import open_sink  # noqa: E402
 
-PY = sys.executable
 DB = "bench"
 INDEX_ARM = "raw index query"
 SENT_ARM = "raw SQL sent"
@@ -99,11 +99,11 @@ def prepare(work: Path, rows: int, url: str, source: Path | None) -> None:
             src, shards = source, len(list((source / "img_emb").glob("img_emb_*.npy")))
         else:
             shards, src = max(1, rows // SHARD_ROWS), work / "src"
-            sh(PY, "-m", "ingest", "synth", "-o", str(src), "--shards", f"0-{shards - 1}", "--rows", str(SHARD_ROWS))
-        sh(PY, "-m", "ingest", "run", "--source", str(src), "--shards", f"0-{shards - 1}", *target, "--no-progress")
+            sh(*LAION_INGEST, "synth", "-o", str(src), "--shards", f"0-{shards - 1}", "--rows", str(SHARD_ROWS))
+        sh(*LAION_INGEST, "run", "--source", str(src), "--shards", f"0-{shards - 1}", *target, "--no-progress")
     idx = ch(url, f"SELECT count() FROM system.data_skipping_indices WHERE database = '{DB}' AND table = 'laion'")
     if idx.strip() == "0":
-        sh(PY, "-m", "ingest", "index", *target, "--column", "image_embedding", "--m", "16", "--ef-construction", "64")
+        sh(*LAION_INGEST, "index", *target, "--column", "image_embedding", "--m", "16", "--ef-construction", "64")
 
 
 def bodies(
@@ -198,7 +198,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.seconds_large = args.seconds_large or 3 * args.seconds
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.prepare_only:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     work = args.work or Path(tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from harness import LAION_INGEST, OURS_IS, measure  # noqa: E402 - how a run of ours starts and is measured
+from harness import LAION_INGEST, OURS_IS, Measure, measure  # noqa: E402 - how a run of ours starts and is measured
 
 PARTS = (
     "SELECT count() AS parts, max(max_block_number) - min(min_block_number) + 1 AS inserts "
@@ -28,10 +28,8 @@ PARTS = (
 )
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS MB and CPU of one whole process (bench/harness.py)."""
-    m = measure(" ".join(cmd[:4]), cmd, timeout=900)
-    return m.seconds, m.peak_rss_mb, f"{m.cpu_seconds:.1f} CPU-s"
+def timed(cmd: list[str]) -> Measure:
+    return measure(" ".join(cmd[:4]), cmd, timeout=900)
 
 
 def ours(source: str, target: str, state: Path, *extra: str) -> list[str]:
@@ -53,8 +51,9 @@ def section_chdb(source: str, work: Path) -> None:
     runs = {"ours, segments (default)": (), "ours, one INSERT per 8,192-row batch": ("--segment-rows", "8192")}
     for label, extra in runs.items():
         db = work / f"chdb-{len(extra)}"
-        sec, rss, cpu = timed(ours(source, f"chdb:{db}", work / f"ledger-chdb-{len(extra)}.json", *extra))
-        print(f"chdb   {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {chdb_parts(db)}  {cpu}", flush=True)
+        m = timed(ours(source, f"chdb:{db}", work / f"ledger-chdb-{len(extra)}.json", *extra))
+        print(f"chdb   {label:40s} {m.seconds:7.1f} s  peak RSS {m.peak_rss_mb:6.0f} MB  {chdb_parts(db)}  "
+              f"{m.cpu_seconds:.1f} CPU-s", flush=True)  # fmt: skip
         shutil.rmtree(db, ignore_errors=True)
 
 
@@ -68,9 +67,10 @@ def section_http(source: str, native: str | None, work: Path) -> None:
             db = f"b{i}"
             handle.query(f"CREATE DATABASE {db}")
             cmd = ours(source, handle.http_url, work / f"ledger-http-{i}.json", "--database", db, *extra)
-            sec, rss, _ = timed(cmd)
+            m = timed(cmd)
             parts = json.loads(handle.query(PARTS.format(db=db) + " FORMAT JSONEachRow"))
-            print(f"18.16  {label:40s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  {parts}  ours {_}", flush=True)
+            print(f"18.16  {label:40s} {m.seconds:7.1f} s  peak RSS {m.peak_rss_mb:6.0f} MB  {parts}  "
+                  f"ours {m.cpu_seconds:.1f} CPU-s", flush=True)  # fmt: skip
         if native:
             handle.query("CREATE DATABASE curl")
             handle.query(
@@ -78,9 +78,10 @@ def section_http(source: str, native: str | None, work: Path) -> None:
                 "image_embedding Array(Float32), text_embedding Array(Float32)) ENGINE = MergeTree ORDER BY id"
             )
             url = f"{handle.http_url}/?query=INSERT%20INTO%20curl.laion%20FORMAT%20Native"
-            sec, _, _ = timed(["curl", "-sS", "--fail", "-X", "POST", "-T", native, url])  # streams the file
+            curl = timed(["curl", "-sS", "--fail", "-X", "POST", "-T", native, url])  # streams the file
             parts = json.loads(handle.query(PARTS.format(db="curl") + " FORMAT JSONEachRow"))
-            print(f"18.16  {'curl, whole shard as Native, one POST':40s} {sec:7.1f} s  {'':19s}{parts}", flush=True)
+            print(f"18.16  {'curl, whole shard as Native, one POST':40s} {curl.seconds:7.1f} s  {'':19s}{parts}",
+                  flush=True)  # fmt: skip
     finally:
         handle.stop()
 
@@ -95,9 +96,9 @@ def section_rss(sources: list[str], work: Path, block_rows: list[str]) -> None:
             db = f"r{i}"
             handle.query(f"CREATE DATABASE {db}")
             cmd = ours(source, handle.http_url, work / f"ledger-rss-{i}.json", "--database", db, "--batch-rows", rows)
-            sec, rss, cpu = timed(cmd)
-            print(f"18.16  rss {Path(source).name:16s} --batch-rows {rows:6s} {sec:7.1f} s  peak RSS {rss:6.0f} MB  "
-                  f"{cpu}", flush=True)  # fmt: skip
+            m = timed(cmd)
+            print(f"18.16  rss {Path(source).name:16s} --batch-rows {rows:6s} {m.seconds:7.1f} s  peak RSS "
+                  f"{m.peak_rss_mb:6.0f} MB  {m.cpu_seconds:.1f} CPU-s", flush=True)  # fmt: skip
             handle.query(f"DROP DATABASE {db}")
     finally:
         handle.stop()

@@ -93,7 +93,6 @@ def main() -> None:
                     after = thread_cpu(handle.pid)
                     if stopped:
                         handle.query(f"SYSTEM START MERGES {DB}.laion")
-                    handle.query("SYSTEM FLUSH LOGS")
                     user, system, faults = insert_stats(handle, since)
                     row = {"wall": m.seconds, "ours": m.cpu_seconds, "insert user": user, "insert sys": system,
                            "faults k": faults / 1000}  # fmt: skip

@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import big  # noqa: E402 - the big shard's cache and the min–max table of bench/big.py
 import harness as bench  # noqa: E402 - the shared helpers (bench/harness.py): process measuring and command lines
+from soak_driver import wait_until  # noqa: E402 - tests/soak_driver.py: poll a condition until a deadline
 
 DB = "bench"
 LOGS = "".join(
@@ -68,23 +69,33 @@ class Stats:
 
     def after(self) -> tuple[int | None, int | None]:
         q = self.handle.query
-        parts_sql = f"SELECT count() FROM system.parts WHERE database = '{DB}' AND table = 'laion' AND active"
-        parts = int(q(parts_sql).decode().strip())
-        # the server logs an INSERT's QueryFinish after it has answered: a client that exits on the answer (curl's
-        # one POST) can beat the log, and its bytes read 0 (seen once in 12 rounds); a load that made parts sent some
-        deadline = time.monotonic() + LOG_WAIT_SECONDS
-        while True:
-            q("SYSTEM FLUSH LOGS")
-            received = int(q(self.received_sql()).decode().strip() or 0)
-            if received or not parts or time.monotonic() > deadline:
-                return parts, received
-            time.sleep(0.2)
-
-    def received_sql(self) -> str:
-        return (
+        wait_logged(self.handle, self.since)
+        parts = q(f"SELECT count() FROM system.parts WHERE database = '{DB}' AND table = 'laion' AND active")
+        received = q(
             "SELECT sum(ProfileEvents['NetworkReceiveBytes']) FROM system.query_log WHERE type = 'QueryFinish' "
-            f"AND query_kind = 'Insert' AND has(tables, '{DB}.laion') AND event_time_microseconds >= '{self.since}'"
+            f"AND {inserts_since(self.since)}"
         )
+        return int(parts.decode().strip()), int(received.decode().strip() or 0)
+
+
+def inserts_since(since: str) -> str:
+    """query_log's condition for the INSERTs into the table since `since` (a server time, now64(6))."""
+    return f"query_kind = 'Insert' AND has(tables, '{DB}.laion') AND event_time_microseconds >= '{since}'"
+
+
+def wait_logged(handle, since: str) -> bool:  # type: ignore[no-untyped-def]
+    """Flush the logs until every INSERT since `since` that started has ended in query_log (False: not within
+    LOG_WAIT_SECONDS). The server logs an INSERT's end after it has answered, so a client that exits on the answer
+    (curl's one POST) could beat the log: its bytes read 0 once in 12 rounds, and a load's last INSERT could go
+    uncounted."""
+    ended = "type IN ('QueryFinish', 'ExceptionWhileProcessing')"
+    sql = f"SELECT countIf(type = 'QueryStart') - countIf({ended}) FROM system.query_log WHERE {inserts_since(since)}"
+
+    def all_ended() -> bool:
+        handle.query("SYSTEM FLUSH LOGS")
+        return int(handle.query(sql).decode().strip()) <= 0
+
+    return wait_until(all_ended, LOG_WAIT_SECONDS, step=0.2)
 
 
 def section_server26(work: Path, rows: int, repeat: int, data: Path = big.DEFAULT_DATA, shards: int = 1) -> None:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import big  # noqa: E402 - the big shard's cache, /proc CPU and min–max helpers
 import harness as bench  # noqa: E402 - the shared helpers (bench/harness.py)
-from server26 import DB, LOGS, Stats  # noqa: E402
+from server26 import DB, LOGS, Stats, inserts_since, wait_logged  # noqa: E402
 
 
 def write_segments(src: Path, out: Path, one_block: bool) -> None:
@@ -72,11 +72,12 @@ def post_segments(url: str, seg_dir: Path, workers: int = 2) -> None:
 
 
 def insert_stats(handle, since: str) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
-    """(user s, system s, soft page faults) of this table's INSERTs since `since`."""
+    """(user s, system s, soft page faults) of this table's INSERTs since `since`, once all of them are logged."""
+    wait_logged(handle, since)
     row = handle.query(
         "SELECT sum(ProfileEvents['UserTimeMicroseconds']) / 1e6, sum(ProfileEvents['SystemTimeMicroseconds']) / 1e6, "
-        "sum(ProfileEvents['SoftPageFaults']) FROM system.query_log WHERE type = 'QueryFinish' "
-        f"AND query_kind = 'Insert' AND has(tables, '{DB}.laion') AND event_time_microseconds >= '{since}'"
+        "sum(ProfileEvents['SoftPageFaults']) FROM system.query_log "
+        f"WHERE type = 'QueryFinish' AND {inserts_since(since)}"
     )
     user, system, faults = row.decode().split()
     return float(user), float(system), int(faults)
@@ -113,7 +114,6 @@ def section_squash26(work: Path, rows: int, repeat: int, data: Path = big.DEFAUL
                 send()
                 wall = time.monotonic() - t0
                 server = (big.proc_cpu_seconds(handle.pid) or 0.0) - before
-                stats.after()  # flushes the logs
                 user, system, faults = insert_stats(handle, stats.since)
                 print(f"  {'warm-up' if r == 0 else f'round {r}':8s} {label:50s} {wall:7.1f} s wall")
                 if r > 0:

@@ -9,7 +9,7 @@ import pytest
 
 from ingest.stages.synth import SynthSpec, write_shard
 
-pytest_plugins = ["server_fixtures"]
+pytest_plugins = ["server_fixtures", "daemon_proc"]
 
 SOAK_FAULTS = 30
 """Faults of the short soak CI runs (tests/test_soak.py); --soak-faults N or env SOAK_FAULTS runs more."""

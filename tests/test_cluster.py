@@ -7,7 +7,6 @@ Each node has its own TCP port, so neither mistakes the other for itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -28,12 +27,9 @@ from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import ServerHandle, free_ports, start_clickhouse
 
 from ingest.clickhouse import cluster_sql as csql
-from ingest.core.config import TargetConfig
-from ingest.core.errors import TargetError, TransientTargetError, UsageError
 from ingest.core.ids import TableRef
 from ingest.core.plan import plan_batches
-from ingest.core.target import parse_target
-from ingest.sinks.cluster import ClusterSink, node_base_url, placement
+from ingest.sinks.cluster import placement
 
 ROWS = 1500
 SHARDS = [0, 1, 2, 3]
@@ -329,87 +325,3 @@ def test_on_cluster_ddl_parses_on_18_16(cluster: Cluster) -> None:
     ):
         with pytest.raises(RuntimeError, match=r"Code: 49\b.*DDL background thread"):
             cluster.a.query(sql)
-
-
-# -- pure ------------------------------------------------------------------------------------------------------
-def test_ddl_text() -> None:
-    ref = TableRef("db", "laion")
-    assert csql.local_ref(ref) == TableRef("db", "laion_local")
-    assert csql.create_database_on_cluster_sql("db", "c-1") == "CREATE DATABASE IF NOT EXISTS `db` ON CLUSTER `c-1`"
-    local = csql.local_table_sql(csql.local_ref(ref), None, "two")
-    assert local.startswith("CREATE TABLE IF NOT EXISTS `db`.`laion_local` ON CLUSTER `two` (`id` Int64, ")
-    assert local.endswith("ENGINE = MergeTree ORDER BY id SETTINGS index_granularity = 256")
-    dist = csql.distributed_table_sql(ref, "two")
-    assert dist.endswith("ENGINE = Distributed('two', 'db', 'laion_local', cityHash64(id))")
-    assert " ON CLUSTER " not in dist
-    with pytest.raises(UsageError, match="invalid cluster name"):
-        csql.distributed_table_sql(ref, "two; DROP TABLE x")
-
-
-def test_distributed_target_and_engine_checks() -> None:
-    assert csql.distributed_target("Distributed('two', 'db', 'laion_local', cityHash64(id))") == (
-        "two",
-        "db",
-        "laion_local",
-    )
-    assert csql.distributed_target("Distributed(two, db, laion_local)") == ("two", "db", "laion_local")
-    assert csql.distributed_target("MergeTree ORDER BY id") is None
-    ref = TableRef("db", "laion")
-    good = {
-        "laion": ("Distributed", "Distributed('two', 'db', 'laion_local', cityHash64(id))"),
-        "laion_local": ("MergeTree", "MergeTree ORDER BY id"),
-    }
-    assert csql.engine_problem(ref, "two", good, node=True) is None
-    assert "expected Distributed over cluster 'other'" in str(csql.engine_problem(ref, "other", good, node=True))
-    assert csql.engine_problem(ref, "two", {"laion": good["laion"]}, node=False) is None
-    assert "laion_local has no such table" in str(csql.engine_problem(ref, "two", {"laion": good["laion"]}, True))
-
-
-def test_sync_setting_prefers_the_new_name() -> None:
-    assert csql.pick_sync_setting(["insert_distributed_sync"]) == "insert_distributed_sync"
-    both = ["insert_distributed_sync", "distributed_foreground_insert"]
-    assert csql.pick_sync_setting(both) == "distributed_foreground_insert"
-    assert csql.pick_sync_setting([]) == "insert_distributed_sync"
-
-
-def test_node_urls_keep_the_target_scheme_and_port() -> None:
-    assert node_base_url("https://ch-0.example:8443", "ch-3.example") == "https://ch-3.example:8443"
-    assert node_base_url("http://127.0.0.1:8123", "::1") == "http://[::1]:8123"
-
-
-def test_placement_is_deterministic_and_weighted() -> None:
-    picks = [placement(s, i, [1, 3]) for s in range(40) for i in range(100)]
-    assert picks == [placement(s, i, [1, 3]) for s in range(40) for i in range(100)]
-    share = picks.count(1) / len(picks)
-    assert 0.70 < share < 0.80  # weight 3 of 4
-    assert {placement(s, i, [1]) for s in range(5) for i in range(5)} == {0}
-    assert {placement(s, i, [0, 2, 0]) for s in range(5) for i in range(20)} == {1}
-
-
-def test_a_read_through_distributed_that_loses_a_node_is_transient() -> None:
-    """A count through the Distributed table whose shard node dies mid-read (18.16: code 32, "Attempt to read after
-    eof: while receiving packet from HOST:PORT") is retried by the landing, not fatal; other errors keep their class.
-    """
-
-    class Entry:
-        def __init__(self, exc: TargetError) -> None:
-            self.exc = exc
-
-        async def count_range(self, ref: TableRef, first_id: int, last_id: int) -> int:
-            raise self.exc
-
-        async def query(self, sql: str, settings: object = None) -> list[dict[str, object]]:
-            raise self.exc
-
-    sink = ClusterSink(TargetConfig(parse_target("http://127.0.0.1:1"), "db", cluster="c"))
-    lost = TargetError("Code: 32, DB::Exception: Attempt to read after eof: while receiving packet from x:9000", 32)
-    sink.entry = Entry(lost)  # type: ignore[assignment]
-    with pytest.raises(TransientTargetError, match="Attempt to read after eof") as info:
-        asyncio.run(sink.count_range(TableRef("db", "laion"), 0, 9))
-    assert info.value.code == 32
-    with pytest.raises(TransientTargetError):
-        asyncio.run(sink.query("SELECT 1"))
-    sink.entry = Entry(TargetError("Code: 60, table doesn't exist", 60))  # type: ignore[assignment]
-    with pytest.raises(TargetError) as other:
-        asyncio.run(sink.count_range(TableRef("db", "laion"), 0, 9))
-    assert not other.value.retriable

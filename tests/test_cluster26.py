@@ -22,8 +22,8 @@ import pytest
 from chdb_server import chdb_available
 from cli_run import cli, ok
 from cluster26_fixtures import Cluster26, start_cluster26
+from daemon_proc import DaemonProc
 from exact import assert_table_equals, expected_rows, server_table
-from test_daemon import DaemonProc, daemons  # noqa: F401  (fixture)
 
 from ingest.clickhouse.vector_sql import vector_literal
 from ingest.core.config import Credentials, TargetConfig, parse_node
@@ -177,7 +177,7 @@ def test_local_inserts_and_the_daemon_keep_every_shard_indexed(
     c26: Cluster26,
     make_shards,  # type: ignore[no-untyped-def]
     tmp_path: Path,
-    daemons: Callable[..., DaemonProc],  # noqa: F811
+    daemons: Callable[..., DaemonProc],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = "grow"

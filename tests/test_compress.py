@@ -205,7 +205,7 @@ def test_zstd_and_gzip_load_byte_exact_and_zstd_sends_far_fewer_bytes(
 def test_the_sink_counts_wire_bytes_into_the_metrics(server: Any, server_db: str) -> None:
     from dataclasses import replace
 
-    from test_http_sink import insert_one, sink_settings, small_batch
+    from sink_batches import insert_one, sink_settings, small_batch
 
     from ingest.core.ids import TableRef
     from ingest.sinks.http import HttpSink

@@ -14,8 +14,8 @@ from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from fault_proxy import FaultProxy
 from server_fixtures import ServerHandle
+from sink_batches import sink_settings
 from soak_driver import wait_until
-from test_http_sink import sink_settings
 
 from ingest.core.errors import TransientTargetError
 from ingest.sinks.http import HttpSink

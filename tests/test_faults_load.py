@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 from cpu_load import busy_cores
 from exact import assert_table_equals, expected_rows, parse_rowbinary, server_table
-from test_http_sink import sink_settings, small_batch
+from sink_batches import sink_settings, small_batch
 
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan

@@ -17,7 +17,7 @@ import pytest
 from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table, varint
 from http_capture import KEEP, Capture
-from test_http_sink import sink_settings, small_batch
+from sink_batches import sink_settings, small_batch
 from test_layouts import _with_nulls
 
 from ingest.core.ids import TableRef

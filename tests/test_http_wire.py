@@ -14,7 +14,7 @@ from cli_run import cli
 from exact import assert_table_equals, expected_rows, server_table
 from http_capture import Capture
 from server_fixtures import NO_ASYNC_INSERT_1816, NO_DEDUP_TOKEN_1816, server_version, servers_with
-from test_http_sink import sink_settings, small_batch
+from sink_batches import sink_settings, small_batch
 
 from ingest.core.ids import TableRef
 from ingest.core.plan import SegmentPlan

@@ -20,8 +20,8 @@ from cli_run import cli
 from cpu_load import busy_cores
 from exact import assert_table_equals, expected_rows, server_table
 from server_fixtures import servers_with
+from sink_batches import small_batch
 from test_faults_load import KILLABLE_ROWS, load_args, start, wait_for_rows
-from test_http_sink import small_batch
 
 from ingest.core.config import TargetConfig
 from ingest.core.errors import TargetError

@@ -20,7 +20,7 @@ import pytest
 from cli_run import cli
 from exact import assert_table_equals, chdb_rows, chdb_table, expected_rows, server_table
 from server_fixtures import server_version
-from test_http_sink import small_batch
+from sink_batches import small_batch
 
 from ingest.clickhouse.http_request import build_request, insert_sql
 from ingest.clickhouse.settings import Squash

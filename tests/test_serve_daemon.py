@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_daemon import DaemonProc, free_port
+from daemon_proc import DaemonProc
+from server_fixtures import free_ports
 
 from ingest.stages.synth import SynthSpec, write_shard
 
@@ -47,7 +48,7 @@ def test_daemon_serve_answers_searches_on_shards_it_loads(
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the daemon runs in tmp_path: import this checkout's ingest
     src = make_shards([0], rows=2000)
-    port = free_port()
+    port = free_ports(1)[0]
     d = DaemonProc(tmp_path, src, f"chdb:{tmp_path / 'db'}", "--serve", "--serve-port", str(port))
     try:
         v0 = np.load(src / "img_emb" / "img_emb_0.npy").astype(np.float32)

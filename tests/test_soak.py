@@ -23,11 +23,11 @@ import pytest
 from cli_run import cli
 from conftest import SOAK_SECONDS_PER_FAULT, soak_faults
 from cpu_load import busy_cores
+from daemon_proc import DONE, DaemonProc
 from exact import assert_table_equals, expected_rows, server_table
 from fault_proxy import FaultProxy
 from server_fixtures import server_version
 from soak_driver import FaultDriver, SoakStats, count_retries, max_queries_config, wait_until
-from test_daemon import DaemonProc
 
 from ingest.stages.synth import SynthSpec, write_shard
 
@@ -49,7 +49,6 @@ READ_TIMEOUT = 2 * TRICKLE_SECONDS
 segment twice: the client gives up, the relay still delivers the whole body, and 18.16 lists an INSERT only once
 it has read 1 MiB of it, so the landing counts 0 and sends it again (seed 190301 with --read-timeout 3: ids
 4000..4999 twice). Servers with insert_deduplication_token drop the second copy."""
-DONE = 'laion_ingest_shards_total{status="done"}'
 LOAD_FLAGS = [
     "--dim", str(DIM), "--batch-rows", "250", "--segment-rows", str(SEGMENT_ROWS), "--max-retries", "8",
     "--retry-max-seconds", "2", "--read-timeout", str(READ_TIMEOUT),

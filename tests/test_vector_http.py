@@ -18,9 +18,9 @@ import numpy as np
 import orjson
 import pytest
 from cli_run import cli, ok
+from daemon_proc import DONE, DaemonProc
 from http_capture import Capture
 from server_fixtures import NO_VECTOR_1816, servers_with
-from test_daemon import DONE, DaemonProc, daemons  # noqa: F401  (fixture)
 from test_vector import cosine_distances, source_vectors
 
 from ingest.stages.synth import SynthSpec, write_shard
@@ -133,7 +133,7 @@ def test_daemon_indexes_new_parts_and_a_merge_does_not_rebuild_over_http(
     server: Any,
     server_db: str,
     tmp_path: Path,
-    daemons: Callable[..., DaemonProc],  # noqa: F811
+    daemons: Callable[..., DaemonProc],
 ) -> None:
     """The daemon turns `materialize_skip_indexes_on_merge` off, loads new shards (their parts land without the
     index) and builds the index on them; a merge then leaves its part uncovered (no graph rebuilt inside the

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay_listener import Listener
+
 NET_FAULTS = ("reset_body", "reset_response", "stall", "half_close", "trickle", "refuse")
 REPLY_18 = "Code: {code}, e.displayText() = DB::Exception: {text}, e.what() = DB::Exception\n"
 REPLY_26 = "Code: {code}. DB::Exception: {text}. ({name}) (version 26.9.2.1)\n"
@@ -108,7 +110,7 @@ class FaultProxy:
         """kind → byte offset at which it fires (0 for faults that fire on the next INSERT)."""
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._conns: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,7 +167,7 @@ class FaultProxy:
     async def _reopen(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._server is None:
+        if self._listener is None:
             await self._listen()
 
     def disarm(self) -> list[str]:
@@ -202,9 +204,7 @@ class FaultProxy:
         while True:
             port = self.port or random.randint(*LISTEN_PORTS)  # not self.rng: a seed replays the same faults
             try:
-                self._server = await asyncio.start_server(
-                    self._handle, "127.0.0.1", port, reuse_address=True, backlog=64
-                )
+                self._listener = Listener(port, self._handle)
             except OSError as exc:
                 if self.port:
                     self.note(f"listen on {port} failed: {exc!r}")
@@ -222,8 +222,8 @@ class FaultProxy:
     async def _shutdown(self) -> None:
         for task in list(self._tasks):  # a refusal still in its window
             task.cancel()
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         for conn in list(self._conns):
             _reset(conn.client)
             _reset(conn.server)
@@ -236,11 +236,11 @@ class FaultProxy:
             await asyncio.wait(others, timeout=10)
 
     async def _refuse(self) -> None:
-        if self._server is None:
+        if self._listener is None:
             return
         self.record("refuse", detail=f"{self.refuse_seconds:g} s")
-        server, self._server = self._server, None
-        server.close()
+        listener, self._listener = self._listener, None
+        listener.close()
         for conn in list(self._conns):  # as a restarting balancer does: open connections go too
             with contextlib.suppress(Exception):  # whatever a reset meets, the listener must come back
                 _reset(conn.client)

@@ -4,8 +4,11 @@ faults the soak found or depends on, made deterministic (one armed fault, offset
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -139,3 +142,34 @@ def test_a_refused_connection_does_not_hide_an_insert_still_running(
         assert ch_server.query(sql).strip() == b"1", "the INSERT was still running all along"
     finally:
         held.close()
+
+
+def test_a_refusal_at_any_moment_strands_no_connection(proxy: FaultProxy) -> None:
+    """Connections arriving as a refusal starts are each answered, reset or refused, never left open and unread:
+    asyncio.start_server stranded those it had accepted just before it closed (Python 3.11), and a run whose query
+    went to one waited its whole --read-timeout (tests/relay_listener.py)."""
+    proxy.refuse_seconds = 0.05
+    rng = random.Random(7)
+    outcomes: Counter[str] = Counter()
+
+    def ping() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+                c.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                outcomes["answered" if c.recv(100) else "closed"] += 1
+        except TimeoutError:
+            outcomes["stranded"] += 1
+        except OSError:
+            outcomes["refused or reset"] += 1
+
+    for _ in range(40):
+        clients = [threading.Thread(target=ping) for _ in range(6)]
+        for t in clients:
+            t.start()
+        time.sleep(rng.random() * 0.003)  # the refusal meets the connects at a different point each round
+        proxy.arm("refuse")
+        for t in clients:
+            t.join()
+        time.sleep(0.1)  # the listener is back
+    assert outcomes["stranded"] == 0, outcomes
+    assert outcomes["answered"] and outcomes["refused or reset"], outcomes  # both sides of the race were met

@@ -33,7 +33,7 @@ class Listener:
         self.sock = sock
         self._handler = handler
         self._loop = asyncio.get_running_loop()
-        self._conns: set[asyncio.Task[None]] = set()
+        self._serving: set[asyncio.Task[None]] = set()
         """One task a connection (the loop keeps only weak references to tasks)."""
         self._loop.add_reader(sock.fileno(), self._accept)
 
@@ -56,8 +56,8 @@ class Listener:
             except OSError:
                 return  # e.g. out of file descriptors: the next readiness tries again
             task = self._loop.create_task(self._serve(conn))
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
         try:

@@ -21,14 +21,11 @@ K8S_MIN_VERSION = "1.29"
 
 # -- Kubernetes ------------------------------------------------------------------------------------------------
 def load_docs() -> dict[tuple[str, str], dict[str, Any]]:
+    """The manifests by (kind, name); a document without a name is keyed by its file's name."""
     docs: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is None:
-                continue
-            assert {"apiVersion", "kind"} <= set(doc), path
-            name = doc.get("metadata", {}).get("name", path.name)
-            docs[(doc["kind"], name)] = doc
+    for file, doc in manifest_docs():
+        assert {"apiVersion", "kind"} <= set(doc), file
+        docs[(doc["kind"], doc.get("metadata", {}).get("name", file))] = doc
     return docs
 
 
@@ -203,6 +200,7 @@ def test_workloads_share_image_and_run_as_the_images_user(
 
 
 def manifest_docs() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, document) of every YAML document under config/k8s/, in file order."""
     return [
         (path.name, doc)
         for path in sorted(K8S.glob("*.yaml"))
